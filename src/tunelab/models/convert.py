@@ -1,0 +1,50 @@
+"""GGUF -> safetensors, once.
+
+transformers dequantizes a GGUF checkpoint on load but refuses to `save_pretrained` such a model,
+so we rebuild the architecture from its config, copy the state dict in, and save that. The
+target folder is written under a temporary name and renamed when complete (a `DONE` marker
+inside), so an interrupted conversion never looks finished.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+def gguf_to_safetensors(folder: Path, gguf_file: str, out: Path) -> Path:
+    import torch
+    from rich.console import Console
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    Console(stderr=True).print(f"[dim]converting {gguf_file} to safetensors in {out} (once)...[/dim]")
+    try:
+        src = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    except ImportError as e:  # gguf missing
+        raise TunelabError(f"cannot read {gguf_file}: {e}", hint="pip install gguf") from e
+    config = AutoConfig.for_model(**src.config.to_dict())
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    # tied embeddings show up as a missing lm_head.weight; anything else is a real mismatch
+    real_missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
+    if real_missing or unexpected:
+        raise TunelabError(f"GGUF conversion mismatch: missing={real_missing[:3]} unexpected={unexpected[:3]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        tok.save_pretrained(tmp)
+        (tmp / "DONE").write_text(f"converted from {folder / gguf_file}\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

