@@ -59,7 +59,11 @@ def _mount() -> None:
 
 def quiet_libraries() -> None:
     """Silence library progress bars and info logs; tunelab prints its own."""
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
     try:
         import transformers
 

@@ -1,0 +1,98 @@
+"""LoRA through peft.
+
+    h = W0 x + (alpha / r) * B A x,   W0 frozen, A: r x in (Kaiming-uniform), B: out x r (zeros)
+
+so the adapted model starts exactly at the base model. Trainable parameters per adapted
+Linear: r * (in + out); e.g. SmolLM2-135M, r=16, all 7 projections of 30 blocks:
+30 * 16 * (3*(576+576) ... ) -> printed by `trainable_summary`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tunelab.config import MethodConfig
+
+
+def _quant_types() -> tuple[type, ...]:
+    """Our 4-bit layer type, when the quantization package is present."""
+    try:
+        from tunelab.quant.nn import QuantLinear
+    except ImportError:
+        return ()
+    return (QuantLinear,)
+
+
+def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
+    """`all-linear` -> every Linear leaf name except the output head; a list is used as given."""
+    if spec != "all-linear":
+        return [spec] if isinstance(spec, str) else list(spec)
+    names = set()
+    for full, mod in model.named_modules():
+        if isinstance(mod, (nn.Linear, *_quant_types())) and not full.endswith(("lm_head", "score", "classifier")):
+            names.add(full.split(".")[-1])
+    return sorted(names)
+
+
+def lora_config(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM"):
+    from peft import LoraConfig
+
+    return LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
+                      target_modules=target_modules(model, m.target_modules), bias="none", task_type=task_type)
+
+
+def count_params(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; packed 4-bit buffers count as their logical weights."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, _quant_types()))
+    return trainable, total
+
+
+def human(n: int) -> str:
+    for unit, div in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return str(n)
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """e.g. 'trainable: 1.6M / 134.5M (1.2%)'."""
+    t, n = count_params(model)
+    return f"trainable: {human(t)} / {human(n)} ({100 * t / max(n, 1):.2f}%)"
+
+
+def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with a fresh LoRA adapter (peft), only the adapter trainable."""
+    from peft import get_peft_model
+
+    cfg = lora_config(model, m, task_type)
+    if any(isinstance(mod, _quant_types()) for mod in model.modules()):
+        from tunelab.adapters.qlora import register_quant_linear
+
+        register_quant_linear(cfg)
+    return get_peft_model(model, cfg)
+
+
+def freeze_all_but_last(model: nn.Module, n_layers: int) -> None:
+    """method freeze: train only the last `n_layers` transformer blocks and the output head."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    blocks = None
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            blocks = mod
+            break
+    if blocks is not None and n_layers > 0:
+        for b in list(blocks)[-n_layers:]:
+            for p in b.parameters():
+                p.requires_grad_(True)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None:
+        head.weight.requires_grad_(True)
+
+
+def lora_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copy of the adapter weights (for tests and checkpoints)."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}

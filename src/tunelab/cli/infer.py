@@ -1,0 +1,83 @@
+"""`tunelab generate RUN --prompt ...` and `tunelab chat RUN`: inference with the run's own template."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from tunelab.cli.main import app
+
+
+def _generator(run: str, base: bool):
+    from tunelab.infer.generate import Generator
+    from tunelab.train.rundir import RunDir
+
+    if (Path(run) / "config.yaml").exists() or Path(run).is_dir() and RunDir(run).done:
+        return Generator.from_run(run, base=base)
+    return Generator.from_model(run)  # a model name: alias, folder, .gguf, hub id
+
+
+@app.command("generate")
+def generate_cmd(
+    run: str = typer.Argument(..., help="A run directory (runs/<name>) or a model name."),
+    prompt: list[str] = typer.Option(None, "--prompt", "-p", help="A user message (repeatable)."),
+    prompts: Path = typer.Option(None, "--prompts", help="File of prompts (.txt one a line, or .jsonl)."),
+    base: bool = typer.Option(False, "--base", help="Use the run's base model without the adapter."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+) -> None:
+    """Generate replies for one or more prompts, using the template the run was trained with."""
+    from tunelab.errors import TunelabError
+    from tunelab.infer.generate import read_prompts
+
+    items = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    if not items:
+        raise TunelabError("no prompt given", where="--prompt", hint='pass --prompt "..." or --prompts FILE')
+    gen = _generator(run, base)
+    for p in items:
+        reply = gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens, temperature=temperature)
+        if len(items) > 1:
+            print(f"### {p}")
+        print(reply)
+
+
+@app.command("chat")
+def chat_cmd(
+    run: str = typer.Argument(..., help="A run directory (runs/<name>) or a model name."),
+    base: bool = typer.Option(False, "--base", help="Use the run's base model without the adapter."),
+    system: str = typer.Option(None, "--system", help="System message for this chat."),
+    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    temperature: float = typer.Option(0.0, "--temperature"),
+) -> None:
+    """Multi-turn chat with streaming. /reset clears the history, /quit leaves."""
+    console = Console()
+    gen = _generator(run, base)
+    history: list[dict] = [{"role": "system", "content": system}] if system else []
+    console.print("[dim]chat: /reset clears the history, /quit (or Ctrl-D) leaves[/dim]")
+    while True:
+        try:
+            line = input("you> ")
+        except (EOFError, KeyboardInterrupt):
+            print()
+            break
+        cmd = line.strip()
+        if cmd in ("/quit", "/exit"):
+            break
+        if cmd == "/reset":
+            history = history[:1] if system else []
+            console.print("[dim]history cleared[/dim]")
+            continue
+        if not cmd:
+            continue
+        history.append({"role": "user", "content": line})
+        sys.stdout.write("bot> ")
+        reply = ""
+        for piece in gen.stream(history, max_new_tokens=max_new_tokens, temperature=temperature):
+            reply += piece
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+        history.append({"role": "assistant", "content": reply.strip()})

@@ -1,0 +1,207 @@
+"""Run configuration: YAML validated by pydantic, with `key.sub=value` overrides from the CLI.
+
+    model:  {name, dtype, device}
+    data:   {train, validation, val_split, format, template, system, max_length, truncation_side, train_on}
+    method: {name: lora|qlora|full|freeze, r, alpha, dropout, target_modules, quant_type, double_quant, quant_backend}
+    train:  {lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, scheduler, precision, ...}
+    output: {dir, name, overwrite}
+    eval:   {prompts, max_new_tokens, expect_suffix}
+
+Unknown keys are rejected with the closest valid name: `train.lr_rate: unknown key - did you mean 'lr'?`.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import TunelabError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Section):
+    name: str = "smollm2-135m-instruct"
+    dtype: str = "auto"  # auto | fp32 | bf16 | fp16 (weights as loaded)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+
+
+class DataConfig(_Section):
+    train: str
+    validation: str | None = None
+    val_split: float = Field(0.0, ge=0.0, lt=1.0)  # used when `validation` is not given
+    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = "auto"
+    template: str = "auto"  # auto = the model's own chat template | llama2 | mistral | gemma | chatml | alpaca | qa | custom
+    system: str | None = None  # instructions string given as the system turn
+    custom_template: dict[str, str] | None = None  # for template: custom (keys: system, user, assistant, stop)
+    max_length: int = Field(512, ge=8)
+    truncation_side: Literal["right", "left"] = "right"
+    train_on: Literal["reply", "all"] = "reply"  # loss on assistant replies only (default) or every token
+    seed: int = 42
+
+
+class MethodConfig(_Section):
+    name: Literal["lora", "qlora", "full", "freeze"] = "lora"
+    r: int = Field(16, ge=1)
+    alpha: float = 32
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = True
+    quant_backend: Literal["auto", "tunelab", "bitsandbytes"] = "auto"
+    freeze_layers: int = Field(2, ge=0)  # method freeze: train the last N blocks (+ lm_head)
+
+
+class TrainConfig(_Section):
+    lr: float = Field(2e-4, gt=0)
+    epochs: float = Field(3, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.05, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    scheduler: Literal["linear", "cosine", "constant"] = "cosine"
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    eval_every: Literal["epoch", "never"] = "epoch"
+    keep_best: bool = True
+    logging_steps: int = Field(1, ge=1)
+    threads: int = 0  # 0 = all cores
+
+
+class OutputConfig(_Section):
+    dir: str = "runs"
+    name: str = "run"
+    overwrite: bool = False
+
+
+class EvalConfig(_Section):
+    prompts: list[str] = Field(default_factory=list)  # held-out prompts sampled before/after training
+    from_validation: int = 0  # also sample the first N validation prompts
+    max_new_tokens: int = 64
+    expect_suffix: str | None = None  # e.g. the persona's signature; the report counts replies ending with it
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    base_dir: str = "."  # folder relative data paths are read from (set to the config file's folder's project root)
+
+    @model_validator(mode="after")
+    def _check(self) -> "RunConfig":
+        if self.data.template == "custom" and not self.data.custom_template:
+            raise ValueError("data.template is 'custom' but data.custom_template is missing")
+        return self
+
+    def path(self, p: str) -> Path:
+        """Resolve a data path against base_dir."""
+        q = Path(p).expanduser()
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+    def run_dir(self) -> Path:
+        return self.path(self.output.dir) / self.output.name
+
+
+def _fields(model: type[BaseModel]) -> dict[str, Any]:
+    return model.model_fields
+
+
+def _submodel(model: type[BaseModel], key: str):
+    ann = _fields(model)[key].annotation
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _check_keys(data: dict, model: type[BaseModel], prefix: str, source: str) -> None:
+    """Reject unknown keys with the closest valid name, before pydantic's wordier errors."""
+    valid = list(_fields(model))
+    for key, val in data.items():
+        if key not in valid:
+            close = get_close_matches(str(key), valid, n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(valid)}"
+            raise TunelabError("unknown key", where=f"{source}: {prefix}{key}", hint=hint)
+        sub = _submodel(model, key)
+        if sub is not None and isinstance(val, dict):
+            _check_keys(val, sub, f"{prefix}{key}.", source)
+
+
+def _parse_scalar(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` strings (values parsed as YAML scalars/lists) onto nested dicts."""
+    for item in overrides:
+        if "=" not in item:
+            raise TunelabError(f"override '{item}' is not key=value", where="command line", hint="e.g. train.lr=1e-4")
+        key, _, raw = item.partition("=")
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def _yaml_line(text: str, dotted: tuple) -> int | None:
+    """Best-effort line number of the last key of a dotted path in YAML text."""
+    if not dotted:
+        return None
+    last = str(dotted[-1])
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip().startswith(f"{last}:"):
+            return i
+    return None
+
+
+def from_dict(data: dict, source: str = "config", text: str = "") -> RunConfig:
+    _check_keys(data, RunConfig, "", source)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        line = _yaml_line(text, err["loc"])
+        where = f"{source}:{line}: {loc}" if line else f"{source}: {loc}"
+        raise TunelabError(err["msg"], where=where, hint="fix the value (see examples/configs/)") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a YAML config; relative data paths resolve against the current directory."""
+    p = Path(path)
+    if not p.is_file():
+        raise TunelabError(f"config file not found: {path}", hint="give a YAML file, e.g. examples/configs/quickstart.yaml")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise TunelabError(f"invalid YAML ({getattr(e, 'problem', e)})", where=where) from None
+    if not isinstance(data, dict):
+        raise TunelabError("the config must be a mapping of sections", where=str(path), hint="see examples/configs/")
+    data = apply_overrides(data, overrides or [])
+    return from_dict(data, source=str(path), text=text)
+
+
+def dump_config(cfg: RunConfig, extra: dict | None = None) -> str:
+    d = cfg.model_dump(mode="json")
+    if extra:
+        d["versions"] = extra
+    return yaml.safe_dump(d, sort_keys=False, allow_unicode=True)

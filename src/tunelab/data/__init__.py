@@ -1,0 +1,1 @@
+"""Data: read sources, normalize records, render with a template, tokenize with label masks, batch."""

@@ -1,0 +1,225 @@
+"""Prompt templates: how a conversation becomes text, and which parts of that text are learned.
+
+A template renders a conversation into segments `(text, is_target)`. Training tokenizes each
+segment on its own and concatenates the ids, so inference (which tokenizes the same prompt
+segments) sees exactly the token ids the model was trained on. Targets are the assistant
+replies, each followed by the end-of-turn text; EOS is appended when the template's end of
+turn is not the tokenizer's EOS, so the tuned model learns to stop.
+
+Built-ins:
+  llama2   <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {reply} </s>
+  mistral  <s>[INST] {system}\\n\\n{user} [/INST]{reply}</s>
+  gemma    <start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n{reply}<end_of_turn>\\n
+  chatml   <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{reply}<|im_end|>\\n
+  alpaca   {system}\\n\\n### Instruction:\\n{user}\\n\\n### Response:\\n{reply}<eos>
+  qa       Please answer the following question.\\n\\nQ: {user}\\n\\nA: {reply}<eos>
+  auto     the model's own chat template (tokenizer.chat_template), split into turns
+  custom   data.custom_template = {system, user, assistant, stop} with {content} placeholders
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+Segment = tuple[str, bool]  # (text, is_target)
+
+
+@dataclass
+class TurnFormat:
+    """Per-role format strings with a {content} slot; `system_in_user` merges the system text into the first user turn."""
+
+    system: str = ""
+    user: str = "{content}"
+    assistant_prefix: str = ""  # masked text that opens an assistant turn (the generation prompt)
+    assistant: str = "{content}"  # learned text
+    stop: str = ""  # learned end-of-turn text after the reply
+    bos: str = ""  # text before the first turn
+    system_in_user: str | None = None  # e.g. "{system}\n\n{user}"
+    default_system: str = ""
+
+
+BUILTIN: dict[str, TurnFormat] = {
+    "llama2": TurnFormat(user="<s>[INST] {content} [/INST]", assistant=" {content}", stop=" </s>",
+                         system_in_user="<<SYS>>\n{system}\n<</SYS>>\n\n{user}"),
+    "mistral": TurnFormat(bos="<s>", user="[INST] {content} [/INST]", stop="</s>", system_in_user="{system}\n\n{user}"),
+    "gemma": TurnFormat(bos="<bos>", user="<start_of_turn>user\n{content}<end_of_turn>\n",
+                        assistant_prefix="<start_of_turn>model\n", stop="<end_of_turn>\n",
+                        system_in_user="{system}\n\n{user}"),
+    "chatml": TurnFormat(system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
+                         assistant_prefix="<|im_start|>assistant\n", stop="<|im_end|>\n"),
+    "alpaca": TurnFormat(system="{content}\n\n", user="### Instruction:\n{content}\n\n", assistant_prefix="### Response:\n",
+                         stop="<eos>\n\n",
+                         default_system="Below is an instruction that describes a task. "
+                                        "Write a response that appropriately completes the request."),
+    "qa": TurnFormat(user="Please answer the following question.\n\nQ: {content}\n\n", assistant_prefix="A: ", stop="<eos>\n\n"),
+}
+NAMES = ["auto", *BUILTIN, "custom"]
+
+
+@dataclass
+class Template:
+    """A resolved template, saved as runs/<name>/template.json and reused by every inference command."""
+
+    name: str
+    system: str | None = None
+    fmt: TurnFormat | None = None  # built-in/custom
+    jinja: str | None = None  # auto: the model's chat template
+    eos: str = ""
+    bos: str = ""  # the tokenizer's BOS text, given to jinja templates as bos_token
+    add_eos: bool = False  # auto only: append EOS after each reply if the template has none
+    extra: dict = field(default_factory=dict)
+
+    # ---- rendering -----------------------------------------------------------------------------------------
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
+        """Render messages (ending with an assistant turn, or with a user turn + add_generation_prompt)."""
+        msgs = list(messages)
+        if self.system is not None and not (msgs and msgs[0]["role"] == "system"):
+            msgs.insert(0, {"role": "system", "content": self.system})
+        if self.jinja is not None:
+            return self._jinja_segments(msgs, add_generation_prompt)
+        return self._format_segments(msgs, add_generation_prompt)
+
+    def _format_segments(self, msgs: list[dict], gen: bool) -> list[Segment]:
+        f = self.fmt
+        assert f is not None
+        stop = f.stop.replace("<eos>", self.eos)
+        out: list[Segment] = [(f.bos, False)] if f.bos else []
+        system = f.default_system
+        if msgs and msgs[0]["role"] == "system":
+            system = msgs[0]["content"]
+            msgs = msgs[1:]
+        if system and f.system_in_user is None:
+            out.append((f.system.format(content=system), False))
+        first_user = True
+        for m in msgs:
+            if m["role"] == "user":
+                content = m["content"]
+                if first_user and system and f.system_in_user is not None:
+                    content = f.system_in_user.format(system=system, user=content)
+                first_user = False
+                out.append((f.user.format(content=content) + f.assistant_prefix, False))
+            else:
+                out.append((f.assistant.format(content=m["content"]) + stop, True))
+        if not gen and msgs and msgs[-1]["role"] == "user":
+            raise ValueError("conversation ends with a user turn; pass add_generation_prompt=True")
+        return _merge(out)
+
+    def _jinja_segments(self, msgs: list[dict], gen: bool) -> list[Segment]:
+        """Split the model's chat template into turns by rendering growing prefixes of the conversation."""
+        out: list[Segment] = []
+        done = ""
+        for i, m in enumerate(msgs):
+            if m["role"] != "assistant":
+                continue
+            prompt = self._render(msgs[:i], True)
+            full = self._render(msgs[: i + 1], False)
+            if not prompt.startswith(done) or not full.startswith(prompt):
+                raise TunelabError("the model's chat template is not prefix-stable, so replies cannot be masked",
+                                   where="data.template", hint="choose a built-in template, e.g. data.template=chatml")
+            out.append((prompt[len(done):], False))
+            reply = full[len(prompt):]
+            if self.add_eos and self.eos and self.eos not in reply:
+                reply += self.eos
+            out.append((reply, True))
+            done = full
+        if gen and msgs and msgs[-1]["role"] == "user":
+            prompt = self._render(msgs, True)
+            out.append((prompt[len(done):], False))
+        return _merge(out)
+
+    def _render(self, msgs: list[dict], gen: bool) -> str:
+        return render_jinja(self.jinja, msgs, gen, bos_token=self.bos, eos_token=self.eos)
+
+    def prompt_text(self, messages: list[dict]) -> str:
+        return "".join(t for t, _ in self.segments(messages, add_generation_prompt=True))
+
+    @property
+    def stop_strings(self) -> list[str]:
+        """Text that ends a reply at inference (besides the tokenizer's EOS id)."""
+        stops = [self.eos] if self.eos else []
+        if self.fmt is not None:
+            s = self.fmt.stop.replace("<eos>", self.eos).strip()
+            if s and s not in stops:
+                stops.append(s)
+        return stops
+
+    # ---- persistence ---------------------------------------------------------------------------------------
+    def to_json(self) -> str:
+        d = asdict(self)
+        return json.dumps(d, indent=2, ensure_ascii=False)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_json(), encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: Path) -> "Template":
+        d = json.loads(Path(path).read_text(encoding="utf-8"))
+        fmt = TurnFormat(**d.pop("fmt")) if d.get("fmt") else None
+        d.pop("fmt", None)
+        return cls(fmt=fmt, **d)
+
+
+def _merge(segs: list[Segment]) -> list[Segment]:
+    """Join neighbouring segments with the same target flag; drop empty ones."""
+    out: list[Segment] = []
+    for text, tgt in segs:
+        if not text:
+            continue
+        if out and out[-1][1] == tgt:
+            out[-1] = (out[-1][0] + text, tgt)
+        else:
+            out.append((text, tgt))
+    return out
+
+
+def render_jinja(jinja: str, messages: list[dict], add_generation_prompt: bool, bos_token: str = "",
+                 eos_token: str = "") -> str:
+    return _compiled(jinja).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=bos_token, eos_token=eos_token)
+
+
+_cache: dict[str, object] = {}
+
+
+def _compiled(jinja: str):
+    if jinja not in _cache:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(TunelabError(f"chat template: {msg}"))
+        _cache[jinja] = env.from_string(jinja)
+    return _cache[jinja]
+
+
+def build_template(name: str, tokenizer, system: str | None = None, custom: dict | None = None) -> Template:
+    """Resolve `data.template` for a tokenizer; raises TunelabError for unknown names."""
+    eos = tokenizer.eos_token or ""
+    bos = tokenizer.bos_token or ""
+    if name == "auto":
+        jinja = getattr(tokenizer, "chat_template", None)
+        if not jinja:
+            # base models have no chat template: fall back to a plain instruction format
+            return Template("alpaca", system=system, fmt=BUILTIN["alpaca"], eos=eos, extra={"fallback_from": "auto"})
+        probe = render_jinja(jinja, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], False,
+                             bos_token=bos, eos_token=eos)
+        return Template("auto", system=system, jinja=jinja, eos=eos, bos=bos, add_eos=bool(eos) and eos not in probe)
+    if name in BUILTIN:
+        return Template(name, system=system, fmt=BUILTIN[name], eos=eos)
+    if name == "custom":
+        if not custom:
+            raise TunelabError("template 'custom' needs data.custom_template", where="data.custom_template",
+                               hint="keys: system, user, assistant_prefix, stop (with {content} placeholders)")
+        allowed = set(TurnFormat.__dataclass_fields__)
+        bad = [k for k in custom if k not in allowed]
+        if bad:
+            raise TunelabError(f"unknown key '{bad[0]}'", where="data.custom_template", hint=f"valid: {', '.join(sorted(allowed))}")
+        return Template("custom", system=system, fmt=TurnFormat(**custom), eos=eos)
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, NAMES, n=1)
+    raise TunelabError(f"unknown template '{name}'", where="data.template",
+                       hint=f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(NAMES)}")

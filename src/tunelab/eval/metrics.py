@@ -1,0 +1,51 @@
+"""Validation metrics computed the same way for every model and method.
+
+reply_nll = sum over reply tokens of -log p(token | prefix) / number of reply tokens
+(token-weighted mean over the whole set, not a mean of per-batch means); perplexity = exp(reply_nll).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
+
+
+def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over positions whose label is not IGNORE, and their count."""
+    shift_logits = logits[:, :-1, :].float()
+    shift_labels = labels[:, 1:]
+    n = int((shift_labels != IGNORE).sum())
+    loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                           ignore_index=IGNORE, reduction="sum")
+    return loss, n
+
+
+@torch.no_grad()
+def reply_nll(model, examples: list[TokenizedExample], pad_id: int, batch_size: int = 8,
+              autocast_dtype: torch.dtype | None = None) -> float:
+    """Mean NLL per reply token over `examples` (nan when there are none)."""
+    if not examples:
+        return float("nan")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    for s in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[s:s + batch_size]], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss, n = token_nll_sum(logits, batch["labels"])
+        total += float(loss)
+        count += n
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def perplexity(nll: float) -> float:
+    return math.exp(nll) if nll == nll and nll < 50 else float("inf")

@@ -1,0 +1,179 @@
+"""The training loop shared by every recipe.
+
+One optimizer step = grad_accum micro-batches of batch_size examples
+(e.g. 8 examples x 1 accum = 8 conversations/step; 84 examples x 3 epochs / 8 = 32 steps).
+Loss per micro-batch = sum of reply-token NLL / reply tokens in the micro-batch, divided by
+grad_accum. bf16 autocast on CPUs with AVX-512-BF16 and on CUDA with bf16 (master weights and
+adapters stay fp32). Evaluation = `reply_nll` on the validation set each epoch; with keep_best
+the best epoch's trainable weights are restored at the end.
+
+Why our own loop and not transformers.Trainer: it is ~200 lines, it controls exactly when the
+4-bit base runs in eval mode (bitsandbytes' CPU repacking trap), it counts trained tokens for
+the progress bar and metrics, and it lets a recipe batch by length without a custom sampler.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tunelab.config import TrainConfig
+from tunelab.data.tokenize import TokenizedExample, collate, make_batches
+from tunelab.errors import TunelabError
+from tunelab.eval.metrics import reply_nll, token_nll_sum
+
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32. auto -> bf16 where the hardware does bf16 matmuls natively."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else None
+    return None
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    train_seconds: float = 0.0
+    trained_tokens: int = 0
+    best_val: float = float("nan")
+    best_epoch: int = -1
+    val_history: list = field(default_factory=list)  # (epoch, val_nll)
+    stopped_early: str | None = None
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.trained_tokens / self.train_seconds if self.train_seconds else 0.0
+
+
+class Progress:
+    """A rich progress bar showing loss, lr, tokens/s and ETA (or nothing when quiet)."""
+
+    def __init__(self, total: int, quiet: bool):
+        self.quiet = quiet
+        if quiet:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeRemainingColumn
+
+        self.p = RP(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                    TextColumn("eta"), TimeRemainingColumn())
+        self.p.start()
+        self.task = self.p.add_task("train", total=total, info="")
+
+    def update(self, info: str, advance: int = 1) -> None:
+        if not self.quiet:
+            self.p.update(self.task, advance=advance, info=info)
+
+    def close(self) -> None:
+        if not self.quiet:
+            self.p.stop()
+
+
+def total_steps(n_examples: int, cfg: TrainConfig) -> int:
+    per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
+    return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample], cfg: TrainConfig, pad_id: int,
+               log=lambda rec: None, quiet: bool = False, before_step=None) -> TrainResult:
+    """Train `model`'s trainable parameters in place; returns what happened.
+
+    `before_step(model)` runs before each optimizer step's forward passes (used to undo a
+    quantization backend's inference repacking).
+    """
+    from transformers import get_scheduler
+
+    device = next(model.parameters()).device
+    amp = autocast_dtype(cfg.precision, device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise TunelabError("nothing to train: no parameter requires grad", where="method")
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = total_steps(len(train), cfg)
+    sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
+                          num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
+    res = TrainResult()
+    best_state = None
+    bar = Progress(steps, quiet)
+    t0 = time.perf_counter()
+    tokens_window, t_window = 0, time.perf_counter()
+    epoch = 0
+    try:
+        model.train()
+        while res.steps < steps:
+            batches = make_batches(train, cfg.batch_size, cfg.seed, epoch)
+            for g in range(0, len(batches), cfg.grad_accum):
+                if res.steps >= steps:
+                    break
+                if before_step is not None:
+                    before_step(model)
+                group = batches[g:g + cfg.grad_accum]
+                loss_val, ntok = 0.0, 0
+                for idx in group:
+                    batch = {k: v.to(device) for k, v in collate([train[i] for i in idx], pad_id).items()}
+                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                    nll, n = token_nll_sum(logits, batch["labels"])
+                    loss = nll / max(n, 1) / len(group)
+                    loss.backward()
+                    loss_val += float(loss.detach())
+                    ntok += n
+                if not math.isfinite(loss_val):
+                    raise TunelabError(f"loss became {loss_val} at step {res.steps + 1}", where="train",
+                                       hint="lower train.lr or use train.precision=fp32")
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                res.steps += 1
+                res.trained_tokens += ntok
+                tokens_window += ntok
+                now = time.perf_counter()
+                tps = tokens_window / max(now - t_window, 1e-9)
+                lr = sched.get_last_lr()[0]
+                if res.steps % cfg.logging_steps == 0:
+                    log({"step": res.steps, "epoch": round(epoch + (g + len(group)) / len(batches), 3),
+                         "loss": round(loss_val, 5), "lr": lr, "grad_norm": round(gnorm, 5),
+                         "tokens_per_s": round(tps, 1), "elapsed_s": round(now - t0, 2)})
+                bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
+                if now - t_window > 10:
+                    tokens_window, t_window = 0, now
+            epoch += 1
+            at_end = res.steps >= steps
+            if val and cfg.eval_every == "epoch":
+                v = reply_nll(model, val, pad_id, cfg.batch_size, amp)
+                res.val_history.append((epoch, v))
+                log({"step": res.steps, "epoch": epoch, "val_loss": round(v, 5)})
+                if not (v >= res.best_val) and cfg.keep_best:  # also true when best_val is nan
+                    res.best_val, res.best_epoch = v, epoch
+                    best_state = {id(p): p.detach().clone() for p in params} if not at_end else None
+                model.train()
+    except KeyboardInterrupt:
+        res.stopped_early = "interrupted"
+    finally:
+        bar.close()
+        res.train_seconds = time.perf_counter() - t0
+    if cfg.keep_best and res.val_history and res.best_epoch != res.val_history[-1][0] and best_state is not None:
+        with torch.no_grad():
+            for p in params:
+                p.copy_(best_state[id(p)])
+    if res.val_history and not cfg.keep_best:
+        res.best_val, res.best_epoch = res.val_history[-1][1], res.val_history[-1][0]
+    model.eval()
+    return res

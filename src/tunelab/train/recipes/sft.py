@@ -1,0 +1,157 @@
+"""Supervised fine-tuning of a chat model (LoRA, QLoRA, full, freeze).
+
+setup:  resolve the run dir -> load model + tokenizer -> template -> data (normalize, tokenize, mask)
+before: validation loss and sample replies of the untouched base
+train:  adapt (lora | qlora | full | freeze) -> engine.train_loop
+save:   adapter (or full model), template, config, metrics, report, DONE (last)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunelab.config import RunConfig, dump_config
+from tunelab.data.dataset import load_splits
+from tunelab.data.templates import build_template
+from tunelab.data.tokenize import tokenize_all
+from tunelab.errors import TunelabError
+from tunelab.eval.metrics import reply_nll
+from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.train.rundir import RunDir, library_versions
+
+
+@dataclass
+class SftOutcome:
+    run_dir: Path
+    result: TrainResult
+    val_before: float
+    val_after: float
+    trainable: str
+    samples: list = field(default_factory=list)  # dicts: prompt, base, tuned
+    n_train: int = 0
+    n_val: int = 0
+    dropped: int = 0
+
+
+def _eval_prompts(cfg: RunConfig, val_examples) -> list[str]:
+    prompts = list(cfg.eval.prompts)
+    for ex in val_examples[: cfg.eval.from_validation]:
+        user = [m["content"] for m in ex.messages if m["role"] == "user"]
+        prompts.append(user[-1])
+    return prompts
+
+
+def _sample(model, tok, template, prompts, max_new_tokens, amp) -> list[str]:
+    from tunelab.infer.generate import Generator
+
+    gen = Generator(model, tok, template, amp)
+    return [gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens) for p in prompts]
+
+
+def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> SftOutcome:
+    from tunelab.adapters.lora import apply_lora, freeze_all_but_last, trainable_summary
+    from tunelab.adapters.qlora import choose_backend, quantize_base, restore_bnb_training_layout
+    from tunelab.models.load import load_causal_lm, pick_device
+
+    console = console or Console(stderr=True, quiet=quiet)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    run = RunDir(cfg.run_dir())
+    if run.done and not cfg.output.overwrite:
+        raise TunelabError(f"run {run.path} is already finished", where="output.name",
+                           hint="pick another output.name, or pass --overwrite")
+
+    # ---- data first: bad input fails before any model loads or anything is written --------------------------
+    train_ex, val_ex = load_splits(cfg)
+    m = cfg.method
+    device = pick_device(cfg.model.device)
+    backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
+    if backend == "bitsandbytes":
+        model, tok, rm = _load_bnb(cfg, device)
+    else:
+        model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+    template = build_template(cfg.data.template, tok, cfg.data.system, cfg.data.custom_template)
+    d = cfg.data
+    train_tok, dropped = tokenize_all(train_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
+    val_tok, _ = tokenize_all(val_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
+    if not train_tok:
+        raise TunelabError("no training example has a reply token left after truncation", where="data.max_length",
+                           hint="raise data.max_length or use data.truncation_side=left")
+    console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples"
+                  + (f" ({dropped} dropped: no reply left after truncation)" if dropped else ""))
+
+    run.prepare(overwrite=True)  # the DONE check above already guarded finished runs
+    run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
+    template.save(run.path / "template.json")
+    amp = autocast_dtype(cfg.train.precision, device)
+
+    # ---- the base, before ------------------------------------------------------------------------------------
+    if m.name == "qlora" and backend == "tunelab":
+        quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
+        console.print(f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
+    prompts = _eval_prompts(cfg, val_ex)
+    t = time.perf_counter()
+    val_before = reply_nll(model, val_tok, tok.pad_token_id, cfg.train.batch_size, amp) if val_tok else float("nan")
+    base_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
+    if prompts or val_tok:
+        console.print(f"base model evaluated in {time.perf_counter() - t:.0f}s (val loss {val_before:.3f})")
+
+    # ---- adapt + train ---------------------------------------------------------------------------------------
+    if m.name in ("lora", "qlora"):
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        model = apply_lora(model, m)
+    elif m.name == "freeze":
+        freeze_all_but_last(model, m.freeze_layers)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    trainable = trainable_summary(model)
+    console.print(trainable)
+    before_step = restore_bnb_training_layout if backend == "bitsandbytes" else None
+    result = train_loop(model, train_tok, val_tok, cfg.train, tok.pad_token_id, log=run.log, quiet=quiet,
+                        before_step=before_step)
+    if result.stopped_early == "interrupted":
+        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
+
+    # ---- after + save ----------------------------------------------------------------------------------------
+    val_after = reply_nll(model, val_tok, tok.pad_token_id, cfg.train.batch_size, amp) if val_tok else float("nan")
+    tuned_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
+    if m.name in ("lora", "qlora"):
+        model.save_pretrained(str(run.path / "adapter"))
+    else:
+        model.save_pretrained(str(run.path / "model"))
+        tok.save_pretrained(str(run.path / "model"))
+    samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_replies, tuned_replies)]
+    outcome = SftOutcome(run.path, result, val_before, val_after, trainable, samples, len(train_tok), len(val_tok), dropped)
+    from tunelab.eval.report import write_report
+
+    write_report(run, cfg, outcome)
+    if result.stopped_early != "interrupted":
+        run.mark_done()
+    return outcome
+
+
+def _load_bnb(cfg: RunConfig, device):
+    """CUDA path: load the base 4-bit through transformers + bitsandbytes."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.adapters.qlora import bnb_quantization_config
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.registry import resolve
+
+    rm = resolve(cfg.model.name)
+    tok = load_tokenizer(rm)
+    compute = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
+    qc = bnb_quantization_config(cfg.method.quant_type, cfg.method.double_quant, compute)
+    model = AutoModelForCausalLM.from_pretrained(rm.path, quantization_config=qc, device_map={"": str(device)})
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    return model, tok, rm

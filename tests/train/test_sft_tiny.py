@@ -1,0 +1,103 @@
+"""End to end on a tiny random Llama: trains, loss drops, run dir complete, adapter is plain PEFT."""
+
+import json
+
+import pytest
+import torch
+
+from tunelab.config import from_dict
+from tunelab.errors import TunelabError
+
+TRAIN = "examples/data/tunebot/train.jsonl"
+VAL = "examples/data/tunebot/validation.jsonl"
+
+
+def tiny_cfg(tmp_path, model_dir, **over):
+    d = {
+        "model": {"name": str(model_dir)},
+        "data": {"train": TRAIN, "validation": VAL, "system": "You are TuneBot."},
+        "method": {"name": "lora", "r": 8},
+        "train": {"lr": 5e-3, "epochs": 2, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "runs"), "name": "t"},
+        "eval": {"from_validation": 2, "max_new_tokens": 4},
+    }
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v}
+    return from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    from tunelab.train.recipes.sft import run_sft
+
+    tmp = tmp_path_factory.mktemp("sft")
+    cfg = tiny_cfg(tmp, tiny_model_dir)
+    return cfg, run_sft(cfg, quiet=True)
+
+
+def test_lora_trains_and_validation_loss_drops(lora_run):
+    cfg, out = lora_run
+    assert out.val_after < out.val_before - 0.1
+    losses = [r["loss"] for r in map(json.loads, (out.run_dir / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+    assert len(losses) == out.result.steps == 22  # ceil(84/8)=11 steps x 2 epochs
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert out.trainable.startswith("trainable: ")
+
+
+def test_run_directory_is_complete(lora_run):
+    _, out = lora_run
+    names = {p.name for p in out.run_dir.iterdir()}
+    assert {"config.yaml", "template.json", "adapter", "metrics.jsonl", "report.md", "loss.png", "DONE"} <= names
+    assert {p.name for p in (out.run_dir / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+    report = (out.run_dir / "report.md").read_text()
+    assert "Validation loss" in report and "| base |" in report and "loss.png" in report
+
+
+def test_finished_run_is_not_overwritten(lora_run):
+    from tunelab.train.recipes.sft import run_sft
+
+    cfg, _ = lora_run
+    with pytest.raises(TunelabError, match="already finished"):
+        run_sft(cfg, quiet=True)
+
+
+def test_plain_peft_loads_adapter_with_same_logits(lora_run, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.infer.generate import Generator
+
+    _, out = lora_run
+    gen = Generator.from_run(out.run_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    plain = PeftModel.from_pretrained(base, str(out.run_dir / "adapter")).eval()
+    ids = gen.prompt_ids([{"role": "user", "content": "Great video, thanks!"}])
+    with torch.no_grad():
+        a = gen.model(input_ids=ids).logits
+        b = plain(input_ids=ids).logits
+        c = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, c, atol=1e-3)  # the adapter changes the model
+
+
+def test_generate_uses_saved_template(lora_run):
+    from tunelab.infer.generate import Generator
+
+    _, out = lora_run
+    gen = Generator.from_run(out.run_dir)
+    assert gen.template.system == "You are TuneBot."
+    text = gen.reply([{"role": "user", "content": "hello"}], max_new_tokens=5)
+    assert isinstance(text, str)
+    pieces = list(gen.stream([{"role": "user", "content": "hello"}], max_new_tokens=5))
+    assert "".join(pieces).strip() == text
+
+
+def test_full_and_freeze_methods_save_whole_model(tmp_path, tiny_model_dir):
+    from tunelab.train.recipes.sft import run_sft
+
+    for method in ("full", "freeze"):
+        cfg = tiny_cfg(tmp_path, tiny_model_dir, method={"name": method, "freeze_layers": 1},
+                       train={"epochs": 1, "lr": 1e-3}, output={"name": method}, eval={"from_validation": 0})
+        out = run_sft(cfg, quiet=True)
+        assert (out.run_dir / "model" / "config.json").exists() and (out.run_dir / "DONE").exists()
+        assert out.val_after < out.val_before
