@@ -1,0 +1,104 @@
+"""Find the chunks that answer a question: `query(kb, question, k=3, cutoff=None)`.
+
+    vectors (default)   the question is embedded with the KB's embedder; nearest chunks by
+                        cosine similarity (ANN index once the KB is large, re-ranked exactly)
+    hybrid=True         + BM25 over heading path + text; the two rankings are fused with
+                        reciprocal rank fusion: score = sum over rankings of 1 / (60 + rank)
+    reranker            any callable (question, hits) -> hits, applied to the candidates
+                        (4 x k of them) before the top k are kept: a cross-encoder, an LLM
+                        judge, a recency rule...
+    cutoff              drop hits whose cosine similarity to the question is below it
+
+Every `Hit` carries `similarity` (cosine, comparable across modes) and `score` (what ranked
+it: the similarity, the fused RRF score, or whatever the reranker set). Opened KBs and loaded
+embedders are cached per process, so only the first query pays for loading (~1 s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tunelab.rag.embed import Embedder
+from tunelab.rag.store import KnowledgeBase, kb_dir
+
+RRF_K = 60
+
+
+@dataclass
+class Hit:
+    rank: int
+    score: float
+    similarity: float
+    text: str
+    source: str
+    section: str
+    section_path: str
+    start: int
+    end: int
+    id: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def cite(self) -> str:
+        """`source § section` — how a citation names this chunk."""
+        return f"{self.source} § {self.section}" if self.section else self.source
+
+
+Reranker = Callable[[str, list[Hit]], list[Hit]]
+
+_open_cache: dict[tuple[str, float], KnowledgeBase] = {}
+
+
+def open_kb(kb: str | KnowledgeBase | None = None, directory: str | Path | None = None) -> KnowledgeBase:
+    """The KB named `kb` (or at `directory`), cached until its manifest changes."""
+    if isinstance(kb, KnowledgeBase):
+        return kb
+    d = kb_dir(kb, directory)
+    mf = d / "manifest.json"
+    key = (str(d.resolve()), mf.stat().st_mtime if mf.exists() else 0.0)
+    if key not in _open_cache:
+        _open_cache[key] = KnowledgeBase.open(kb, directory)
+    return _open_cache[key]
+
+
+def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: float | None = None, *,
+          directory: str | Path | None = None, hybrid: bool = False,
+          reranker: Reranker | None = None, candidates: int | None = None) -> list[Hit]:
+    """The `k` best chunks for `question`, best first (see the module docstring)."""
+    store = open_kb(kb, directory)
+    emb = Embedder.load(store.manifest["embedder"])
+    qv = emb.encode([question])[0]
+    n = max(k, candidates or (4 * k if (hybrid or reranker) else k))
+    by_id: dict[str, dict] = {}
+    vec_rank: dict[str, int] = {}
+    for r, row in enumerate(store.search_vector(qv, n)):
+        by_id.setdefault(row["id"], row)
+        vec_rank[row["id"]] = r
+    text_rank: dict[str, int] = {}
+    if hybrid:
+        for r, row in enumerate(store.search_text(question, n)):
+            by_id.setdefault(row["id"], row)
+            text_rank[row["id"]] = r
+    hits = []
+    for cid, row in by_id.items():
+        sim = float(np.dot(np.asarray(row["vector"], dtype=np.float32), qv))
+        if hybrid:
+            score = sum(1.0 / (RRF_K + 1 + rk[cid]) for rk in (vec_rank, text_rank) if cid in rk)
+        else:
+            score = sim
+        hits.append(Hit(0, score, sim, row["text"], row["source"], row["section"], row["section_path"],
+                        int(row["start"]), int(row["end"]), cid))
+    if cutoff is not None:
+        hits = [h for h in hits if h.similarity >= cutoff]
+    hits.sort(key=lambda h: (-h.score, -h.similarity))
+    if reranker is not None:
+        hits = list(reranker(question, hits))
+    hits = hits[:k]
+    for i, h in enumerate(hits, 1):
+        h.rank = i
+    return hits
