@@ -78,9 +78,9 @@ def docs(tmp_path) -> Path:
     return write_docs(tmp_path / "docs")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def built_kb(tmp_path_factory):
-    """(docs folder, kb folder) indexed once per test module with the real minilm-l6."""
+    """(docs folder, kb folder) indexed once per test session with the real minilm-l6."""
     from tunelab.rag import index
 
     root = tmp_path_factory.mktemp("rag")

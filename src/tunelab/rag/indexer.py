@@ -79,11 +79,12 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
           log=None) -> IndexReport:
     """Index `docs` into knowledge base `kb` (or folder `directory`); see the module docstring."""
     t0 = time.perf_counter()
+    where = kb_dir(kb, directory)  # validates the name before any work
     files = find_files(docs)
     drop_patterns = list(DEFAULT_DROP if drop is None else drop)
     settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "headings": headings,
                 "drop": drop_patterns}
-    store = KnowledgeBase.open_or_create(kb_dir(kb, directory), settings)
+    store = KnowledgeBase.open_or_create(where, settings)
     known = store.files
     hashes = {p: file_hash(p) for p in files}
     gone = [p for p in known if p not in files]
