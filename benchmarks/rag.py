@@ -105,6 +105,7 @@ def main() -> None:
         res[mode]["query_ms_p90"] = round(lat[int(len(lat) * 0.9)], 1)
         res[mode]["misses"] = [p["question"] for p in ev["per_question"] if not p["rank"] or p["rank"] > args.k][:10]
         res[mode]["eval_seconds"] = round(time.perf_counter() - t0, 1)
+    res["ann_top3_same_as_exact"] = _ann_agreement(name, qs, args.k)
     res["load_avg_1min"] = {"index_start": round(load0, 2), "index_end": round(load1, 2),
                             "end": round(os.getloadavg()[0], 2)}
     res["targets"] = {"recall@3>=0.85": res["vector"][f"recall@{args.k}"] >= 0.85,
@@ -121,6 +122,22 @@ def _latencies(name: str, qs: list[dict], k: int, hybrid: bool) -> list[float]:
         query(name, q["question"], k=k, hybrid=hybrid)
         out.append(time.perf_counter() - t0)
     return out
+
+
+def _ann_agreement(name: str, qs: list[dict], k: int) -> float | None:
+    """Fraction of questions whose top-k ids from the ANN index equal an exact scan's."""
+    from tunelab.rag.embed import Embedder
+    from tunelab.rag.retrieve import open_kb
+
+    kb = open_kb(name)
+    if not kb.manifest.get("ann_rows"):
+        return None
+    emb = Embedder.load(kb.manifest["embedder"])
+    same = 0
+    for q in qs:
+        v = emb.encode([q["question"]])[0]
+        same += [r["id"] for r in kb.search_vector(v, k)] == [r["id"] for r in kb.search_vector(v, k, exact=True)]
+    return round(same / len(qs), 4)
 
 
 if __name__ == "__main__":

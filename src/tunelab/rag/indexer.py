@@ -91,8 +91,9 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     todo = [p for p in files if known.get(p, {}).get("hash") != hashes[p]]
     changed = [p for p in todo if p in known]
 
-    emb = Embedder.load(embedder)
-    store.manifest["dim"] = emb.dim
+    emb = Embedder.load(embedder) if todo else None  # nothing changed: no model load (~2 s)
+    if emb is not None:
+        store.manifest["dim"] = emb.dim
     rows: list[dict] = []
     per_file: dict[str, int] = {}
     for p in todo:
@@ -109,8 +110,9 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
             })
     if log:
         log(f"{len(todo)} file(s) to embed ({len(rows)} chunks), {len(files) - len(todo)} unchanged, {len(gone)} removed")
-    vectors = emb.encode([r.pop("_embed") for r in rows], batch_size=batch_size,
-                         max_tokens=size + 2 + (32 if headings else 0))  # + [CLS]/[SEP] + heading line
+    texts = [r.pop("_embed") for r in rows]
+    window = size + 2 + (32 if headings else 0)  # + [CLS]/[SEP] + the heading line
+    vectors = emb.encode(texts, batch_size=batch_size, max_tokens=window) if emb is not None else []
     for r, v in zip(rows, vectors):
         r["vector"] = v.tolist()
 

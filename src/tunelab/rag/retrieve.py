@@ -2,15 +2,17 @@
 
     vectors (default)   the question is embedded with the KB's embedder; nearest chunks by
                         cosine similarity (ANN index once the KB is large, re-ranked exactly)
-    hybrid=True         + BM25 over heading path + text; the two rankings are fused with
-                        reciprocal rank fusion: score = sum over rankings of 1 / (60 + rank)
+    hybrid=True         + BM25 over heading path + text; candidates of both searches are scored
+                        score = alpha * similarity + (1 - alpha) * bm25 / best bm25  (alpha 0.5)
+                        (on the Python-docs FAQ check this beat reciprocal rank fusion:
+                        recall@3 0.94 vs 0.86 with RRF k=60; docs/rag.md)
     reranker            any callable (question, hits) -> hits, applied to the candidates
                         (4 x k of them) before the top k are kept: a cross-encoder, an LLM
                         judge, a recency rule...
     cutoff              drop hits whose cosine similarity to the question is below it
 
 Every `Hit` carries `similarity` (cosine, comparable across modes) and `score` (what ranked
-it: the similarity, the fused RRF score, or whatever the reranker set). Opened KBs and loaded
+it: the similarity, the hybrid score, or whatever the reranker set). Opened KBs and loaded
 embedders are cached per process, so only the first query pays for loading (~1 s).
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 from tunelab.rag.embed import Embedder
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
-RRF_K = 60
+HYBRID_ALPHA = 0.5
 
 
 @dataclass
@@ -68,29 +70,26 @@ def open_kb(kb: str | KnowledgeBase | None = None, directory: str | Path | None 
 
 def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: float | None = None, *,
           directory: str | Path | None = None, hybrid: bool = False,
-          reranker: Reranker | None = None, candidates: int | None = None) -> list[Hit]:
+          reranker: Reranker | None = None, candidates: int | None = None,
+          alpha: float = HYBRID_ALPHA) -> list[Hit]:
     """The `k` best chunks for `question`, best first (see the module docstring)."""
     store = open_kb(kb, directory)
     emb = Embedder.load(store.manifest["embedder"])
     qv = emb.encode([question])[0]
     n = max(k, candidates or (4 * k if (hybrid or reranker) else k))
     by_id: dict[str, dict] = {}
-    vec_rank: dict[str, int] = {}
-    for r, row in enumerate(store.search_vector(qv, n)):
+    for row in store.search_vector(qv, n):
         by_id.setdefault(row["id"], row)
-        vec_rank[row["id"]] = r
-    text_rank: dict[str, int] = {}
+    bm25: dict[str, float] = {}
     if hybrid:
-        for r, row in enumerate(store.search_text(question, n)):
+        for row in store.search_text(question, n):
             by_id.setdefault(row["id"], row)
-            text_rank[row["id"]] = r
+            bm25[row["id"]] = float(row["_score"])
+    best = max(bm25.values(), default=0.0) or 1.0
     hits = []
     for cid, row in by_id.items():
         sim = float(np.dot(np.asarray(row["vector"], dtype=np.float32), qv))
-        if hybrid:
-            score = sum(1.0 / (RRF_K + 1 + rk[cid]) for rk in (vec_rank, text_rank) if cid in rk)
-        else:
-            score = sim
+        score = alpha * sim + (1 - alpha) * bm25.get(cid, 0.0) / best if hybrid else sim
         hits.append(Hit(0, score, sim, row["text"], row["source"], row["section"], row["section_path"],
                         int(row["start"]), int(row["end"]), cid))
     if cutoff is not None:

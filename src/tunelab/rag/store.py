@@ -144,7 +144,7 @@ class KnowledgeBase:
             n = t.count_rows()
             built = int(self.manifest.get("ann_rows", 0))
             if n >= ANN_MIN_ROWS and (not built or n > 1.5 * built or n < built / 1.5):
-                parts = max(8, int(np.sqrt(n)))  # ~100 vectors per partition for 10k rows
+                parts = max(4, n // 256)  # lance trains on 256 samples per partition: 12.7k rows -> 49
                 t.create_index(metric="cosine", num_partitions=parts, num_sub_vectors=self.manifest["dim"] // 8,
                                replace=True)
                 self.manifest["ann_rows"] = n
@@ -156,13 +156,16 @@ class KnowledgeBase:
                 pass
 
     # ------------------------------------------------------------ search
-    def search_vector(self, vector: np.ndarray, limit: int) -> list[dict]:
-        """Nearest chunks by cosine distance (`_distance` = 1 - cosine similarity)."""
+    def search_vector(self, vector: np.ndarray, limit: int, exact: bool = False) -> list[dict]:
+        """Nearest chunks by cosine distance (`_distance` = 1 - cosine similarity); `exact` skips the ANN index."""
         if self.table is None:
             return []
         q = self.table.search(vector.astype(np.float32), vector_column_name="vector").distance_type("cosine")
-        if self.manifest.get("ann_rows"):
-            q = q.nprobes(max(8, int(np.sqrt(self.manifest["ann_rows"])) // 4)).refine_factor(10)
+        if exact:
+            q = q.bypass_vector_index()
+        elif self.manifest.get("ann_rows"):
+            # probe a quarter of the partitions, re-rank 10 x limit candidates with exact distances
+            q = q.nprobes(max(4, self.manifest["ann_rows"] // 1024)).refine_factor(10)
         return q.limit(limit).to_list()
 
     def search_text(self, text: str, limit: int) -> list[dict]:
