@@ -104,5 +104,7 @@ def run(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-if __name__ == "__main__":
-    run()
+if __name__ == "__main__":  # registrations target the importable module, not this __main__ copy
+    from tunelab.cli.main import run as _run
+
+    _run()

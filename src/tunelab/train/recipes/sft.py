@@ -50,7 +50,7 @@ def _sample(model, tok, template, prompts, max_new_tokens, amp) -> list[str]:
     from tunelab.infer.generate import Generator
 
     gen = Generator(model, tok, template, amp)
-    return [gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens) for p in prompts]
+    return gen.reply_batch([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=max_new_tokens)
 
 
 def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> SftOutcome:

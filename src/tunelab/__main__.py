@@ -1,0 +1,5 @@
+"""`python -m tunelab` = the `tunelab` command."""
+
+from tunelab.cli.main import run
+
+run()
