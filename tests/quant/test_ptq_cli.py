@@ -102,3 +102,24 @@ def test_cli_inspect_writes_report(tiny_model_dir, tmp_path, capsys):
     assert (tmp_path / "rep" / "report.png").stat().st_size > 1000
     code, _, err = _cli(["quantize", "inspect", str(tiny_model_dir), "--eval", str(text), "--formats", "nf4+xx"], capsys)
     assert code == 2 and "unknown format" in err
+
+
+def test_report_sizes_and_errors(tiny_model_dir):
+    from tunelab.quant import report
+
+    model, _ = _model(tiny_model_dir)
+    total = sum(p.numel() for p in model.parameters())  # tied lm_head counted once
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and n != "lm_head")
+    batches = [torch.randint(0, model.config.vocab_size, (2, 16))]
+    bf16 = report.evaluate_format(model, "bf16", batches)
+    fp32 = report.evaluate_format(model, "fp32", batches)
+    nf4 = report.evaluate_format(model, "nf4", batches)
+    assert fp32.size_mb == pytest.approx(total * 4 / 1e6)
+    assert bf16.size_mb == pytest.approx(total * 2 / 1e6)
+    assert nf4.size_mb == pytest.approx(((total - linear) * 2 + linear * 4.5 / 8) / 1e6)
+    assert fp32.weight_mse == 0.0 and bf16.weight_mse < nf4.weight_mse
+    assert nf4.sqnr_db == pytest.approx(10 * torch.log10(torch.tensor(1 / nf4.weight_mse * sum(
+        (m.weight.double() ** 2).sum().item() for n, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and n != "lm_head") / linear)).item(), rel=1e-4)
+    assert isinstance(model.model.layers[0].mlp.up_proj, torch.nn.Linear)  # the base is not modified

@@ -88,8 +88,9 @@ def _targets(model: nn.Module, skip) -> dict[str, torch.Tensor]:
 
 
 def _rest_params(model: nn.Module, skip) -> int:
-    quantized = {id(w) for w in _targets(model, skip).values()}
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values() if id(p) not in quantized)
+    """Parameters outside the quantized Linears (embeddings, norms, skipped layers), tied ones once."""
+    quantized = {id(m.weight) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not is_skipped(n, skip)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in quantized)  # parameters() dedupes ties
 
 
 def evaluate_format(base: nn.Module, spec: str, batches, skip=("lm_head",), blocksize: int = 64) -> Row:
