@@ -101,3 +101,21 @@ def test_full_and_freeze_methods_save_whole_model(tmp_path, tiny_model_dir):
         out = run_sft(cfg, quiet=True)
         assert (out.run_dir / "model" / "config.json").exists() and (out.run_dir / "DONE").exists()
         assert out.val_after < out.val_before
+
+
+def test_selective_head_loss_equals_full_logits_loss(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.eval.metrics import reply_loss_sum, token_nll_sum
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    ids = torch.randint(5, 400, (3, 17))
+    mask = torch.ones_like(ids)
+    mask[0, 12:] = 0
+    labels = ids.clone()
+    labels[:, :6] = -100
+    labels[0, 12:] = -100
+    a, na = reply_loss_sum(model, ids, mask, labels)
+    b, nb = token_nll_sum(model(input_ids=ids, attention_mask=mask).logits, labels)
+    assert na == nb == 2 * 11 + 6  # rows 1-2: positions 6..16; row 0: 6..11
+    assert torch.allclose(a, b, rtol=1e-5)

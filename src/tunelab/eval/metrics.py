@@ -24,6 +24,41 @@ def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     return loss, n
 
 
+def _decoder_and_head(model):
+    """(decoder, lm_head) when the model splits that way (Llama, Mistral, Qwen, SmolLM, ...), else None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if cfg is None or getattr(cfg, "final_logit_softcapping", None) or not hasattr(base, "get_decoder"):
+        return None
+    head = base.get_output_embeddings()
+    decoder = base.get_decoder()
+    if head is None or decoder is None or decoder is base:
+        return None
+    return decoder, head
+
+
+def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Sum of next-token NLL over learned positions, and their count.
+
+    The output head runs only on positions that have a target: with SmolLM2's 49,152 x 576 head
+    and ~40% of tokens learned (reply tokens), that skips ~60% of the head's 57 GFLOP forward
+    per 1,000 tokens (and its backward).
+    """
+    parts = _decoder_and_head(model)
+    if parts is None:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return token_nll_sum(logits, labels)
+    decoder, head = parts
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != IGNORE
+    logits = head(hidden[:, :-1][keep])
+    n = int(keep.sum())
+    loss = F.cross_entropy(logits.float(), target[keep], reduction="sum")
+    return loss, n
+
+
 @torch.no_grad()
 def reply_nll(model, examples: list[TokenizedExample], pad_id: int, batch_size: int = 8,
               autocast_dtype: torch.dtype | None = None) -> float:
@@ -39,8 +74,7 @@ def reply_nll(model, examples: list[TokenizedExample], pad_id: int, batch_size: 
         batch = collate([examples[i] for i in order[s:s + batch_size]], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, n = token_nll_sum(logits, batch["labels"])
+            loss, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
         total += float(loss)
         count += n
     model.train(was_training)

@@ -23,7 +23,7 @@ import torch
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import TokenizedExample, collate, make_batches
 from tunelab.errors import TunelabError
-from tunelab.eval.metrics import reply_nll, token_nll_sum
+from tunelab.eval.metrics import reply_loss_sum, reply_nll
 
 
 def cpu_has_bf16() -> bool:
@@ -128,8 +128,7 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                 for idx in group:
                     batch = {k: v.to(device) for k, v in collate([train[i] for i in idx], pad_id).items()}
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    nll, n = token_nll_sum(logits, batch["labels"])
+                        nll, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
                     loss = nll / max(n, 1) / len(group)
                     loss.backward()
                     loss_val += float(loss.detach())
