@@ -52,14 +52,20 @@ def main() -> None:
     del bf16
     model = to_bitnet(base)
     out["ppl_ternary_ptq"] = perplexity(model, held_out)
-    log = lambda s, loss: print(f"step {s + 1}/{args.steps} loss {loss:.3f}", flush=True)  # noqa: E731
+    print(f"bf16 {out['ppl_bf16']:.3f}  ternary PTQ {out['ppl_ternary_ptq']:.1f}", flush=True)
+    t_train = time.time()
+    log = lambda s, loss: print(f"step {s + 1}/{args.steps} loss {loss:.3f} ({time.time() - t_train:.0f} s)",  # noqa: E731
+                                flush=True)
     losses = finetune_lm(model, train, args.steps, lr=args.lr, warmup_lambda_steps=args.warmup_lambda, log=log)
     out["train_loss_first_last"] = [round(losses[0], 3), round(losses[-1], 3)]
     out["ppl_bitnet_finetuned"] = perplexity(model, held_out)
     convert_qat(model)
     out["ppl_bitnet_exported_packed"] = perplexity(model, held_out)
-    gap = out["ppl_ternary_ptq"] - out["ppl_bf16"]
-    out["recovered_fraction_of_ppl_gap"] = (out["ppl_ternary_ptq"] - out["ppl_bitnet_finetuned"]) / gap
+    # recovery in nats of mean NLL: log(ppl_ptq) - log(ppl_finetuned) over log(ppl_ptq) - log(ppl_bf16)
+    import math
+
+    gap = math.log(out["ppl_ternary_ptq"]) - math.log(out["ppl_bf16"])
+    out["recovered_fraction_of_nll_gap"] = (math.log(out["ppl_ternary_ptq"]) - math.log(out["ppl_bitnet_finetuned"])) / gap
     out["seconds"] = round(time.time() - t0, 1)
     print(json.dumps(out, indent=1))
 

@@ -96,6 +96,14 @@ def test_autocast_bf16_forward_and_backward():
     torch.testing.assert_close(x.grad, torch.ones(8, 96) @ q.dequantize_weight(), atol=0.02, rtol=0.02)
 
 
+def test_bf16_decode_within_three_roundings_of_fp32_decode():
+    q = QuantLinear.from_linear(_linear(256, 128), "nf4", double_quant=True)
+    exact = q.dequantize_weight()
+    fast = q._decode(torch.bfloat16).float()
+    nz = exact != 0
+    assert ((fast - exact).abs()[nz] / exact.abs()[nz]).max() <= 3 * 2**-8
+
+
 def test_compute_dtype_casts_input_and_back():
     q = QuantLinear.from_linear(_linear(), compute_dtype=torch.bfloat16)
     x = torch.randn(2, 128)
