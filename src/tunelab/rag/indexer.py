@@ -40,6 +40,7 @@ class IndexReport:
     chunks_embedded: int
     chunks_total: int
     seconds: float
+    stages: dict | None = None  # seconds per stage: read_chunk, embed, store (+ indexes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -96,6 +97,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         store.manifest["dim"] = emb.dim
     rows: list[dict] = []
     per_file: dict[str, int] = {}
+    t1 = time.perf_counter()
     for p in todo:
         doc = read_document(p, drop=drop_patterns)
         chunks = chunk_document(doc, emb.tokenizer, size=size, overlap=overlap)
@@ -110,12 +112,14 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
             })
     if log:
         log(f"{len(todo)} file(s) to embed ({len(rows)} chunks), {len(files) - len(todo)} unchanged, {len(gone)} removed")
+    t2 = time.perf_counter()
     texts = [r.pop("_embed") for r in rows]
     window = size + 2 + (32 if headings else 0)  # + [CLS]/[SEP] + the heading line
     vectors = emb.encode(texts, batch_size=batch_size, max_tokens=window) if emb is not None else []
     for r, v in zip(rows, vectors):
         r["vector"] = v.tolist()
 
+    t3 = time.perf_counter()
     store.delete_paths(gone + changed)
     store.add(rows)
     for p in gone:
@@ -128,4 +132,6 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     return IndexReport(kb=str(kb or store.dir), files=len(files), added=len(todo) - len(changed),
                        changed=len(changed), unchanged=len(files) - len(todo), removed=len(gone),
                        chunks_embedded=len(rows), chunks_total=store.count(),
-                       seconds=round(time.perf_counter() - t0, 2))
+                       seconds=round(time.perf_counter() - t0, 2),
+                       stages={"load_hash": round(t1 - t0, 2), "read_chunk": round(t2 - t1, 2),
+                               "embed": round(t3 - t2, 2), "store": round(time.perf_counter() - t3, 2)})
