@@ -28,6 +28,14 @@ def test_markdown_headings_and_links(docs):
     assert doc.blocks[2].text.endswith("See the rose society.")  # link reduced to its text
 
 
+def test_markdown_setext_headings_rules_and_code(tmp_path):
+    f = tmp_path / "s.md"
+    f.write_text("Title\n=====\n\nIntro.\n\n---\n\nPart two\n--------\n\n```\nx = 1\n\ny = 2\n```\n")
+    doc = read_document(f)
+    assert [(b.section_path, b.text) for b in doc.blocks] == [
+        (("Title",), "Intro."), (("Title", "Part two"), "x = 1\n\ny = 2")]
+
+
 def test_html_drops_navigation_scripts_and_footer(docs):
     doc = read_document(docs / "page.html")
     assert [(b.section, b.text) for b in doc.blocks] == [

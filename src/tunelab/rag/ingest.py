@@ -157,7 +157,11 @@ def _md_blocks(raw: str) -> list[tuple[str, list[str]]]:
         path.append((level, _md_inline(title.strip().strip("#").strip())))
 
     lines = raw.splitlines()
+    underline = False  # the next line is the underline of a setext heading
     for i, line in enumerate(lines):
+        if underline:
+            underline = False
+            continue
         if line.lstrip().startswith(("```", "~~~")):
             in_code = not in_code
             if not in_code:
@@ -172,8 +176,9 @@ def _md_blocks(raw: str) -> list[tuple[str, list[str]]]:
             heading(len(m.group(1)), m.group(2))
         elif line.strip() and not buf and re.fullmatch(r"(=+|-+)\s*", nxt) and len(nxt.strip()) >= 2:
             heading(1 if nxt.strip()[0] == "=" else 2, line)
-        elif re.fullmatch(r"(=+|-+)\s*", line) and out and not buf and path and i > 0 and lines[i - 1].strip() == path[-1][1]:
-            continue  # the underline of a setext heading
+            underline = True
+        elif re.fullmatch(r"\s*([-*_]\s*){3,}", line):  # horizontal rule
+            flush()
         elif not line.strip():
             flush()
         else:
@@ -296,7 +301,8 @@ class _HTMLBlocks(html.parser.HTMLParser):
             self.heading = int(tag[1])
         elif tag in self.BLOCK:
             self.flush()
-            self.pre += tag == "pre"
+            if tag == "pre":
+                self.pre += 1
 
     def handle_endtag(self, tag):
         if tag in self.DROP:
@@ -311,7 +317,8 @@ class _HTMLBlocks(html.parser.HTMLParser):
             self.heading = None
         elif tag in self.BLOCK:
             self.flush()
-            self.pre -= tag == "pre" and self.pre > 0
+            if tag == "pre" and self.pre:
+                self.pre -= 1
 
     def handle_data(self, data):
         if not self.drop_depth:
