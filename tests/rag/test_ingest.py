@@ -21,6 +21,15 @@ def test_rst_sections_directives_and_inline_markup(docs):
     assert "index::" not in doc.text and "chain, tyres" not in doc.text
 
 
+def test_rst_markup_across_lines_code_blocks_and_literal_markers(tmp_path):
+    f = tmp_path / "x.rst"
+    f.write_text("Title\n=====\n\nRun ``chmod +x\nscript`` then see :func:`os.chmod`. A good choice is::\n\n"
+                 "   #!/usr/bin/env python3\n\n.. code-block:: shell-session\n\n   $ ./script\n")
+    doc = read_document(f)
+    assert [b.text for b in doc.blocks] == [
+        "Run chmod +x\nscript then see os.chmod. A good choice is:", "#!/usr/bin/env python3", "$ ./script"]
+
+
 def test_markdown_headings_and_links(docs):
     doc = read_document(docs / "guide.md")
     assert [b.section for b in doc.blocks] == ["Gardening", "Tomatoes", "Roses"]

@@ -195,9 +195,15 @@ _RST_DROP_DIRECTIVES = {"index", "toctree", "highlight", "module", "moduleauthor
                         "image", "figure", "tabularcolumns", "contents", "sectnum", "meta"}
 
 
+_RST_LANG_DIRECTIVES = {"code-block", "code", "sourcecode", "doctest"}  # argument = a language name
+
+
 def _rst_inline(s: str) -> str:
+    """Inline markup -> text, on a whole paragraph (markup may span lines)."""
     s = _RST_ROLE.sub(lambda m: m.group(1) or (m.group(2) or "")[1:-1], s)
-    s = re.sub(r"``(.+?)``", r"\1", s)
+    s = re.sub(r"``(.+?)``", r"\1", s, flags=re.S)
+    s = re.sub(r"(\S)\s*::$", r"\1:", s)  # "usually::" (literal block follows) -> "usually:"
+    s = re.sub(r"^\s*::$", "", s)
     s = re.sub(r"`([^`<]+?)\s*<[^>]+>`_+", r"\1", s)
     s = re.sub(r"`([^`]+)`_*", r"\1", s)
     return re.sub(r"(\*\*|\*)(\S.*?)\1", r"\2", s)
@@ -213,7 +219,7 @@ def _rst_blocks(raw: str) -> list[tuple[str, list[str]]]:
 
     def flush():
         if buf:
-            out.append(("\n".join(buf), [t for _, t in path]))
+            out.append((_rst_inline("\n".join(buf)), [t for _, t in path]))
             buf.clear()
 
     i = 0
@@ -251,8 +257,8 @@ def _rst_blocks(raw: str) -> list[tuple[str, list[str]]]:
             name = m.group(2)
             if name is None or name.split(":")[-1] in _RST_DROP_DIRECTIVES:
                 skip_indent = indent  # comment, target or dropped directive: skip its body
-            elif m.group(3).strip():
-                buf.append(_rst_inline(m.group(3).strip()))  # e.g. `.. note:: text` / `.. function:: f(x)`
+            elif m.group(3).strip() and name not in _RST_LANG_DIRECTIVES:
+                buf.append(m.group(3).strip())  # e.g. `.. note:: text` / `.. function:: f(x)`
             i += 1
             continue
         if re.match(r"^\s*:[\w -]+:(\s|$)", line) and not buf:  # field list / directive options
@@ -263,7 +269,7 @@ def _rst_blocks(raw: str) -> list[tuple[str, list[str]]]:
         elif _RST_ADORN.match(line) or re.fullmatch(r"\s*[+|][-=+|\s]*", line):
             pass  # transition or table border
         else:
-            buf.append(_rst_inline(line.replace("|", " ") if line.lstrip().startswith("|") else line))
+            buf.append(line.replace("|", " ") if line.lstrip().startswith("|") else line)
         i += 1
     flush()
     return out
