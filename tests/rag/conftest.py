@@ -81,6 +81,7 @@ def docs(tmp_path) -> Path:
 @pytest.fixture(scope="session")
 def built_kb(tmp_path_factory):
     """(docs folder, kb folder) indexed once per test session with the real minilm-l6."""
+    pytest.importorskip("lancedb", reason="the rag extra is not installed")
     from tunelab.rag import index
 
     root = tmp_path_factory.mktemp("rag")

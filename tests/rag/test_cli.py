@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+pytest.importorskip("lancedb", reason="the rag extra is not installed")
+
 from tunelab.cli.main import run
 
 

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+pytest.importorskip("lancedb", reason="the rag extra is not installed")
+
 from tunelab.errors import TunelabError
 from tunelab.rag import index, query
 from tunelab.rag.store import KnowledgeBase

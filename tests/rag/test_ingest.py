@@ -54,6 +54,7 @@ def test_html_drops_navigation_scripts_and_footer(docs):
 
 
 def test_generated_pdf_pages_become_sections(docs):
+    pytest.importorskip("pypdf")
     doc = read_document(docs / "report.pdf")
     assert [b.section for b in doc.blocks] == ["page 1", "page 2"]
     assert "twelve percent" in doc.blocks[0].text and "four hundred engineers" in doc.blocks[1].text
@@ -78,6 +79,7 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
         read_document(tmp_path / "x.docx")
     with pytest.raises(TunelabError, match="cannot read file"):
         read_document(tmp_path / "missing.txt")
+    pytest.importorskip("pypdf")
     bad = tmp_path / "broken.pdf"
     bad.write_bytes(b"not a pdf at all")
     with pytest.raises(TunelabError, match="not a readable PDF") as e:

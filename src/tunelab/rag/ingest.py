@@ -343,7 +343,9 @@ def _html_blocks(raw: str) -> list[tuple[str, list[str]]]:
 def _pdf_blocks(path: Path) -> list[tuple[str, list[str]]]:
     try:
         from pypdf import PdfReader
-
+    except ImportError as e:
+        raise TunelabError("reading PDF needs pypdf", where=str(path), hint="pip install 'tunelab[rag]'") from e
+    try:
         reader = PdfReader(str(path))
         pages = [pg.extract_text() or "" for pg in reader.pages]
     except OSError as e:

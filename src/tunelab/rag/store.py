@@ -93,7 +93,11 @@ class KnowledgeBase:
     @property
     def db(self):
         if self._db is None:
-            import lancedb
+            try:
+                import lancedb
+            except ImportError as e:
+                raise TunelabError("LanceDB is not installed", where="rag",
+                                   hint="pip install 'tunelab[rag]' (or -r requirements-rag.txt)") from e
 
             self._db = lancedb.connect(str(self.dir / "lance"))
         return self._db
