@@ -30,7 +30,9 @@ SUBAPPS = {
     "data": "tunelab.cli.data",
 }
 # modules that register plain commands on `app` (import side effect: @app.command()).
-COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer"]
+COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
+                   "tunelab.cli.merge",
+                   ]
 
 _state = {"debug": False}
 

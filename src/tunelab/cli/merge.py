@@ -1,0 +1,69 @@
+"""`tunelab merge RUN --out DIR` and `tunelab memory MODEL --method ...`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunelab.cli.main import app
+
+
+@app.command("merge")
+def merge_cmd(
+    run: Path = typer.Argument(..., help="A finished run folder (runs/<name>)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged model (plain transformers)."),
+    dtype: str = typer.Option("fp32", "--dtype", help="Weights dtype of the export: fp32 | bf16 | fp16."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
+) -> None:
+    """Merge a LoRA/QLoRA adapter into its base (QLoRA: dequantized first) and save a model that loads
+    with AutoModelForCausalLM.from_pretrained(DIR), without tunelab."""
+    from tunelab.adapters.merge import merge_run
+
+    c = Console()
+    res = merge_run(run, out, dtype=dtype, overwrite=overwrite)
+    how = {"qlora": f"{res.dequantized} NF4 layers dequantized, then {res.merged} adapters merged",
+           "lora": f"{res.merged} adapters merged"}.get(res.method, "whole model exported")
+    c.print(f"{res.method} run -> {how}; {res.params:,} params in {res.dtype}")
+    c.print(f"saved to [bold]{res.out}[/bold] (AutoModelForCausalLM.from_pretrained loads it)")
+
+
+def _gb(n: float) -> str:
+    """Binary units: GiB from 1 GiB up, else MiB."""
+    return f"{n / 1024**3:,.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
+
+
+@app.command("memory")
+def memory_cmd(
+    model: str = typer.Argument(..., help="Alias, model folder or config.json (weights are not loaded)."),
+    method: str = typer.Option("lora", "--method", help="full | lora | qlora"),
+    batch: int = typer.Option(1, "--batch", help="Sequences per step (B)."),
+    seq: int = typer.Option(512, "--seq", help="Tokens per sequence (S)."),
+    grad_checkpointing: bool = typer.Option(False, "--grad-checkpointing", help="Recompute blocks in backward."),
+    r: int = typer.Option(16, "--r", help="LoRA rank."),
+    optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw8bit"),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda: the memory compared with."),
+) -> None:
+    """Estimate training memory from the model's config (computed, not measured)."""
+    from tunelab.train.memory import estimate
+
+    e = estimate(model, method, batch, seq, grad_checkpointing, r, optimizer, device)
+    c = Console()
+    t = Table(title=f"{e.model}: {e.method}, B={e.batch} S={e.seq}"
+                    f"{' grad-checkpointing' if e.grad_checkpointing else ''}, {e.optimizer}, {e.device}")
+    t.add_column("component")
+    t.add_column("memory", justify="right")
+    t.add_column("how")
+    for name, n, how in e.rows:
+        t.add_row(name, _gb(n), how)
+    t.add_row("[bold]total[/bold]", f"[bold]{_gb(e.total)}[/bold]", f"{e.params:,} params, {e.trainable:,} trainable")
+    c.print(t)
+    c.print(f"per param (no activations): {e.bytes_per_param_text}")
+    if e.available is None:
+        c.print(f"{e.device} memory: unknown")
+    else:
+        verdict = "[green]fits[/green]" if e.fits else "[red]does not fit[/red]"
+        c.print(f"{e.device}: {_gb(e.available)} available of {_gb(e.device_total or 0)} -> {verdict} "
+                f"({e.total / e.available:.0%} of available)")

@@ -1,0 +1,314 @@
+"""Training memory, estimated from a model's config.json alone (no weights are loaded).
+
+    total = weights + gradients + optimizer states + master weights + adapters + activations + workspace
+
+Parameters come from the config's shapes (Llama-family decoders: llama, mistral, qwen2, qwen3, gemma):
+
+    N = V h (embeddings) + L [ h (q + 2 kv) + q h  (attention)  + 3 h I (gate, up, down)  + 2 h (norms) ]
+        + h (final norm) + V h (output head, unless tied)       q = heads x head_dim, kv = kv_heads x head_dim
+
+e.g. SmolLM2-135M: 49,152 x 576 + 30 x (576 x (576 + 2 x 192) + 576 x 576 + 3 x 576 x 1,536 + 2 x 576) + 576
+   = 28,311,552 + 30 x 3,540,096 + 576 = 134,515,008.
+
+Bytes per parameter, the seed arithmetic (wb = bytes of a stored weight: fp32 4 on CPU, bf16 2 on CUDA,
+tunelab's own defaults; adam = 8 for AdamW's fp32 m and v, 2 + 8/256 for 8-bit AdamW):
+
+    full   wb (weights) + wb (grads) + adam + 4 (fp32 master copy, only when wb < 4)   = 16  (either way:
+           4 + 4 + 8 on CPU, 2 + 2 + 8 + 4 mixed precision on CUDA)
+    lora   wb (frozen base) + (4 + 4 + adam) T / N   adapters train in fp32: weight, grad, m, v
+           T = r sum(in + out) over the adapted Linears (all 7 projections of every block)
+    qlora  4.127/8 per block-Linear weight + wb per other weight (embeddings, norms, untied head)
+           + (4 + 4 + adam) T / N;  4.127 bits = 4 (NF4 code) + 8/64 (uint8 absmax per 64 weights)
+           + 32/(64 x 256) (fp32 scale per 256 absmax)
+
+Activations (values kept for backward, 2 bytes each under bf16 autocast), per layer per token:
+
+    block  = 2h + 2q + 2kv   attention: norm input, normed x (q/k/v input), q and k after RoPE, v, SDPA out
+           + 2h + 4I         MLP: norm input, normed x, gate, up, silu(gate), silu(gate) * up (down's input)
+    lora   + sum(in) + 7r    dropout's copy of each adapted Linear's input (dropout > 0) and A x
+    no checkpointing:   B S L block
+    checkpointing:      B S (L h + block)     each block's input, plus one block recomputed in backward
+    logits: B S f V (2 + 4 + 4)   bf16 head output, its fp32 upcast, fp32 log-softmax kept by the loss;
+                                  f = fraction of positions with a target (tunelab runs the head on those only)
+
+Small tensors are left out (RMSNorm's rstd, RoPE tables, attention log-sum-exp, dropout masks), as are
+the framework's own overhead (the Python process, CUDA context ~0.3-0.5 GB, allocator fragmentation):
+the figures are computed, not measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+QLORA_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (NF4 + double-quantized absmax)
+ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable param (8-bit: + fp32 absmax per 256)
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3", "olmo2")
+METHODS = ("full", "lora", "qlora")
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-family decoder, read from config.json."""
+
+    model_type: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "MODEL") -> "ModelShape":
+        cfg = cfg.get("text_config", cfg)
+        mt = cfg.get("model_type", "")
+        if mt not in LLAMA_LIKE:
+            raise TunelabError(f"memory estimate: model_type {mt!r} is not supported", where=where,
+                               hint=f"supported: {', '.join(LLAMA_LIKE)}")
+        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        attn_bias = bool(cfg.get("attention_bias", mt == "qwen2"))  # qwen2: q, k, v biases
+        return cls(mt, cfg["vocab_size"], h, cfg["num_hidden_layers"], heads,
+                   cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or h // heads,
+                   cfg["intermediate_size"], bool(cfg.get("tie_word_embeddings", mt == "gemma")),
+                   qkv_bias=attn_bias, o_bias=attn_bias and mt != "qwen2", mlp_bias=bool(cfg.get("mlp_bias", False)),
+                   qk_norm=mt == "qwen3")
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """(name, in, out) of the 7 projections of one block: what LoRA adapts and QLoRA quantizes."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h),
+                ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of all block Linears, L sum(in x out) (biases excluded)."""
+        return self.layers * sum(a * b for _, a, b in self.linears())
+
+    @property
+    def params(self) -> int:
+        """Total parameters, as `sum(p.numel() for p in model.parameters())` counts them."""
+        per_layer_extra = 2 * self.hidden  # input and post-attention RMSNorm
+        per_layer_extra += (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + self.hidden * self.o_bias
+        per_layer_extra += (2 * self.intermediate + self.hidden) * self.mlp_bias
+        per_layer_extra += 2 * self.head_dim * self.qk_norm  # qwen3: q_norm, k_norm
+        head = 0 if self.tied else self.vocab * self.hidden
+        return self.vocab * self.hidden + self.linear_params + self.layers * per_layer_extra + self.hidden + head
+
+    def lora_params(self, r: int) -> int:
+        """T = L r sum(in + out) over the 7 projections (A: r x in, B: out x r)."""
+        return self.layers * r * sum(a + b for _, a, b in self.linears())
+
+
+def read_config(model: str) -> tuple[dict, str]:
+    """config.json of an alias, model folder or config file (never the weights): (dict, path)."""
+    p = Path(model)
+    if p.is_file():
+        path = p
+    elif (p / "config.json").is_file():
+        path = p / "config.json"
+    else:
+        from tunelab.models.registry import resolve
+
+        rm = resolve(model, where="MODEL")  # an alias may convert its GGUF once (~30 s)
+        if rm.source == "hub":
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(rm.path, "config.json"))
+            except Exception as e:  # offline, unknown repo
+                raise TunelabError(f"cannot read config.json of '{model}' ({type(e).__name__})", where="MODEL",
+                                   hint="give an alias (`tunelab models`), a model folder or a config.json") from e
+        else:
+            path = Path(rm.path) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise TunelabError(f"cannot read {path}: {e}", where="MODEL") from e
+
+
+def detect_memory(device: str = "auto") -> tuple[str, int | None, int | None]:
+    """(device, total bytes, available bytes): CUDA VRAM via torch when a GPU is there (device auto|cuda),
+    else RAM from /proc/meminfo (MemTotal, MemAvailable), else os.sysconf pages x page size."""
+    if device in ("auto", "cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                return "cuda", int(total), int(free)
+        except Exception:  # no torch / no driver: fall back to RAM
+            pass
+        if device == "cuda":
+            return "cuda", None, None
+    info = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0]) * 1024  # "MemTotal:  131072000 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    total = info.get("MemTotal")
+    avail = info.get("MemAvailable")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    return "cpu", total, avail
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per component; `rows` are (component, bytes, formula) in print order."""
+
+    model: str
+    method: str
+    batch: int
+    seq: int
+    grad_checkpointing: bool
+    r: int
+    optimizer: str
+    device: str
+    weight_bytes: int  # bytes of one stored (unquantized) weight: 4 fp32, 2 bf16
+    params: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer_states: int
+    master_weights: int
+    adapters: int
+    activations: int
+    workspace: int
+    rows: list[tuple[str, int, str]] = field(default_factory=list)
+    bytes_per_param_text: str = ""
+    available: int | None = None  # detected free RAM / VRAM
+    device_total: int | None = None
+
+    @property
+    def static(self) -> int:
+        """Everything but activations and workspace."""
+        return self.weights + self.gradients + self.optimizer_states + self.master_weights + self.adapters
+
+    @property
+    def total(self) -> int:
+        return self.static + self.activations + self.workspace
+
+    @property
+    def bytes_per_param(self) -> float:
+        """static / N: the seed arithmetic's 16 (full), ~4.2 (lora), ~1.2 (qlora)."""
+        return self.static / self.params
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.available is None else self.total <= self.available
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
+             r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
+             lora_dropout: float = 0.05, target_fraction: float = 1.0, detect: bool = True) -> MemoryEstimate:
+    """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
+
+    Args:
+        method: full | lora | qlora (LoRA on all 7 projections of every block, rank `r`).
+        optimizer: adamw (fp32 m, v: 8 bytes/trainable param) | adamw8bit (2 + 8/256).
+        device: auto | cpu | cuda: where it trains, for the weight dtype and the memory compared with.
+        weights_dtype: auto (fp32 on CPU, bf16 on CUDA: tunelab's defaults) | fp32 | bf16.
+        target_fraction: share of positions that carry a target (the head runs on those only).
+        detect: look up the device's memory (False: no lookup, `fits` is None).
+    """
+    if method not in METHODS:
+        raise TunelabError(f"unknown method '{method}'", where="--method", hint=f"one of: {', '.join(METHODS)}")
+    if optimizer not in ADAM_BYTES:
+        raise TunelabError(f"unknown optimizer '{optimizer}'", where="--optimizer", hint="adamw or adamw8bit")
+    if batch < 1 or seq < 1 or r < 1:
+        raise TunelabError("batch, seq and r must be >= 1", where="memory")
+    cfg, name = (model, model.get("_name_or_path", "config")) if isinstance(model, dict) else read_config(model)
+    name = model if isinstance(model, str) else name
+    s = ModelShape.from_config(cfg)
+    dev, total_mem, avail = detect_memory(device) if detect else (device, None, None)
+    dev = "cpu" if dev == "auto" else dev
+    wb = {"auto": 2 if dev == "cuda" else 4, "fp32": 4, "bf16": 2}[weights_dtype]
+    adam = ADAM_BYTES[optimizer]
+    n, lin = s.params, s.linear_params
+    t = n if method == "full" else s.lora_params(r)
+    rows: list[tuple[str, int, str]] = []
+    w_name = "fp32" if wb == 4 else "bf16"
+
+    if method == "full":
+        weights, grads = n * wb, n * wb
+        master = n * 4 if wb < 4 else 0  # mixed precision keeps an fp32 copy for the update
+        opt = int(n * adam)
+        adapters = 0
+        rows += [("weights", weights, f"{_fmt(n)} params x {wb} ({w_name})"),
+                 ("gradients", grads, f"{_fmt(n)} x {wb} ({w_name})"),
+                 ("optimizer states", opt, f"{_fmt(n)} x {adam:g} ({optimizer} m, v)")]
+        if master:
+            rows.append(("fp32 master weights", master, f"{_fmt(n)} x 4"))
+        bpp = f"{wb} weights + {wb} grads + {adam:g} {optimizer} m,v" + (" + 4 fp32 master" if master else "")
+    else:
+        if method == "lora":
+            weights = n * wb
+            rows.append(("weights (frozen)", weights, f"{_fmt(n)} params x {wb} ({w_name})"))
+            bpp = f"{wb} frozen weights"
+        else:
+            quant = int(lin * QLORA_BITS / 8)
+            weights = quant + (n - lin) * wb
+            rows.append(("weights (frozen)", weights,
+                         f"{_fmt(lin)} block-Linear x {QLORA_BITS:.3f}/8 (NF4+DQ) + {_fmt(n - lin)} other x {wb} ({w_name})"))
+            bpp = f"{QLORA_BITS / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
+        adapters = 4 * t
+        grads, opt, master = 4 * t, int(t * adam), 0
+        rows += [("adapters (fp32)", adapters, f"T = {_fmt(t)} = L r sum(in+out) = {s.layers} x {r} x "
+                                               f"{sum(a + b for _, a, b in s.linears()):,}; x 4"),
+                 ("gradients", grads, f"T x 4 (fp32)"),
+                 ("optimizer states", opt, f"T x {adam:g} ({optimizer} m, v)")]
+        bpp += f" + (4 + 4 + {adam:g}) x T/N ({t / n:.2%})"
+
+    # ---- activations ---------------------------------------------------------------------------------------------
+    h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
+    block = 4 * h + 2 * q + 2 * kv + 4 * i
+    if method != "full":
+        block += (sum(a for _, a, _ in s.linears()) if lora_dropout > 0 else 0) + 7 * r
+    tokens = batch * seq
+    kept = tokens * (s.layers * h + block) if grad_checkpointing else tokens * s.layers * block
+    logits = int(tokens * target_fraction * s.vocab * (2 + 4 + 4))
+    activations = kept * 2 + logits
+    how = (f"B S (L h + block) = {tokens:,} x ({s.layers} x {h} + {block:,})" if grad_checkpointing
+           else f"B S L block = {tokens:,} x {s.layers} x {block:,}")
+    rows.append(("activations", kept * 2, f"{how} values x 2 bytes"))
+    rows.append(("logits + loss", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x (2 + 4 + 4)"))
+    # qlora decodes one Linear at a time into the compute dtype (bf16): the largest is the transient buffer
+    workspace = 2 * max(a * b for _, a, b in s.linears()) if method == "qlora" else 0
+    if workspace:
+        rows.append(("dequant workspace", workspace, "largest block Linear x 2 (bf16)"))
+
+    est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
+                         weights, grads, opt, master, adapters, activations, workspace, rows,
+                         available=avail, device_total=total_mem)
+    est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
+    return est

