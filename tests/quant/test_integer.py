@@ -102,3 +102,12 @@ def test_activation_quant_per_token():
 def test_bits_per_param_int():
     assert I.bits_per_param_int(8, "channel", n=576 * 1536, groups=1536) == pytest.approx(8 + 32 / 576)
     assert I.bits_per_param_int(8, "block", n=6400, groups=100, asymmetric=True) == pytest.approx(9.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_decode_ternary_table_matches_unpack(dtype):
+    torch.manual_seed(0)
+    w = torch.randn(13, 7)  # 91 weights: a partial last byte
+    t = I.quantize_ternary(w)
+    slow = (I.unpack_2bit(t.packed, 91).float() * t.gamma).view(13, 7).to(dtype)
+    assert torch.equal(I.dequantize_ternary(t, dtype), slow)

@@ -25,6 +25,7 @@ Activations (BitNet): per token, s = max|x| / 127, q = round(x / s) in [-127, 12
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import torch
 
@@ -147,6 +148,22 @@ def unpack_2bit(packed: torch.Tensor, n: int) -> torch.Tensor:
     return (c.reshape(-1)[:n].to(torch.int8) - 1)
 
 
+@lru_cache(maxsize=None)
+def _quad_table(dtype: torch.dtype, device=None) -> torch.Tensor:
+    """256-entry table: byte -> its 4 ternary values as one word (4 x fp32 = complex128, 4 x bf16/fp16 = int64)."""
+    codes = torch.arange(256, dtype=torch.int32)
+    quad = torch.stack([((codes >> s) & 3).to(dtype) - 1 for s in (6, 4, 2, 0)], dim=1).contiguous()
+    word = {4: torch.complex128, 2: torch.int64}[quad.element_size()]
+    return quad.view(word).view(256).to(device)
+
+
+def decode_ternary(packed: torch.Tensor, gamma: torch.Tensor, n: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """gamma * q for the first n weights: one table gather per byte (4 weights), one multiply; flat [n]."""
+    work = dtype if dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.float32
+    vals = _quad_table(work, packed.device).index_select(0, packed.int()).view(work)[:n]
+    return (vals * gamma.to(work)).to(dtype)
+
+
 @dataclass
 class Ternary:
     """packed: uint8 [ceil(n/4)] (2 bits per weight); gamma: fp32 scalar; 2 + 32/n bits per param."""
@@ -168,7 +185,7 @@ def dequantize_ternary(t: Ternary, dtype: torch.dtype = torch.float32) -> torch.
     n = 1
     for s in t.shape:
         n *= s
-    return (unpack_2bit(t.packed, n).to(dtype) * t.gamma.to(dtype)).view(t.shape)
+    return decode_ternary(t.packed, t.gamma, n, dtype).view(t.shape)
 
 
 def quantize_activations_8bit(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

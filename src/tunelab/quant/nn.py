@@ -144,8 +144,8 @@ class QuantLinear(nn.Module):
         if self.fmt == "int8":  # q * absmax / 127 per row
             return self.packed.to(dtype) * (self.absmax / 127).to(dtype)[:, None]
         if self.fmt == "ternary":  # q * gamma
-            q = integer.unpack_2bit(self.packed, self.in_features * self.out_features)
-            return q.to(dtype).view(self.out_features, self.in_features) * self.absmax.to(dtype)
+            w = integer.decode_ternary(self.packed, self.absmax, self.in_features * self.out_features, dtype)
+            return w.view(self.out_features, self.in_features)
         work = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32  # the decode's dtype
         table = codecs.pair_table(self.fmt, work, self.packed.device)
         n = self.in_features * self.out_features
