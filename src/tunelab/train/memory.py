@@ -1,6 +1,7 @@
 """Training memory, estimated from a model's config.json alone (no weights are loaded).
 
-    total = weights + gradients + optimizer states + master weights + adapters + activations + workspace
+    total = weights + gradients + optimizer states + master weights + adapters
+          + activations + weight copies + transient logits
 
 Parameters come from the config's shapes (Llama-family decoders: llama, mistral, qwen2, qwen3, gemma):
 
@@ -21,17 +22,37 @@ tunelab's own defaults; adam = 8 for AdamW's fp32 m and v, 2 + 8/256 for 8-bit A
            + (4 + 4 + adam) T / N;  4.127 bits = 4 (NF4 code) + 8/64 (uint8 absmax per 64 weights)
            + 32/(64 x 256) (fp32 scale per 256 absmax)
 
-Activations (values kept for backward, 2 bytes each under bf16 autocast), per layer per token:
+Activations: bytes autograd keeps for backward, per layer per token (bf16 autocast: matmul outputs 2 bytes;
+the residual stream and RMSNorm values are fp32 when the weights are, as on CPU):
 
-    block  = 2h + 2q + 2kv   attention: norm input, normed x (q/k/v input), q and k after RoPE, v, SDPA out
-           + 2h + 4I         MLP: norm input, normed x, gate, up, silu(gate), silu(gate) * up (down's input)
-    lora   + sum(in) + 7r    dropout's copy of each adapted Linear's input (dropout > 0) and A x
+    bf16 weights  block = (4h + 2q + 2kv + 4I) x 2
+                  attention: norm input, normed x, q and k after RoPE, v, SDPA out (o_proj's input);
+                  MLP: norm input, normed x, gate, up, silu(gate), silu(gate) * up (down_proj's input)
+    fp32 weights  block = 4h x 4 + (5h + 2q + 2kv + 4I) x 2
+                  norm inputs and outputs in fp32; every Linear keeps its own bf16 cast of its input
+                  (q, k, v: 3h; gate, up: 2h; o, down), SDPA keeps bf16 q, k, v and its output
+    lora          + (sum(in) + 7r) x 2 + sum(in)   A's bf16 input, A x, the 1-byte dropout masks (dropout > 0)
     no checkpointing:   B S L block
-    checkpointing:      B S (L h + block)     each block's input, plus one block recomputed in backward
-    logits: B S f V (2 + 4 + 4)   bf16 head output, its fp32 upcast, fp32 log-softmax kept by the loss;
-                                  f = fraction of positions with a target (tunelab runs the head on those only)
+    checkpointing:      B S (L h x 4 + block)   each block's (fp32) input, plus one block recomputed in backward
+    loss:               B S f V x 4        the fp32 log-softmax cross-entropy keeps
+    logits (transient): B S f V x (2 + 4)  the bf16 head output and its fp32 upcast, while the loss runs
+                        f = share of positions with a target (tunelab runs the head on those only)
 
-Small tensors are left out (RMSNorm's rstd, RoPE tables, attention log-sum-exp, dropout masks), as are
+e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 2 x 576 + 2 x 192
+     + 4 x 1,536) x 2 = 9,216 + 21,120 = 30,336 bytes; x 30 layers = 0.91 MB per token.
+
+Weight copies kept for backward (the `workspace` field): under bf16 autocast each Linear casts its weight
+to bf16 and autograd keeps that copy to compute the input's gradient, so at the peak a bf16 copy of every
+Linear (block projections and the head) is alive when the stored weights are not bf16 already (fp32 weights
+on CPU), and always for QLoRA (each NF4 weight is decoded into a new bf16 tensor):
+
+    (L sum(in x out) + V h) x 2          without checkpointing
+    (sum(in x out) + V h) x 2            with checkpointing (one block is recomputed at a time)
+
+e.g. SmolLM2-135M: (106.2M + 28.3M) x 2 = 269 MB, i.e. +2 bytes/param at the peak, QLoRA included.
+Checked against what autograd actually saves (tests/train/test_memory.py, saved-tensor hooks).
+
+Small tensors are left out (RMSNorm's rstd, RoPE tables, attention log-sum-exp), as are
 the framework's own overhead (the Python process, CUDA context ~0.3-0.5 GB, allocator fragmentation):
 the figures are computed, not measured.
 """
@@ -199,7 +220,8 @@ class MemoryEstimate:
     master_weights: int
     adapters: int
     activations: int
-    workspace: int
+    workspace: int  # bf16 weight copies autograd keeps for backward (see the module docstring)
+    transient: int  # the head's logits while the loss runs
     rows: list[tuple[str, int, str]] = field(default_factory=list)
     bytes_per_param_text: str = ""
     available: int | None = None  # detected free RAM / VRAM
@@ -212,7 +234,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.static + self.activations + self.workspace
+        return self.static + self.activations + self.workspace + self.transient
 
     @property
     def bytes_per_param(self) -> float:
@@ -230,7 +252,8 @@ def _fmt(n: float) -> str:
 
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
              r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
-             lora_dropout: float = 0.05, target_fraction: float = 1.0, detect: bool = True) -> MemoryEstimate:
+             lora_dropout: float = 0.05, target_fraction: float = 1.0, autocast: bool = True,
+             detect: bool = True) -> MemoryEstimate:
     """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
 
     Args:
@@ -239,6 +262,8 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         device: auto | cpu | cuda: where it trains, for the weight dtype and the memory compared with.
         weights_dtype: auto (fp32 on CPU, bf16 on CUDA: tunelab's defaults) | fp32 | bf16.
         target_fraction: share of positions that carry a target (the head runs on those only).
+        autocast: bf16 autocast (tunelab's default on CUDA and AVX-512-BF16 CPUs): activations in 2 bytes,
+            else 4 (and no weight copies but QLoRA's decoded weights, then fp32).
         detect: look up the device's memory (False: no lookup, `fits` is None).
     """
     if method not in METHODS:
@@ -289,26 +314,46 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
                  ("optimizer states", opt, f"T x {adam:g} ({optimizer} m, v)")]
         bpp += f" + (4 + 4 + {adam:g}) x T/N ({t / n:.2%})"
 
-    # ---- activations ---------------------------------------------------------------------------------------------
+    # ---- activations (bytes kept per layer per token) -----------------------------------------------------------
     h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
-    block = 4 * h + 2 * q + 2 * kv + 4 * i
+    act = 2 if autocast else 4  # bytes of a matmul output
+    res = 4 if (wb == 4 or not autocast) else 2  # bytes of the residual stream and the RMSNorm values
+    if autocast and res == 4:  # fp32 weights: each Linear keeps its own bf16 cast of its input
+        block = 4 * h * res + act * (5 * h + 2 * q + 2 * kv + 4 * i)
+        block_how = f"4h x 4 + (5h + 2q + 2kv + 4I) x 2"
+    else:
+        block = act * (4 * h + 2 * q + 2 * kv + 4 * i)
+        block_how = f"(4h + 2q + 2kv + 4I) x {act}"
     if method != "full":
-        block += (sum(a for _, a, _ in s.linears()) if lora_dropout > 0 else 0) + 7 * r
+        sum_in = sum(a for _, a, _ in s.linears())
+        block += act * (sum_in + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, dropout masks
+        block_how += f" + (sum(in) + 7r) x {act}" + (" + sum(in) masks" if lora_dropout > 0 else "")
     tokens = batch * seq
-    kept = tokens * (s.layers * h + block) if grad_checkpointing else tokens * s.layers * block
-    logits = int(tokens * target_fraction * s.vocab * (2 + 4 + 4))
-    activations = kept * 2 + logits
-    how = (f"B S (L h + block) = {tokens:,} x ({s.layers} x {h} + {block:,})" if grad_checkpointing
+    kept = tokens * (s.layers * h * res + block) if grad_checkpointing else tokens * s.layers * block
+    # the loss keeps the fp32 log-softmax (4 bytes a logit); the head's output and its fp32 upcast live while it runs
+    positions = int(tokens * target_fraction)
+    logits = positions * s.vocab * 4
+    transient = positions * s.vocab * (act + 4 if autocast else 4)
+    activations = kept + logits
+    how = (f"B S (L h x {res} + block) = {tokens:,} x ({s.layers} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L block = {tokens:,} x {s.layers} x {block:,}")
-    rows.append(("activations", kept * 2, f"{how} values x 2 bytes"))
-    rows.append(("logits + loss", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x (2 + 4 + 4)"))
-    # qlora decodes one Linear at a time into the compute dtype (bf16): the largest is the transient buffer
-    workspace = 2 * max(a * b for _, a, b in s.linears()) if method == "qlora" else 0
+    rows.append(("activations", kept, f"{how} bytes; block = {block_how}"))
+    rows.append(("log-softmax (loss)", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x 4"))
+    rows.append(("logits (transient)", transient, f"B S x {target_fraction:g} x V x "
+                                                  + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")))
+    # bf16 copies of the Linear weights that backward needs (autocast casts; QLoRA's decoded NF4 weights)
+    copy_bytes = act if method == "qlora" else (2 if autocast and wb == 4 else 0)
+    head = s.vocab * h
+    block_lin = sum(a * b for _, a, b in s.linears())
+    workspace = copy_bytes * ((block_lin if grad_checkpointing else lin) + head)
     if workspace:
-        rows.append(("dequant workspace", workspace, "largest block Linear x 2 (bf16)"))
+        what = "one block's Linears" if grad_checkpointing else "block Linears"
+        rows.append(("weight copies for backward", workspace,
+                     f"({what} {_fmt(block_lin if grad_checkpointing else lin)} + head {_fmt(head)}) x {copy_bytes}"
+                     f" ({'bf16' if copy_bytes == 2 else 'fp32'})"))
 
     est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
-                         weights, grads, opt, master, adapters, activations, workspace, rows,
+                         weights, grads, opt, master, adapters, activations, workspace, transient, rows,
                          available=avail, device_total=total_mem)
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
     return est
