@@ -100,5 +100,8 @@ def test_bad_inputs(tmp_path, monkeypatch):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TunelabError, match="no supported documents"):
         index([tmp_path / "empty"], kb="x")
+    (tmp_path / "a.txt").write_text("text")
+    with pytest.raises(TunelabError, match="invalid drop pattern '\\('"):
+        index([tmp_path / "a.txt"], kb="x", drop=["("])
     with pytest.raises(TunelabError, match="invalid knowledge base name"):
         index([tmp_path / "empty"], kb="../escape")

@@ -18,6 +18,7 @@ Raises:
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -83,6 +84,11 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     where = kb_dir(kb, directory)  # validates the name before any work
     files = find_files(docs)
     drop_patterns = list(DEFAULT_DROP if drop is None else drop)
+    for pat in drop_patterns:
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise TunelabError(f"invalid drop pattern {pat!r} ({e})", where="--drop") from e
     settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "headings": headings,
                 "drop": drop_patterns}
     store = KnowledgeBase.open_or_create(where, settings)
