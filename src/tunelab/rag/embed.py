@@ -41,7 +41,7 @@ class Embedder:
         """Load (and cache per process) the encoder `name`; raises TunelabError when unavailable.
 
         `<alias>-static` (e.g. `minilm-l6-static`) gives the static embedder distilled from the
-        alias (`tunelab.rag.static_embed`): ~50x faster to index, somewhat less accurate."""
+        alias (`tunelab.rag.static_embed`): far cheaper to index, less accurate (docs/rag.md)."""
         if name.endswith("-static"):
             return _load_static(name)
         return _load_cached(name)

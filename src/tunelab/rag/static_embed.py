@@ -2,11 +2,12 @@
 
 The fast embedder for big corpora on small CPUs. A transformer encoder costs ~24 MFLOP per
 token (all-MiniLM-L6-v2): the 2.7M tokens of the Python docs take ~13 min on 2 AVX2 cores.
-A static embedder costs a table lookup per token, so indexing is bound by tokenization
-(~10 s for the same corpus).
+A static embedder costs a table lookup per token, so embedding is bound by tokenization
+(the embed stage took 28 s for the same corpus, on 2 cores shared at load ~5).
 
-Distillation (model2vec's recipe, simplified; done once, ~30 s, cached in
-`$TUNELAB_HOME/models/<alias>-static/vectors.npy`):
+Distillation (model2vec's recipe, simplified; done once, cached in
+`$TUNELAB_HOME/models/<alias>-static/vectors.npy`; 30,522 x 3 tokens: ~30 s idle by the
+throughput above, 250 s measured at load 8):
     vector[t] = mean-pooled output of the encoder on `[CLS] t [SEP]`, for every vocabulary token t
     minus the mean vector of all word pieces (the shared direction: without it any two texts
     score a cosine of ~0.5)
