@@ -98,7 +98,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     todo = [p for p in files if known.get(p, {}).get("hash") != hashes[p]]
     changed = [p for p in todo if p in known]
 
-    emb = Embedder.load(embedder) if todo else None  # nothing changed: no model load (~2 s)
+    emb = Embedder.load(embedder) if todo else None  # nothing changed: no model load
     if emb is not None:
         store.manifest["dim"] = emb.dim
     rows: list[dict] = []

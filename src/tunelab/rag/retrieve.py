@@ -13,7 +13,7 @@
 
 Every `Hit` carries `similarity` (cosine, comparable across modes) and `score` (what ranked
 it: the similarity, the hybrid score, or whatever the reranker set). Opened KBs and loaded
-embedders are cached per process, so only the first query pays for loading (~1 s).
+embedders are cached per process, so only the first query pays for loading them.
 """
 
 from __future__ import annotations

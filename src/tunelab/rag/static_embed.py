@@ -1,7 +1,7 @@
 """Static token embeddings distilled from a sentence encoder: `<alias>-static` (e.g. `minilm-l6-static`).
 
 The fast embedder for big corpora on small CPUs. A transformer encoder costs ~24 MFLOP per
-token (all-MiniLM-L6-v2): the 2.7M tokens of the Python docs take ~13 min on 2 AVX2 cores.
+token (all-MiniLM-L6-v2): the 2.7M tokens of the Python docs take an estimated ~13 min on 2 AVX2 cores.
 A static embedder costs a table lookup per token, so embedding is bound by tokenization
 (the embed stage took 28 s for the same corpus, on 2 cores shared at load ~5).
 
@@ -14,7 +14,7 @@ throughput above, 250 s measured at load 8):
 Encoding a text: weighted mean of its tokens' vectors, then L2 normalisation, with SIF weights
     w(t) = a / (a + p(t)),  a = 1e-3,  p(t) = 1 / (rank(t) * ln V)   (Zipf's law)
 where rank(t) is the token's position among the vocabulary's word pieces (WordPiece
-vocabularies list them roughly by frequency), so "the" weighs ~0.03 and rare words ~1.
+vocabularies list them roughly by frequency), so "the" weighs 0.01 and rare words ~1.
 
 Quality is below the transformer's (no context, no word order); `rag eval` tells by how much,
 and hybrid search (BM25 + vectors) recovers much of the gap. See docs/rag.md for measurements.
