@@ -6,8 +6,8 @@ A static embedder costs a table lookup per token, so embedding is bound by token
 (the embed stage took 28 s for the same corpus, on 2 cores shared at load ~5).
 
 Distillation (model2vec's recipe, simplified; done once, cached in
-`$TUNELAB_HOME/models/<alias>-static/vectors.npy`; 30,522 x 3 tokens: ~30 s idle by the
-throughput above, 250 s measured at load 8):
+`$TUNELAB_HOME/models/<alias>-static/vectors.npy`; 30,522 x 3 tokens: ~30 s idle at embed.py's
+3,400 tokens/s, 250 s measured at load 8):
     vector[t] = mean-pooled output of the encoder on `[CLS] t [SEP]`, for every vocabulary token t
     minus the mean vector of all word pieces (the shared direction: without it any two texts
     score a cosine of ~0.5)
