@@ -7,8 +7,8 @@ The KB mirrors `docs` (files and folders, searched recursively for supported ext
     unchanged file      nothing (no reading, no embedding)
     file gone           (in the KB but no longer among `docs`) its chunks deleted
 
-Changing the embedder, chunk size, overlap, headings or drop patterns rebuilds everything
-(old vectors are not comparable). All new chunks of a run are embedded in one length-sorted
+Changing the embedder, chunk size, overlap, headings or drop patterns, or a tunelab release
+that cleans documents differently (`INGEST_VERSION`), rebuilds everything. All new chunks of a run are embedded in one length-sorted
 pass, so a handful of changed files costs seconds.
 
 Raises:
@@ -26,7 +26,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.rag.chunk import chunk_document
 from tunelab.rag.embed import Embedder
-from tunelab.rag.ingest import DEFAULT_DROP, format_of, read_document
+from tunelab.rag.ingest import DEFAULT_DROP, INGEST_VERSION, format_of, read_document
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
 
@@ -90,7 +90,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         except re.error as e:
             raise TunelabError(f"invalid drop pattern {pat!r} ({e})", where="--drop") from e
     settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "headings": headings,
-                "drop": drop_patterns}
+                "drop": drop_patterns, "ingest_version": INGEST_VERSION}
     store = KnowledgeBase.open_or_create(where, settings)
     known = store.files
     hashes = {p: file_hash(p) for p in files}

@@ -30,6 +30,9 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 
+# bump when cleaning or sectioning changes: KBs built with another version are rebuilt
+INGEST_VERSION = 2
+
 SUPPORTED = (".txt", ".text", ".md", ".markdown", ".rst", ".html", ".htm", ".pdf")
 
 DEFAULT_DROP = (
