@@ -15,14 +15,14 @@ TRAIN = "examples/data/tunebot/train.jsonl"
 VAL = "examples/data/tunebot/validation.jsonl"
 
 
-def _train(tmp, model_dir, method: str, name: str, steps: int = 4):
-    """A short run on 16 train / 2 validation examples (the validation passes dominate the time)."""
+def _train(tmp, model_dir, method: str, name: str, steps: int = 3):
+    """A short run on 16 train / 1 validation examples (the validation passes dominate the time)."""
     from tunelab.train.recipes.sft import run_sft
 
     data = tmp / "data"
     data.mkdir(exist_ok=True)
     (data / "train.jsonl").write_text("".join(open(TRAIN).readlines()[:16]))
-    (data / "val.jsonl").write_text("".join(open(VAL).readlines()[:2]))
+    (data / "val.jsonl").write_text("".join(open(VAL).readlines()[:1]))
     cfg = from_dict({
         "model": {"name": str(model_dir)},
         "data": {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl"),
@@ -111,12 +111,23 @@ def test_bf16_export_loads_with_bf16_weights_and_chat_template(runs, tmp_path):
     assert not list(tmp_path.glob(".bf16.tmp-*"))  # temp folder renamed away
 
 
-def test_full_run_is_exported(tmp_path, tiny_model_dir):
+def test_full_run_is_exported(runs, tmp_path, tiny_model_dir):
+    """A full/freeze run keeps its whole model in model/: re-saved in the requested dtype."""
+    import shutil
+
+    import yaml
     from transformers import AutoModelForCausalLM
 
     from tunelab.adapters.merge import merge_run
 
-    run = _train(tmp_path, tiny_model_dir, "full", "full", steps=1)
+    run = tmp_path / "full"
+    run.mkdir()
+    cfg = yaml.safe_load((runs["lora"] / "config.yaml").read_text())
+    cfg["method"]["name"] = "full"
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.copy(runs["lora"] / "template.json", run / "template.json")
+    shutil.copytree(tiny_model_dir, run / "model")  # stands in for the trained weights
+    (run / "DONE").write_text("x")
     res = merge_run(run, tmp_path / "out", dtype="bf16")
     assert res.merged == res.dequantized == 0 and res.method == "full"
     ref = AutoModelForCausalLM.from_pretrained(run / "model").to(torch.bfloat16)
@@ -145,3 +156,15 @@ def test_errors(runs, tmp_path):
         merge_run(runs["lora"], tmp_path / "o3", dtype="int3")
     merge_run(runs["lora"], busy, overwrite=True)  # --overwrite replaces it
     assert (busy / "config.json").exists() and not (busy / "keep.txt").exists()
+
+
+def test_cli_merge(runs, tmp_path):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _mount, app
+
+    _mount()
+    out = CliRunner().invoke(app, ["merge", str(runs["qlora"]), "--out", str(tmp_path / "cli"), "--dtype", "bf16"])
+    assert out.exit_code == 0, out.output
+    assert "14 NF4 layers dequantized, then 14 adapters merged" in out.output
+    assert (tmp_path / "cli" / "model.safetensors").exists()

@@ -60,6 +60,7 @@ def memory_cmd(
         t.add_row(name, _gb(n), how)
     t.add_row("[bold]total[/bold]", f"[bold]{_gb(e.total)}[/bold]", f"{e.params:,} params, {e.trainable:,} trainable")
     c.print(t)
+    c.print(e.block_text)
     c.print(f"per param (no activations): {e.bytes_per_param_text}")
     if e.available is None:
         c.print(f"{e.device} memory: unknown")

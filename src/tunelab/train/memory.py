@@ -224,6 +224,7 @@ class MemoryEstimate:
     transient: int  # the head's logits while the loss runs
     rows: list[tuple[str, int, str]] = field(default_factory=list)
     bytes_per_param_text: str = ""
+    block_text: str = ""  # the per-layer-per-token activation formula used
     available: int | None = None  # detected free RAM / VRAM
     device_total: int | None = None
 
@@ -337,7 +338,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     activations = kept + logits
     how = (f"B S (L h x {res} + block) = {tokens:,} x ({s.layers} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L block = {tokens:,} x {s.layers} x {block:,}")
-    rows.append(("activations", kept, f"{how} bytes; block = {block_how}"))
+    rows.append(("activations", kept, f"{how} bytes (block below)"))
     rows.append(("log-softmax (loss)", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x 4"))
     rows.append(("logits (transient)", transient, f"B S x {target_fraction:g} x V x "
                                                   + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")))
@@ -356,4 +357,5 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
                          weights, grads, opt, master, adapters, activations, workspace, transient, rows,
                          available=avail, device_total=total_mem)
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
+    est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
     return est
