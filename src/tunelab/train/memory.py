@@ -46,7 +46,7 @@ to bf16 and autograd keeps that copy to compute the input's gradient, so at the 
 Linear (block projections and the head) is alive when the stored weights are not bf16 already (fp32 weights
 on CPU), and always for QLoRA (each NF4 weight is decoded into a new bf16 tensor):
 
-    (L sum(in x out) + V h) x 2          without checkpointing
+    (L sum(in x out) + V h) x 2          without checkpointing   (V h: the head, when cast from fp32)
     (sum(in x out) + V h) x 2            with checkpointing (one block is recomputed at a time)
 
 e.g. SmolLM2-135M: (106.2M + 28.3M) x 2 = 269 MB, i.e. +2 bytes/param at the peak, QLoRA included.
@@ -346,11 +346,13 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     copy_bytes = act if method == "qlora" else (2 if autocast and wb == 4 else 0)
     head = s.vocab * h
     block_lin = sum(a * b for _, a, b in s.linears())
-    workspace = copy_bytes * ((block_lin if grad_checkpointing else lin) + head)
+    head_copy = head if (autocast and wb == 4) else 0  # the head is never quantized: cast only from fp32
+    workspace = copy_bytes * ((block_lin if grad_checkpointing else lin) + head_copy)
     if workspace:
         what = "one block's Linears" if grad_checkpointing else "block Linears"
         rows.append(("weight copies for backward", workspace,
-                     f"({what} {_fmt(block_lin if grad_checkpointing else lin)} + head {_fmt(head)}) x {copy_bytes}"
+                     f"({what} {_fmt(block_lin if grad_checkpointing else lin)}"
+                     + (f" + head {_fmt(head)}" if head_copy else "") + f") x {copy_bytes}"
                      f" ({'bf16' if copy_bytes == 2 else 'fp32'})"))
 
     est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
