@@ -106,6 +106,26 @@ def chat_template_jinja(template) -> str | None:
     )
 
 
+def _cast(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters and buffers in place (`model.to(dtype)` is refused by transformers for
+    models whose config carries a quantization_config, e.g. the GGUF-converted aliases)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
+
+
+def _drop_quantization_config(model: nn.Module) -> None:
+    """The export holds plain dense weights: forget any quantization the base was loaded with
+    (a GGUF source's `quantization_config` would make from_pretrained look for a .gguf file)."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+
+
 def _prepare_out(out: Path, overwrite: bool) -> Path:
     """Check the destination; return the temporary sibling folder to write into."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -161,7 +181,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
             # the base as trained (its dtype), on the CPU, then fp32 for the merge arithmetic
             model, tok, _ = load_causal_lm(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "auto"),
                                            device="cpu", where="RUN: config.yaml model.name")
-            model.float()
+            _cast(model, torch.float32)
             if (rd.path / "tokenizer").exists():
                 from transformers import AutoTokenizer
 
@@ -176,7 +196,9 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
             peft_model = attach_adapter(model, rd.path / "adapter")
             merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)
             model = peft_model.merge_and_unload()  # W0 + (alpha/r) B A, in fp32
-        model.to(EXPORT_DTYPES[dtype])
+        _drop_quantization_config(model)
+        _cast(model, EXPORT_DTYPES[dtype])
+        model.config.dtype = EXPORT_DTYPES[dtype]
         for p in model.parameters():
             p.requires_grad_(False)
         template_path = rd.path / "template.json"
