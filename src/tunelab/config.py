@@ -74,6 +74,8 @@ class TrainConfig(_Section):
     eval_every: Literal["epoch", "never"] = "epoch"
     keep_best: bool = True
     logging_steps: int = Field(1, ge=1)
+    save_every: int = Field(0, ge=0)  # checkpoint every N optimizer steps (0 = only at epoch ends)
+    resume: Literal["no", "yes", "auto"] = "no"  # continue an unfinished run from its last checkpoint
     threads: int = 0  # 0 = all cores
 
 

@@ -22,12 +22,14 @@ def examples_dir() -> Path:
     raise TunelabError("cannot find the examples/ folder", hint="run from the tunelab repository root")
 
 
-def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool):
+def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, resume: bool = False):
     from tunelab.train.recipes.sft import run_sft
 
     cfg = load_config(config, overrides)
     if overwrite:
         cfg.output.overwrite = True
+    if resume:
+        cfg.train.resume = "yes"
     console = Console(stderr=True, quiet=quiet)
     out = run_sft(cfg, quiet=quiet, console=console)
     return cfg, out
@@ -63,9 +65,10 @@ def train_cmd(
     overrides: list[str] = typer.Argument(None, help="key.sub=value overrides, e.g. train.lr=1e-4"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
 ) -> None:
     """Fine-tune a model as described by CONFIG; writes runs/<name>/."""
-    cfg, out = _train(config, overrides or [], overwrite, quiet)
+    cfg, out = _train(config, overrides or [], overwrite, quiet, resume)
     _summary(cfg, out)
 
 

@@ -17,12 +17,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import TokenizedExample, collate, make_batches
 from tunelab.errors import TunelabError
+from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tunelab.eval.metrics import reply_loss_sum, reply_nll
 
 
@@ -55,6 +57,7 @@ class TrainResult:
     best_epoch: int = -1
     val_history: list = field(default_factory=list)  # (epoch, val_nll)
     stopped_early: str | None = None
+    resumed_from: int | None = None  # the step a resumed run continued from
 
     @property
     def tokens_per_s(self) -> float:
@@ -64,7 +67,7 @@ class TrainResult:
 class Progress:
     """A rich progress bar showing loss, lr, tokens/s and ETA (or nothing when quiet)."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, done: int = 0):
         self.quiet = quiet
         if quiet:
             return
@@ -73,7 +76,7 @@ class Progress:
         self.p = RP(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TextColumn("eta"), TimeRemainingColumn())
         self.p.start()
-        self.task = self.p.add_task("train", total=total, info="")
+        self.task = self.p.add_task("train", total=total, info="", completed=done)
 
     def update(self, info: str, advance: int = 1) -> None:
         if not self.quiet:
@@ -90,8 +93,12 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
 
 
 def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample], cfg: TrainConfig, pad_id: int,
-               log=lambda rec: None, quiet: bool = False, before_step=None) -> TrainResult:
+               log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None,
+               resume: bool = False) -> TrainResult:
     """Train `model`'s trainable parameters in place; returns what happened.
+
+    With `ckpt_dir`, a checkpoint is saved every `cfg.save_every` steps (0 = none mid-epoch), at
+    each epoch end, and on Ctrl-C; `resume` continues from the latest one exactly.
 
     `before_step(model)` runs before each optimizer step's forward passes (used to undo a
     quantization backend's inference repacking).
@@ -110,15 +117,31 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                           num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
     res = TrainResult()
     best_state = None
-    bar = Progress(steps, quiet)
+    epoch, start_group = 0, 0
+    if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
+        saved = load_checkpoint(last, model, opt, sched)
+        pos, r = saved["position"], saved["result"]
+        res.steps, epoch, start_group = pos["step"], pos["epoch"], pos["group"]
+        res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
+        res.best_val, res.best_epoch, best_state = r["best_val"], r["best_epoch"], r.get("best_state")
+        res.resumed_from = res.steps
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def checkpoint(group: int) -> None:
+        if ckpt_dir is not None:
+            save_checkpoint(ckpt_dir, model, opt, sched, {"step": res.steps, "epoch": epoch, "group": group},
+                            {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
+                             "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": best_state})
+
+    bar = Progress(steps, quiet, done=res.steps)
     t0 = time.perf_counter()
     tokens_window, t_window = 0, time.perf_counter()
-    epoch = 0
+    g = start_group
     try:
         model.train()
         while res.steps < steps:
             batches = make_batches(train, cfg.batch_size, cfg.seed, epoch)
-            for g in range(0, len(batches), cfg.grad_accum):
+            for g in range(start_group, len(batches), cfg.grad_accum):
                 if res.steps >= steps:
                     break
                 if before_step is not None:
@@ -153,6 +176,9 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                 bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
                 if now - t_window > 10:
                     tokens_window, t_window = 0, now
+                if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < steps:
+                    checkpoint(g + cfg.grad_accum)
+            start_group = 0
             epoch += 1
             at_end = res.steps >= steps
             if val and cfg.eval_every == "epoch":
@@ -161,17 +187,21 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                 log({"step": res.steps, "epoch": epoch, "val_loss": round(v, 5)})
                 if not (v >= res.best_val) and cfg.keep_best:  # also true when best_val is nan
                     res.best_val, res.best_epoch = v, epoch
-                    best_state = {id(p): p.detach().clone() for p in params} if not at_end else None
+                    best_state = trainable_state(model) if not at_end else None
                 model.train()
+            if not at_end:
+                checkpoint(0)
     except KeyboardInterrupt:
         res.stopped_early = "interrupted"
+        checkpoint(g)
     finally:
         bar.close()
         res.train_seconds = time.perf_counter() - t0
     if cfg.keep_best and res.val_history and res.best_epoch != res.val_history[-1][0] and best_state is not None:
         with torch.no_grad():
-            for p in params:
-                p.copy_(best_state[id(p)])
+            by_name = dict(model.named_parameters())
+            for n in names:
+                by_name[n].copy_(best_state[n])
     if res.val_history and not cfg.keep_best:
         res.best_val, res.best_epoch = res.val_history[-1][1], res.val_history[-1][0]
     model.eval()

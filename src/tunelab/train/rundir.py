@@ -63,6 +63,11 @@ class RunDir:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
+    def truncate_metrics(self, step: int) -> None:
+        """Drop metric rows logged after `step` (a resumed run logs them again)."""
+        rows = [r for r in self.metrics() if r.get("step", 0) <= step]
+        self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
     def metrics(self) -> list[dict]:
         p = self.path / "metrics.jsonl"
         if not p.exists():

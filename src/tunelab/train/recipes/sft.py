@@ -86,9 +86,14 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples"
                   + (f" ({dropped} dropped: no reply left after truncation)" if dropped else ""))
 
-    run.prepare(overwrite=True)  # the DONE check above already guarded finished runs
-    run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
-    template.save(run.path / "template.json")
+    resume_step = _resume_point(run, cfg)
+    if resume_step is None:
+        run.prepare(overwrite=True)  # the DONE check above already guarded finished runs
+        run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
+        template.save(run.path / "template.json")
+    else:
+        run.truncate_metrics(resume_step)
+        console.print(f"resuming {run.path} from step {resume_step}")
     amp = autocast_dtype(cfg.train.precision, device)
 
     # ---- the base, before ------------------------------------------------------------------------------------
@@ -116,7 +121,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     console.print(trainable)
     before_step = restore_bnb_training_layout if backend == "bitsandbytes" else None
     result = train_loop(model, train_tok, val_tok, cfg.train, tok.pad_token_id, log=run.log, quiet=quiet,
-                        before_step=before_step)
+                        before_step=before_step, ckpt_dir=run.path / "checkpoints", resume=resume_step is not None)
     if result.stopped_early == "interrupted":
         console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
@@ -136,6 +141,33 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     if result.stopped_early != "interrupted":
         run.mark_done()
     return outcome
+
+
+def _comparable(cfg_dict: dict) -> dict:
+    d = {k: v for k, v in cfg_dict.items() if k != "versions"}
+    d["train"] = {k: v for k, v in d["train"].items() if k != "resume"}
+    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
+    return d
+
+
+def _resume_point(run: RunDir, cfg: RunConfig) -> int | None:
+    """The checkpoint step to resume from, or None to start fresh (train.resume: no | yes | auto)."""
+    import yaml
+
+    from tunelab.train.checkpoint import list_checkpoints
+
+    mode = cfg.train.resume
+    steps = list_checkpoints(run.path / "checkpoints") if not run.done else []
+    if mode == "yes" and not steps:
+        raise TunelabError(f"nothing to resume: {run.path} has no checkpoint", where="train.resume",
+                           hint="drop --resume to start a new run")
+    if mode == "no" or not steps:
+        return None
+    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8"))
+    if _comparable(saved) != _comparable(cfg.model_dump(mode="json")):
+        raise TunelabError(f"the config differs from the one {run.path} was started with", where="train.resume",
+                           hint="resume with the same config, or pick another output.name")
+    return steps[-1]
 
 
 def _load_bnb(cfg: RunConfig, device):
