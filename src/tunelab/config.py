@@ -2,7 +2,7 @@
 
     model:  {name, dtype, device}
     data:   {train, validation, val_split, format, template, system, max_length, truncation_side, train_on}
-    method: {name: lora|qlora|full|freeze, r, alpha, dropout, target_modules, quant_type, double_quant, quant_backend}
+    method: {name: lora|qlora|full|freeze|qat|bitnet, r, alpha, dropout, target_modules, quant_type, double_quant, quant_backend}
     train:  {lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, scheduler, precision, ...}
     output: {dir, name, overwrite}
     eval:   {prompts, max_new_tokens, expect_suffix}
@@ -47,7 +47,7 @@ class DataConfig(_Section):
 
 
 class MethodConfig(_Section):
-    name: Literal["lora", "qlora", "full", "freeze"] = "lora"
+    name: Literal["lora", "qlora", "full", "freeze", "qat", "bitnet"] = "lora"
     r: int = Field(16, ge=1)
     alpha: float = 32
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
@@ -56,6 +56,7 @@ class MethodConfig(_Section):
     double_quant: bool = True
     quant_backend: Literal["auto", "tunelab", "bitsandbytes"] = "auto"
     freeze_layers: int = Field(2, ge=0)  # method freeze: train the last N blocks (+ lm_head)
+    qat_format: Literal["int8", "int4", "nf4", "fp4", "ternary"] = "int8"  # method qat: the format trained for
 
 
 class TrainConfig(_Section):

@@ -119,3 +119,27 @@ def test_selective_head_loss_equals_full_logits_loss(tiny_model_dir):
     b, nb = token_nll_sum(model(input_ids=ids, attention_mask=mask).logits, labels)
     assert na == nb == 2 * 11 + 6  # rows 1-2: positions 6..16; row 0: 6..11
     assert torch.allclose(a, b, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method, fmt", [("qat", "int4"), ("bitnet", "int8")])
+def test_qat_and_bitnet_train_and_export_packed_model(tmp_path, tiny_model_dir, method, fmt):
+    from tunelab.infer.generate import Generator
+    from tunelab.quant.nn import QuantLinear
+    from tunelab.train.recipes.sft import run_sft
+
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, method={"name": method, "qat_format": fmt},
+                   train={"epochs": 1, "lr": 2e-3}, output={"name": method}, eval={"from_validation": 0})
+    out = run_sft(cfg, quiet=True)
+    assert out.val_after < out.val_before
+    assert (out.run_dir / "quantized" / "manifest.json").exists() and (out.run_dir / "DONE").exists()
+    gen = Generator.from_run(out.run_dir)
+    layers = [m for m in gen.model.modules() if isinstance(m, QuantLinear)]
+    assert layers and {m.fmt for m in layers} == {"int4" if method == "qat" else "ternary"}
+    # the exported model scores validation exactly as the trained (fake-quantized) one did
+    from tunelab.data.dataset import load_splits
+    from tunelab.data.tokenize import tokenize_all
+    from tunelab.eval.metrics import reply_nll
+
+    _, val = load_splits(cfg)
+    val_tok, _ = tokenize_all(val, gen.template, gen.tokenizer, cfg.data.max_length)
+    assert abs(reply_nll(gen.model, val_tok, gen.tokenizer.pad_token_id) - out.val_after) < 1e-3

@@ -5,6 +5,7 @@
       template.json    the prompt template used in training (inference reuses it)
       adapter/         PEFT adapter (adapter_config.json + adapter_model.safetensors), loads in plain peft
       model/           full weights (methods full / freeze)
+      quantized/       packed quantized weights + manifest.json (methods qat / bitnet)
       metrics.jsonl    one JSON object per log step / eval
       report.md, loss.png
       DONE             written last: a run without it is incomplete
@@ -98,6 +99,14 @@ def load_run_model(path: Path, with_adapter: bool = True, device: str = "auto"):
     rd, cfg = load_run(path)
     method = cfg.get("method", {})
     template = Template.load(rd.path / "template.json")
+    if (rd.path / "quantized").exists():  # qat / bitnet runs saved a packed quantized model
+        from tunelab.models.load import load_tokenizer, pick_device
+        from tunelab.models.registry import ResolvedModel
+        from tunelab.quant.ptq import load as load_quantized
+
+        q = rd.path / "quantized"
+        model = load_quantized(q).to(pick_device(device))
+        return model, load_tokenizer(ResolvedModel(str(q), str(q), "local")), template
     if (rd.path / "model").exists():  # full / freeze runs saved the whole model
         from tunelab.models.load import load_causal_lm as _load
 

@@ -1,9 +1,9 @@
-"""Supervised fine-tuning of a chat model (LoRA, QLoRA, full, freeze).
+"""Supervised fine-tuning of a chat model (LoRA, QLoRA, full, freeze, QAT, BitNet).
 
 setup:  resolve the run dir -> load model + tokenizer -> template -> data (normalize, tokenize, mask)
 before: validation loss and sample replies of the untouched base
-train:  adapt (lora | qlora | full | freeze) -> engine.train_loop
-save:   adapter (or full model), template, config, metrics, report, DONE (last)
+train:  adapt (lora | qlora | full | freeze | qat | bitnet) -> engine.train_loop
+save:   adapter (or full model, or packed quantized model), template, config, metrics, report, DONE (last)
 """
 
 from __future__ import annotations
@@ -115,6 +115,11 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
         model = apply_lora(model, m)
     elif m.name == "freeze":
         freeze_all_but_last(model, m.freeze_layers)
+    elif m.name in ("qat", "bitnet"):
+        from tunelab.quant.qat import prepare_qat, to_bitnet
+
+        # all weights train as fp32 latents; the forward sees Q(W) (straight-through estimator)
+        prepare_qat(model, m.qat_format) if m.name == "qat" else to_bitnet(model)
     elif cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     trainable = trainable_summary(model)
@@ -130,6 +135,12 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     tuned_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
     if m.name in ("lora", "qlora"):
         model.save_pretrained(str(run.path / "adapter"))
+    elif m.name in ("qat", "bitnet"):
+        from tunelab.quant import ptq
+        from tunelab.quant.qat import convert_qat
+
+        # export the real quantized model: it computes what the fake-quantized one computed in training
+        ptq.save(convert_qat(model), run.path / "quantized", tokenizer=tok, source=cfg.model.name)
     else:
         model.save_pretrained(str(run.path / "model"))
         tok.save_pretrained(str(run.path / "model"))
