@@ -97,7 +97,7 @@ class KnowledgeBase:
                 import lancedb
             except ImportError as e:
                 raise TunelabError("LanceDB is not installed", where="rag",
-                                   hint="pip install 'tunelab[rag]' (or -r requirements-rag.txt)") from e
+                                   hint="pip install 'tunelab[rag]'") from e
 
             self._db = lancedb.connect(str(self.dir / "lance"))
         return self._db
