@@ -3,8 +3,9 @@
     h = W0 x + (alpha / r) * B A x,   W0 frozen, A: r x in (Kaiming-uniform), B: out x r (zeros)
 
 so the adapted model starts exactly at the base model. Trainable parameters per adapted
-Linear: r * (in + out); e.g. SmolLM2-135M, r=16, all 7 projections of 30 blocks:
-30 * 16 * (3*(576+576) ... ) -> printed by `trainable_summary`.
+Linear: r * (in + out). SmolLM2-135M (hidden 576, MLP 1536, k/v 192, 30 blocks), r=16, all-linear:
+  q, o: 16*(576+576) = 18,432 each; k, v: 16*(576+192) = 12,288 each; gate, up, down: 16*(576+1536) = 33,792 each
+  per block 2*18,432 + 2*12,288 + 3*33,792 = 162,816; x 30 blocks = 4,884,480 (the quickstart's "4.9M").
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import nn
 from tunelab.config import MethodConfig
 
 
-def _quant_types() -> tuple[type, ...]:
+def quant_linear_types() -> tuple[type, ...]:
     """Our 4-bit layer type, when the quantization package is present."""
     try:
         from tunelab.quant.nn import QuantLinear
@@ -30,7 +31,7 @@ def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
         return [spec] if isinstance(spec, str) else list(spec)
     names = set()
     for full, mod in model.named_modules():
-        if isinstance(mod, (nn.Linear, *_quant_types())) and not full.endswith(("lm_head", "score", "classifier")):
+        if isinstance(mod, (nn.Linear, *quant_linear_types())) and not full.endswith(("lm_head", "score", "classifier")):
             names.add(full.split(".")[-1])
     return sorted(names)
 
@@ -46,7 +47,7 @@ def count_params(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts; packed 4-bit buffers count as their logical weights."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, _quant_types()))
+    total += sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, quant_linear_types()))
     return trainable, total
 
 
@@ -68,7 +69,7 @@ def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM"):
     from peft import get_peft_model
 
     cfg = lora_config(model, m, task_type)
-    if any(isinstance(mod, _quant_types()) for mod in model.modules()):
+    if any(isinstance(mod, quant_linear_types()) for mod in model.modules()):
         from tunelab.adapters.qlora import register_quant_linear
 
         register_quant_linear(cfg)

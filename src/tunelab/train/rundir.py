@@ -108,9 +108,7 @@ def load_run_model(path: Path, with_adapter: bool = True, device: str = "auto"):
         model = load_quantized(q).to(pick_device(device))
         return model, load_tokenizer(ResolvedModel(str(q), str(q), "local")), template
     if (rd.path / "model").exists():  # full / freeze runs saved the whole model
-        from tunelab.models.load import load_causal_lm as _load
-
-        model, tok, _ = _load(str(rd.path / "model"), device=device)
+        model, tok, _ = load_causal_lm(str(rd.path / "model"), device=device)
         return model, tok, template
     model, tok, _ = load_causal_lm(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "auto"), device=device)
     if method.get("name") == "qlora":
@@ -131,9 +129,9 @@ def attach_adapter(model, adapter_dir: Path):
 
     cfg = LoraConfig.from_pretrained(str(adapter_dir))
     cfg.inference_mode = True
-    from tunelab.adapters.lora import _quant_types
+    from tunelab.adapters.lora import quant_linear_types
 
-    if any(isinstance(m, _quant_types()) for m in model.modules()):
+    if any(isinstance(m, quant_linear_types()) for m in model.modules()):
         register_quant_linear(cfg)
     model = get_peft_model(model, cfg)
     result = set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
