@@ -158,7 +158,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
             or `dtype` is unknown.
     """
     from tunelab.data.templates import Template
-    from tunelab.train.rundir import attach_adapter, load_run
+    from tunelab.train.rundir import attach_adapter, load_run, load_run_base
 
     if dtype not in EXPORT_DTYPES:
         raise TunelabError(f"unknown dtype '{dtype}'", where="--dtype", hint=f"one of: {', '.join(EXPORT_DTYPES)}")
@@ -176,22 +176,13 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
         else:
             if not (rd.path / "adapter" / "adapter_config.json").exists():
                 raise TunelabError(f"run {rd.path} has neither adapter/ nor model/", where="RUN")
-            from tunelab.models.load import load_causal_lm
-
-            # the base as trained (its dtype), on the CPU, then fp32 for the merge arithmetic
-            model, tok, _ = load_causal_lm(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "auto"),
-                                           device="cpu", where="RUN: config.yaml model.name")
-            _cast(model, torch.float32)
+            # the base as trained (4-bit for qlora), on the CPU, in fp32 for the merge arithmetic
+            model, tok = load_run_base(cfg, device="cpu", dtype="fp32", where="RUN: config.yaml model.name")
             if (rd.path / "tokenizer").exists():
                 from transformers import AutoTokenizer
 
                 tok = AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
-            if method == "qlora":
-                from tunelab.adapters.qlora import quantize_base
-
-                m = cfg.get("method", {})
-                # rebuild the exact 4-bit base of training, then decode it: W0' = dequant(quant(W0))
-                quantize_base(model, m.get("quant_type", "nf4"), m.get("double_quant", True))
+            if method == "qlora":  # decode the exact 4-bit base of training: W0' = dequant(quant(W0))
                 dequantized = dequantize_linears(model, torch.float32)
             peft_model = attach_adapter(model, rd.path / "adapter")
             merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)

@@ -71,13 +71,8 @@ class Generator:
                 text = text[: text.index(s)]
         return text.strip()
 
-    @torch.no_grad()
     def reply(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.9) -> str:
-        ids = self.prompt_ids(messages).to(self._device)
-        with self._autocast():
-            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
-        return self._clean(self.tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+        return self.reply_batch([messages], max_new_tokens, temperature, top_p)[0]
 
     @torch.no_grad()
     def reply_batch(self, conversations: list[list[dict]], max_new_tokens: int = 128, temperature: float = 0.0,

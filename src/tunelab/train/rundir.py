@@ -44,11 +44,15 @@ class RunDir:
     def done(self) -> bool:
         return (self.path / "DONE").exists()
 
-    def prepare(self, overwrite: bool = False) -> None:
-        """Create the folder; refuse to replace a finished run unless `overwrite`; clear an unfinished one."""
+    def refuse_if_done(self, overwrite: bool = False) -> None:
+        """TunelabError when this run is finished and `overwrite` is not set."""
         if self.done and not overwrite:
             raise TunelabError(f"run {self.path} is already finished", where="output.name",
                                hint="pick another output.name, or pass --overwrite")
+
+    def prepare(self, overwrite: bool = False) -> None:
+        """Create the folder; refuse to replace a finished run unless `overwrite`; clear an unfinished one."""
+        self.refuse_if_done(overwrite)
         if self.path.exists():
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
@@ -97,7 +101,6 @@ def load_run_model(path: Path, with_adapter: bool = True, device: str = "auto"):
     from tunelab.models.load import load_causal_lm
 
     rd, cfg = load_run(path)
-    method = cfg.get("method", {})
     template = Template.load(rd.path / "template.json")
     if (rd.path / "quantized").exists():  # qat / bitnet runs saved a packed quantized model
         from tunelab.models.load import load_tokenizer, pick_device
@@ -110,14 +113,26 @@ def load_run_model(path: Path, with_adapter: bool = True, device: str = "auto"):
     if (rd.path / "model").exists():  # full / freeze runs saved the whole model
         model, tok, _ = load_causal_lm(str(rd.path / "model"), device=device)
         return model, tok, template
-    model, tok, _ = load_causal_lm(cfg["model"]["name"], dtype=cfg["model"].get("dtype", "auto"), device=device)
+    model, tok = load_run_base(cfg, device=device)
+    if with_adapter:
+        model = attach_adapter(model, rd.path / "adapter")
+    return model, tok, template
+
+
+def load_run_base(cfg: dict, device: str = "auto", dtype: str | None = None, where: str = "model.name"):
+    """(model, tokenizer): the base of an adapter run as it was trained (4-bit for qlora).
+
+    `dtype` overrides the run's `model.dtype` (e.g. fp32 for merging)."""
+    from tunelab.models.load import load_causal_lm
+
+    method = cfg.get("method", {})
+    model, tok, _ = load_causal_lm(cfg["model"]["name"], dtype=dtype or cfg["model"].get("dtype", "auto"),
+                                   device=device, where=where)
     if method.get("name") == "qlora":
         from tunelab.adapters.qlora import quantize_base
 
         quantize_base(model, method.get("quant_type", "nf4"), method.get("double_quant", True))
-    if with_adapter:
-        model = attach_adapter(model, rd.path / "adapter")
-    return model, tok, template
+    return model, tok
 
 
 def attach_adapter(model, adapter_dir: Path):

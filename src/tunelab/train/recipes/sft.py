@@ -63,9 +63,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     run = RunDir(cfg.run_dir())
-    if run.done and not cfg.output.overwrite:
-        raise TunelabError(f"run {run.path} is already finished", where="output.name",
-                           hint="pick another output.name, or pass --overwrite")
+    run.refuse_if_done(cfg.output.overwrite)  # before any data or model loads
 
     # ---- data first: bad input fails before any model loads or anything is written --------------------------
     train_ex, val_ex = load_splits(cfg)
@@ -88,7 +86,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     resume_step = _resume_point(run, cfg)
     if resume_step is None:
-        run.prepare(overwrite=True)  # the DONE check above already guarded finished runs
+        run.prepare(cfg.output.overwrite)
         run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
         template.save(run.path / "template.json")
     else:
