@@ -6,6 +6,7 @@
     train:  {lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, scheduler, precision, ...}
     output: {dir, name, overwrite}
     eval:   {prompts, max_new_tokens, expect_suffix}
+    task:   sft (default) | classify | pretrain | reward | dpo; task-specific sections `classify`, `preference`
 
 Unknown keys are rejected with the closest valid name: `train.lr_rate: unknown key - did you mean 'lr'?`.
 """
@@ -72,12 +73,15 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     gradient_checkpointing: bool = False
     seed: int = 42
-    eval_every: Literal["epoch", "never"] = "epoch"
+    eval_every: Literal["epoch", "never"] | int = "epoch"  # or every N optimizer steps
     keep_best: bool = True
     logging_steps: int = Field(1, ge=1)
     save_every: int = Field(0, ge=0)  # checkpoint every N optimizer steps (0 = only at epoch ends)
     resume: Literal["no", "yes", "auto"] = "no"  # continue an unfinished run from its last checkpoint
     threads: int = 0  # 0 = all cores
+    early_stopping_patience: int = Field(0, ge=0)  # stop after N evaluations without improvement (0 = off)
+    early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must beat the best by more than this
+    report_to: Literal["none", "tensorboard"] = "none"  # metrics.jsonl is always written
 
 
 class OutputConfig(_Section):
@@ -93,13 +97,34 @@ class EvalConfig(_Section):
     expect_suffix: str | None = None  # e.g. the persona's signature; the report counts replies ending with it
 
 
+class ClassifyConfig(_Section):
+    """task: classify. Labels come from the data (sorted) unless listed here (fixes their order)."""
+
+    labels: list[str] | None = None
+    metric: Literal["accuracy", "macro_f1"] = "accuracy"  # reported first; keep-best still follows val loss
+
+
+class PreferenceConfig(_Section):
+    """task: dpo / reward. beta = DPO temperature (TRL's `beta`)."""
+
+    beta: float = Field(0.1, gt=0)
+    loss_type: str = "sigmoid"  # TRL DPO loss_type
+    max_prompt_length: int = Field(256, ge=8)
+
+
+TASKS = ("sft", "classify", "pretrain", "reward", "dpo")
+
+
 class RunConfig(_Section):
+    task: Literal["sft", "classify", "pretrain", "reward", "dpo"] = "sft"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     base_dir: str = "."  # folder relative data paths are read from (set to the config file's folder's project root)
 
     @model_validator(mode="after")

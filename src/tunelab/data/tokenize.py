@@ -83,8 +83,8 @@ def collate(batch: list[TokenizedExample], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
-def make_batches(examples: list[TokenizedExample], batch_size: int, seed: int, epoch: int,
-                 group_by_length: bool = True) -> list[list[int]]:
+def make_batches(examples: list, batch_size: int, seed: int, epoch: int,
+                 group_by_length: bool = True, length=lambda ex: len(ex.input_ids)) -> list[list[int]]:
     """Index batches for one epoch, deterministic in (seed, epoch).
 
     group_by_length: shuffle, cut into chunks of 50 batches, sort each chunk by length, then
@@ -97,7 +97,7 @@ def make_batches(examples: list[TokenizedExample], batch_size: int, seed: int, e
     if group_by_length:
         chunk = batch_size * 50
         idx = [i for s in range(0, len(idx), chunk)
-               for i in sorted(idx[s:s + chunk], key=lambda j: len(examples[j].input_ids))]
+               for i in sorted(idx[s:s + chunk], key=lambda j: length(examples[j]))]
     batches = [idx[s:s + batch_size] for s in range(0, len(idx), batch_size)]
     if group_by_length:
         rng.shuffle(batches)

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from tunelab.config import TrainConfig
-from tunelab.data.tokenize import TokenizedExample, collate, make_batches
+from tunelab.data.tokenize import make_batches
 from tunelab.errors import TunelabError
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
-from tunelab.eval.metrics import reply_loss_sum, reply_nll
+from tunelab.train.objective import CausalLMObjective, Objective
 
 
 def cpu_has_bf16() -> bool:
@@ -58,6 +58,7 @@ class TrainResult:
     val_history: list = field(default_factory=list)  # (epoch, val_nll)
     stopped_early: str | None = None
     resumed_from: int | None = None  # the step a resumed run continued from
+    peak_rss_mb: float = 0.0  # peak resident memory of the process when training ended
 
     @property
     def tokens_per_s(self) -> float:
@@ -92,10 +93,32 @@ def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
 
-def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample], cfg: TrainConfig, pad_id: int,
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def _should_eval(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
+    if cfg.eval_every == "never":
+        return False
+    if cfg.eval_every == "epoch":
+        return epoch_end
+    return step % int(cfg.eval_every) == 0 or epoch_end
+
+
+def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | None = None,
                log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None,
-               resume: bool = False) -> TrainResult:
+               resume: bool = False, objective: Objective | None = None) -> TrainResult:
     """Train `model`'s trainable parameters in place; returns what happened.
+
+    `objective` says what is optimized (default: causal-LM NLL on target tokens, needs pad_id).
+    Validation runs each epoch, or every `cfg.eval_every` steps; keep_best restores the best
+    evaluation's trainable weights; early stopping ends training after
+    `cfg.early_stopping_patience` evaluations that do not beat the best by `min_delta`.
 
     With `ckpt_dir`, a checkpoint is saved every `cfg.save_every` steps (0 = none mid-epoch), at
     each epoch end, and on Ctrl-C; `resume` continues from the latest one exactly.
@@ -105,6 +128,10 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
     """
     from transformers import get_scheduler
 
+    if objective is None:
+        if pad_id is None:
+            raise ValueError("train_loop needs an objective or a pad_id")
+        objective = CausalLMObjective(pad_id, cfg.batch_size)
     device = next(model.parameters()).device
     amp = autocast_dtype(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -117,6 +144,7 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                           num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
     res = TrainResult()
     best_state = None
+    bad_evals = 0  # evaluations in a row without improvement (early stopping)
     epoch, start_group = 0, 0
     if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
         saved = load_checkpoint(last, model, opt, sched)
@@ -124,6 +152,7 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
         res.steps, epoch, start_group = pos["step"], pos["epoch"], pos["group"]
         res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
         res.best_val, res.best_epoch, best_state = r["best_val"], r["best_epoch"], r.get("best_state")
+        bad_evals = r.get("bad_evals", 0)
         res.resumed_from = res.steps
     names = [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -131,16 +160,35 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
         if ckpt_dir is not None:
             save_checkpoint(ckpt_dir, model, opt, sched, {"step": res.steps, "epoch": epoch, "group": group},
                             {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
-                             "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": best_state})
+                             "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": best_state,
+                             "bad_evals": bad_evals})
+
+    def evaluate(at: float, final: bool) -> bool:
+        """Validate, track the best, return True when early stopping says stop."""
+        nonlocal best_state, bad_evals
+        metrics = objective.evaluate(model, val, amp)
+        v = metrics["val_loss"]
+        res.val_history.append((at, v))
+        log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
+                                                  for k, x in metrics.items()}})
+        improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
+        if not (v >= res.best_val):
+            res.best_val, res.best_epoch = v, at
+            if cfg.keep_best:
+                best_state = trainable_state(model) if not final else None
+        bad_evals = 0 if improved else bad_evals + 1
+        model.train()
+        return bool(cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience)
 
     bar = Progress(steps, quiet, done=res.steps)
     t0 = time.perf_counter()
     tokens_window, t_window = 0, time.perf_counter()
     g = start_group
+    stop = False
     try:
         model.train()
-        while res.steps < steps:
-            batches = make_batches(train, cfg.batch_size, cfg.seed, epoch)
+        while res.steps < steps and not stop:
+            batches = make_batches(train, cfg.batch_size, cfg.seed, epoch, length=objective.length)
             for g in range(start_group, len(batches), cfg.grad_accum):
                 if res.steps >= steps:
                     break
@@ -149,13 +197,13 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                 group = batches[g:g + cfg.grad_accum]
                 loss_val, ntok = 0.0, 0
                 for idx in group:
-                    batch = {k: v.to(device) for k, v in collate([train[i] for i in idx], pad_id).items()}
+                    batch = {k: v.to(device) for k, v in objective.collate([train[i] for i in idx]).items()}
                     with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        nll, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
-                    loss = nll / max(n, 1) / len(group)
+                        total, n = objective.loss_sum(model, batch)
+                    loss = total / max(n, 1) / len(group)
                     loss.backward()
                     loss_val += float(loss.detach())
-                    ntok += n
+                    ntok += objective.trained_tokens(batch, n)
                 if not math.isfinite(loss_val):
                     raise TunelabError(f"loss became {loss_val} at step {res.steps + 1}", where="train",
                                        hint="lower train.lr or use train.precision=fp32")
@@ -169,27 +217,30 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
                 now = time.perf_counter()
                 tps = tokens_window / max(now - t_window, 1e-9)
                 lr = sched.get_last_lr()[0]
+                at = round(epoch + (g + len(group)) / len(batches), 3)
                 if res.steps % cfg.logging_steps == 0:
-                    log({"step": res.steps, "epoch": round(epoch + (g + len(group)) / len(batches), 3),
-                         "loss": round(loss_val, 5), "lr": lr, "grad_norm": round(gnorm, 5),
-                         "tokens_per_s": round(tps, 1), "elapsed_s": round(now - t0, 2)})
+                    log({"step": res.steps, "epoch": at, "loss": round(loss_val, 5), "lr": lr,
+                         "grad_norm": round(gnorm, 5), "tokens_per_s": round(tps, 1),
+                         "elapsed_s": round(now - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
                 bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
                 if now - t_window > 10:
                     tokens_window, t_window = 0, now
+                epoch_end = g + cfg.grad_accum >= len(batches)
+                if val and not epoch_end and _should_eval(cfg, res.steps, False):
+                    if evaluate(at, final=res.steps >= steps):
+                        stop = True
+                        break
                 if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < steps:
                     checkpoint(g + cfg.grad_accum)
             start_group = 0
-            epoch += 1
+            epoch += 1 if not stop else 0
             at_end = res.steps >= steps
-            if val and cfg.eval_every == "epoch":
-                v = reply_nll(model, val, pad_id, cfg.batch_size, amp)
-                res.val_history.append((epoch, v))
-                log({"step": res.steps, "epoch": epoch, "val_loss": round(v, 5)})
-                if not (v >= res.best_val) and cfg.keep_best:  # also true when best_val is nan
-                    res.best_val, res.best_epoch = v, epoch
-                    best_state = trainable_state(model) if not at_end else None
-                model.train()
-            if not at_end:
+            if not stop and val and _should_eval(cfg, res.steps, True):
+                stop = evaluate(epoch, final=at_end)
+            if stop:
+                res.stopped_early = f"early stopping: no improvement in {cfg.early_stopping_patience} evaluations"
+                log({"step": res.steps, "event": "early_stopping", "best_val": res.best_val})
+            elif not at_end:
                 checkpoint(0)
     except KeyboardInterrupt:
         res.stopped_early = "interrupted"
@@ -197,7 +248,9 @@ def train_loop(model, train: list[TokenizedExample], val: list[TokenizedExample]
     finally:
         bar.close()
         res.train_seconds = time.perf_counter() - t0
-    if cfg.keep_best and res.val_history and res.best_epoch != res.val_history[-1][0] and best_state is not None:
+        res.peak_rss_mb = peak_rss_mb()
+    last_eval = res.val_history[-1][0] if res.val_history else None
+    if cfg.keep_best and res.val_history and res.best_epoch != last_eval and best_state is not None:
         with torch.no_grad():
             by_name = dict(model.named_parameters())
             for n in names:
