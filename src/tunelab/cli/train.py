@@ -23,7 +23,7 @@ def examples_dir() -> Path:
 
 
 def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, resume: bool = False):
-    from tunelab.train.recipes.sft import run_sft
+    from tunelab.train.recipes import run_task
 
     cfg = load_config(config, overrides)
     if overwrite:
@@ -31,12 +31,16 @@ def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, res
     if resume:
         cfg.train.resume = "yes"
     console = Console(stderr=True, quiet=quiet)
-    out = run_sft(cfg, quiet=quiet, console=console)
+    out = run_task(cfg, quiet=quiet, console=console)
     return cfg, out
 
 
 def _summary(cfg, out) -> None:
     c = Console()
+    if cfg.task != "sft":
+        for line in out.summary_lines():
+            c.print(line)
+        return
     if out.samples:
         t = Table(title="held-out prompts: base vs tuned", show_lines=True)
         t.add_column("prompt", ratio=2)

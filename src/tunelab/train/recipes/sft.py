@@ -22,6 +22,7 @@ from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import reply_nll
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.train.loggers import MetricsLogger
 from tunelab.train.rundir import RunDir, library_versions
 
 
@@ -123,8 +124,13 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     trainable = trainable_summary(model)
     console.print(trainable)
     before_step = restore_bnb_training_layout if backend == "bitsandbytes" else None
-    result = train_loop(model, train_tok, val_tok, cfg.train, tok.pad_token_id, log=run.log, quiet=quiet,
-                        before_step=before_step, ckpt_dir=run.path / "checkpoints", resume=resume_step is not None)
+    logger = MetricsLogger(run, cfg.train.report_to)
+    try:
+        result = train_loop(model, train_tok, val_tok, cfg.train, tok.pad_token_id, log=logger, quiet=quiet,
+                            before_step=before_step, ckpt_dir=run.path / "checkpoints",
+                            resume=resume_step is not None)
+    finally:
+        logger.close()
     if result.stopped_early == "interrupted":
         console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
