@@ -25,6 +25,37 @@ class ChatExample:
     meta: dict = field(default_factory=dict)
 
 
+@dataclass
+class TextExample:
+    """Raw text for continued pretraining (task: pretrain)."""
+
+    text: str
+    where: str = ""
+
+
+@dataclass
+class ClassifyExample:
+    """One text and its label name (task: classify); label ids come from the label set."""
+
+    text: str
+    label: str
+    where: str = ""
+
+
+@dataclass
+class PreferenceExample:
+    """A prompt with a preferred and a rejected reply (task: reward, dpo).
+
+    `prompt` is the conversation so far in OpenAI messages form (usually one user turn);
+    `chosen` and `rejected` are the two assistant replies as plain strings.
+    """
+
+    prompt: list[dict]
+    chosen: str
+    rejected: str
+    where: str = ""
+
+
 def detect_format(rec: Record) -> str:
     d = rec.data
     if "messages" in d:
