@@ -36,11 +36,14 @@ def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
     return sorted(names)
 
 
-def lora_config(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM"):
+def lora_config(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
+                modules_to_save: list[str] | None = None):
+    """peft LoraConfig; `modules_to_save` are trained whole and saved with the adapter (e.g. a new head)."""
     from peft import LoraConfig
 
     return LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
-                      target_modules=target_modules(model, m.target_modules), bias="none", task_type=task_type)
+                      target_modules=target_modules(model, m.target_modules), bias="none", task_type=task_type,
+                      modules_to_save=modules_to_save)
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:
@@ -64,11 +67,12 @@ def trainable_summary(model: nn.Module) -> str:
     return f"trainable: {human(t)} / {human(n)} ({100 * t / max(n, 1):.2f}%)"
 
 
-def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM"):
-    """Wrap `model` with a fresh LoRA adapter (peft), only the adapter trainable."""
+def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
+               modules_to_save: list[str] | None = None):
+    """Wrap `model` with a fresh LoRA adapter (peft), only the adapter (and `modules_to_save`) trainable."""
     from peft import get_peft_model
 
-    cfg = lora_config(model, m, task_type)
+    cfg = lora_config(model, m, task_type, modules_to_save)
     if any(isinstance(mod, quant_linear_types()) for mod in model.modules()):
         from tunelab.adapters.qlora import register_quant_linear
 
