@@ -45,3 +45,103 @@ def inspect_cmd(
         c.print(render_example(ex, tok))
     if plot:
         c.print(f"histogram written to {plot_histogram(rep, plot)}")
+
+
+@app.command("synth")
+def synth_cmd(
+    input_path: Path = typer.Argument(..., metavar="INPUT", help="Items: .jsonl (id optional) or .txt (one a line)."),
+    mode: str = typer.Option("reverse", "--mode", help="reverse (output -> instruction) | respond | augment."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .jsonl of training pairs (resumed if it exists)."),
+    teacher: str = typer.Option(None, "--teacher", help="Local teacher: model alias, folder or run directory."),
+    base_url: str = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint, e.g. http://host:8000/v1."),
+    model: str = typer.Option(None, "--model", help="Model name sent to --base-url."),
+    api_key_env: str = typer.Option("OPENAI_API_KEY", "--api-key-env", help="Env var holding the API key."),
+    prompt: str = typer.Option(None, "--prompt", help="Teacher prompt template containing {input}."),
+    prompt_file: Path = typer.Option(None, "--prompt-file", help="Read the prompt template from a file."),
+    system: str = typer.Option(None, "--system", help="System message for the teacher."),
+    field: str = typer.Option(None, "--field", help="JSONL field holding the item text."),
+    out_format: str = typer.Option("messages", "--format", help="messages | prompt_completion."),
+    concurrency: int = typer.Option(4, "--concurrency", "-j", help="Requests in flight (remote teacher)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Prompts per generate call (local teacher)."),
+    max_items: int = typer.Option(0, "--max-items", help="Only the first N items (0 = all)."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", help="Longest teacher reply, in tokens."),
+    temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds per request (remote teacher)."),
+    max_attempts: int = typer.Option(5, "--max-attempts", help="Attempts per item before it is recorded as failed."),
+    backoff: float = typer.Option(0.5, "--backoff", help="First retry wait in seconds (doubles each retry)."),
+    max_backoff: float = typer.Option(30.0, "--max-backoff", help="Longest retry wait in seconds."),
+    min_chars: int = typer.Option(3, "--min-chars", help="Drop generated texts shorter than this."),
+    max_chars: int = typer.Option(0, "--max-chars", help="Drop generated texts longer than this (0 = no limit)."),
+    refusal: list[str] = typer.Option(None, "--refusal", help="Refusal phrase (repeatable; replaces the defaults)."),
+    no_refusal_filter: bool = typer.Option(False, "--no-refusal-filter", help="Keep replies that look like refusals."),
+    price_in: float = typer.Option(0.0, "--price-per-1k-in", help="Price per 1,000 prompt tokens."),
+    price_out: float = typer.Option(0.0, "--price-per-1k-out", help="Price per 1,000 completion tokens."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Start over instead of resuming."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Make training pairs with a teacher model; safe to kill and rerun (finished items are skipped)."""
+    import os
+
+    from tunelab.data.synth import DEFAULT_REFUSALS, Filters, LocalTeacher, OpenAITeacher, SynthOptions, run_synth
+    from tunelab.data.synth.items import MODES
+    from tunelab.errors import TunelabError
+
+    if mode not in MODES:
+        raise TunelabError(f"unknown mode '{mode}'", where="--mode", hint=f"use one of {', '.join(MODES)}")
+    if out_format not in ("messages", "prompt_completion"):
+        raise TunelabError(f"unknown format '{out_format}'", where="--format", hint="use messages or prompt_completion")
+    if (teacher is None) == (base_url is None):
+        raise TunelabError("give exactly one teacher", where="--teacher/--base-url",
+                           hint="--teacher smollm2-135m-instruct (local) or --base-url URL --model NAME (remote)")
+    if min(concurrency, batch_size, max_attempts, max_new_tokens) < 1 or max_items < 0 or timeout <= 0:
+        raise TunelabError("--concurrency, --batch-size, --max-attempts and --max-new-tokens must be >= 1, "
+                           "--timeout > 0, --max-items >= 0", where="options")
+    if prompt is not None and prompt_file is not None:
+        raise TunelabError("give --prompt or --prompt-file, not both", where="--prompt-file")
+    if prompt_file is not None:
+        if not prompt_file.is_file():
+            raise TunelabError(f"file not found: {prompt_file}", where="--prompt-file")
+        prompt = prompt_file.read_text(encoding="utf-8")
+    refusals = () if no_refusal_filter else tuple(refusal) if refusal else DEFAULT_REFUSALS
+    opts = SynthOptions(mode=mode, prompt=prompt, system=system, text_field=field, out_format=out_format,
+                        concurrency=concurrency, max_items=max_items,
+                        filters=Filters(min_chars=min_chars, max_chars=max_chars, refusals=refusals),
+                        price_in=price_in, price_out=price_out, overwrite=overwrite)
+    opts.template  # noqa: B018 - validates {input} before a model is loaded
+    if base_url is not None:
+        if not model:
+            raise TunelabError("--base-url needs --model", where="--model", hint="the model name the server serves")
+        key = os.environ.get(api_key_env)
+        if key is None and api_key_env != "OPENAI_API_KEY":
+            raise TunelabError(f"environment variable {api_key_env} is not set", where="--api-key-env")
+        t = OpenAITeacher(base_url, model, key, timeout=timeout, max_attempts=max_attempts, backoff=backoff,
+                          max_backoff=max_backoff, max_tokens=max_new_tokens, temperature=temperature)
+    else:
+        from tunelab.data.synth.items import read_items
+
+        read_items(input_path, mode, field)  # bad input fails before the model loads
+        t = LocalTeacher.load(teacher, max_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
+
+    c = Console()
+    if quiet:
+        stats = run_synth(input_path, out, t, opts)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        with Progress(TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.fields[info]}"), console=c, transient=False) as bar:
+            task = bar.add_task("synth", total=None, info="")
+
+            def on_item(s, total):
+                bar.update(task, total=total, completed=s.processed,
+                           info=f"kept {s.kept} · dropped {sum(s.filtered.values())} · failed {s.failed} · "
+                                f"{s.prompt_tokens + s.completion_tokens:,} tok")
+
+            stats = run_synth(input_path, out, t, opts, progress=on_item)
+    for line in stats.summary_lines(out):
+        c.print(line, highlight=False)
+    if stats.failed:
+        from tunelab.data.synth.store import side_path
+
+        c.print(f"[yellow]{stats.failed} items failed[/yellow] (see {side_path(out, 'failed')}); "
+                "run the same command again to retry them", highlight=False)
