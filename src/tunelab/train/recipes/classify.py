@@ -1,0 +1,298 @@
+"""Sequence classification (task: classify) on any encoder or decoder: LoRA, full or freeze.
+
+setup:  data ({"text", "label"} records) -> label set (sorted, or `classify.labels` order)
+        -> base + a new head (`AutoModelForSequenceClassification`, id2label/label2id) -> tokenize
+before: validation loss / accuracy / macro-F1 of the untrained head
+train:  adapt -> engine.train_loop with `ClassifyObjective`
+          lora:   peft task_type SEQ_CLS; the head is trained in full and saved in the adapter
+                  (`modules_to_save`), so the adapter alone rebuilds the classifier
+          full:   every weight
+          freeze: the head (+ the pooler, if any) and the last `method.freeze_layers` blocks
+save:   config.yaml, labels.json, tokenizer/, adapter/ (or model/), metrics.jsonl, report.md,
+        confusion.png, loss.png, DONE (last)
+
+Loss = cross-entropy summed over a micro-batch / its size (mean CE per example); e.g. batch 32,
+8,484 examples -> ceil(8484 / 32) = 266 optimizer steps per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+
+from tunelab.config import RunConfig, dump_config
+from tunelab.data.formats import ClassifyExample
+from tunelab.errors import TunelabError
+from tunelab.eval.classification import classification_metrics, flat_metrics
+from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
+from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.train.loggers import MetricsLogger
+from tunelab.train.rundir import RunDir, library_versions
+
+METHODS = ("lora", "full", "freeze")
+
+
+@dataclass
+class LabeledIds:
+    """A tokenized classification example: token ids (special tokens included) and the label id."""
+
+    input_ids: list[int]
+    label: int
+
+
+class ClassifyObjective:
+    """Cross-entropy of the head's logits against the label id.
+
+    loss_sum = sum_i CE(logits_i, y_i) over the micro-batch, count = examples in it;
+    evaluate -> val_loss (mean CE per example), accuracy, macro_f1, precision/<label>, recall/<label>.
+    """
+
+    def __init__(self, pad_id: int, labels: list[str], eval_batch_size: int = 32):
+        self.pad_id = pad_id
+        self.labels = labels
+        self.eval_batch_size = eval_batch_size
+
+    def collate(self, examples: list[LabeledIds]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([e.input_ids for e in examples], self.pad_id)
+        batch["labels"] = torch.tensor([e.label for e in examples], dtype=torch.long)
+        return batch
+
+    def loss_sum(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), int(batch["labels"].numel())
+
+    def measure(self, model, examples: list[LabeledIds], amp=None) -> dict:
+        """val_loss plus `classification_metrics` (per-class figures and the confusion matrix)."""
+        logits = batched_logits(model, [e.input_ids for e in examples], self.pad_id, self.eval_batch_size, amp)
+        y = torch.tensor([e.label for e in examples], dtype=torch.long)
+        m = classification_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)
+        m["val_loss"] = float(F.cross_entropy(logits, y)) if len(examples) else float("nan")
+        return m
+
+    def evaluate(self, model, examples, amp):
+        m = self.measure(model, examples, amp)
+        return {"val_loss": m["val_loss"], **flat_metrics(m)}
+
+    def length(self, example: LabeledIds) -> int:
+        return len(example.input_ids)
+
+    def trained_tokens(self, batch, count: int) -> int:
+        return int(batch["attention_mask"].sum())  # non-pad tokens
+
+
+@dataclass
+class ClassifyOutcome:
+    run_dir: Path
+    result: TrainResult
+    labels: list[str]
+    trainable: str
+    before: dict = field(default_factory=dict)  # `ClassifyObjective.measure` of the untrained head
+    after: dict = field(default_factory=dict)  # ... of the trained model (best evaluation kept)
+    n_train: int = 0
+    n_val: int = 0
+
+    def summary_lines(self) -> list[str]:
+        r = self.result
+        lines = []
+        if self.before and self.after:
+            b, a = self.before, self.after
+            lines.append(f"validation accuracy: untrained head {b['accuracy']:.3f} -> tuned {a['accuracy']:.3f}; "
+                         f"macro-F1 {b['macro_f1']:.3f} -> {a['macro_f1']:.3f} ({self.n_val} examples)")
+        lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s; {self.trainable}")
+        weights = "model/" if (self.run_dir / "model").exists() else "adapter/"
+        lines.append(f"run saved to {self.run_dir} (report.md, confusion.png, {weights}); "
+                     f"predict with: tunelab predict {self.run_dir} --text \"...\"")
+        return lines
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def _label_name(raw, where: str) -> str:
+    """A record's label as a string: 3 -> "3", true -> "true"."""
+    if isinstance(raw, bool):
+        return "true" if raw else "false"
+    if isinstance(raw, (str, int)):
+        name = str(raw).strip()
+        if name:
+            return name
+        raise TunelabError("field 'label' is empty", where=where)
+    raise TunelabError(f"field 'label' must be a string, integer or boolean, got {type(raw).__name__}", where=where)
+
+
+def _read_examples(path: Path, field_name: str) -> list[ClassifyExample]:
+    from tunelab.data.sources import read_records
+
+    out = []
+    for rec in read_records(path, field_name):
+        for key in ("text", "label"):
+            if rec.data.get(key) is None:
+                raise TunelabError(f"missing field '{key}'", where=rec.where, hint="every record needs 'text' and 'label'")
+        text = rec.data["text"]
+        if not isinstance(text, str) or not text.strip():
+            raise TunelabError("field 'text' must be a non-empty string", where=rec.where)
+        out.append(ClassifyExample(text, _label_name(rec.data["label"], rec.where), rec.where))
+    return out
+
+
+def load_classify_splits(cfg: RunConfig) -> tuple[list[ClassifyExample], list[ClassifyExample]]:
+    """Train / validation ClassifyExamples: the validation file, else a seeded `val_split` of train."""
+    d = cfg.data
+    if not isinstance(d.train, str) or (d.validation is not None and not isinstance(d.validation, str)):
+        raise TunelabError("task classify reads one file per split", where="data.train",
+                           hint="give data.train (and data.validation) as a file path")
+    train = _read_examples(cfg.path(d.train), "data.train")
+    if d.validation:
+        return train, _read_examples(cfg.path(d.validation), "data.validation")
+    if d.val_split <= 0:
+        return train, []
+    idx = list(range(len(train)))
+    random.Random(d.seed).shuffle(idx)
+    n_val = max(1, round(len(train) * d.val_split))
+    if n_val >= len(train):
+        raise TunelabError(f"val_split {d.val_split} leaves no training examples ({len(train)} in all)",
+                           where="data.val_split", hint="lower it or add data")
+    val_idx = set(idx[:n_val])
+    return [train[i] for i in range(len(train)) if i not in val_idx], [train[i] for i in sorted(val_idx)]
+
+
+def label_set(cfg: RunConfig, train: list[ClassifyExample], val: list[ClassifyExample]) -> list[str]:
+    """`classify.labels` (its order) or the training labels sorted; every example's label must be in it."""
+    given = cfg.classify.labels
+    if given is not None and len(set(given)) != len(given):
+        raise TunelabError("classify.labels lists a label twice", where="classify.labels", hint="list each label once")
+    labels = list(given) if given is not None else sorted({ex.label for ex in train})
+    known = set(labels)
+    for ex in [*train, *val]:
+        if ex.label not in known:
+            if given is not None:
+                raise TunelabError(f"field 'label': '{ex.label}' is not in classify.labels", where=ex.where,
+                                   hint=f"one of: {', '.join(labels)}")
+            raise TunelabError(f"field 'label': '{ex.label}' never occurs in the training data", where=ex.where,
+                               hint="add training examples of it, or list every label in classify.labels")
+    if len(labels) < 2:
+        raise TunelabError(f"a classifier needs at least 2 labels, the data has {len(labels)}", where="data.train",
+                           hint="add examples of another label")
+    return labels
+
+
+def tokenize_examples(tok, examples: list[ClassifyExample], labels: list[str], max_length: int,
+                      truncation_side: str = "right") -> list[LabeledIds]:
+    ids = encode_texts(tok, [ex.text for ex in examples], max_length, truncation_side)
+    index = {x: i for i, x in enumerate(labels)}
+    return [LabeledIds(x, index[ex.label]) for x, ex in zip(ids, examples)]
+
+
+# ---- adapting ------------------------------------------------------------------------------------------------
+def trainable_head(model, head: list[str]) -> list[str]:
+    """The head modules plus the base's pooler when it has one (BERT: pooler -> dropout -> classifier)."""
+    names = list(head)
+    for name, _ in model.named_modules():
+        if name.endswith(".pooler") and name.count(".") == 1 and name not in names:
+            names.append(name)
+    return names
+
+
+def adapt(model, cfg: RunConfig, head: list[str]):
+    """Apply `method` (lora | full | freeze); returns the model to train."""
+    from tunelab.adapters.lora import apply_lora, freeze_all_but_last, target_modules
+
+    m = cfg.method
+    if m.name == "lora":
+        if cfg.train.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        # the head is trained whole (modules_to_save), so it is no LoRA target
+        leaves = {h.split(".")[-1] for h in head}
+        targets = target_modules(model, m.target_modules)
+        targets = [t for t in targets if t not in leaves] if isinstance(targets, list) else targets
+        return apply_lora(model, m.model_copy(update={"target_modules": targets}), task_type="SEQ_CLS",
+                          modules_to_save=head)
+    if m.name == "freeze":
+        freeze_all_but_last(model, m.freeze_layers)
+        mods = dict(model.named_modules())
+        for name in trainable_head(model, head):
+            for p in mods[name].parameters():
+                p.requires_grad_(True)
+    elif cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+# ---- the recipe ----------------------------------------------------------------------------------------------
+def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> ClassifyOutcome:
+    from tunelab.adapters.lora import trainable_summary
+    from tunelab.train.recipes.sft import _resume_point
+
+    console = console or Console(stderr=True, quiet=quiet)
+    if cfg.method.name not in METHODS:
+        raise TunelabError(f"method '{cfg.method.name}' is not available for task classify", where="method.name",
+                           hint=f"use one of: {', '.join(METHODS)}")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    run = RunDir(cfg.run_dir())
+    run.refuse_if_done(cfg.output.overwrite)
+
+    # ---- data first: bad input fails before any model loads or anything is written ------------------------
+    train_ex, val_ex = load_classify_splits(cfg)
+    labels = label_set(cfg, train_ex, val_ex)
+    torch.manual_seed(cfg.train.seed)  # the new head's initial weights
+    model, tok, head = load_sequence_classifier(cfg.model.name, labels, dtype=cfg.model.dtype, device=cfg.model.device)
+    d = cfg.data
+    train_tok = tokenize_examples(tok, train_ex, labels, d.max_length, d.truncation_side)
+    val_tok = tokenize_examples(tok, val_ex, labels, d.max_length, d.truncation_side)
+    console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples, {len(labels)} labels")
+
+    resume_step = _resume_point(run, cfg)
+    if resume_step is None:
+        run.prepare(cfg.output.overwrite)
+        from tunelab.models.registry import resolve
+
+        run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": resolve(cfg.model.name).path}))
+    else:
+        run.truncate_metrics(resume_step)
+        console.print(f"resuming {run.path} from step {resume_step}")
+    run.write_text("labels.json", json.dumps({"labels": labels, "head": head}, indent=2) + "\n")
+    tok.save_pretrained(str(run.path / "tokenizer"))
+    device = next(model.parameters()).device
+    amp = autocast_dtype(cfg.train.precision, device)
+    objective = ClassifyObjective(tok.pad_token_id, labels, cfg.train.batch_size)
+    logger = MetricsLogger(run, cfg.train.report_to)
+
+    # ---- before: the untrained head ------------------------------------------------------------------------
+    before = objective.measure(model, val_tok, amp) if val_tok else {}
+    if before:
+        console.print(f"untrained head: val loss {before['val_loss']:.3f}, accuracy {before['accuracy']:.3f}")
+        if resume_step is None:
+            logger({"step": 0, "epoch": 0, "event": "before", "val_loss": round(before["val_loss"], 5),
+                    **{k: round(v, 5) for k, v in flat_metrics(before).items()}})
+
+    # ---- adapt + train ---------------------------------------------------------------------------------------
+    model = adapt(model, cfg, head)
+    trainable = trainable_summary(model)
+    console.print(trainable)
+    try:
+        result = train_loop(model, train_tok, val_tok, cfg.train, log=logger, quiet=quiet, objective=objective,
+                            ckpt_dir=run.path / "checkpoints", resume=resume_step is not None)
+    finally:
+        logger.close()
+    if result.stopped_early == "interrupted":
+        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
+
+    # ---- after + save ----------------------------------------------------------------------------------------
+    after = objective.measure(model, val_tok, amp) if val_tok else {}
+    if cfg.method.name == "lora":
+        model.save_pretrained(str(run.path / "adapter"))
+    else:
+        model.save_pretrained(str(run.path / "model"))
+    outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok))
+    from tunelab.eval.classification import write_classify_report
+
+    write_classify_report(run, cfg, outcome)
+    if result.stopped_early != "interrupted":
+        run.mark_done()
+    return outcome
