@@ -32,6 +32,7 @@ SUBAPPS = {
 # modules that register plain commands on `app` (import side effect: @app.command()).
 COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
                    "tunelab.cli.merge",
+                   "tunelab.cli.predict",
                    ]
 
 _state = {"debug": False}

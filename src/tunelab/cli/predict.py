@@ -1,0 +1,72 @@
+"""`tunelab predict RUN --text "..."` or `--file in.jsonl --out preds.jsonl`: a classify run's labels.
+
+Text mode prints one line per text: the label, then every label's probability.
+File mode reads .jsonl/.json/.csv/.tsv records, classifies `--field` (default `text`) in batches,
+and writes each record with `prediction` and `probabilities` added, as JSONL, atomically
+(a `.tmp` file renamed at the end: an interrupted run leaves no half-written output).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import typer
+
+from tunelab.cli.main import app
+from tunelab.errors import TunelabError
+
+
+def _texts(records, field: str) -> list[str]:
+    out = []
+    for rec in records:
+        val = rec.data.get(field)
+        if not isinstance(val, str):
+            hint = f"the record has: {', '.join(sorted(map(str, rec.data))) or 'no fields'}; choose one with --field"
+            raise TunelabError(f"missing text field '{field}'" if val is None else f"field '{field}' is not a string",
+                               where=rec.where, hint=hint)
+        out.append(val)
+    return out
+
+
+def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+@app.command("predict")
+def predict_cmd(
+    run: Path = typer.Argument(..., help="A finished classify run directory (runs/<name>)."),
+    text: list[str] = typer.Option(None, "--text", "-t", help="A text to classify (repeatable)."),
+    file: Path = typer.Option(None, "--file", "-f", help="Records to classify (.jsonl, .json, .csv, .tsv)."),
+    out: Path = typer.Option(None, "--out", "-o", help="Where --file predictions go (JSONL)."),
+    field: str = typer.Option("text", "--field", help="The record field holding the text (--file)."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+) -> None:
+    """Classify texts with a model trained by `task: classify`."""
+    from tunelab.infer.classify import Classifier
+
+    if not text and file is None:
+        raise TunelabError("nothing to classify", where="--text", hint='pass --text "..." or --file in.jsonl --out preds.jsonl')
+    if file is not None and out is None:
+        raise TunelabError("--file needs --out", where="--out", hint="e.g. --out preds.jsonl")
+    records = None
+    if file is not None:
+        from tunelab.data.sources import read_records
+
+        records = read_records(file, "--file")
+        texts_in = _texts(records, field)
+    clf = Classifier.from_run(run)
+    for t, p in zip(text or [], clf.predict(list(text or []), batch_size)):
+        probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probs"].items())
+        print(f"{p['label']}\t{probs}\t{t}")
+    if records is not None:
+        preds = clf.predict(texts_in, batch_size)
+        rows = [{**rec.data, "prediction": p["label"], "probabilities": p["probs"]} for rec, p in zip(records, preds)]
+        write_jsonl_atomic(out, rows)
+        print(f"{len(rows)} predictions written to {out}")
