@@ -1,0 +1,203 @@
+"""Preference tasks (task: reward, task: dpo): the data and TRL wiring both share.
+
+Records: {"prompt": str | [messages ending with a user turn], "chosen": str, "rejected": str}
+(`system` optional; a `data.system` applies to every pair) -> `PreferenceExample`.
+
+Pairs are tokenized the way SFT trains and `tunelab generate` prompts, segment by segment with
+tunelab's template (`data.template`):
+
+    prompt_ids = encode(template.segments(prompt, add_generation_prompt=True))  == Generator.prompt_ids
+    chosen_ids = encode(template.segments(prompt + [assistant: chosen]))[len(prompt_ids):]  (reply + end of turn)
+
+Lengths: the prompt keeps its last `preference.max_prompt_length` tokens (the end holds the
+generation prompt), then the reply is cut so prompt + reply <= `data.max_length`.
+
+Training runs in TRL (`RewardTrainer`, `DPOTrainer`), the reference implementations; `train.*`
+maps onto their TrainingArguments (`trainer_args`), and `MetricsCallback` writes every TRL log row
+into metrics.jsonl through `MetricsLogger` (eval_* keys become val_*). TRL tasks end with the final
+weights: keep_best, early stopping and resume belong to the engine and are refused here.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+
+from tunelab.config import RunConfig
+from tunelab.data.formats import PreferenceExample
+from tunelab.data.sources import Record, read_records
+from tunelab.data.tokenize import encode_segments
+from tunelab.errors import TunelabError
+
+
+# ---- data ----------------------------------------------------------------------------------------------------
+def _reply(rec: Record, key: str) -> str:
+    val = rec.data.get(key)
+    if isinstance(val, list) and len(val) == 1 and isinstance(val[0], dict) and val[0].get("role") == "assistant":
+        val = val[0].get("content")  # TRL's conversational form: [{"role": "assistant", "content": ...}]
+    if not isinstance(val, str) or not val.strip():
+        raise TunelabError(f"field '{key}' must be a non-empty string", where=rec.where,
+                           hint="each record needs 'prompt', 'chosen' and 'rejected'")
+    return val
+
+
+def to_preference(rec: Record) -> PreferenceExample:
+    """One record -> PreferenceExample; TunelabError naming file:line and the field."""
+    for key in ("prompt", "chosen", "rejected"):
+        if key not in rec.data:
+            raise TunelabError(f"missing field '{key}'", where=rec.where,
+                               hint="preference records look like {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}")
+    p = rec.data["prompt"]
+    if isinstance(p, str) and p.strip():
+        msgs = [{"role": "user", "content": p}]
+    elif isinstance(p, list) and p and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in p):
+        msgs = [{"role": m["role"], "content": m["content"]} for m in p]
+        if msgs[-1]["role"] != "user":
+            raise TunelabError("the prompt conversation must end with a user turn", where=rec.where)
+    else:
+        raise TunelabError("field 'prompt' must be a non-empty string or a list of messages", where=rec.where)
+    system = rec.data.get("system")
+    if isinstance(system, str) and system.strip() and msgs[0]["role"] != "system":
+        msgs.insert(0, {"role": "system", "content": system})
+    return PreferenceExample(msgs, _reply(rec, "chosen"), _reply(rec, "rejected"), rec.where)
+
+
+def load_pairs(cfg: RunConfig) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
+    """(train, validation): the validation file if given, else a seeded `data.val_split` of train."""
+    d = cfg.data
+    train = [to_preference(r) for r in read_records(cfg.path(d.train), "data.train")]
+    if d.validation:
+        return train, [to_preference(r) for r in read_records(cfg.path(d.validation), "data.validation")]
+    if d.val_split <= 0:
+        return train, []
+    idx = list(range(len(train)))
+    random.Random(d.seed).shuffle(idx)
+    n_val = max(1, round(len(train) * d.val_split))
+    if n_val >= len(train):
+        raise TunelabError(f"val_split {d.val_split} leaves no training pair ({len(train)} in all)",
+                           where="data.val_split", hint="lower it or add data")
+    held = set(idx[:n_val])
+    return [x for i, x in enumerate(train) if i not in held], [x for i, x in enumerate(train) if i in held]
+
+
+def pair_ids(ex: PreferenceExample, template, tok, max_length: int, max_prompt: int) -> dict:
+    """{"prompt_ids", "chosen_ids", "rejected_ids", "truncated"} for one pair (see the module docstring)."""
+    prompt, _ = encode_segments(tok, template.segments(ex.prompt, add_generation_prompt=True))
+    out = {}
+    for key, reply in (("chosen_ids", ex.chosen), ("rejected_ids", ex.rejected)):
+        full, _ = encode_segments(tok, template.segments(ex.prompt + [{"role": "assistant", "content": reply}]))
+        if full[:len(prompt)] != prompt:
+            raise TunelabError("the template renders the prompt differently once a reply follows", where=ex.where,
+                               hint="pick a built-in template, e.g. data.template=chatml")
+        out[key] = full[len(prompt):]
+    cut = max(0, len(prompt) - min(max_prompt, max_length - 1))
+    prompt = prompt[cut:]
+    room = max(1, max_length - len(prompt))
+    longest = max(len(out["chosen_ids"]), len(out["rejected_ids"]))
+    out = {k: v[:room] for k, v in out.items()}
+    return {"prompt_ids": prompt, **out, "truncated": bool(cut or longest > room)}
+
+
+def tokenize_pairs(pairs: list[PreferenceExample], template, tok, cfg: RunConfig) -> tuple[list[dict], int]:
+    """(tokenized pairs, how many were truncated)."""
+    rows = [pair_ids(p, template, tok, cfg.data.max_length, cfg.preference.max_prompt_length) for p in pairs]
+    return rows, sum(r.pop("truncated") for r in rows)
+
+
+# ---- TRL wiring ----------------------------------------------------------------------------------------------
+def refuse_engine_only_options(cfg: RunConfig) -> None:
+    t = cfg.train
+    if t.resume != "no":
+        raise TunelabError(f"train.resume is not available for task {cfg.task} (trained by TRL)", where="train.resume",
+                           hint="start the run again (with --overwrite)")
+    if t.early_stopping_patience:
+        raise TunelabError(f"early stopping is not available for task {cfg.task} (trained by TRL)",
+                           where="train.early_stopping_patience", hint="set it to 0 and choose train.epochs")
+
+
+def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: bool, has_val: bool, **extra):
+    """TRL config (RewardConfig / DPOConfig) from `train.*`; checkpoints are not written (save_strategy no).
+
+    e.g. 36 pairs, batch_size 4, grad_accum 1, epochs 2 -> 9 steps/epoch x 2 = 18 optimizer steps.
+    """
+    from tunelab.train.engine import autocast_dtype
+
+    t = cfg.train
+    amp = autocast_dtype(t.precision, device)
+    if t.eval_every == "never" or not has_val:
+        ev = {"eval_strategy": "no"}
+    elif t.eval_every == "epoch":
+        ev = {"eval_strategy": "epoch"}
+    else:
+        ev = {"eval_strategy": "steps", "eval_steps": int(t.eval_every)}
+    return config_cls(
+        output_dir=str(run.path / "checkpoints"), save_strategy="no", report_to="none", disable_tqdm=quiet,
+        learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
+        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optim="adamw_torch",
+        bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=t.gradient_checkpointing,
+        seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, use_cpu=device.type == "cpu",
+        dataloader_pin_memory=False, **ev, **extra)
+
+
+def metrics_callback(logger):
+    """A transformers TrainerCallback that writes each TRL log row to `logger` (MetricsLogger).
+
+    {"loss", "learning_rate", "grad_norm", "rewards/margins", ...} -> {"step", "epoch", "loss", "lr", ...};
+    eval rows: eval_loss -> val_loss, eval_rewards/margins -> val_rewards/margins.
+    """
+    from transformers import TrainerCallback
+
+    class MetricsCallback(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3)}
+            for k, v in (logs or {}).items():
+                if k == "learning_rate":
+                    k = "lr"
+                elif k.startswith("eval_"):
+                    k = "val_" + k[len("eval_"):]
+                rec[k] = round(v, 5) if isinstance(v, float) and math.isfinite(v) else v
+            logger(rec)
+
+    return MetricsCallback()
+
+
+def val_metrics(trainer) -> dict:
+    """TRL's validation metrics now (eval_* keys renamed val_*): the evaluation logged at this very
+    step when there is one (epoch-end evaluation), else a fresh `trainer.evaluate()`."""
+    hist = trainer.state.log_history
+    last = next((r for r in reversed(hist) if "eval_loss" in r), None)
+    if last is None or last.get("step") != trainer.state.global_step or trainer.state.global_step == 0:
+        last = trainer.evaluate()
+    return {("val_" + k[5:] if k.startswith("eval_") else k): v for k, v in last.items()}
+
+
+def quiet_trainer(trainer, quiet: bool) -> None:
+    """With --quiet, transformers' PrinterCallback would still print every log dict: drop it."""
+    from transformers.trainer_callback import PrinterCallback
+
+    if quiet:
+        trainer.remove_callback(PrinterCallback)
+
+
+def remove_empty_checkpoints(run) -> None:
+    """The Trainer creates its output_dir (run/checkpoints) even with save_strategy no."""
+    d = run.path / "checkpoints"
+    if d.is_dir() and not any(d.iterdir()):
+        d.rmdir()
+
+
+# ---- entry points (the recipes live in reward.py and dpo.py) ------------------------------------------------
+def run_reward(cfg: RunConfig, quiet: bool = False, console=None):
+    from tunelab.train.recipes.reward import run_reward as run
+
+    return run(cfg, quiet=quiet, console=console)
+
+
+def run_dpo(cfg: RunConfig, quiet: bool = False, console=None):
+    from tunelab.train.recipes.dpo import run_dpo as run
+
+    return run(cfg, quiet=quiet, console=console)

@@ -1,0 +1,182 @@
+"""Reward model training (task: reward) with TRL's RewardTrainer.
+
+A sequence classifier with one output r(x) (`num_labels=1`: the base model + a new linear `score`
+head reading the last non-pad token) learns from pairs with the Bradley-Terry loss
+
+    loss = -log sigmoid(r(prompt + chosen) - r(prompt + rejected))      (mean over pairs)
+
+Validation, before and after training: pairwise accuracy = share of pairs with r_chosen > r_rejected,
+margin = mean(r_chosen - r_rejected) (TRL's `accuracy` and `margin` metrics, from `trainer.evaluate()`).
+Methods: lora (the head trained whole, saved with the adapter as a peft `modules_to_save`), qlora
+(tunelab's 4-bit base, head kept full precision), full.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from tunelab.config import RunConfig, dump_config
+from tunelab.data.templates import build_template
+from tunelab.errors import TunelabError
+from tunelab.train.loggers import MetricsLogger
+from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
+                                               remove_empty_checkpoints, tokenize_pairs, trainer_args, val_metrics)
+from tunelab.train.rundir import RunDir, library_versions
+
+METHODS = ("lora", "qlora", "full")
+
+
+@dataclass
+class RewardOutcome:
+    run_dir: Path
+    before: dict  # TRL eval metrics on validation: val_accuracy, val_margin, val_loss, ...
+    after: dict
+    trainable: str
+    steps: int = 0
+    train_seconds: float = 0.0
+    n_train: int = 0
+    n_val: int = 0
+    truncated: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def summary_lines(self) -> list[str]:
+        lines = [f"data: {self.n_train} train / {self.n_val} validation pairs"
+                 + (f" ({self.truncated} truncated)" if self.truncated else "")]
+        if self.before and self.after:
+            b, a = self.before, self.after
+            lines.append(f"validation pairwise accuracy: base {b['val_accuracy']:.0%} -> tuned {a['val_accuracy']:.0%}")
+            lines.append(f"validation reward margin (chosen - rejected): base {b['val_margin']:+.3f} -> "
+                         f"tuned {a['val_margin']:+.3f}")
+        lines.append(f"{self.steps} steps, {self.train_seconds:.0f}s")
+        lines.append(f"run saved to {self.run_dir} (report.md, "
+                     f"{'adapter/' if (self.run_dir / 'adapter').exists() else 'model/'})")
+        return lines
+
+
+def head_name(model) -> str:
+    for name in ("score", "classifier"):
+        if isinstance(getattr(model, name, None), torch.nn.Module):
+            return name
+    raise TunelabError(f"cannot find the classification head of {type(model).__name__}", where="model.name")
+
+
+def load_reward_model(cfg: RunConfig):
+    """(model with a 1-output head, tokenizer, resolved model)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tunelab.models.load import load_tokenizer, pick_device, pick_dtype
+    from tunelab.models.registry import resolve
+
+    rm = resolve(cfg.model.name)
+    device = pick_device(cfg.model.device)
+    tok = load_tokenizer(rm)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(rm.path, num_labels=1,
+                                                                   dtype=pick_dtype(cfg.model.dtype, device))
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"cannot load {rm.path} as a sequence classifier: {e}", where="model.name") from e
+    model.config.pad_token_id = tok.pad_token_id  # the head reads the last token before padding
+    return model.to(device), tok, rm
+
+
+def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> RewardOutcome:
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    from tunelab.adapters.lora import apply_lora, trainable_summary
+    from tunelab.adapters.qlora import choose_backend, quantize_base
+
+    console = console or Console(stderr=True, quiet=quiet)
+    torch.manual_seed(cfg.train.seed)  # the new head's initialization
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    m = cfg.method
+    if m.name not in METHODS:
+        raise TunelabError(f"method '{m.name}' is not available for task reward", where="method.name",
+                           hint=f"one of: {', '.join(METHODS)}")
+    refuse_engine_only_options(cfg)
+    run = RunDir(cfg.run_dir())
+    run.refuse_if_done(cfg.output.overwrite)
+
+    # ---- data first ------------------------------------------------------------------------------------------
+    train_ex, val_ex = load_pairs(cfg)
+    model, tok, rm = load_reward_model(cfg)
+    device = next(model.parameters()).device
+    if m.name == "qlora" and choose_backend(m.quant_backend, device) != "tunelab":
+        raise TunelabError("task reward quantizes with the tunelab backend only", where="method.quant_backend",
+                           hint="set method.quant_backend=tunelab")
+    template = build_template(cfg.data.template, tok, cfg.data.system, cfg.data.custom_template)
+    train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
+    val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
+    console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
+
+    run.prepare(cfg.output.overwrite)
+    run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
+    template.save(run.path / "template.json")  # how pairs were rendered: score new text the same way
+
+    # ---- adapt -----------------------------------------------------------------------------------------------
+    head = head_name(model)
+    if m.name == "qlora":
+        quantize_base(model, m.quant_type, m.double_quant, skip=("lm_head", head))
+    if m.name in ("lora", "qlora"):
+        model = apply_lora(model, m, task_type="SEQ_CLS", modules_to_save=[head])
+    trainable = trainable_summary(model)
+    console.print(trainable)
+
+    def as_dataset(rows):  # the scored sequences: prompt + reply (+ end of turn)
+        return Dataset.from_list([{"chosen_ids": r["prompt_ids"] + r["chosen_ids"],
+                                   "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in rows])
+
+    logger = MetricsLogger(run, cfg.train.report_to)
+    args = trainer_args(RewardConfig, cfg, run, device, quiet, bool(val_rows), max_length=None)
+    trainer = RewardTrainer(model=model, args=args, train_dataset=as_dataset(train_rows),
+                            eval_dataset=as_dataset(val_rows) if val_rows else None, processing_class=tok,
+                            callbacks=[metrics_callback(logger)])
+    quiet_trainer(trainer, quiet)
+    try:
+        before = val_metrics(trainer) if val_rows else {}
+        t = time.perf_counter()
+        state = trainer.train()
+        seconds = time.perf_counter() - t
+        after = val_metrics(trainer) if val_rows else {}
+    finally:
+        logger.close()
+
+    # ---- save ------------------------------------------------------------------------------------------------
+    if m.name in ("lora", "qlora"):
+        trainer.model.save_pretrained(str(run.path / "adapter"))
+    else:
+        trainer.model.save_pretrained(str(run.path / "model"))
+        tok.save_pretrained(str(run.path / "model"))
+    out = RewardOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows),
+                        len(val_rows), cut_train + cut_val)
+    write_reward_report(run, cfg, out)
+    remove_empty_checkpoints(run)
+    run.mark_done()
+    return out
+
+
+def write_reward_report(run: RunDir, cfg: RunConfig, out: RewardOutcome) -> None:
+    from tunelab.eval.report import plot_loss
+
+    has_plot = plot_loss(run)
+    lines = [f"# Run `{run.path.name}` (reward model)", "",
+             f"- model: `{cfg.model.name}` + a 1-output score head, method: `{cfg.method.name}`", f"- {out.trainable}",
+             f"- data: {out.n_train} train / {out.n_val} validation pairs ({out.truncated} truncated), "
+             f"template `{cfg.data.template}`",
+             "- loss: -log sigmoid(r_chosen - r_rejected) (TRL RewardTrainer); weights: the final step's",
+             f"- {out.steps} optimizer steps in {out.train_seconds:.1f}s", ""]
+    if out.before and out.after:
+        lines += ["## Validation pairs", "", "| | pairwise accuracy | margin mean(r_chosen - r_rejected) | loss |",
+                  "|---|---|---|---|"]
+        for name, d in (("base (new head)", out.before), ("tuned", out.after)):
+            lines.append(f"| {name} | {d['val_accuracy']:.1%} | {d['val_margin']:+.4f} | {d['val_loss']:.4f} |")
+        lines.append("")
+    if has_plot:
+        lines += ["![loss curve](loss.png)", ""]
+    run.write_text("report.md", "\n".join(lines))
