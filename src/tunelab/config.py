@@ -1,7 +1,8 @@
 """Run configuration: YAML validated by pydantic, with `key.sub=value` overrides from the CLI.
 
     model:  {name, dtype, device}
-    data:   {train, validation, val_split, format, template, system, max_length, truncation_side, train_on}
+    data:   {train (path | hub id | [{path, weight, format, columns}]), validation, val_split, format, columns,
+            template, system, max_length, truncation_side, train_on, dedupe, seed}
     method: {name: lora|qlora|full|freeze|qat|bitnet, r, alpha, dropout, target_modules, quant_type, double_quant, quant_backend}
     train:  {lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, scheduler, precision, ...}
     output: {dir, name, overwrite}
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import TunelabError
 
@@ -33,18 +34,66 @@ class ModelConfig(_Section):
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
 
 
+FormatName = Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "classification",
+                     "preference"]
+
+
+class DataSpec(_Section):
+    """One dataset of a mixture: `{path, weight, format, columns, split}`.
+
+    weight w takes round(w * n) of the dataset's n examples: w < 1 subsamples, w > 1 repeats
+    (e.g. n = 120, w = 2.5 -> 300 = 2 full copies + 60 sampled), deterministic in `data.seed`.
+    `format` and `columns` default to the `data:` section's; `split` is for hub datasets.
+    """
+
+    path: str
+    weight: float = Field(1.0, gt=0)
+    format: FormatName | None = None
+    columns: dict[str, str] | None = None  # our field name -> the file's field name
+    split: str | None = None  # hub datasets: which split (default: train, or validation for data.validation)
+
+
+def _specs(value: Any, name: str) -> Any:
+    """`data.train` / `data.validation`: a path, or a list of paths / {path, weight, ...} specs."""
+    if not isinstance(value, list):
+        return value
+    if not value:
+        raise ValueError(f"data.{name} is an empty list; give a path or at least one {{path: ...}}")
+    out = []
+    for i, item in enumerate(value):
+        if isinstance(item, str):
+            item = {"path": item}
+        if not isinstance(item, dict):
+            raise ValueError(f"data.{name}[{i}] must be a path or a mapping with 'path'")
+        try:
+            out.append(DataSpec.model_validate(item))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"])
+            raise ValueError(f"data.{name}[{i}].{loc}: {err['msg']}") from None
+    return out
+
+
 class DataConfig(_Section):
-    train: str
-    validation: str | None = None
+    train: str | list[DataSpec]  # a file, a directory, a hub id (hf:owner/name), or a list of DataSpec (a mixture)
+    validation: str | list[DataSpec] | None = None
     val_split: float = Field(0.0, ge=0.0, lt=1.0)  # used when `validation` is not given
-    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = "auto"
+    format: FormatName = "auto"  # auto: detected per record from its fields (and the task)
+    columns: dict[str, str] = Field(default_factory=dict)  # renames applied before detection: {prompt: question}
     template: str = "auto"  # auto = the model's own chat template | llama2 | mistral | gemma | chatml | alpaca | qa | custom
     system: str | None = None  # instructions string given as the system turn
     custom_template: dict[str, str] | None = None  # for template: custom (keys: system, user, assistant, stop)
     max_length: int = Field(512, ge=8)
     truncation_side: Literal["right", "left"] = "right"
-    train_on: Literal["reply", "all"] = "reply"  # loss on assistant replies only (default) or every token
+    # reply: loss on every assistant turn (default) | last: only the final assistant turn | all: every token
+    train_on: Literal["reply", "last", "all"] = "reply"
+    dedupe: bool = False  # drop exact duplicate examples (before weights repeat anything)
     seed: int = 42
+
+    @field_validator("train", "validation", mode="before")
+    @classmethod
+    def _mixture(cls, v: Any, info) -> Any:
+        return _specs(v, info.field_name)
 
 
 class MethodConfig(_Section):

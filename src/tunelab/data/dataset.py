@@ -1,35 +1,142 @@
-"""From `data:` config to train/validation example lists (deterministic in the seed)."""
+"""From the `data:` config to train/validation Example lists of the task (deterministic in `data.seed`).
+
+    sources -> records -> columns renamed -> Examples of cfg.task (sft: ChatExample, pretrain: TextExample,
+    classify: ClassifyExample, reward/dpo: PreferenceExample)
+    -> dedupe (data.dedupe: exact duplicates, and train examples equal to a validation one)
+    -> validation: the data.validation source, else a seeded val_split of the (unweighted) train examples
+    -> weights per dataset: round(w * n) examples (w < 1 subsamples, w > 1 repeats), then one seeded
+       shuffle of the mixture (a single dataset with weight 1 keeps its file order)
+
+Validation is split off before weights repeat anything, so a repeated example never lands in both.
+"""
 
 from __future__ import annotations
 
+import json
 import random
+from dataclasses import asdict, dataclass, field
 
-from tunelab.config import RunConfig
+from tunelab.config import DataSpec, RunConfig
 from tunelab.data.formats import ChatExample, to_examples
-from tunelab.data.sources import read_records
+from tunelab.data.sources import read_records, read_source
 from tunelab.errors import TunelabError
 
 
+@dataclass
+class SourceStats:
+    """One dataset of the mixture: examples read, and examples it contributes to train after its weight."""
+
+    path: str
+    weight: float
+    read: int
+    taken: int = 0
+
+
+@dataclass
+class DataSplits:
+    train: list
+    validation: list
+    sources: list[SourceStats] = field(default_factory=list)
+    duplicates_dropped: int = 0  # exact duplicates within the data (data.dedupe)
+    overlap_dropped: int = 0  # train examples identical to a validation example (data.dedupe)
+
+
 def load_examples(path: str, fmt: str, field: str) -> list[ChatExample]:
+    """Chat examples of one file (the sft shapes); kept for callers that read a single file."""
     return to_examples(read_records(path, field), fmt)
 
 
-def load_splits(cfg: RunConfig) -> tuple[list[ChatExample], list[ChatExample]]:
-    """Train and validation examples: the validation file if given, else a seeded `val_split` of train."""
+def _load_spec(cfg: RunConfig, spec: DataSpec, field_name: str) -> list:
     d = cfg.data
-    train = load_examples(str(cfg.path(d.train)), d.format, "data.train")
+    records = read_source(spec.path, cfg.path("."), field_name, text_files=cfg.task == "pretrain",
+                          split=spec.split or ("validation" if field_name.startswith("data.validation") else "train"))
+    columns = spec.columns if spec.columns is not None else d.columns
+    return to_examples(records, spec.format or d.format, cfg.task, cfg.classify.labels, columns)
+
+
+def _specs(value) -> list[DataSpec]:
+    return [DataSpec(path=value)] if isinstance(value, str) else list(value)
+
+
+def example_key(ex) -> str:
+    """What makes two examples 'the same' for dedupe: every field but where/meta."""
+    d = {k: v for k, v in asdict(ex).items() if k not in ("where", "meta")}
+    return json.dumps(d, sort_keys=True, ensure_ascii=False)
+
+
+def _dedupe(groups: list[list], seen: set[str]) -> int:
+    """Drop examples whose key is already in `seen` (in place, first one kept); returns how many."""
+    dropped = 0
+    for g in groups:
+        kept = []
+        for ex in g:
+            k = example_key(ex)
+            if k in seen:
+                dropped += 1
+            else:
+                seen.add(k)
+                kept.append(ex)
+        g[:] = kept
+    return dropped
+
+
+def weighted(examples: list, weight: float, rng: random.Random) -> list:
+    """round(w * n) examples: floor(k / n) full copies + a seeded sample of the rest (file order kept).
+
+    e.g. n = 120, w = 2.5 -> k = 300 = 2 x 120 + 60 sampled; w = 0.25 -> 30 sampled.
+    """
+    n = len(examples)
+    k = round(weight * n)
+    copies, rest = divmod(k, n)
+    picked = sorted(rng.sample(range(n), rest))
+    return examples * copies + [examples[i] for i in picked]
+
+
+def load_data(cfg: RunConfig) -> DataSplits:
+    d = cfg.data
+    specs = _specs(d.train)
+    groups = [_load_spec(cfg, s, f"data.train[{i}]" if len(specs) > 1 else "data.train") for i, s in enumerate(specs)]
+    stats = [SourceStats(s.path, s.weight, len(g)) for s, g in zip(specs, groups)]
+    val: list = []
     if d.validation:
-        val = load_examples(str(cfg.path(d.validation)), d.format, "data.validation")
-    elif d.val_split > 0:
-        idx = list(range(len(train)))
+        vspecs = _specs(d.validation)
+        val = [ex for i, s in enumerate(vspecs)
+               for ex in _load_spec(cfg, s, f"data.validation[{i}]" if len(vspecs) > 1 else "data.validation")]
+    dups = overlap = 0
+    if d.dedupe:
+        seen: set[str] = set()
+        vgroup = [val]
+        dups = _dedupe(vgroup, seen)  # duplicates within validation
+        val = vgroup[0]
+        dups += _dedupe(groups, set())  # duplicates within train (across its datasets too)
+        overlap = _dedupe(groups, seen) if val else 0  # train examples equal to a validation example
+    if not d.validation and d.val_split > 0:
+        # the split is over the concatenated (unweighted) train examples, as for a single file
+        tagged = [(gi, ex) for gi, g in enumerate(groups) for ex in g]
+        idx = list(range(len(tagged)))
         random.Random(d.seed).shuffle(idx)
-        n_val = max(1, round(len(train) * d.val_split))
-        if n_val >= len(train):
-            raise TunelabError(f"val_split {d.val_split} leaves no training examples ({len(train)} in all)",
+        n_val = max(1, round(len(tagged) * d.val_split))
+        if n_val >= len(tagged):
+            raise TunelabError(f"val_split {d.val_split} leaves no training examples ({len(tagged)} in all)",
                                where="data.val_split", hint="lower it or add data")
         val_idx = set(idx[:n_val])
-        val = [train[i] for i in sorted(val_idx)]
-        train = [train[i] for i in range(len(train)) if i not in val_idx]
-    else:
-        val = []
-    return train, val
+        val = [tagged[i][1] for i in sorted(val_idx)]
+        groups = [[ex for i, (gi, ex) in enumerate(tagged) if gi == g and i not in val_idx] for g in range(len(groups))]
+    train: list = []
+    for i, (spec, g, st) in enumerate(zip(specs, groups, stats)):
+        part = g if spec.weight == 1 else weighted(g, spec.weight, random.Random(d.seed * 1000 + i))
+        if not part:
+            where = f"data.train[{i}].weight" if len(specs) > 1 else "data.train"
+            raise TunelabError(f"{spec.path} contributes no training examples (weight {spec.weight} x {len(g)})",
+                               where=where, hint="raise its weight or drop it")
+        st.taken = len(part)
+        train += part
+    if len(specs) > 1:
+        random.Random(d.seed).shuffle(train)
+    return DataSplits(train, val, stats, dups, overlap)
+
+
+def load_splits(cfg: RunConfig) -> tuple[list, list]:
+    """(train, validation) Examples of `cfg.task`; see load_data for the steps."""
+    s = load_data(cfg)
+    return s.train, s.validation
