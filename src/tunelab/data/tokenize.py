@@ -3,8 +3,8 @@
     ids    = concat(tokenize(segment) for segment in template.segments(messages))
     labels = ids where the segment is a target (the replies + end of turn), else -100
 
-So with `train_on: reply` (default) the loss covers exactly the reply tokens; `train_on: all`
-learns every token. Truncation keeps `max_length` tokens from the right (drop the end) or the
+So with `train_on: reply` (default) the loss covers exactly the reply tokens of every assistant
+turn; `train_on: last` only the final assistant turn's; `train_on: all` learns every token. Truncation keeps `max_length` tokens from the right (drop the end) or the
 left (drop the start); an example left with no target token is dropped and counted.
 """
 
@@ -45,7 +45,11 @@ def encode_segments(tokenizer, segments) -> tuple[list[int], list[int]]:
 
 def tokenize_example(ex: ChatExample, template: Template, tokenizer, max_length: int,
                      truncation_side: str = "right", train_on: str = "reply") -> TokenizedExample:
-    ids, labels = encode_segments(tokenizer, template.segments(ex.messages))
+    segments = template.segments(ex.messages)
+    if train_on == "last":  # keep only the final target segment (the last reply) as a target
+        last = max((i for i, (_, tgt) in enumerate(segments) if tgt), default=-1)
+        segments = [(text, tgt and i == last) for i, (text, tgt) in enumerate(segments)]
+    ids, labels = encode_segments(tokenizer, segments)
     if train_on == "all":
         labels = list(ids)
     cut = max(0, len(ids) - max_length)
