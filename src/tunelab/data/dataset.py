@@ -46,12 +46,29 @@ def load_examples(path: str, fmt: str, field: str) -> list[ChatExample]:
     return to_examples(read_records(path, field), fmt)
 
 
+def _named(e: TunelabError, field_name: str) -> TunelabError:
+    """Prefix the config field: "data.train: d.jsonl:3: field 'label' ..." (unless it is there already)."""
+    if e.where and not e.where.startswith("data."):
+        return TunelabError(e.message, where=f"{field_name}: {e.where}", hint=e.hint)
+    return e
+
+
 def _load_spec(cfg: RunConfig, spec: DataSpec, field_name: str) -> list:
     d = cfg.data
-    records = read_source(spec.path, cfg.path("."), field_name, text_files=cfg.task == "pretrain",
-                          split=spec.split or ("validation" if field_name.startswith("data.validation") else "train"))
+    records = _read(cfg, spec, field_name)
     columns = spec.columns if spec.columns is not None else d.columns
-    return to_examples(records, spec.format or d.format, cfg.task, cfg.classify.labels, columns)
+    try:
+        return to_examples(records, spec.format or d.format, cfg.task, cfg.classify.labels, columns)
+    except TunelabError as e:
+        raise _named(e, field_name) from None
+
+
+def _read(cfg: RunConfig, spec: DataSpec, field_name: str):
+    split = spec.split or ("validation" if field_name.startswith("data.validation") else "train")
+    try:
+        return read_source(spec.path, cfg.path("."), field_name, text_files=cfg.task == "pretrain", split=split)
+    except TunelabError as e:
+        raise _named(e, field_name) from None
 
 
 def _specs(value) -> list[DataSpec]:

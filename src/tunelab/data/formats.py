@@ -209,9 +209,11 @@ def to_chat(rec: Record, fmt: str = "auto") -> ChatExample:
             msgs.insert(0, {"role": "system", "content": system})
     else:
         raise TunelabError(f"unknown format '{fmt}'", where="data.format", hint=f"one of: auto, {', '.join(CHAT_FORMATS)}")
-    for m in msgs:
+    for i, m in enumerate(msgs):
         if m["role"] == "assistant" and not m["content"].strip():
-            raise TunelabError("empty assistant reply", where=rec.where, hint="every reply must have text to learn")
+            name = {"messages": f"messages[{i}].content", "sharegpt": f"conversations[{i}].value",
+                    "prompt_completion": "completion", "alpaca": "output"}[fmt]
+            raise TunelabError(f"{name}: empty assistant reply", where=rec.where, hint="every reply must have text to learn")
     return ChatExample(msgs, rec.where)
 
 
