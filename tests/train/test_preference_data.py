@@ -71,3 +71,10 @@ def test_prompt_ids_are_the_generation_prompt_and_replies_end_the_turn(tok):
     # max_prompt keeps the prompt's end; max_length then cuts the replies' ends
     s = pair_ids(ex, template, tok, max_length=len(r["prompt_ids"]) - 5 + 3, max_prompt=len(r["prompt_ids"]) - 5)
     assert s["prompt_ids"] == r["prompt_ids"][5:] and s["chosen_ids"] == r["chosen_ids"][:3] and s["truncated"]
+
+
+def test_loss_type_list():
+    from tunelab.train.recipes.dpo import loss_types
+
+    assert loss_types("sigmoid") == ["sigmoid"]
+    assert loss_types("sigmoid, sft") == ["sigmoid", "sft"]

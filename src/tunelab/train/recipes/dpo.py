@@ -82,6 +82,12 @@ class DpoOutcome:
         return lines
 
 
+def loss_types(spec: str) -> list[str]:
+    """`preference.loss_type`: one TRL loss ("sigmoid") or several joined by commas, e.g. "sigmoid,sft"
+    (DPO + an NLL term on the chosen replies, TRL's RPO recipe; TRL weighs them equally)."""
+    return [s.strip() for s in spec.split(",") if s.strip()]
+
+
 def _trainer_class():
     from trl import DPOTrainer
 
@@ -161,7 +167,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
         ref_model, _, _ = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
         ref_model.eval().requires_grad_(False)
     p = cfg.preference
-    args = trainer_args(DPOConfig, cfg, run, device, quiet, bool(val_rows), beta=p.beta, loss_type=[p.loss_type],
+    args = trainer_args(DPOConfig, cfg, run, device, quiet, bool(val_rows), beta=p.beta, loss_type=loss_types(p.loss_type),
                         max_length=d.max_length)
 
     def as_dataset(rows):
