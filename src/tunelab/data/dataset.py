@@ -104,6 +104,8 @@ def weighted(examples: list, weight: float, rng: random.Random) -> list:
     """
     n = len(examples)
     k = round(weight * n)
+    if n == 0:
+        return []
     copies, rest = divmod(k, n)
     picked = sorted(rng.sample(range(n), rest))
     return examples * copies + [examples[i] for i in picked]
@@ -144,8 +146,9 @@ def load_data(cfg: RunConfig) -> DataSplits:
         part = g if spec.weight == 1 else weighted(g, spec.weight, random.Random(d.seed * 1000 + i))
         if not part:
             where = f"data.train[{i}].weight" if len(specs) > 1 else "data.train"
-            raise TunelabError(f"{spec.path} contributes no training examples (weight {spec.weight} x {len(g)})",
-                               where=where, hint="raise its weight or drop it")
+            raise TunelabError(f"{spec.path} contributes no training examples (weight {spec.weight} x {len(g)} left "
+                               f"of {st.read} read)", where=where,
+                               hint="raise its weight, or drop it (dedupe and val_split may have taken them all)")
         st.taken = len(part)
         train += part
     if len(specs) > 1:
