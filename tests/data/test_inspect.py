@@ -44,3 +44,47 @@ def test_cli_inspect_shows_learned_tokens(tiny_model_dir, tmp_path):
                         str(tmp_path / "h.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "84" in r.stdout and "learned" in r.stdout and (tmp_path / "h.png").exists()
+
+
+def _jsonl(path, rows):
+    import json
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return str(path)
+
+
+def test_task_reports_labels_pairs_and_text_tokens(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    m = str(tiny_model_dir)
+    c = _jsonl(tmp_path / "c.jsonl", [{"text": "good film", "label": "pos"}, {"text": "bad", "label": "neg"},
+                                      {"text": "great", "label": "pos"}])
+    rep = inspect_config(from_dict({"task": "classify", "model": {"name": m}, "data": {"train": c}}), tok)
+    assert rep.splits[0].labels == {"pos": 2, "neg": 1} and rep.examples == []
+    assert rep.splits[0].lengths[1] == len(tok("bad", add_special_tokens=False)["input_ids"])
+    p = _jsonl(tmp_path / "p.jsonl", [{"prompt": "q", "chosen": "a long good answer", "rejected": "no"}] * 2)
+    rep = inspect_config(from_dict({"task": "dpo", "model": {"name": m}, "data": {"train": p}}), tok)
+    prompt, chosen, rejected = rep.splits[0].pair_means
+    assert rep.splits[0].count == 2 and chosen > rejected > 0 and prompt > 1
+    t = _jsonl(tmp_path / "t.jsonl", [{"text": "one two three"}, {"text": "four"}])
+    rep = inspect_config(from_dict({"task": "pretrain", "model": {"name": m}, "data": {"train": t}}), tok)
+    assert rep.splits[0].learned_tokens == sum(rep.splits[0].lengths) > 0
+
+
+def test_cli_inspect_classify_prints_label_counts_and_mixture_notes(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    import pytest
+
+    from tunelab.cli.main import run
+
+    c = _jsonl(tmp_path / "c.jsonl", [{"text": f"t{i}", "label": "pos" if i % 3 else "neg"} for i in range(9)])
+    d = _jsonl(tmp_path / "d.jsonl", [{"text": "t1", "label": "pos"}, {"text": "new", "label": "neg"}])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"task: classify\nmodel: {{name: {tiny_model_dir}}}\ndata:\n  train: [{c}, {d}]\n  dedupe: true\n")
+    monkeypatch.setenv("COLUMNS", "400")  # no wrapping of the long paths
+    with pytest.raises(SystemExit) as e:
+        run(["data", "inspect", str(cfg)])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "classification (2 labels" in out and "neg" in out and "pos" in out
+    assert "dedupe: dropped 1 exact duplicates" in out and "2 read, weight 1 -> 1 in train" in out

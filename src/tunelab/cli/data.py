@@ -28,14 +28,10 @@ def inspect_cmd(
     tok = load_tokenizer(resolve(cfg.model.name))
     rep = inspect_config(cfg, tok)
     c = Console()
-    t = Table(title=f"data (template: {rep.template.name}, max_length {cfg.data.max_length})")
-    for col in ("split", "examples", "mean tokens", "max", "truncated", "tokens cut", "no reply left", "learned tokens"):
-        t.add_column(col)
-    for s in rep.splits:
-        t.add_row(s.name, str(s.count), f"{s.mean:.0f}", str(max(s.lengths)), str(s.truncated), str(s.tokens_cut),
-                  str(s.no_target), f"{s.learned_tokens:,}")
-    c.print(t)
-    c.print("[bold]train token lengths[/bold]")
+    _print_splits(c, rep, cfg)
+    for line in rep.notes:
+        c.print(line, highlight=False)
+    c.print(f"[bold]train token lengths{' (prompt + longer reply)' if cfg.task in ('reward', 'dpo') else ''}[/bold]")
     for line in histogram(rep.splits[0].lengths):
         c.print(line, highlight=False)
     for w in rep.warnings:
@@ -45,6 +41,38 @@ def inspect_cmd(
         c.print(render_example(ex, tok))
     if plot:
         c.print(f"histogram written to {plot_histogram(rep, plot)}")
+
+
+def _print_splits(c: Console, rep, cfg) -> None:
+    """One row per split; the columns depend on the task."""
+    L = cfg.data.max_length
+    if rep.task == "sft":
+        title = f"data (template: {rep.template.name}, max_length {L})"
+        cols = ("split", "examples", "mean tokens", "max", "truncated", "tokens cut", "no reply left", "learned tokens")
+        rows = [(s.name, str(s.count), f"{s.mean:.0f}", str(max(s.lengths)), str(s.truncated), str(s.tokens_cut),
+                 str(s.no_target), f"{s.learned_tokens:,}") for s in rep.splits]
+    elif rep.task == "pretrain":
+        title = f"pretraining text (packed into blocks of {L} tokens)"
+        cols = ("split", "documents", "mean tokens", "max", "tokens", f"blocks of {L}")
+        rows = [(s.name, str(s.count), f"{s.mean:.0f}", str(max(s.lengths)), f"{s.learned_tokens:,}",
+                 f"{s.learned_tokens // L:,}") for s in rep.splits]
+    elif rep.task == "classify":
+        labels = sorted(set().union(*(s.labels for s in rep.splits)))
+        title = f"classification ({len(labels)} labels, max_length {L})"
+        cols = ("split", "examples", "mean tokens", "max", "truncated", *labels)
+        rows = [(s.name, str(s.count), f"{s.mean:.0f}", str(max(s.lengths)), str(s.truncated),
+                 *(str(s.labels.get(x, 0)) for x in labels)) for s in rep.splits]
+    else:
+        title = f"preference pairs (template: {rep.template.name}, max_length {L})"
+        cols = ("split", "pairs", "mean prompt", "mean chosen", "mean rejected", "max", "truncated")
+        rows = [(s.name, str(s.count), *(f"{x:.0f}" for x in s.pair_means), str(max(s.lengths)), str(s.truncated))
+                for s in rep.splits]
+    t = Table(title=title)
+    for col in cols:
+        t.add_column(col)
+    for r in rows:
+        t.add_row(*r)
+    c.print(t)
 
 
 @app.command("synth")
@@ -145,3 +173,4 @@ def synth_cmd(
 
         c.print(f"[yellow]{stats.failed} items failed[/yellow] (see {side_path(out, 'failed')}); "
                 "run the same command again to retry them", highlight=False)
+

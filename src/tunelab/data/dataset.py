@@ -144,13 +144,15 @@ def load_data(cfg: RunConfig) -> DataSplits:
     train: list = []
     for i, (spec, g, st) in enumerate(zip(specs, groups, stats)):
         part = g if spec.weight == 1 else weighted(g, spec.weight, random.Random(d.seed * 1000 + i))
-        if not part:
+        if g and not part:  # emptied by its weight; a dataset emptied by dedupe/val_split shows as taken = 0
             where = f"data.train[{i}].weight" if len(specs) > 1 else "data.train"
-            raise TunelabError(f"{spec.path} contributes no training examples (weight {spec.weight} x {len(g)} left "
-                               f"of {st.read} read)", where=where,
-                               hint="raise its weight, or drop it (dedupe and val_split may have taken them all)")
+            raise TunelabError(f"weight {spec.weight} takes no example of the {len(g)} in {spec.path}", where=where,
+                               hint=f"use a weight of at least {0.5 / len(g):.3g}, or drop it")
         st.taken = len(part)
         train += part
+    if not train:
+        raise TunelabError("no training examples left", where="data.train",
+                           hint="dedupe and val_split took them all; add data or lower val_split")
     if len(specs) > 1:
         random.Random(d.seed).shuffle(train)
     return DataSplits(train, val, stats, dups, overlap)

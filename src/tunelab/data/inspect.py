@@ -1,17 +1,22 @@
 """See what will be trained: split counts, token lengths, truncation, and the exact learned tokens.
 
-`inspect_config(cfg)` tokenizes the data exactly as `tunelab train` would (same template, same
-masking, same max_length) and returns a `DataReport`; `render_example` shows one example with
-learned tokens in green and masked ones dim.
+`inspect_config(cfg)` loads the data of `cfg.task` and returns a `DataReport`:
+  sft       tokenized exactly as `tunelab train` does (same template, masking, max_length);
+            `render_example` shows one example with learned tokens green and masked ones dim
+  pretrain  tokens per document and in all (lengths are not truncated: documents are packed)
+  classify  text tokens per example and the count of each label
+  reward/dpo  pairs; prompt (rendered by the template), chosen and rejected token lengths
+plus what loading did: examples per dataset of a mixture, duplicates dropped (data.dedupe).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.config import RunConfig
-from tunelab.data.dataset import load_splits
+from tunelab.data.dataset import DataSplits, load_data
 from tunelab.data.templates import Template, build_template
 from tunelab.data.tokenize import IGNORE, TokenizedExample, tokenize_example
 
@@ -25,6 +30,8 @@ class SplitStats:
     tokens_cut: int  # tokens removed in all
     no_target: int  # examples left with no learned token (dropped in training)
     learned_tokens: int
+    labels: Counter = field(default_factory=Counter)  # classify: examples per label
+    pair_means: tuple[float, float, float] | None = None  # reward/dpo: mean (prompt, chosen, rejected) tokens
 
     @property
     def mean(self) -> float:
@@ -37,6 +44,8 @@ class DataReport:
     splits: list[SplitStats]
     examples: list[TokenizedExample] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    task: str = "sft"
+    notes: list[str] = field(default_factory=list)  # mixture and dedupe lines
 
 
 def template_warnings(template: Template, tokenizer) -> list[str]:
@@ -63,6 +72,46 @@ def _stats(name: str, examples, template, tok, cfg: RunConfig) -> tuple[SplitSta
                       learned_tokens=sum(t.n_target for t in toks)), toks
 
 
+def _n_tokens(tok, text: str) -> int:
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _plain_stats(name: str, lengths: list[int], max_length: int, learned: int, cut: bool = True) -> SplitStats:
+    over = [x - max_length for x in lengths if x > max_length] if cut else []
+    return SplitStats(name, len(lengths), lengths, len(over), sum(over), 0, learned)
+
+
+def _task_stats(name: str, examples, template, tok, cfg: RunConfig) -> SplitStats:
+    """pretrain / classify / reward / dpo: token lengths and the task's counts."""
+    L = cfg.data.max_length
+    if cfg.task == "pretrain":
+        lengths = [_n_tokens(tok, e.text) for e in examples]
+        return _plain_stats(name, lengths, L, sum(lengths), cut=False)  # every token is learned
+    if cfg.task == "classify":
+        s = _plain_stats(name, [_n_tokens(tok, e.text) for e in examples], L, 0)
+        s.labels = Counter(e.label for e in examples)
+        return s
+    prompts = [_n_tokens(tok, template.prompt_text(e.prompt)) for e in examples]
+    chosen = [_n_tokens(tok, e.chosen) for e in examples]
+    rejected = [_n_tokens(tok, e.rejected) for e in examples]
+    pairs = [p + max(c, r) for p, c, r in zip(prompts, chosen, rejected)]  # the longer sequence of each pair
+    s = _plain_stats(name, pairs, L, sum(chosen) + sum(rejected))
+    n = max(len(examples), 1)
+    s.pair_means = (sum(prompts) / n, sum(chosen) / n, sum(rejected) / n)
+    return s
+
+
+def data_notes(data: DataSplits) -> list[str]:
+    """One line per dataset of a mixture, and what dedupe dropped."""
+    out = []
+    if len(data.sources) > 1:
+        out += [f"{s.path}: {s.read} read, weight {s.weight:g} -> {s.taken} in train" for s in data.sources]
+    if data.duplicates_dropped or data.overlap_dropped:
+        out.append(f"dedupe: dropped {data.duplicates_dropped} exact duplicates and {data.overlap_dropped} train "
+                   "examples identical to a validation example")
+    return out
+
+
 def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
     if tokenizer is None:
         from tunelab.models.load import load_tokenizer
@@ -70,12 +119,17 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
 
         tokenizer = load_tokenizer(resolve(cfg.model.name))
     template = build_template(cfg.data.template, tokenizer, cfg.data.system, cfg.data.custom_template)
-    train, val = load_splits(cfg)
-    s_train, t_train = _stats("train", train, template, tokenizer, cfg)
+    data = load_data(cfg)
+    splits_in = [("train", data.train)] + ([("validation", data.validation)] if data.validation else [])
+    if cfg.task != "sft":
+        splits = [_task_stats(name, exs, template, tokenizer, cfg) for name, exs in splits_in]
+        warnings = template_warnings(template, tokenizer) if cfg.task == "dpo" else []
+        return DataReport(template, splits, [], warnings, cfg.task, data_notes(data))
+    s_train, t_train = _stats("train", data.train, template, tokenizer, cfg)
     splits = [s_train]
-    if val:
-        splits.append(_stats("validation", val, template, tokenizer, cfg)[0])
-    return DataReport(template, splits, t_train, template_warnings(template, tokenizer))
+    if data.validation:
+        splits.append(_stats("validation", data.validation, template, tokenizer, cfg)[0])
+    return DataReport(template, splits, t_train, template_warnings(template, tokenizer), "sft", data_notes(data))
 
 
 def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
