@@ -1,0 +1,222 @@
+"""Training throughput: the widely copied Trainer+PEFT recipe vs tunelab, same model, data and examples.
+
+    python benchmarks/train_throughput.py [--train 64] [--val 24] [--runs baseline,tunelab,tunelab-qlora]
+
+Model: the embedded SmolLM2-135M-Instruct. Data: Python FAQ question -> answer pairs from Debian's
+python3.11-doc (fetched into ~/.cache/tunelab/datasets, see shared/DATA.md), split by seed.
+
+Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch over the same
+`--train` examples and then scores the validation set with the same function,
+`tunelab.eval.metrics.reply_nll` (mean NLL per reply token, the model's own chat template).
+
+    baseline       transformers Trainer + PEFT LoRA (r=8, alpha=32, dropout 0.05, q_proj only), fp32,
+                   DataCollatorForLanguageModeling (pad to the batch's longest), batch 4, accumulation 4,
+                   max length 512, lr 2e-4, linear schedule (Trainer defaults)
+    tunelab        tunelab's defaults: LoRA r=16 on all linear layers, batch 8, length-grouped batches,
+                   loss and output head on reply tokens only, precision auto (fp32 on CPUs without
+                   AVX-512-BF16), lr 2e-4, cosine
+    tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend)
+
+Trained tokens = non-padding tokens of the training sequences (prompt + reply), identical for all
+runs; tokens/s = trained tokens / training wall seconds (model loading and evaluation excluded).
+Peak RSS: the process's high-water mark reset after the model is loaded (and quantized), read from
+/proc/self/status VmHWM at the end of training; plus the whole-process peak (ru_maxrss).
+
+Prints one JSON object: per run tokens/s, s/example, step time, peak RSS, val loss, and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+MODEL = "smollm2-135m-instruct"
+
+
+def faq_pairs() -> list[dict]:
+    """Python FAQ (question, answer) pairs: section titles ending in '?' and their section text."""
+    sys.path.insert(0, str(HERE))
+    from rag import fetch  # the python3.11-doc fetcher shared with the RAG benchmark
+
+    from tunelab.rag.ingest import read_document
+
+    src = fetch()
+    if isinstance(src, str):
+        raise SystemExit(f"Python docs unavailable: {src}")
+    pairs: dict[tuple, list[str]] = {}
+    for f in sorted((src / "faq").glob("*.rst.txt")):
+        for b in read_document(f).blocks:
+            if b.section.endswith("?"):
+                pairs.setdefault((f.name, b.section), []).append(b.text)
+    return [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "\n\n".join(t)}]}
+            for (_, q), t in sorted(pairs.items())]
+
+
+def split(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
+    recs = faq_pairs()
+    random.Random(seed).shuffle(recs)
+    if n_train + n_val > len(recs):
+        raise SystemExit(f"only {len(recs)} FAQ pairs; ask for fewer")
+    return recs[:n_train], recs[n_train:n_train + n_val]
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def rss_mb(field: str = "VmHWM") -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def tokenized(records, tok, max_length: int):
+    from tunelab.data.formats import ChatExample
+    from tunelab.data.templates import build_template
+    from tunelab.data.tokenize import tokenize_all
+
+    template = build_template("auto", tok)
+    exs = [ChatExample(r["messages"]) for r in records]
+    out, _ = tokenize_all(exs, template, tok, max_length)
+    return out
+
+
+def run_baseline(train, val, args) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    from tunelab.eval.metrics import reply_nll
+    from tunelab.models.load import load_causal_lm
+
+    model, tok, _ = load_causal_lm(MODEL, dtype="fp32", device="cpu")
+    texts = [tok.apply_chat_template(r["messages"], tokenize=False) for r in train]
+    ds = Dataset.from_dict({"text": texts}).map(
+        lambda b: tok(b["text"], truncation=True, max_length=args.max_length), batched=True, remove_columns=["text"])
+    trained_tokens = sum(len(x) for x in ds["input_ids"])
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=32, lora_dropout=0.05, target_modules=["q_proj"],
+                                             task_type="CAUSAL_LM"))
+    targs = TrainingArguments(output_dir=str(args.tmp / "baseline"), per_device_train_batch_size=4,
+                              gradient_accumulation_steps=4, num_train_epochs=1, learning_rate=2e-4,
+                              logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=args.seed,
+                              dataloader_num_workers=0, disable_tqdm=True)
+    trainer = Trainer(model=model, args=targs, train_dataset=ds,
+                      data_collator=DataCollatorForLanguageModeling(tok, mlm=False))
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    out = trainer.train()
+    secs = time.perf_counter() - t0
+    peak = rss_mb()
+    val_tok = tokenized(val, tok, args.max_length)
+    v = reply_nll(model, val_tok, tok.pad_token_id, 8, None)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"train_seconds": secs, "trained_tokens": trained_tokens, "steps": out.global_step, "val_loss": v,
+            "peak_rss_train_mb": peak, "trainable_params": trainable, "train_loss": out.training_loss}
+
+
+def run_tunelab(train, val, args, method: str) -> dict:
+    import torch
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
+    from tunelab.config import MethodConfig, TrainConfig
+    from tunelab.eval.metrics import reply_nll
+    from tunelab.models.load import load_causal_lm
+    from tunelab.train.engine import autocast_dtype, train_loop
+
+    model, tok, _ = load_causal_lm(MODEL, dtype="auto", device="cpu")
+    cfg = TrainConfig(epochs=1, seed=args.seed, eval_every="never", **json.loads(args.tunelab_train))
+    m = MethodConfig(name=method, **json.loads(args.tunelab_method))
+    amp = autocast_dtype(cfg.precision, torch.device("cpu"))
+    if method == "qlora":
+        quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
+    model = apply_lora(model, m)
+    train_tok = tokenized(train, tok, args.max_length)
+    val_tok = tokenized(val, tok, args.max_length)
+    reset_peak_rss()
+    res = train_loop(model, train_tok, [], cfg, tok.pad_token_id, quiet=True)
+    peak = rss_mb()
+    v = reply_nll(model, val_tok, tok.pad_token_id, 8, amp)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"train_seconds": res.train_seconds, "trained_tokens": sum(len(t.input_ids) for t in train_tok),
+            "reply_tokens": res.trained_tokens, "steps": res.steps, "val_loss": v, "peak_rss_train_mb": peak,
+            "trainable_params": trainable, "precision": "bf16" if amp is not None else "fp32"}
+
+
+def child(args) -> None:
+    import torch
+
+    torch.manual_seed(args.seed)
+    train, val = split(args.train, args.val, args.seed)
+    if args.one == "baseline":
+        out = run_baseline(train, val, args)
+    else:
+        out = run_tunelab(train, val, args, "qlora" if args.one == "tunelab-qlora" else "lora")
+    import resource
+
+    out["peak_rss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["threads"] = torch.get_num_threads()
+    out["tokens_per_s"] = out["trained_tokens"] / out["train_seconds"]
+    out["seconds_per_example"] = out["train_seconds"] / args.train
+    out["seconds_per_step"] = out["train_seconds"] / max(out["steps"], 1)
+    print("RESULT " + json.dumps(out))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--train", type=int, default=64, help="training examples (one epoch)")
+    ap.add_argument("--val", type=int, default=24, help="validation examples")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-length", type=int, default=512)
+    ap.add_argument("--runs", default="baseline,tunelab,tunelab-qlora")
+    ap.add_argument("--tunelab-train", default="{}", help="JSON overrides of tunelab's TrainConfig")
+    ap.add_argument("--tunelab-method", default="{}", help="JSON overrides of tunelab's MethodConfig")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--tmp", type=Path, default=Path("/tmp/tunelab-throughput"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        return child(args)
+    split(args.train, args.val, args.seed)  # fetch once, fail early
+    results = {}
+    for name in args.runs.split(","):
+        cmd = [sys.executable, __file__, "--one", name] + [a for a in sys.argv[1:] if not a.startswith("--runs")]
+        if "--runs" in sys.argv:
+            i = sys.argv.index("--runs")
+            cmd = [sys.executable, __file__, "--one", name] + sys.argv[1:i] + sys.argv[i + 2:]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+        if p.returncode != 0 or not line:
+            raise SystemExit(f"{name} failed:\n{p.stderr[-3000:]}")
+        results[name] = json.loads(line[-1][7:])
+        print(f"{name}: {results[name]['tokens_per_s']:.1f} tok/s, val {results[name]['val_loss']:.3f}",
+              file=sys.stderr)
+    summary = {"model": MODEL, "train_examples": args.train, "val_examples": args.val, "seed": args.seed,
+               "max_length": args.max_length, "runs": results}
+    if "baseline" in results:
+        b = results["baseline"]
+        for name, r in results.items():
+            if name != "baseline":
+                summary[f"{name}_speedup_tokens_per_s"] = round(r["tokens_per_s"] / b["tokens_per_s"], 2)
+                summary[f"{name}_val_loss_le_baseline"] = r["val_loss"] <= b["val_loss"]
+    if "tunelab" in results and "tunelab-qlora" in results:
+        t, q = results["tunelab"], results["tunelab-qlora"]
+        summary["qlora_step_time_ratio"] = round(q["seconds_per_step"] / t["seconds_per_step"], 2)
+        summary["qlora_peak_rss_ratio"] = round(q["peak_rss_train_mb"] / t["peak_rss_train_mb"], 2)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
