@@ -1,11 +1,9 @@
 """Packing raw text into fixed blocks: exact contents, boundaries, sources and errors."""
 
-import json
-
 import pytest
 
 from tunelab.data.formats import TextExample
-from tunelab.data.packing import pack, read_texts, split_blocks, token_stream
+from tunelab.data.packing import pack, token_stream
 from tunelab.errors import TunelabError
 
 
@@ -56,41 +54,10 @@ def test_remainder_of_one_token_is_dropped(tok):
     assert len(pack(docs, tok, n)) == 1
 
 
-def test_split_blocks_is_seeded_and_disjoint(tok):
-    docs = [TextExample("The quick brown fox jumps over the lazy dog. " * 20, "a:1")]
-    blocks = pack(docs, tok, 8)
-    tr, va = split_blocks(blocks, 0.2, seed=3)
-    assert len(va) == round(len(blocks) * 0.2) and len(tr) + len(va) == len(blocks)
-    assert {id(b) for b in tr}.isdisjoint({id(b) for b in va})
-    tr2, va2 = split_blocks(blocks, 0.2, seed=3)
-    assert [b.where for b in va2] == [b.where for b in va]
-    with pytest.raises(TunelabError, match="leaves no training block"):
-        split_blocks(blocks[:1], 0.5, seed=0)
+def test_tokenizer_without_eos_is_refused(tok):
+    import copy
 
-
-def test_read_texts_from_folder_file_and_records(tmp_path):
-    d = tmp_path / "corpus"
-    (d / "sub").mkdir(parents=True)
-    (d / "b.md").write_text("second", encoding="utf-8")
-    (d / "a.txt").write_text("first", encoding="utf-8")
-    (d / "sub" / "c.txt").write_text("third", encoding="utf-8")
-    (d / "skip.json").write_text("{}", encoding="utf-8")
-    (d / "empty.txt").write_text("  \n", encoding="utf-8")
-    assert [x.text for x in read_texts(d)] == ["first", "second", "third"]  # sorted by path, empties dropped
-    assert [x.text for x in read_texts(d / "a.txt")] == ["first"]
-    p = tmp_path / "t.jsonl"
-    p.write_text(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n", encoding="utf-8")
-    docs = read_texts(p)
-    assert [x.text for x in docs] == ["one", "two"] and docs[1].where == f"{p}:2"
-
-
-def test_read_texts_errors_name_the_place(tmp_path):
-    p = tmp_path / "t.jsonl"
-    p.write_text(json.dumps({"text": "ok"}) + "\n" + json.dumps({"body": "x"}) + "\n", encoding="utf-8")
-    with pytest.raises(TunelabError, match=r"t.jsonl:2: missing field 'text'"):
-        read_texts(p)
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(TunelabError, match="no .txt or .md file"):
-        read_texts(tmp_path / "empty")
-    with pytest.raises(TunelabError, match="file not found"):
-        read_texts(tmp_path / "missing.txt")
+    t = copy.deepcopy(tok)
+    t.eos_token = None
+    with pytest.raises(TunelabError, match="no EOS token"):
+        pack([TextExample("x", "a:1")], t, 8)

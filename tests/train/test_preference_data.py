@@ -5,9 +5,7 @@ import json
 import pytest
 
 from tunelab.config import from_dict
-from tunelab.data.sources import read_records
-from tunelab.errors import TunelabError
-from tunelab.train.recipes.preference import load_pairs, pair_ids, to_preference
+from tunelab.train.recipes.preference import load_pairs, pair_ids
 
 
 @pytest.fixture(scope="module")
@@ -23,35 +21,11 @@ def write(tmp_path, rows):
     return p
 
 
-def test_record_shapes(tmp_path):
-    p = write(tmp_path, [
-        {"prompt": "hi", "chosen": "a", "rejected": "b"},
-        {"prompt": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}],
-         "chosen": [{"role": "assistant", "content": "c"}], "rejected": "d"},
-        {"prompt": "x", "chosen": "e", "rejected": "f", "system": "be brief"},
-    ])
-    a, b, c = [to_preference(r) for r in read_records(p)]
-    assert a.prompt == [{"role": "user", "content": "hi"}] and (a.chosen, a.rejected) == ("a", "b")
-    assert b.prompt[0]["role"] == "system" and b.chosen == "c"
-    assert c.prompt[0] == {"role": "system", "content": "be brief"} and c.where == f"{p}:3"
-
-
-@pytest.mark.parametrize("row,msg", [
-    ({"prompt": "q", "chosen": "a"}, "missing field 'rejected'"),
-    ({"prompt": "q", "chosen": "", "rejected": "b"}, "field 'chosen' must be a non-empty string"),
-    ({"prompt": 3, "chosen": "a", "rejected": "b"}, "field 'prompt' must be"),
-    ({"prompt": [{"role": "assistant", "content": "x"}], "chosen": "a", "rejected": "b"}, "the prompt conversation must end with a user turn"),
-])
-def test_bad_records_name_file_and_line(tmp_path, row, msg):
-    p = write(tmp_path, [{"prompt": "ok", "chosen": "a", "rejected": "b"}, row])
-    with pytest.raises(TunelabError, match=rf"p.jsonl:2: {msg}"):
-        to_preference(read_records(p)[1])
-
-
 def test_val_split_is_seeded(tmp_path):
     p = write(tmp_path, [{"prompt": f"q{i}", "chosen": "a", "rejected": "b"} for i in range(10)])
     cfg = from_dict({"task": "dpo", "data": {"train": str(p), "val_split": 0.2}})
     tr, va = load_pairs(cfg)
+    assert type(tr[0]).__name__ == "PreferenceExample"
     assert len(tr) == 8 and len(va) == 2 and [x.where for x in load_pairs(cfg)[1]] == [x.where for x in va]
 
 

@@ -42,14 +42,17 @@ def pt_run(tmp_path_factory, tiny_model_dir):
 
 
 def test_blocks_and_perplexity_drop(pt_run):
-    from tunelab.data.packing import pack, read_texts
+    from tunelab.data.dataset import load_splits
+    from tunelab.data.packing import pack
     from tunelab.models.load import load_tokenizer
     from tunelab.models.registry import resolve
 
     cfg, out = pt_run
     tok = load_tokenizer(resolve(cfg.model.name))
-    blocks = pack(read_texts(cfg.data.train), tok, 32)
-    assert out.n_train + out.n_val == len(blocks) and out.n_val == round(len(blocks) * 0.2)
+    train_docs, val_docs = load_splits(cfg)
+    assert (len(train_docs), len(val_docs)) == (5, 1)  # val_split 0.2 of 6 documents: one whole document held out
+    blocks = pack(train_docs, tok, 32)
+    assert out.n_train == len(blocks) and out.n_val == len(pack(val_docs, tok, 32))
     assert out.n_tokens == sum(len(b.input_ids) for b in blocks)
     assert out.val_after < out.val_before - 0.5  # repetitive text: held-out NLL/token falls a lot
     lines = out.summary_lines()
@@ -81,7 +84,7 @@ def test_finished_run_refused_and_bad_data_writes_nothing(pt_run, tmp_path, tiny
     with pytest.raises(TunelabError, match="already finished"):
         run_task(cfg, quiet=True)
     bad = cfg_for(tmp_path, tiny_model_dir, data={"train": str(tmp_path / "nope")}, output={"name": "bad"})
-    with pytest.raises(TunelabError, match="file not found"):
+    with pytest.raises(TunelabError, match="nope"):
         run_task(bad, quiet=True)
     assert not (tmp_path / "runs" / "bad").exists()
 

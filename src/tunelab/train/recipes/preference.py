@@ -1,7 +1,7 @@
 """Preference tasks (task: reward, task: dpo): the data and TRL wiring both share.
 
 Records: {"prompt": str | [messages ending with a user turn], "chosen": str, "rejected": str}
-(`system` optional; a `data.system` applies to every pair) -> `PreferenceExample`.
+-> `PreferenceExample` (read by `tunelab.data.dataset.load_splits`; `data.system` applies to every pair).
 
 Pairs are tokenized the way SFT trains and `tunelab generate` prompts, segment by segment with
 tunelab's template (`data.template`):
@@ -21,65 +21,21 @@ weights: keep_best, early stopping and resume belong to the engine and are refus
 from __future__ import annotations
 
 import math
-import random
 
 import torch
 
 from tunelab.config import RunConfig
 from tunelab.data.formats import PreferenceExample
-from tunelab.data.sources import Record, read_records
 from tunelab.data.tokenize import encode_segments
 from tunelab.errors import TunelabError
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
-def _reply(rec: Record, key: str) -> str:
-    val = rec.data.get(key)
-    if isinstance(val, list) and len(val) == 1 and isinstance(val[0], dict) and val[0].get("role") == "assistant":
-        val = val[0].get("content")  # TRL's conversational form: [{"role": "assistant", "content": ...}]
-    if not isinstance(val, str) or not val.strip():
-        raise TunelabError(f"field '{key}' must be a non-empty string", where=rec.where,
-                           hint="each record needs 'prompt', 'chosen' and 'rejected'")
-    return val
-
-
-def to_preference(rec: Record) -> PreferenceExample:
-    """One record -> PreferenceExample; TunelabError naming file:line and the field."""
-    for key in ("prompt", "chosen", "rejected"):
-        if key not in rec.data:
-            raise TunelabError(f"missing field '{key}'", where=rec.where,
-                               hint="preference records look like {\"prompt\": ..., \"chosen\": ..., \"rejected\": ...}")
-    p = rec.data["prompt"]
-    if isinstance(p, str) and p.strip():
-        msgs = [{"role": "user", "content": p}]
-    elif isinstance(p, list) and p and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in p):
-        msgs = [{"role": m["role"], "content": m["content"]} for m in p]
-        if msgs[-1]["role"] != "user":
-            raise TunelabError("the prompt conversation must end with a user turn", where=rec.where)
-    else:
-        raise TunelabError("field 'prompt' must be a non-empty string or a list of messages", where=rec.where)
-    system = rec.data.get("system")
-    if isinstance(system, str) and system.strip() and msgs[0]["role"] != "system":
-        msgs.insert(0, {"role": "system", "content": system})
-    return PreferenceExample(msgs, _reply(rec, "chosen"), _reply(rec, "rejected"), rec.where)
-
-
 def load_pairs(cfg: RunConfig) -> tuple[list[PreferenceExample], list[PreferenceExample]]:
-    """(train, validation): the validation file if given, else a seeded `data.val_split` of train."""
-    d = cfg.data
-    train = [to_preference(r) for r in read_records(cfg.path(d.train), "data.train")]
-    if d.validation:
-        return train, [to_preference(r) for r in read_records(cfg.path(d.validation), "data.validation")]
-    if d.val_split <= 0:
-        return train, []
-    idx = list(range(len(train)))
-    random.Random(d.seed).shuffle(idx)
-    n_val = max(1, round(len(train) * d.val_split))
-    if n_val >= len(train):
-        raise TunelabError(f"val_split {d.val_split} leaves no training pair ({len(train)} in all)",
-                           where="data.val_split", hint="lower it or add data")
-    held = set(idx[:n_val])
-    return [x for i, x in enumerate(train) if i not in held], [x for i, x in enumerate(train) if i in held]
+    """(train, validation) PreferenceExamples: `tunelab.data.dataset.load_splits` for task reward/dpo."""
+    from tunelab.data.dataset import load_splits
+
+    return load_splits(cfg)
 
 
 def pair_ids(ex: PreferenceExample, template, tok, max_length: int, max_prompt: int) -> dict:

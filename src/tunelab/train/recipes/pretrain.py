@@ -6,8 +6,10 @@ before: held-out perplexity = exp(mean NLL per token over the validation blocks)
 train:  engine.train_loop with the default causal-LM objective (labels = every token of the block)
 save:   adapter/ or model/, template.json (so `tunelab generate RUN` works), config, metrics, report, DONE (last)
 
-Validation blocks come from `data.validation` (packed the same way) or a seeded `data.val_split`
-share of the blocks. e.g. 12,000 tokens / 128 per block = 94 blocks; val_split 0.1 -> 9 held out.
+Documents come from `tunelab.data.dataset.load_splits` (a folder of .txt/.md files, or records with
+`text`); validation documents are `data.validation` or a seeded `data.val_split` share of the
+documents, packed the same way, so held-out text is whole documents never trained on.
+e.g. 6,000 tokens / 128 per block = 47 train blocks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from rich.console import Console
 
 from tunelab.config import RunConfig, dump_config
-from tunelab.data.packing import pack, read_texts, split_blocks
+from tunelab.data.dataset import load_splits
+from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import perplexity, reply_nll
@@ -40,7 +43,7 @@ class PretrainOutcome:
     val_after: float
     trainable: str
     n_docs: int = 0
-    n_tokens: int = 0
+    n_tokens: int = 0  # train tokens
     n_train: int = 0  # blocks
     n_val: int = 0
     block_size: int = 0
@@ -48,7 +51,7 @@ class PretrainOutcome:
 
     def summary_lines(self) -> list[str]:
         r = self.result
-        lines = [f"data: {self.n_docs} documents, {self.n_tokens:,} tokens -> {self.n_train} train / "
+        lines = [f"data: {self.n_docs} train documents, {self.n_tokens:,} tokens -> {self.n_train} train / "
                  f"{self.n_val} validation blocks of {self.block_size} tokens"]
         if not math.isnan(self.val_before):
             lines.append(f"held-out perplexity: base {perplexity(self.val_before):.2f} -> tuned "
@@ -57,14 +60,6 @@ class PretrainOutcome:
         lines.append(f"run saved to {self.run_dir} (report.md, loss.png, "
                      f"{'adapter/' if (self.run_dir / 'adapter').exists() else 'model/'})")
         return lines
-
-
-def load_documents(cfg: RunConfig):
-    """(train documents, validation documents or None)."""
-    d = cfg.data
-    train = read_texts(cfg.path(d.train), "data.train")
-    val = read_texts(cfg.path(d.validation), "data.validation") if d.validation else None
-    return train, val
 
 
 @torch.no_grad()
@@ -102,20 +97,16 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     run.refuse_if_done(cfg.output.overwrite)
 
     # ---- data first: bad input fails before any model loads or anything is written --------------------------
-    train_docs, val_docs = load_documents(cfg)
+    train_docs, val_docs = load_splits(cfg)  # TextExample lists
     device = pick_device(cfg.model.device)
     backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
     if backend == "bitsandbytes":
         model, tok, rm = _load_bnb(cfg, device)
     else:
         model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
-    blocks = pack(train_docs, tok, d.max_length)
-    if val_docs is not None:
-        train_blk, val_blk = blocks, pack(val_docs, tok, d.max_length)
-    else:
-        train_blk, val_blk = split_blocks(blocks, d.val_split, d.seed)
-    n_tokens = sum(len(b.input_ids) for b in blocks)
-    console.print(f"data: {len(train_docs)} documents, {n_tokens:,} tokens -> {len(train_blk)} train / "
+    train_blk, val_blk = pack(train_docs, tok, d.max_length), pack(val_docs, tok, d.max_length) if val_docs else []
+    n_tokens = sum(len(b.input_ids) for b in train_blk)
+    console.print(f"data: {len(train_docs)} train documents, {n_tokens:,} tokens -> {len(train_blk)} train / "
                   f"{len(val_blk)} validation blocks of {d.max_length} tokens")
     template = build_template(d.template, tok, d.system, d.custom_template)
 
@@ -183,7 +174,7 @@ def write_pretrain_report(run: RunDir, cfg: RunConfig, out: PretrainOutcome) -> 
     has_plot = plot_loss(run)
     lines = [f"# Run `{run.path.name}` (continued pretraining)", "",
              f"- model: `{cfg.model.name}`, method: `{cfg.method.name}`", f"- {out.trainable}",
-             f"- data: {out.n_docs} documents, {out.n_tokens:,} tokens, packed into blocks of {out.block_size} "
+             f"- data: {out.n_docs} train documents, {out.n_tokens:,} tokens, packed into blocks of {out.block_size} "
              f"tokens: {out.n_train} train / {out.n_val} validation blocks",
              "- documents are joined with EOS; a block may span two documents and attention crosses the boundary",
              f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
