@@ -18,7 +18,6 @@ Loss = cross-entropy summed over a micro-batch / its size (mean CE per example);
 from __future__ import annotations
 
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -96,6 +95,7 @@ class ClassifyOutcome:
     after: dict = field(default_factory=dict)  # ... of the trained model (best evaluation kept)
     n_train: int = 0
     n_val: int = 0
+    n_trainable: int = 0  # trainable parameters (LoRA + head, or the unfrozen weights)
 
     def summary_lines(self) -> list[str]:
         r = self.result
@@ -112,52 +112,11 @@ class ClassifyOutcome:
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
-def _label_name(raw, where: str) -> str:
-    """A record's label as a string: 3 -> "3", true -> "true"."""
-    if isinstance(raw, bool):
-        return "true" if raw else "false"
-    if isinstance(raw, (str, int)):
-        name = str(raw).strip()
-        if name:
-            return name
-        raise TunelabError("field 'label' is empty", where=where)
-    raise TunelabError(f"field 'label' must be a string, integer or boolean, got {type(raw).__name__}", where=where)
-
-
-def _read_examples(path: Path, field_name: str) -> list[ClassifyExample]:
-    from tunelab.data.sources import read_records
-
-    out = []
-    for rec in read_records(path, field_name):
-        for key in ("text", "label"):
-            if rec.data.get(key) is None:
-                raise TunelabError(f"missing field '{key}'", where=rec.where, hint="every record needs 'text' and 'label'")
-        text = rec.data["text"]
-        if not isinstance(text, str) or not text.strip():
-            raise TunelabError("field 'text' must be a non-empty string", where=rec.where)
-        out.append(ClassifyExample(text, _label_name(rec.data["label"], rec.where), rec.where))
-    return out
-
-
 def load_classify_splits(cfg: RunConfig) -> tuple[list[ClassifyExample], list[ClassifyExample]]:
-    """Train / validation ClassifyExamples: the validation file, else a seeded `val_split` of train."""
-    d = cfg.data
-    if not isinstance(d.train, str) or (d.validation is not None and not isinstance(d.validation, str)):
-        raise TunelabError("task classify reads one file per split", where="data.train",
-                           hint="give data.train (and data.validation) as a file path")
-    train = _read_examples(cfg.path(d.train), "data.train")
-    if d.validation:
-        return train, _read_examples(cfg.path(d.validation), "data.validation")
-    if d.val_split <= 0:
-        return train, []
-    idx = list(range(len(train)))
-    random.Random(d.seed).shuffle(idx)
-    n_val = max(1, round(len(train) * d.val_split))
-    if n_val >= len(train):
-        raise TunelabError(f"val_split {d.val_split} leaves no training examples ({len(train)} in all)",
-                           where="data.val_split", hint="lower it or add data")
-    val_idx = set(idx[:n_val])
-    return [train[i] for i in range(len(train)) if i not in val_idx], [train[i] for i in sorted(val_idx)]
+    """Train / validation ClassifyExamples (`text` + `label` records) through the task-aware `load_splits`."""
+    from tunelab.data.dataset import load_splits
+
+    return load_splits(cfg)
 
 
 def label_set(cfg: RunConfig, train: list[ClassifyExample], val: list[ClassifyExample]) -> list[str]:
@@ -225,7 +184,7 @@ def adapt(model, cfg: RunConfig, head: list[str]):
 
 # ---- the recipe ----------------------------------------------------------------------------------------------
 def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> ClassifyOutcome:
-    from tunelab.adapters.lora import trainable_summary
+    from tunelab.adapters.lora import count_params, trainable_summary
     from tunelab.train.recipes.sft import _resume_point
 
     console = console or Console(stderr=True, quiet=quiet)
@@ -289,7 +248,8 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
         model.save_pretrained(str(run.path / "adapter"))
     else:
         model.save_pretrained(str(run.path / "model"))
-    outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok))
+    outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
+                              count_params(model)[0])
     from tunelab.eval.classification import write_classify_report
 
     write_classify_report(run, cfg, outcome)
