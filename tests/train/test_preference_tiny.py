@@ -142,3 +142,18 @@ def test_finished_runs_refused_and_engine_only_options(dpo_run, tmp_path, tiny_m
     with pytest.raises(TunelabError, match="broken.jsonl:1: missing field 'rejected'"):
         run_task(bad, quiet=True)
     assert not (tmp_path / "runs" / "b").exists() and not (tmp_path / "runs" / "r").exists()
+
+
+def test_dpo_on_a_4bit_base(tmp_path, tiny_model_dir):
+    """QLoRA: tunelab's NF4 base + LoRA; the reference is the 4-bit base with the adapter disabled."""
+    from tunelab.infer.generate import Generator
+    from tunelab.quant.nn import QuantLinear
+    from tunelab.train.recipes import run_task
+
+    cfg = cfg_for(tmp_path, tiny_model_dir, "dpo", method={"name": "qlora"}, eval={"from_validation": 0},
+                  train={"epochs": 1})
+    out = run_task(cfg, quiet=True)
+    assert out.after["val_rewards/margins"] > 0 and out.logp_margin(out.after) > out.logp_margin(out.before)
+    gen = Generator.from_run(out.run_dir)
+    assert any(isinstance(m, QuantLinear) for m in gen.model.modules())
+    assert isinstance(gen.reply([{"role": "user", "content": "hi"}], max_new_tokens=3), str)
