@@ -73,7 +73,8 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title
     size = max(3.5, 0.6 * k + 2)
     fig, ax = plt.subplots(figsize=(size, size * 0.9), dpi=100)
     ax.imshow(matrix, cmap="Blues")
-    ax.set_xticks(range(k), labels, rotation=45 if k > 4 else 0, ha="right" if k > 4 else "center")
+    tilt = k > 4 or max(map(len, labels)) > 6  # long names would overlap side by side
+    ax.set_xticks(range(k), labels, rotation=30 if tilt else 0, ha="right" if tilt else "center")
     ax.set_yticks(range(k), labels)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -85,7 +86,7 @@ def plot_confusion(matrix: list[list[int]], labels: list[str], path: Path, title
     ax.set_title(f"confusion matrix ({title})")
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    fig.savefig(tmp, bbox_inches="tight")
     plt.close(fig)
     tmp.replace(path)
 
