@@ -122,3 +122,14 @@ def test_bare_id_is_a_hub_id_only_when_no_such_path(tmp_path):
 
     assert is_hub_id("hf:a/b") and is_hub_id("owner/name")
     assert not is_hub_id("data/train.jsonl") and not is_hub_id("/abs/path")
+
+
+@pytest.mark.parametrize("train, fragment", [
+    ([{"path": "a.jsonl", "weight": -1}], "data.train[0].weight: Input should be greater than 0"),
+    ([{"weight": 2}], "data.train[0].path: Field required"),
+    ([], "data.train is an empty list"),
+])
+def test_bad_mixture_specs_are_config_errors(train, fragment):
+    with pytest.raises(TunelabError) as e:
+        from_dict({"data": {"train": train}})
+    assert fragment in str(e.value) and "\n" not in str(e.value)
