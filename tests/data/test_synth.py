@@ -98,8 +98,12 @@ def test_dedupe_and_filters(tmp_path):
     assert [r["completion"] for r in lines(out)] == ["The same text.", "Generated text for item-9."]
     f = Filters(min_chars=5, max_chars=20)
     assert f.reason("abc", "x") == "too_short" and f.reason("a" * 21, "x") == "too_long"
-    assert f.reason("As an AI, I won't", "x") == "refusal" and f.reason("Echo  THIS", "echo this") == "echo"
+    assert f.reason("As an AI, I won't", "x") == "refusal" and f.reason("Echo  THIS.", "echo, this") == "echo"
     assert f.reason("Write a haiku", "x") is None
+    f = Filters()
+    tpl = "Write the short request a user would type to get this:\n{input}"
+    assert f.reason("I'm looking for the short request a user would type to get this.", "x", tpl) == "prompt_copy"
+    assert f.reason("I'm looking for the short request a user would type.", "x", tpl) is None  # 7 words
 
 
 def test_settings_mismatch_and_foreign_output_refused(tmp_path):

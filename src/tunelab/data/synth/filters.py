@@ -5,7 +5,9 @@ A generated text is dropped, with the first reason that applies, when it is
   too_short    fewer than `min_chars` characters
   too_long     more than `max_chars` characters (0 = no limit)
   refusal      one of the refusal phrases occurs in its first 160 characters (case-insensitive)
-  echo         it equals the input text after normalization (the teacher copied its input)
+  echo         its words equal the input's words (the teacher copied its input; case and punctuation ignored)
+  prompt_copy  it repeats 8 or more consecutive words of the prompt template's own instructions
+               (small teachers often answer "Write the short request..." by restating it)
   duplicate    the (user, assistant) pair, normalized, was already kept (in this run or an earlier one)
 normalize(s) = lowercase, whitespace runs collapsed to one space, stripped.
 """
@@ -36,8 +38,8 @@ class Filters:
     max_chars: int = 0
     refusals: tuple[str, ...] = DEFAULT_REFUSALS
 
-    def reason(self, generated: str, source: str) -> str | None:
-        """Why `generated` (made from `source`) is dropped, or None to keep it."""
+    def reason(self, generated: str, source: str, template: str = "") -> str | None:
+        """Why `generated` (made from `source` with prompt `template`) is dropped, or None to keep it."""
         g = generated.strip()
         if not g:
             return "empty"
@@ -48,6 +50,20 @@ class Filters:
         head = normalize(g[:REFUSAL_WINDOW]).replace("\u2019", "'")
         if any(p.lower() in head for p in self.refusals):
             return "refusal"
-        if normalize(g) == normalize(source):
+        if _words(g) == _words(source):
             return "echo"
+        if template and _ngrams(g, COPY_WORDS) & _ngrams(template.replace("{input}", " "), COPY_WORDS):
+            return "prompt_copy"
         return None
+
+
+COPY_WORDS = 8
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _words(text)
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}

@@ -191,7 +191,7 @@ def _handle(item: SynthItem, res, opts: SynthOptions, store: SynthStore, stats: 
     stats.prompt_tokens += res.prompt_tokens
     stats.completion_tokens += res.completion_tokens
     generated = clean_reply(opts.mode, res.text)
-    reason = opts.filters.reason(generated, item.text)
+    reason = opts.filters.reason(generated, item.text, opts.template)
     if reason is None:
         key = pair_key(*make_pair(opts.mode, item.text, item.reply, generated))
         reason = "duplicate" if key in seen else None

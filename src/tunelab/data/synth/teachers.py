@@ -134,8 +134,9 @@ class OpenAITeacher:
 class LocalTeacher:
     """A model on this machine through `tunelab.infer.generate.Generator`, `batch_size` prompts per generate call.
 
-    Tokens: prompt = length of the prompt as tokenized by the template; completion = the cleaned
-    reply re-tokenized (it excludes the end-of-turn token and any text after a stop string).
+    This is `Generator.reply_batch` (left padding, the run's template, stop at EOS / end of turn)
+    plus exact token counts: prompt = the prompt's tokens under the template; completion = the
+    tokens generated up to and including the first stop token (padding after it is not counted).
     """
 
     batched = True
@@ -165,12 +166,28 @@ class LocalTeacher:
         return f"local {self.name}"
 
     def complete_batch(self, conversations: list[list[dict]]) -> list[TeacherReply]:
-        texts = self.gen.reply_batch(conversations, max_new_tokens=self.max_tokens, temperature=self.temperature,
-                                     batch_size=self.batch_size)
-        tok = self.gen.tokenizer
-        out = []
-        for conv, text in zip(conversations, texts):
-            n_in = int(self.gen.prompt_ids(conv).shape[1])
-            n_out = len(tok(text, add_special_tokens=False)["input_ids"]) if text else 0
-            out.append(TeacherReply(text, n_in, n_out))
-        return out
+        """Replies in input order; prompts are sorted by length inside so padding stays small."""
+        import torch
+
+        g = self.gen
+        prompts = [g.prompt_ids(c)[0] for c in conversations]
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        kw = g._gen_kwargs(self.max_tokens, self.temperature, 0.9)
+        stops = set(kw["eos_token_id"])
+        out: dict[int, TeacherReply] = {}
+        for s in range(0, len(order), self.batch_size):
+            idx = order[s:s + self.batch_size]
+            n = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), n), g.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), n), dtype=torch.long)
+            for r, i in enumerate(idx):  # left padding: every prompt ends at column n
+                ids[r, n - len(prompts[i]):] = prompts[i]
+                mask[r, n - len(prompts[i]):] = 1
+            with torch.no_grad(), g._autocast():
+                gen = g.model.generate(input_ids=ids.to(g._device), attention_mask=mask.to(g._device), **kw)
+            for r, i in enumerate(idx):
+                new = gen[r, n:].tolist()
+                used = next((k + 1 for k, t in enumerate(new) if t in stops), len(new))
+                text = g._clean(g.tokenizer.decode(new[:used], skip_special_tokens=True))
+                out[i] = TeacherReply(text, len(prompts[i]), used)
+        return [out[i] for i in range(len(conversations))]
