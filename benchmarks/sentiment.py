@@ -1,6 +1,6 @@
 """Binary sentiment on real movie-review snippets: LoRA on all-MiniLM-L6-v2 through `task: classify`.
 
-    flock /tmp/tunelab-heavy.lock .venv/bin/python benchmarks/sentiment.py [--epochs 2] [--lr 1e-3] [--r 16]
+    flock /tmp/tunelab-heavy.lock .venv/bin/python benchmarks/sentiment.py [--epochs 2] [--lr 5e-4] [--r 16]
         [--max-length 64] [--batch-size 32] [--limit N] [--seed 42]
 
 Data (see /work/shared/DATA.md; never copied into the repository): the Pang & Lee sentences
@@ -11,6 +11,11 @@ the mean score > 0, else negative; a seeded 80/20 split -> 8,484 train / 2,121 h
 
 Prints JSON: held-out accuracy and macro-F1 after training, the untrained head's accuracy
 ("before", the baseline of the same run), training seconds, trainable parameters.
+
+Measured (defaults: r 16, lr 5e-4, 2 epochs, batch 32, max_length 64; 2 threads, other agents'
+unit tests running alongside): held-out accuracy 0.8487 (1,800 / 2,121), macro-F1 0.8487, untrained
+head 0.5035; 532 steps in 465 s; 676,610 trainable parameters (LoRA + head). With lr 2e-3 for 3 epochs
+training diverged (loss back to ln 2, accuracy 0.4998).
 """
 
 from __future__ import annotations
@@ -75,7 +80,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="minilm-l6")
     ap.add_argument("--epochs", type=float, default=2)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=5e-4)  # 2e-3 (3 epochs) diverged to chance
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
