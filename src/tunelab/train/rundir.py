@@ -82,6 +82,30 @@ class RunDir:
     def mark_done(self) -> None:
         self.write_text("DONE", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
+    def begin(self, cfg, model_path: str, template=None, resume_step: int | None = None, console=None) -> None:
+        """Start a fresh run (folder, config.yaml with library versions, template.json) or, when
+        `resume_step` is given, keep the folder and drop metrics logged after that step."""
+        from tunelab.config import dump_config
+
+        if resume_step is None:
+            self.prepare(cfg.output.overwrite)
+            self.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": model_path}))
+            if template is not None:
+                template.save(self.path / "template.json")
+        else:
+            self.truncate_metrics(resume_step)
+            if console is not None:
+                console.print(f"resuming {self.path} from step {resume_step}")
+
+    def save_weights(self, model, method: str, tokenizer=None) -> None:
+        """lora / qlora -> adapter/ (plain PEFT); any other method -> model/ (+ the tokenizer when given)."""
+        if method in ("lora", "qlora"):
+            model.save_pretrained(str(self.path / "adapter"))
+            return
+        model.save_pretrained(str(self.path / "model"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(self.path / "model"))
+
 
 def load_run(path: str | Path) -> tuple[RunDir, dict]:
     """Open a finished run and return (RunDir, config dict); TunelabError when it is not one."""

@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
 from tunelab.data.formats import ClassifyExample
 from tunelab.errors import TunelabError
 from tunelab.eval.classification import classification_metrics, flat_metrics
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir, library_versions
+from tunelab.train.rundir import RunDir
 
 METHODS = ("lora", "full", "freeze")
 
@@ -207,14 +207,9 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples, {len(labels)} labels")
 
     resume_step = _resume_point(run, cfg)
-    if resume_step is None:
-        run.prepare(cfg.output.overwrite)
-        from tunelab.models.registry import resolve
+    from tunelab.models.registry import resolve
 
-        run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": resolve(cfg.model.name).path}))
-    else:
-        run.truncate_metrics(resume_step)
-        console.print(f"resuming {run.path} from step {resume_step}")
+    run.begin(cfg, resolve(cfg.model.name).path, resume_step=resume_step, console=console)
     run.write_text("labels.json", json.dumps({"labels": labels, "head": head}, indent=2) + "\n")
     tok.save_pretrained(str(run.path / "tokenizer"))
     device = next(model.parameters()).device

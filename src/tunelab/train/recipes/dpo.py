@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, remove_empty_checkpoints,
                                                refuse_engine_only_options, tokenize_pairs, trainer_args, val_metrics)
-from tunelab.train.rundir import RunDir, library_versions
+from tunelab.train.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full")
 
@@ -142,9 +142,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
 
-    run.prepare(cfg.output.overwrite)
-    run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
-    template.save(run.path / "template.json")
+    run.begin(cfg, rm.path, template)
     amp = autocast_dtype(cfg.train.precision, device)
 
     # ---- the base, before: greedy replies to held-out prompts ------------------------------------------------
@@ -193,11 +191,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     policy = trainer.model
     policy.eval()
     tuned_replies = _sample(policy, tok, template, convs, cfg.eval.max_new_tokens, amp)
-    if m.name in ("lora", "qlora"):
-        policy.save_pretrained(str(run.path / "adapter"))
-    else:
-        policy.save_pretrained(str(run.path / "model"))
-        tok.save_pretrained(str(run.path / "model"))
+    run.save_weights(policy, m.name, tok)
     samples = [{"prompt": c[-1]["content"], "base": b, "tuned": a} for c, b, a in zip(convs, base_replies, tuned_replies)]
     out = DpoOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows), len(val_rows),
                      cut_train + cut_val, cfg.eval.expect_suffix, samples)

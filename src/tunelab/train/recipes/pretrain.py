@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
 from tunelab.data.dataset import load_splits
 from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
@@ -30,7 +30,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval.metrics import perplexity, reply_nll
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir, library_versions
+from tunelab.train.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full", "freeze")
 
@@ -111,13 +111,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     template = build_template(d.template, tok, d.system, d.custom_template)
 
     resume_step = _resume_point(run, cfg)
-    if resume_step is None:
-        run.prepare(cfg.output.overwrite)
-        run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
-        template.save(run.path / "template.json")
-    else:
-        run.truncate_metrics(resume_step)
-        console.print(f"resuming {run.path} from step {resume_step}")
+    run.begin(cfg, rm.path, template, resume_step, console)
     amp = autocast_dtype(cfg.train.precision, device)
 
     # ---- the base, before ------------------------------------------------------------------------------------
@@ -153,11 +147,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     # ---- after + save ----------------------------------------------------------------------------------------
     val_after = reply_nll(model, val_blk, tok.pad_token_id, cfg.train.batch_size, amp)
     tuned_text = continue_text(model, tok, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
-    if m.name in ("lora", "qlora"):
-        model.save_pretrained(str(run.path / "adapter"))
-    else:
-        model.save_pretrained(str(run.path / "model"))
-        tok.save_pretrained(str(run.path / "model"))
+    run.save_weights(model, m.name, tok)
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_text, tuned_text)]
     out = PretrainOutcome(run.path, result, val_before, val_after, trainable, len(train_docs), n_tokens,
                           len(train_blk), len(val_blk), d.max_length, samples)

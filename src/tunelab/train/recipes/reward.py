@@ -20,13 +20,13 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, trainer_args, val_metrics)
-from tunelab.train.rundir import RunDir, library_versions
+from tunelab.train.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full")
 
@@ -115,9 +115,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
 
-    run.prepare(cfg.output.overwrite)
-    run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
-    template.save(run.path / "template.json")  # how pairs were rendered: score new text the same way
+    run.begin(cfg, rm.path, template)  # template.json: how pairs were rendered, to score new text the same way
 
     # ---- adapt -----------------------------------------------------------------------------------------------
     head = head_name(model)
@@ -148,11 +146,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
         logger.close()
 
     # ---- save ------------------------------------------------------------------------------------------------
-    if m.name in ("lora", "qlora"):
-        trainer.model.save_pretrained(str(run.path / "adapter"))
-    else:
-        trainer.model.save_pretrained(str(run.path / "model"))
-        tok.save_pretrained(str(run.path / "model"))
+    run.save_weights(trainer.model, m.name, tok)
     out = RewardOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows),
                         len(val_rows), cut_train + cut_val)
     write_reward_report(run, cfg, out)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from tunelab.config import RunConfig, dump_config
+from tunelab.config import RunConfig
 from tunelab.data.dataset import load_splits
 from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
@@ -23,7 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.eval.metrics import reply_nll
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir, library_versions
+from tunelab.train.rundir import RunDir
 
 
 @dataclass
@@ -86,13 +86,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
                   + (f" ({dropped} dropped: no reply left after truncation)" if dropped else ""))
 
     resume_step = _resume_point(run, cfg)
-    if resume_step is None:
-        run.prepare(cfg.output.overwrite)
-        run.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": rm.path}))
-        template.save(run.path / "template.json")
-    else:
-        run.truncate_metrics(resume_step)
-        console.print(f"resuming {run.path} from step {resume_step}")
+    run.begin(cfg, rm.path, template, resume_step, console)
     amp = autocast_dtype(cfg.train.precision, device)
 
     # ---- the base, before ------------------------------------------------------------------------------------
@@ -137,17 +131,14 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     # ---- after + save ----------------------------------------------------------------------------------------
     val_after = reply_nll(model, val_tok, tok.pad_token_id, cfg.train.batch_size, amp) if val_tok else float("nan")
     tuned_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
-    if m.name in ("lora", "qlora"):
-        model.save_pretrained(str(run.path / "adapter"))
-    elif m.name in ("qat", "bitnet"):
+    if m.name in ("qat", "bitnet"):
         from tunelab.quant import ptq
         from tunelab.quant.qat import convert_qat
 
         # export the real quantized model: it computes what the fake-quantized one computed in training
         ptq.save(convert_qat(model), run.path / "quantized", tokenizer=tok, source=cfg.model.name)
     else:
-        model.save_pretrained(str(run.path / "model"))
-        tok.save_pretrained(str(run.path / "model"))
+        run.save_weights(model, m.name, tok)
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_replies, tuned_replies)]
     outcome = SftOutcome(run.path, result, val_before, val_after, trainable, samples, len(train_tok), len(val_tok), dropped)
     from tunelab.eval.report import write_report
