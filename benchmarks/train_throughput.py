@@ -12,10 +12,12 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
     baseline       transformers Trainer + PEFT LoRA (r=8, alpha=32, dropout 0.05, q_proj only), fp32,
                    DataCollatorForLanguageModeling (pad to the batch's longest), batch 4, accumulation 4,
                    max length 512, lr 2e-4, linear schedule (Trainer defaults)
-    tunelab        tunelab's defaults: LoRA r=16 on all linear layers, batch 8, length-grouped batches,
-                   loss and output head on reply tokens only, precision auto (fp32 on CPUs without
-                   AVX-512-BF16), lr 2e-4, cosine
-    tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend)
+    tunelab        tunelab's defaults: LoRA r=16 on all linear layers of the last 8 blocks (method.layers),
+                   dropout 0, lr 4e-4, batch 8, length-grouped batches, loss and output head on reply
+                   tokens only, precision auto (fp32 on CPUs without AVX-512-BF16), cosine, glibc keeps
+                   freed buffers (train.keep_freed_memory)
+    tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend) and
+                   gradient checkpointing (train.gradient_checkpointing auto: on for qlora)
 
 Trained tokens = non-padding tokens of the training sequences (prompt + reply), identical for all
 runs; tokens/s = trained tokens / training wall seconds (model loading and evaluation excluded).
@@ -132,18 +134,26 @@ def run_tunelab(train, val, args, method: str) -> dict:
 
     from tunelab.adapters.lora import apply_lora
     from tunelab.adapters.qlora import quantize_base
-    from tunelab.config import MethodConfig, TrainConfig
+    from tunelab.config import from_dict
+    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
     from tunelab.eval.metrics import reply_nll
     from tunelab.models.load import load_causal_lm
     from tunelab.train.engine import autocast_dtype, train_loop
 
     model, tok, _ = load_causal_lm(MODEL, dtype="auto", device="cpu")
-    cfg = TrainConfig(epochs=1, seed=args.seed, eval_every="never", **json.loads(args.tunelab_train))
-    m = MethodConfig(name=method, **json.loads(args.tunelab_method))
+    # the same resolution of defaults as `tunelab train` (lr per method, gradient checkpointing auto)
+    run_cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": args.max_length},
+                         "method": {"name": method, **json.loads(args.tunelab_method)},
+                         "train": {"epochs": 1, "seed": args.seed, "eval_every": "never",
+                                   **json.loads(args.tunelab_train)}})
+    cfg, m = run_cfg.train, run_cfg.method
     amp = autocast_dtype(cfg.precision, torch.device("cpu"))
     if method == "qlora":
         quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
     model = apply_lora(model, m)
+    checkpointing = wants_checkpointing(run_cfg, model)
+    if checkpointing:
+        enable_checkpointing(model)
     train_tok = tokenized(train, tok, args.max_length)
     val_tok = tokenized(val, tok, args.max_length)
     reset_peak_rss()
@@ -153,7 +163,8 @@ def run_tunelab(train, val, args, method: str) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"train_seconds": res.train_seconds, "trained_tokens": sum(len(t.input_ids) for t in train_tok),
             "reply_tokens": res.trained_tokens, "steps": res.steps, "val_loss": v, "peak_rss_train_mb": peak,
-            "trainable_params": trainable, "precision": "bf16" if amp is not None else "fp32"}
+            "trainable_params": trainable, "precision": "bf16" if amp is not None else "fp32",
+            "lr": cfg.lr, "layers": m.layers, "dropout": m.dropout, "gradient_checkpointing": checkpointing}
 
 
 def child(args) -> None:

@@ -36,6 +36,29 @@ def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
     return sorted(names)
 
 
+def num_blocks(model: nn.Module) -> int:
+    """Transformer blocks of `model` (config.num_hidden_layers, else the first ModuleList's length)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    if n:
+        return int(n)
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return len(mod)
+    return 0
+
+
+def adapted_layers(model: nn.Module, layers: str | int) -> list[int] | None:
+    """method.layers -> peft's layers_to_transform: None for all blocks, else the last N indices.
+
+    e.g. 30 blocks, layers 6 -> [24, ..., 29]: blocks 0-23 stay frozen and, because nothing below
+    block 24 needs a gradient, autograd records nothing there (no saved activations, no backward).
+    """
+    if layers == "all":
+        return None
+    n = num_blocks(model)
+    return list(range(max(0, n - int(layers)), n)) if int(layers) < n else None
+
+
 def lora_config(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
                 modules_to_save: list[str] | None = None):
     """peft LoraConfig; `modules_to_save` are trained whole and saved with the adapter (e.g. a new head)."""
@@ -43,7 +66,7 @@ def lora_config(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
 
     return LoraConfig(r=m.r, lora_alpha=m.alpha, lora_dropout=m.dropout,
                       target_modules=target_modules(model, m.target_modules), bias="none", task_type=task_type,
-                      modules_to_save=modules_to_save)
+                      modules_to_save=modules_to_save, layers_to_transform=adapted_layers(model, m.layers))
 
 
 def count_params(model: nn.Module) -> tuple[int, int]:

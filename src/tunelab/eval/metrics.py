@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
+from tunelab.train.checkpointing import is_on as is_checkpointing
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -53,10 +54,35 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
-    logits = head(hidden[:, :-1][keep])
     n = int(keep.sum())
-    loss = F.cross_entropy(logits.float(), target[keep], reduction="sum")
-    return loss, n
+    h, t = hidden[:, :-1][keep], target[keep]
+    if torch.is_grad_enabled() and is_checkpointing(model):
+        return chunked_head_nll_sum(head, h, t), n
+    return F.cross_entropy(head(h).float(), t, reduction="sum"), n
+
+
+HEAD_CHUNK = 512
+
+
+def _head_nll(head, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(head(h).float(), t, reduction="sum")
+
+
+def chunked_head_nll_sum(head, h: torch.Tensor, t: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+    """The same sum as cross_entropy(head(h), t), with the logits of `chunk` positions alive at a time.
+
+    Each chunk is checkpointed: backward recomputes its logits instead of keeping them. Memory of
+    the loss drops from P x V x 4 bytes kept (plus as much again for the log-softmax) to
+    chunk x V x 4 per chunk, for one more head forward (P x 2 x V x h FLOPs). SmolLM2 (V 49,152):
+    1,688 target positions keep 1,688 x 49,152 x 4 = 332 MB of logits and 332 MB of log-softmax;
+    chunks of 512 keep 101 MB at a time. Used when gradient checkpointing is on (memory first).
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    total = h.new_zeros((), dtype=torch.float32)
+    for s in range(0, h.shape[0], chunk):
+        total = total + checkpoint(_head_nll, head, h[s:s + chunk], t[s:s + chunk], use_reentrant=False)
+    return total
 
 
 @torch.no_grad()

@@ -133,6 +133,15 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
             raise ValueError("train_loop needs an objective or a pad_id")
         objective = CausalLMObjective(pad_id, cfg.batch_size)
     device = next(model.parameters()).device
+    keep = cfg.keep_freed_memory
+    if keep == "auto":
+        from tunelab.train.checkpointing import is_on
+
+        keep = not is_on(model)
+    if keep and device.type == "cpu":
+        from tunelab.train.allocator import keep_freed_memory
+
+        keep_freed_memory()
     amp = autocast_dtype(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

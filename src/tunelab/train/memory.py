@@ -32,10 +32,14 @@ the residual stream and RMSNorm values are fp32 when the weights are, as on CPU)
                   norm inputs and outputs in fp32; every Linear keeps its own bf16 cast of its input
                   (q, k, v: 3h; gate, up: 2h; o, down), SDPA keeps bf16 q, k, v and its output
     lora          + (sum(in) + 7r) x 2 + sum(in)   A's bf16 input, A x, the 1-byte dropout masks (dropout > 0)
-    no checkpointing:   B S L block
-    checkpointing:      B S (L h x 4 + block)   each block's (fp32) input, plus one block recomputed in backward
-    loss:               B S f V x 4        the fp32 log-softmax cross-entropy keeps
+    no checkpointing:   B S L' block
+    checkpointing:      B S (L' h x 4 + block)  each block's (fp32) input, plus one block recomputed in backward
+                        L' = blocks in backward: L for full fine-tuning, the adapted last N for lora/qlora
+                        (`method.layers`: the blocks below them record no graph and keep nothing)
+    loss:               B S f V x 4        the fp32 log-softmax cross-entropy keeps (0 with checkpointing:
+                                           the loss runs in checkpointed chunks of 512 positions)
     logits (transient): B S f V x (2 + 4)  the bf16 head output and its fp32 upcast, while the loss runs
+                        (checkpointing: one chunk's, min(B S f, 512) positions, and its log-softmax)
                         f = share of positions with a target (tunelab runs the head on those only)
 
 e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 2 x 576 + 2 x 192
@@ -71,6 +75,7 @@ ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable p
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3", "olmo2")
 METHODS = ("full", "lora", "qlora")
 GB = 1024**3
+HEAD_CHUNK = 512  # positions per checkpointed chunk of the loss (tunelab.eval.metrics.HEAD_CHUNK)
 
 
 @dataclass(frozen=True)
@@ -135,9 +140,9 @@ class ModelShape:
         head = 0 if self.tied else self.vocab * self.hidden
         return self.vocab * self.hidden + self.linear_params + self.layers * per_layer_extra + self.hidden + head
 
-    def lora_params(self, r: int) -> int:
-        """T = L r sum(in + out) over the 7 projections (A: r x in, B: out x r)."""
-        return self.layers * r * sum(a + b for _, a, b in self.linears())
+    def lora_params(self, r: int, blocks: int | None = None) -> int:
+        """T = L' r sum(in + out) over the 7 projections (A: r x in, B: out x r) of L' adapted blocks."""
+        return (self.layers if blocks is None else blocks) * r * sum(a + b for _, a, b in self.linears())
 
 
 def read_config(model: str) -> tuple[dict, str]:
@@ -253,8 +258,8 @@ def _fmt(n: float) -> str:
 
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
              r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
-             lora_dropout: float = 0.05, target_fraction: float = 1.0, autocast: bool = True,
-             detect: bool = True) -> MemoryEstimate:
+             lora_dropout: float = 0.0, target_fraction: float = 1.0, autocast: bool = True,
+             detect: bool = True, layers: int | str = "all") -> MemoryEstimate:
     """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
 
     Args:
@@ -266,6 +271,8 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         autocast: bf16 autocast (tunelab's default on CUDA and AVX-512-BF16 CPUs): activations in 2 bytes,
             else 4 (and no weight copies but QLoRA's decoded weights, then fp32).
         detect: look up the device's memory (False: no lookup, `fits` is None).
+        layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
+            autograd graph, so only the adapted blocks keep activations and weight copies.
     """
     if method not in METHODS:
         raise TunelabError(f"unknown method '{method}'", where="--method", hint=f"one of: {', '.join(METHODS)}")
@@ -281,7 +288,9 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     wb = {"auto": 2 if dev == "cuda" else 4, "fp32": 4, "bf16": 2}[weights_dtype]
     adam = ADAM_BYTES[optimizer]
     n, lin = s.params, s.linear_params
-    t = n if method == "full" else s.lora_params(r)
+    # blocks that take part in backward: all for full fine-tuning, the adapted ones for lora/qlora
+    nb = s.layers if method == "full" or layers == "all" else min(int(layers), s.layers)
+    t = n if method == "full" else s.lora_params(r, nb)
     rows: list[tuple[str, int, str]] = []
     w_name = "fp32" if wb == 4 else "bf16"
 
@@ -309,7 +318,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
             bpp = f"{QLORA_BITS / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
         adapters = 4 * t
         grads, opt, master = 4 * t, int(t * adam), 0
-        rows += [("adapters (fp32)", adapters, f"T = {_fmt(t)} = L r sum(in+out) = {s.layers} x {r} x "
+        rows += [("adapters (fp32)", adapters, f"T = {_fmt(t)} = L' r sum(in+out) = {nb} x {r} x "
                                                f"{sum(a + b for _, a, b in s.linears()):,}; x 4"),
                  ("gradients", grads, f"T x 4 (fp32)"),
                  ("optimizer states", opt, f"T x {adam:g} ({optimizer} m, v)")]
@@ -330,28 +339,35 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         block += act * (sum_in + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, dropout masks
         block_how += f" + (sum(in) + 7r) x {act}" + (" + sum(in) masks" if lora_dropout > 0 else "")
     tokens = batch * seq
-    kept = tokens * (s.layers * h * res + block) if grad_checkpointing else tokens * s.layers * block
-    # the loss keeps the fp32 log-softmax (4 bytes a logit); the head's output and its fp32 upcast live while it runs
+    kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * nb * block
+    # the loss keeps the fp32 log-softmax (4 bytes a logit); the head's output and its fp32 upcast live while it runs.
+    # With checkpointing the loss runs in checkpointed chunks of HEAD_CHUNK positions: nothing of it is kept.
     positions = int(tokens * target_fraction)
-    logits = positions * s.vocab * 4
-    transient = positions * s.vocab * (act + 4 if autocast else 4)
+    live = min(positions, HEAD_CHUNK) if grad_checkpointing else positions
+    logits = 0 if grad_checkpointing else positions * s.vocab * 4
+    transient = live * s.vocab * (act + 4 if autocast else 4) + (live * s.vocab * 4 if grad_checkpointing else 0)
     activations = kept + logits
-    how = (f"B S (L h x {res} + block) = {tokens:,} x ({s.layers} x {h} x {res} + {block:,})" if grad_checkpointing
-           else f"B S L block = {tokens:,} x {s.layers} x {block:,}")
-    rows.append(("activations", kept, f"{how} bytes (block below)"))
-    rows.append(("log-softmax (loss)", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x 4"))
-    rows.append(("logits (transient)", transient, f"B S x {target_fraction:g} x V x "
-                                                  + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")))
+    how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
+           else f"B S L' block = {tokens:,} x {nb} x {block:,}")
+    rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
+    if logits:
+        rows.append(("log-softmax (loss)", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x 4"))
+    rows.append(("logits (transient)", transient,
+                 (f"min(B S x {target_fraction:g}, {HEAD_CHUNK}) x V x " if grad_checkpointing
+                  else f"B S x {target_fraction:g} x V x ")
+                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")
+                 + (" + its log-softmax (one checkpointed chunk)" if grad_checkpointing else "")))
     # bf16 copies of the Linear weights that backward needs (autocast casts; QLoRA's decoded NF4 weights)
     copy_bytes = act if method == "qlora" else (2 if autocast and wb == 4 else 0)
     head = s.vocab * h
     block_lin = sum(a * b for _, a, b in s.linears())
     head_copy = head if (autocast and wb == 4) else 0  # the head is never quantized: cast only from fp32
-    workspace = copy_bytes * ((block_lin if grad_checkpointing else lin) + head_copy)
+    copied = block_lin if grad_checkpointing else nb * block_lin  # only blocks in backward keep their copies
+    workspace = copy_bytes * (copied + head_copy)
     if workspace:
-        what = "one block's Linears" if grad_checkpointing else "block Linears"
+        what = "one block's Linears" if grad_checkpointing else f"{nb} blocks' Linears"
         rows.append(("weight copies for backward", workspace,
-                     f"({what} {_fmt(block_lin if grad_checkpointing else lin)}"
+                     f"({what} {_fmt(copied)}"
                      + (f" + head {_fmt(head)}" if head_copy else "") + f") x {copy_bytes}"
                      f" ({'bf16' if copy_bytes == 2 else 'fp32'})"))
 

@@ -159,26 +159,25 @@ def trainable_head(model, head: list[str]) -> list[str]:
 def adapt(model, cfg: RunConfig, head: list[str]):
     """Apply `method` (lora | full | freeze); returns the model to train."""
     from tunelab.adapters.lora import apply_lora, freeze_all_but_last, target_modules
+    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
 
     m = cfg.method
+    checkpointing = wants_checkpointing(cfg, model)
     if m.name == "lora":
-        if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
         # the head is trained whole (modules_to_save), so it is no LoRA target
         leaves = {h.split(".")[-1] for h in head}
         targets = target_modules(model, m.target_modules)
         targets = [t for t in targets if t not in leaves] if isinstance(targets, list) else targets
-        return apply_lora(model, m.model_copy(update={"target_modules": targets}), task_type="SEQ_CLS",
-                          modules_to_save=head)
-    if m.name == "freeze":
+        model = apply_lora(model, m.model_copy(update={"target_modules": targets}), task_type="SEQ_CLS",
+                           modules_to_save=head)
+    elif m.name == "freeze":
         freeze_all_but_last(model, m.freeze_layers)
         mods = dict(model.named_modules())
         for name in trainable_head(model, head):
             for p in mods[name].parameters():
                 p.requires_grad_(True)
-    elif cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if checkpointing:
+        enable_checkpointing(model)
     return model
 
 

@@ -78,6 +78,7 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
 
     e.g. 36 pairs, batch_size 4, grad_accum 1, epochs 2 -> 9 steps/epoch x 2 = 18 optimizer steps.
     """
+    from tunelab.train.checkpointing import wants_checkpointing
     from tunelab.train.engine import autocast_dtype
 
     t = cfg.train
@@ -94,7 +95,7 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optim="adamw_torch",
-        bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=t.gradient_checkpointing,
+        bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=wants_checkpointing(cfg),
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, use_cpu=device.type == "cpu",
         dataloader_pin_memory=False, **ev, **extra)
 

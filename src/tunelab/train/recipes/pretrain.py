@@ -28,6 +28,7 @@ from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import perplexity, reply_nll
+from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.rundir import RunDir
@@ -126,14 +127,12 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
                       f"({time.perf_counter() - t:.0f}s)")
 
     # ---- adapt + train ---------------------------------------------------------------------------------------
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if m.name in ("lora", "qlora"):
-        if cfg.train.gradient_checkpointing:
-            model.enable_input_require_grads()
         model = apply_lora(model, m)
     elif m.name == "freeze":
         freeze_all_but_last(model, m.freeze_layers)
+    if wants_checkpointing(cfg, model):
+        enable_checkpointing(model)
     trainable = trainable_summary(model)
     console.print(trainable)
     logger = MetricsLogger(run, cfg.train.report_to)

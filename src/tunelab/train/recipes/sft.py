@@ -21,6 +21,7 @@ from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import reply_nll
+from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
 from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.rundir import RunDir
@@ -102,9 +103,6 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     # ---- adapt + train ---------------------------------------------------------------------------------------
     if m.name in ("lora", "qlora"):
-        if cfg.train.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
         model = apply_lora(model, m)
     elif m.name == "freeze":
         freeze_all_but_last(model, m.freeze_layers)
@@ -113,8 +111,8 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
         # all weights train as fp32 latents; the forward sees Q(W) (straight-through estimator)
         prepare_qat(model, m.qat_format) if m.name == "qat" else to_bitnet(model)
-    elif cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if wants_checkpointing(cfg, model):
+        enable_checkpointing(model)
     trainable = trainable_summary(model)
     console.print(trainable)
     before_step = restore_bnb_training_layout if backend == "bitsandbytes" else None
@@ -191,5 +189,6 @@ def _load_bnb(cfg: RunConfig, device):
     model = AutoModelForCausalLM.from_pretrained(rm.path, quantization_config=qc, device_map={"": str(device)})
     from peft import prepare_model_for_kbit_training
 
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    # checkpointing is switched on after the adapters (run_sft), as for every other method
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tok, rm
