@@ -30,7 +30,7 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
     try:
         est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
-                       r=cfg.method.r, lora_dropout=cfg.method.dropout, detect=False,
+                       r=cfg.method.r, lora_dropout=cfg.method.dropout, layers=cfg.method.layers, detect=False,
                        device=next(model.parameters()).device.type)
     except (TunelabError, KeyError, TypeError):
         return None
