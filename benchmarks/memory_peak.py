@@ -2,16 +2,20 @@
 
     python benchmarks/memory_peak.py [--methods full,lora,qlora] [--batch 4] [--seq 256] [--steps 2]
 
-Each method runs in a fresh process: read RSS, load SmolLM2-135M-Instruct (fp32 on CPU), apply
-the method with tunelab's defaults (lora/qlora: last 8 blocks, qlora: NF4+DQ and gradient
-checkpointing auto), train `--steps` optimizer steps of `--batch` random sequences of `--seq`
-tokens (the last 40% of each sequence is the reply, as `target_fraction` tells the estimate)
-through tunelab's own training loop, then read the process's peak RSS (VmHWM).
+Each method runs in fresh processes: load SmolLM2-135M-Instruct (fp32 on CPU), apply the method with
+tunelab's defaults (lora/qlora: last 8 blocks, qlora: NF4+DQ and gradient checkpointing auto), train
+`--steps` optimizer steps of `--batch` random sequences of `--seq` tokens (the last 40% of each
+sequence is the reply, as `target_fraction` tells the estimate) through tunelab's own training loop.
+Two measurements, each in its own process:
 
-    measured = VmHWM - RSS before the model was loaded   (the Python process and libraries excluded)
-    estimate = tunelab.train.memory.estimate(...).total    (fp32, no autocast: this CPU has no AVX-512-BF16)
+    tensors  = peak of live tensor bytes over the training loop, from torch.profiler's memory
+               timeline (profile_memory=True): what the estimate computes
+    rss      = the run's recorded peak RSS (TrainResult.peak_rss_mb: VmHWM, reset when training
+               starts) - RSS before the model was loaded: tensors plus the allocator's free lists
+               (glibc keeps freed buffers: train.keep_freed_memory) and the mapped model file
+    estimate = tunelab.train.memory.estimate(...).total   (fp32, no autocast: this CPU has no AVX-512-BF16)
 
-Prints JSON: per method measured MB, estimated MB and estimate / measured.
+Prints JSON: per method the estimate, both measurements in MiB, and estimate / measured.
 """
 
 from __future__ import annotations
@@ -33,11 +37,20 @@ def rss_mb(field: str) -> float:
     return float("nan")
 
 
-def child(method: str, batch: int, seq: int, steps: int) -> dict:
+def peak_tensor_mb(prof) -> float:
+    """Highest sum of live CPU tensor bytes in a profile (all categories: parameters, gradients, ...)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(row) for row in sizes) / 2**20
+
+
+def child(method: str, batch: int, seq: int, steps: int, what: str) -> dict:
     import torch
 
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
-    before = rss_mb("VmRSS")
     from tunelab.adapters.lora import apply_lora
     from tunelab.adapters.qlora import quantize_base
     from tunelab.config import from_dict
@@ -47,6 +60,7 @@ def child(method: str, batch: int, seq: int, steps: int) -> dict:
     from tunelab.train.engine import train_loop
     from tunelab.train.memory import estimate
 
+    before = rss_mb("VmRSS")  # the Python process with torch and tunelab imported
     cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "x.jsonl", "max_length": seq},
                      "method": {"name": method},
                      "train": {"batch_size": batch, "max_steps": steps, "eval_every": "never", "warmup_ratio": 0}})
@@ -64,25 +78,44 @@ def child(method: str, batch: int, seq: int, steps: int) -> dict:
     for _ in range(batch * steps):
         ids = torch.randint(10, 40000, (seq,), generator=g).tolist()
         examples.append(TokenizedExample(ids, [IGNORE] * n_prompt + ids[n_prompt:]))
-    train_loop(model, examples, [], cfg.train, tok.pad_token_id, quiet=True)
-    measured = rss_mb("VmHWM") - before
+    out = {"gradient_checkpointing": ckpt}
+    if what == "tensors":
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                     with_stack=True) as prof:
+            train_loop(model, examples, [], cfg.train, tok.pad_token_id, quiet=True)
+        out["tensors_mb"] = round(peak_tensor_mb(prof))
+    else:
+        res = train_loop(model, examples, [], cfg.train, tok.pad_token_id, quiet=True)
+        out["rss_mb"] = round(res.peak_rss_mb - before)
     e = estimate(str(rm.path), method, batch=batch, seq=seq, grad_checkpointing=ckpt, r=cfg.method.r,
                  device="cpu", detect=False, autocast=False, lora_dropout=cfg.method.dropout,
-                 target_fraction=(seq - n_prompt) / seq, layers=cfg.method.layers)
-    return {"measured_mb": round(measured), "estimated_mb": round(e.total / 2**20),
-            "ratio": round(e.total / 2**20 / measured, 3), "gradient_checkpointing": ckpt,
-            "rows_mb": {name: round(b / 2**20) for name, b, _ in e.rows}}
+                 target_fraction=(seq - n_prompt) / seq, layers=cfg.method.layers, grad_accum=cfg.train.grad_accum)
+    out["estimated_mb"] = round(e.total / 2**20)
+    out["rows_mb"] = {name: round(b / 2**20) for name, b, _ in e.rows}
+    return out
 
 
-def measure(methods: list[str], batch: int = 4, seq: int = 256, steps: int = 2) -> dict:
+def run_child(method: str, batch: int, seq: int, steps: int, what: str) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--one", method, "--what", what, "--batch", str(batch),
+                        "--seq", str(seq), "--steps", str(steps)], capture_output=True, text=True)
+    line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
+    if p.returncode != 0 or not line:
+        raise RuntimeError(f"{method} ({what}) failed:\n{p.stderr[-3000:]}")
+    return json.loads(line[-1][7:])
+
+
+def measure(methods: list[str], batch: int = 4, seq: int = 256, steps: int = 2,
+            what: tuple[str, ...] = ("tensors", "rss")) -> dict:
+    """Per method: estimated_mb, and for each of `what` the measured MiB and estimate / measured."""
     out = {}
     for m in methods:
-        p = subprocess.run([sys.executable, __file__, "--one", m, "--batch", str(batch), "--seq", str(seq),
-                            "--steps", str(steps)], capture_output=True, text=True)
-        line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
-        if p.returncode != 0 or not line:
-            raise RuntimeError(f"{m} failed:\n{p.stderr[-3000:]}")
-        out[m] = json.loads(line[-1][7:])
+        r: dict = {}
+        for w in what:
+            r.update(run_child(m, batch, seq, steps, w))
+            r[f"ratio_{w}"] = round(r["estimated_mb"] / r[f"{w}_mb"], 3)
+        out[m] = r
     return out
 
 
@@ -92,12 +125,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--what", default="tensors,rss", help="tensors,rss: which measurements")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
-        print("RESULT " + json.dumps(child(a.one, a.batch, a.seq, a.steps)))
+        print("RESULT " + json.dumps(child(a.one, a.batch, a.seq, a.steps, a.what)))
         return
-    res = measure(a.methods.split(","), a.batch, a.seq, a.steps)
+    res = measure(a.methods.split(","), a.batch, a.seq, a.steps, tuple(a.what.split(",")))
     print(json.dumps({"model": MODEL, "batch": a.batch, "seq": a.seq, "steps": a.steps, "methods": res}, indent=2))
 
 

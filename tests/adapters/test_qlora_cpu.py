@@ -81,3 +81,31 @@ def test_bnb_repacking_is_undone(tiny_model_dir):
     model(input_ids=ids, labels=ids).loss.backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]  # B gets the first gradient (A waits for B != 0)
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_quantized_model_releases_the_checkpoint_file(tiny_model_dir):
+    """After quantize_base nothing points into the memory-mapped safetensors file, so its pages
+    (the fp32 weights quantization read) leave the process."""
+    import gc
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.adapters.qlora import quantize_base
+
+    def mapped() -> bool:
+        return any("model.safetensors" in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+    if not Path("/proc/self/maps").exists():
+        pytest.skip("needs /proc (Linux)")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    gc.collect()
+    if not mapped():
+        pytest.skip("this transformers version does not memory-map checkpoints")
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if "proj" not in n}
+    quantize_base(model)
+    gc.collect()
+    assert not mapped()
+    for n, p in model.named_parameters():  # the unquantized weights are unchanged copies
+        if n in before:
+            assert torch.equal(p, before[n]), n

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tunelab.cli.main import app
+from tunelab.config import MethodConfig
 
 
 @app.command("merge")
@@ -30,6 +31,18 @@ def merge_cmd(
     c.print(f"saved to [bold]{res.out}[/bold] (AutoModelForCausalLM.from_pretrained loads it)")
 
 
+def _autocast(precision: str, device: str) -> bool:
+    """Would training use bf16 autocast on `device` (auto: the detected one) at this precision?"""
+    if precision != "auto":
+        return precision == "bf16"
+    import torch
+
+    from tunelab.train.engine import autocast_dtype
+
+    dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    return autocast_dtype("auto", torch.device(dev)) is not None
+
+
 def _gb(n: float) -> str:
     """Binary units: GiB from 1 GiB up, else MiB."""
     return f"{n / 1024**3:,.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
@@ -45,11 +58,26 @@ def memory_cmd(
     r: int = typer.Option(16, "--r", help="LoRA rank."),
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw | adamw8bit"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda: the memory compared with."),
+    layers: str = typer.Option(str(MethodConfig.model_fields["layers"].default), "--layers",
+                               help="lora/qlora: adapt the last N blocks, or 'all' (tunelab train's default: "
+                                    "method.layers)."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Micro-batches per optimizer step."),
+    precision: str = typer.Option("auto", "--precision",
+                                  help="auto | fp32 | bf16: as train.precision (auto: bf16 autocast on CUDA and "
+                                       "AVX-512-BF16 CPUs, else fp32)."),
 ) -> None:
     """Estimate training memory from the model's config (computed, not measured)."""
+    from tunelab.errors import TunelabError
     from tunelab.train.memory import estimate
 
-    e = estimate(model, method, batch, seq, grad_checkpointing, r, optimizer, device)
+    if layers != "all" and not (layers.isdigit() and int(layers) >= 1):
+        raise TunelabError(f"--layers {layers!r} is not 'all' or a number >= 1", where="--layers",
+                           hint="e.g. --layers 8 or --layers all")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise TunelabError(f"--precision {precision!r} is not auto, fp32 or bf16", where="--precision")
+    e = estimate(model, method, batch, seq, grad_checkpointing, r, optimizer, device,
+                 layers=layers if layers == "all" else int(layers), grad_accum=grad_accum,
+                 autocast=_autocast(precision, device))
     c = Console()
     t = Table(title=f"{e.model}: {e.method}, B={e.batch} S={e.seq}"
                     f"{' grad-checkpointing' if e.grad_checkpointing else ''}, {e.optimizer}, {e.device}")
@@ -58,8 +86,12 @@ def memory_cmd(
     t.add_column("how")
     for name, n, how in e.rows:
         t.add_row(name, _gb(n), how)
-    t.add_row("[bold]total[/bold]", f"[bold]{_gb(e.total)}[/bold]", f"{e.params:,} params, {e.trainable:,} trainable")
+    t.add_row("[bold]peak[/bold]", f"[bold]{_gb(e.total)}[/bold]",
+              f"resident + max(forward {_gb(e.forward_phase)}, update {_gb(e.update_phase)})"
+              if e.grad_accum == 1 else f"resident + forward {_gb(e.forward_phase)} + update {_gb(e.update_phase)}"
+              f" (gradients accumulate)")
     c.print(t)
+    c.print(f"{e.params:,} params, {e.trainable:,} trainable")
     c.print(e.block_text)
     c.print(f"per param (no activations): {e.bytes_per_param_text}")
     if e.available is None:

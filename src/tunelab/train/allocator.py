@@ -1,4 +1,6 @@
-"""Keep freed training buffers in the process instead of handing them back to the kernel.
+"""Process memory during training: glibc's free-list policy, and the peak RSS a run records.
+
+keep_freed_memory(): keep freed training buffers in the process instead of handing them back to the kernel.
 
 glibc's malloc serves every block above M_MMAP_THRESHOLD (128 KiB, adapting up to 32 MiB) with
 a fresh mmap and unmaps it on free. A training step allocates and frees the same activation
@@ -13,6 +15,12 @@ stays at the peak after training instead of shrinking, which is why this is a tr
 setting and not a global one.
 
 Other allocators (macOS, musl, jemalloc/tcmalloc preloaded) are left alone.
+
+start_peak_rss() / peak_rss_mb(): the training phase's peak resident memory. Loading a model leaves
+freed buffers in the heap (and quantizing one, pages of the checkpoint file), so at the start of
+training the heap is trimmed (malloc_trim) and Linux's high-water mark VmHWM is reset (writing 5 to
+/proc/self/clear_refs); peak_rss_mb() then reads VmHWM: the most the process held while training.
+Elsewhere it falls back to getrusage's ru_maxrss (the whole process's peak).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import sys
+from pathlib import Path
 
 M_TRIM_THRESHOLD = -1  # glibc malloc.h
 M_MMAP_THRESHOLD = -3
@@ -32,14 +41,51 @@ def keep_freed_memory() -> bool:
     if _done is not None:
         return _done
     _done = False
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     _done = bool(mallopt(M_MMAP_THRESHOLD, 1 << 30)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
     return _done
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6") if sys.platform.startswith("linux") else None
+    except OSError:
+        return None
+
+
+def start_peak_rss() -> bool:
+    """Trim the heap and reset the process's peak RSS to its current RSS; True where that worked (Linux)."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])  # "VmHWM:   1234567 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory in MiB since start_peak_rss() (Linux VmHWM), else the process's ru_maxrss."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024

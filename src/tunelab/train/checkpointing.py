@@ -27,14 +27,18 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     from tunelab.errors import TunelabError
     from tunelab.train.memory import detect_memory, estimate
 
+    from tunelab.train.engine import autocast_dtype
+
     method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
+    device = next(model.parameters()).device
     try:
         est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
                        r=cfg.method.r, lora_dropout=cfg.method.dropout, layers=cfg.method.layers, detect=False,
-                       device=next(model.parameters()).device.type)
+                       grad_accum=cfg.train.grad_accum, device=device.type,
+                       autocast=autocast_dtype(cfg.train.precision, device) is not None)
     except (TunelabError, KeyError, TypeError):
         return None
-    _, _, available = detect_memory(next(model.parameters()).device.type)
+    _, _, available = detect_memory(device.type)
     return None if available is None else est.total <= FIT_SHARE * available
 
 

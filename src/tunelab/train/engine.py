@@ -24,6 +24,7 @@ import torch
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import make_batches
 from tunelab.errors import TunelabError
+from tunelab.train.allocator import keep_freed_memory, peak_rss_mb, start_peak_rss
 from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
 from tunelab.train.objective import CausalLMObjective, Objective
 
@@ -58,7 +59,7 @@ class TrainResult:
     val_history: list = field(default_factory=list)  # (epoch, val_nll)
     stopped_early: str | None = None
     resumed_from: int | None = None  # the step a resumed run continued from
-    peak_rss_mb: float = 0.0  # peak resident memory of the process when training ended
+    peak_rss_mb: float = 0.0  # peak resident memory (MiB) while training (train/allocator.py: peak_rss_mb)
 
     @property
     def tokens_per_s(self) -> float:
@@ -91,15 +92,6 @@ class Progress:
 def total_steps(n_examples: int, cfg: TrainConfig) -> int:
     per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def _should_eval(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
@@ -139,9 +131,8 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
 
         keep = not is_on(model)
     if keep and device.type == "cpu":
-        from tunelab.train.allocator import keep_freed_memory
-
         keep_freed_memory()
+    start_peak_rss()  # record the training phase's peak, not loading's
     amp = autocast_dtype(cfg.precision, device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:

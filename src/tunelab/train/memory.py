@@ -1,7 +1,9 @@
 """Training memory, estimated from a model's config.json alone (no weights are loaded).
 
-    total = weights + gradients + optimizer states + master weights + adapters
-          + activations + weight copies + transient logits
+    peak = weights + adapters + optimizer states + master weights
+         + max(activations + weight copies + transient logits,     the forward phase, freed in backward
+               gradients + optimizer step temporaries)              the update phase
+    (a sum instead of the max when gradients accumulate over micro-batches: grad_accum > 1)
 
 Parameters come from the config's shapes (Llama-family decoders: llama, mistral, qwen2, qwen3, gemma):
 
@@ -232,6 +234,8 @@ class MemoryEstimate:
     block_text: str = ""  # the per-layer-per-token activation formula used
     available: int | None = None  # detected free RAM / VRAM
     device_total: int | None = None
+    step_temporaries: int = 0  # AdamW's temporaries during the optimizer step
+    grad_accum: int = 1
 
     @property
     def static(self) -> int:
@@ -239,8 +243,27 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer_states + self.master_weights + self.adapters
 
     @property
+    def forward_phase(self) -> int:
+        """Memory that lives from the forward pass into backward: activations, weight copies, logits."""
+        return self.activations + self.workspace + self.transient
+
+    @property
+    def update_phase(self) -> int:
+        """Memory that lives from backward into the optimizer step: gradients and the step's temporaries."""
+        return self.gradients + self.step_temporaries
+
+    @property
     def total(self) -> int:
-        return self.static + self.activations + self.workspace + self.transient
+        """The peak: weights, adapters, optimizer states and master weights live throughout; the forward
+        phase and the update phase overlap only when gradients accumulate over micro-batches:
+
+            peak = weights + adapters + states + master + max(forward phase, update phase)   (grad_accum 1)
+            peak = weights + adapters + states + master + forward phase + update phase       (grad_accum > 1)
+        """
+        resident = self.weights + self.optimizer_states + self.master_weights + self.adapters
+        if self.grad_accum > 1:
+            return resident + self.forward_phase + self.update_phase
+        return resident + max(self.forward_phase, self.update_phase)
 
     @property
     def bytes_per_param(self) -> float:
@@ -259,7 +282,7 @@ def _fmt(n: float) -> str:
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
              r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
              lora_dropout: float = 0.0, target_fraction: float = 1.0, autocast: bool = True,
-             detect: bool = True, layers: int | str = "all") -> MemoryEstimate:
+             detect: bool = True, layers: int | str = "all", grad_accum: int = 1) -> MemoryEstimate:
     """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
 
     Args:
@@ -273,6 +296,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         detect: look up the device's memory (False: no lookup, `fits` is None).
         layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
             autograd graph, so only the adapted blocks keep activations and weight copies.
+        grad_accum: micro-batches per optimizer step; above 1, gradients live through later forwards.
     """
     if method not in METHODS:
         raise TunelabError(f"unknown method '{method}'", where="--method", hint=f"one of: {', '.join(METHODS)}")
@@ -371,9 +395,18 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
                      + (f" + head {_fmt(head)}" if head_copy else "") + f") x {copy_bytes}"
                      f" ({'bf16' if copy_bytes == 2 else 'fp32'})"))
 
+    # AdamW's step on CPU walks the parameters one at a time (torch uses foreach kernels on CUDA only):
+    # exp_avg_sq.sqrt() / bias_correction2_sqrt makes two temporaries the size of the largest trainable
+    # tensor (full: the embedding matrix, V h). On CUDA the foreach step makes them for all at once.
+    largest = max(s.vocab * h, *(a * b for _, a, b in s.linears())) if method == "full" \
+        else max(r * max(a, b) for _, a, b in s.linears())
+    step_temp = int(2 * largest * 4) if dev == "cpu" else int(t * 4 * 2)
+    rows.append(("optimizer step temporaries", step_temp,
+                 ("2 x largest trainable tensor" if dev == "cpu" else "2 x T") + " x 4 (AdamW's sqrt(v), denominator)"))
     est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
                          weights, grads, opt, master, adapters, activations, workspace, transient, rows,
-                         available=avail, device_total=total_mem)
+                         available=avail, device_total=total_mem, step_temporaries=step_temp,
+                         grad_accum=max(1, grad_accum))
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
     est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
     return est
