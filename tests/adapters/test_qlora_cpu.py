@@ -83,7 +83,7 @@ def test_bnb_repacking_is_undone(tiny_model_dir):
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
-def test_quantized_model_releases_the_checkpoint_file(tiny_model_dir):
+def test_quantized_model_releases_the_checkpoint_file(tiny_model_dir, tmp_path):
     """After quantize_base nothing points into the memory-mapped safetensors file, so its pages
     (the fp32 weights quantization read) leave the process."""
     import gc
@@ -93,12 +93,18 @@ def test_quantized_model_releases_the_checkpoint_file(tiny_model_dir):
 
     from tunelab.adapters.qlora import quantize_base
 
+    import shutil
+
+    own = tmp_path / "own-copy"  # a file no other test's model maps
+    shutil.copytree(tiny_model_dir, own)
+    weights = str(own / "model.safetensors")
+
     def mapped() -> bool:
-        return any("model.safetensors" in line for line in Path("/proc/self/maps").read_text().splitlines())
+        return any(weights in line for line in Path("/proc/self/maps").read_text().splitlines())
 
     if not Path("/proc/self/maps").exists():
         pytest.skip("needs /proc (Linux)")
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(own, dtype=torch.float32)
     gc.collect()
     if not mapped():
         pytest.skip("this transformers version does not memory-map checkpoints")

@@ -93,23 +93,25 @@ def test_activations_and_checkpointing():
     # fp32 weights + bf16 autocast: 4h x 4 + (5h + 2q + 2kv + 4I) x 2 = 65,536 + 2 x 88,064 = 241,664 bytes
     block = 4 * 4096 * 4 + 2 * (5 * 4096 + 2 * 4096 + 2 * 1024 + 4 * 14336)
     assert block == 241_664
-    log_softmax = 2 * 1024 * 128256 * 4
-    assert a.activations == 2 * 1024 * 32 * block + log_softmax  # 15.3 GB + 1.05 GB
-    assert a.transient == 2 * 1024 * 128256 * 6  # bf16 logits + fp32 upcast
-    assert a.workspace == (s.linear_params + 128256 * 4096) * 2  # bf16 weight casts kept for backward
+    # the fused loss keeps no P x V logits, only the gradient it formed: dL/dh (fp32) and the head's dL/dW
+    loss_grad = 2 * 1024 * 4096 * 4 + 128256 * 4096 * 4
+    assert a.activations == 2 * 1024 * 32 * block + loss_grad  # 15.8 GB + 2.1 GB
+    assert a.transient == 1024 * 128256 * 6  # one 1,024-position chunk: bf16 logits + fp32 upcast
+    assert a.workspace == s.linear_params * 2  # bf16 weight casts kept for backward (the fused loss keeps the head's none)
     ck = estimate(LLAMA3_8B, "full", batch=2, seq=1024, grad_checkpointing=True, device="cpu", detect=False)
-    assert ck.activations == 2 * 1024 * (32 * 4096 * 4 + block)  # the loss runs in checkpointed chunks: none kept
-    assert ck.workspace == (s.linear_params // 32 + 128256 * 4096) * 2  # one block's casts + the head's
+    assert ck.activations == 2 * 1024 * (32 * 4096 * 4 + block) + loss_grad
+    assert ck.workspace == s.linear_params // 32 * 2  # one block's casts
     assert ck.forward_phase < a.forward_phase and ck.total <= a.total and ck.static == a.static
     # twice the batch -> twice the activations, same static memory
     b = estimate(LLAMA3_8B, "full", batch=4, seq=1024, device="cpu", detect=False)
-    assert b.activations == 2 * a.activations and b.static == a.static
+    head_grad = 128256 * 4096 * 4  # per step, not per token
+    assert b.activations - head_grad == 2 * (a.activations - head_grad) and b.static == a.static
     # bf16 weights (CUDA): no casts kept, everything 2 bytes
     g = estimate(LLAMA3_8B, "lora", batch=2, seq=1024, r=16, device="cuda", detect=False, lora_dropout=0.05)
     sum_in = 4 * 4096 + 2 * 4096 + 14336  # q, k, v, o(in = q = 4096), gate, up, down(in = 14336)
     assert g.workspace == 0
     assert g.activations == 2 * 1024 * 32 * (2 * (4 * 4096 + 2 * 4096 + 2 * 1024 + 4 * 14336)
-                                             + 2 * (sum_in + 7 * 16) + sum_in) + log_softmax
+                                             + 2 * (sum_in + 7 * 16) + sum_in) + 2 * 1024 * 4096 * 2
 
 
 def test_fits_detected_memory():

@@ -36,15 +36,22 @@ def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
     return sorted(names)
 
 
+def blocks_list(model: nn.Module) -> nn.ModuleList | None:
+    """The transformer blocks: the first non-empty ModuleList in module order (model.layers,
+    encoder.layer, ...), or None."""
+    for mod in model.modules():
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return mod
+    return None
+
+
 def num_blocks(model: nn.Module) -> int:
-    """Transformer blocks of `model` (config.num_hidden_layers, else the first ModuleList's length)."""
+    """Transformer blocks of `model` (config.num_hidden_layers, else the blocks list's length)."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     if n:
         return int(n)
-    for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            return len(mod)
-    return 0
+    blocks = blocks_list(model)
+    return 0 if blocks is None else len(blocks)
 
 
 def adapted_layers(model: nn.Module, layers: str | int) -> list[int] | None:
@@ -107,11 +114,7 @@ def freeze_all_but_last(model: nn.Module, n_layers: int) -> None:
     """method freeze: train only the last `n_layers` transformer blocks and the output head."""
     for p in model.parameters():
         p.requires_grad_(False)
-    blocks = None
-    for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            blocks = mod
-            break
+    blocks = blocks_list(model)
     if blocks is not None and n_layers > 0:
         for b in list(blocks)[-n_layers:]:
             for p in b.parameters():

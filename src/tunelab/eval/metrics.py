@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
-from tunelab.train.checkpointing import is_on as is_checkpointing
+from tunelab.train.linear_ce import linear_cross_entropy_sum
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -44,7 +44,9 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     The output head runs only on positions that have a target: with SmolLM2's 49,152 x 576 head
     and ~40% of tokens learned (reply tokens), that skips ~60% of the head's 57 GFLOP forward
-    per 1,000 tokens (and its backward).
+    per 1,000 tokens (and its backward). A bias-free Linear head goes through
+    `train.linear_ce.linear_cross_entropy_sum` (head and loss chunk by chunk, gradient formed in
+    the forward), so no P x V logits outlive their chunk.
     """
     parts = _decoder_and_head(model)
     if parts is None:
@@ -56,33 +58,9 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     keep = target != IGNORE
     n = int(keep.sum())
     h, t = hidden[:, :-1][keep], target[keep]
-    if torch.is_grad_enabled() and is_checkpointing(model):
-        return chunked_head_nll_sum(head, h, t), n
+    if isinstance(head, torch.nn.Linear) and head.bias is None:
+        return linear_cross_entropy_sum(h, head.weight, t), n
     return F.cross_entropy(head(h).float(), t, reduction="sum"), n
-
-
-HEAD_CHUNK = 512
-
-
-def _head_nll(head, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(head(h).float(), t, reduction="sum")
-
-
-def chunked_head_nll_sum(head, h: torch.Tensor, t: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
-    """The same sum as cross_entropy(head(h), t), with the logits of `chunk` positions alive at a time.
-
-    Each chunk is checkpointed: backward recomputes its logits instead of keeping them. Memory of
-    the loss drops from P x V x 4 bytes kept (plus as much again for the log-softmax) to
-    chunk x V x 4 per chunk, for one more head forward (P x 2 x V x h FLOPs). SmolLM2 (V 49,152):
-    1,688 target positions keep 1,688 x 49,152 x 4 = 332 MB of logits and 332 MB of log-softmax;
-    chunks of 512 keep 101 MB at a time. Used when gradient checkpointing is on (memory first).
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    total = h.new_zeros((), dtype=torch.float32)
-    for s in range(0, h.shape[0], chunk):
-        total = total + checkpoint(_head_nll, head, h[s:s + chunk], t[s:s + chunk], use_reentrant=False)
-    return total
 
 
 @torch.no_grad()

@@ -38,10 +38,11 @@ the residual stream and RMSNorm values are fp32 when the weights are, as on CPU)
     checkpointing:      B S (L' h x 4 + block)  each block's (fp32) input, plus one block recomputed in backward
                         L' = blocks in backward: L for full fine-tuning, the adapted last N for lora/qlora
                         (`method.layers`: the blocks below them record no graph and keep nothing)
-    loss:               B S f V x 4        the fp32 log-softmax cross-entropy keeps (0 with checkpointing:
-                                           the loss runs in checkpointed chunks of 512 positions)
-    logits (transient): B S f V x (2 + 4)  the bf16 head output and its fp32 upcast, while the loss runs
-                        (checkpointing: one chunk's, min(B S f, 512) positions, and its log-softmax)
+    loss:               B S f h x 4 (+ V h x 4 full)   tunelab's loss (train/linear_ce.py) runs head +
+                                           cross-entropy in chunks of 1,024 positions and forms their
+                                           gradient in the forward: it keeps dL/dh (and the head's dL/dW)
+    logits (transient): min(B S f, 1,024) x V x 4         one chunk's fp32 logits (softmax - onehot in place)
+                        (autocast: x (2 + 4), the bf16 matmul output and its fp32 upcast)
                         f = share of positions with a target (tunelab runs the head on those only)
 
 e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 2 x 576 + 2 x 192
@@ -49,18 +50,20 @@ e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 
 
 Weight copies kept for backward (the `workspace` field): under bf16 autocast each Linear casts its weight
 to bf16 and autograd keeps that copy to compute the input's gradient, so at the peak a bf16 copy of every
-Linear (block projections and the head) is alive when the stored weights are not bf16 already (fp32 weights
-on CPU), and always for QLoRA (each NF4 weight is decoded into a new bf16 tensor):
+block Linear in backward is alive when the stored weights are not bf16 already (fp32 weights on CPU), and
+always for QLoRA (each NF4 weight is decoded into a new tensor). The head keeps none (the fused loss uses
+its cast inside the forward):
 
-    (L sum(in x out) + V h) x 2          without checkpointing   (V h: the head, when cast from fp32)
-    (sum(in x out) + V h) x 2            with checkpointing (one block is recomputed at a time)
+    L' sum(in x out) x 2                 without checkpointing   (L' = blocks in backward)
+    sum(in x out) x 2                    with checkpointing (one block is recomputed at a time)
 
-e.g. SmolLM2-135M: (106.2M + 28.3M) x 2 = 269 MB, i.e. +2 bytes/param at the peak, QLoRA included.
+e.g. SmolLM2-135M, full fine-tuning under autocast: 106.2M x 2 = 212 MB.
 Checked against what autograd actually saves (tests/train/test_memory.py, saved-tensor hooks).
 
-Small tensors are left out (RMSNorm's rstd, RoPE tables, attention log-sum-exp), as are
-the framework's own overhead (the Python process, CUDA context ~0.3-0.5 GB, allocator fragmentation):
-the figures are computed, not measured.
+The peak is also checked against the live-tensor peak of real training steps on the embedded model
+(tests/train/test_memory_real_slow.py, benchmarks/memory_peak.py). Small tensors are left out (RMSNorm's
+rstd, RoPE tables, attention log-sum-exp), as is what a process holds beyond its tensors (the Python
+process, CUDA context ~0.3-0.5 GB, the allocator's free lists): see docs/memory.md.
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable p
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3", "olmo2")
 METHODS = ("full", "lora", "qlora")
 GB = 1024**3
-HEAD_CHUNK = 512  # positions per checkpointed chunk of the loss (tunelab.eval.metrics.HEAD_CHUNK)
+LOSS_CHUNK = 1024  # positions per chunk of the fused head + loss (tunelab.train.linear_ce.CHUNK)
 
 
 @dataclass(frozen=True)
@@ -364,36 +367,34 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         block_how += f" + (sum(in) + 7r) x {act}" + (" + sum(in) masks" if lora_dropout > 0 else "")
     tokens = batch * seq
     kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * nb * block
-    # the loss keeps the fp32 log-softmax (4 bytes a logit); the head's output and its fp32 upcast live while it runs.
-    # With checkpointing the loss runs in checkpointed chunks of HEAD_CHUNK positions: nothing of it is kept.
+    # tunelab's loss (train/linear_ce.py) runs the head and the cross-entropy LOSS_CHUNK positions at a
+    # time and forms their gradient in the forward: nothing of size P x V is kept for backward, one
+    # chunk's logits (fp32; under autocast the bf16 matmul output too) are alive while it runs.
+    # What it keeps instead is the gradient it formed: dL/dh for the target positions, and for full
+    # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
-    live = min(positions, HEAD_CHUNK) if grad_checkpointing else positions
-    logits = 0 if grad_checkpointing else positions * s.vocab * 4
-    transient = live * s.vocab * (act + 4 if autocast else 4) + (live * s.vocab * 4 if grad_checkpointing else 0)
+    live = min(positions, LOSS_CHUNK)
+    logits = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
+    transient = live * s.vocab * (act + 4 if autocast else 4)
     activations = kept + logits
     how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L' block = {tokens:,} x {nb} x {block:,}")
     rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
-    if logits:
-        rows.append(("log-softmax (loss)", logits, f"B S x {target_fraction:g} x V ({s.vocab:,}) x 4"))
+    rows.append(("loss gradient (kept)", logits, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
+                 + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
     rows.append(("logits (transient)", transient,
-                 (f"min(B S x {target_fraction:g}, {HEAD_CHUNK}) x V x " if grad_checkpointing
-                  else f"B S x {target_fraction:g} x V x ")
-                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")
-                 + (" + its log-softmax (one checkpointed chunk)" if grad_checkpointing else "")))
-    # bf16 copies of the Linear weights that backward needs (autocast casts; QLoRA's decoded NF4 weights)
+                 f"min(B S x {target_fraction:g}, {LOSS_CHUNK}) x V x "
+                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4") + " (one chunk of the loss)"))
+    # bf16 copies of the Linear weights that backward needs (autocast casts; QLoRA's decoded NF4 weights).
+    # The head keeps none: the fused loss uses its cast inside the forward and drops it.
     copy_bytes = act if method == "qlora" else (2 if autocast and wb == 4 else 0)
-    head = s.vocab * h
     block_lin = sum(a * b for _, a, b in s.linears())
-    head_copy = head if (autocast and wb == 4) else 0  # the head is never quantized: cast only from fp32
     copied = block_lin if grad_checkpointing else nb * block_lin  # only blocks in backward keep their copies
-    workspace = copy_bytes * (copied + head_copy)
+    workspace = copy_bytes * copied
     if workspace:
         what = "one block's Linears" if grad_checkpointing else f"{nb} blocks' Linears"
         rows.append(("weight copies for backward", workspace,
-                     f"({what} {_fmt(copied)}"
-                     + (f" + head {_fmt(head)}" if head_copy else "") + f") x {copy_bytes}"
-                     f" ({'bf16' if copy_bytes == 2 else 'fp32'})"))
+                     f"({what} {_fmt(copied)}) x {copy_bytes} ({'bf16' if copy_bytes == 2 else 'fp32'})"))
 
     # AdamW's step on CPU walks the parameters one at a time (torch uses foreach kernels on CUDA only):
     # exp_avg_sq.sqrt() / bias_correction2_sqrt makes two temporaries the size of the largest trainable
