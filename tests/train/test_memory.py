@@ -168,9 +168,11 @@ def test_peak_is_resident_plus_the_larger_phase():
     assert lora.trainable == 8 * 16 * sum(a + b for _, a, b in ModelShape.from_config(LLAMA3_8B).linears())
 
 
-def _saved_bytes(model, batch: int, seq: int) -> int:
-    """Bytes autograd keeps for backward in one bf16-autocast forward of tunelab's training loss
+def _saved_bytes(model, batch: int, seq: int, autocast: bool = True) -> int:
+    """Bytes autograd keeps for backward in one (bf16-autocast) forward of tunelab's training loss
     (distinct storages seen by saved-tensor hooks, parameters themselves excluded)."""
+    import contextlib
+
     from tunelab.eval.metrics import reply_loss_sum
 
     seen: dict[int, int] = {}
@@ -181,7 +183,8 @@ def _saved_bytes(model, batch: int, seq: int) -> int:
         return t
 
     ids = torch.randint(5, 400, (batch, seq), generator=torch.Generator().manual_seed(0))
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast("cpu", dtype=torch.bfloat16):
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp:
         reply_loss_sum(model, ids, torch.ones_like(ids), ids.clone())
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     return sum(n for k, n in seen.items() if k not in params)
@@ -230,3 +233,25 @@ def test_activation_estimate_on_smollm2_shapes():
     e = estimate(cfg, "lora", batch=1, seq=128, r=16, device="cpu", detect=False, target_fraction=127 / 128,
                  lora_dropout=0.05)
     assert abs(e.activations + e.workspace - got) / got < 0.05, (e.activations + e.workspace, got)
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_plain_fp32_estimate_matches_what_autograd_saves(tiny_model_dir, method):
+    """tunelab's CPU default without AVX-512-BF16: fp32, no autocast, dropout 0, the last layer adapted.
+    lora_A then shares its input with the base layer (no copy of its own)."""
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
+    from tunelab.config import MethodConfig
+
+    cfg = json.loads((Path(tiny_model_dir) / "config.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="sdpa", dtype=torch.float32)
+    if method == "qlora":
+        quantize_base(model)
+    model = apply_lora(model, MethodConfig(name=method, r=4, dropout=0.0, layers=1))
+    got = _saved_bytes(model, 2, 64, autocast=False)
+    e = estimate(cfg, method, batch=2, seq=64, r=4, device="cpu", detect=False, autocast=False, layers=1,
+                 target_fraction=63 / 64)
+    predicted = e.activations + e.workspace
+    assert abs(predicted - got) / got < 0.10, (predicted, got)

@@ -125,12 +125,7 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
             raise ValueError("train_loop needs an objective or a pad_id")
         objective = CausalLMObjective(pad_id, cfg.batch_size)
     device = next(model.parameters()).device
-    keep = cfg.keep_freed_memory
-    if keep == "auto":
-        from tunelab.train.checkpointing import is_on
-
-        keep = not is_on(model)
-    if keep and device.type == "cpu":
+    if cfg.keep_freed_memory and device.type == "cpu":  # true or auto
         keep_freed_memory()
     start_peak_rss()  # record the training phase's peak, not loading's
     amp = autocast_dtype(cfg.precision, device)

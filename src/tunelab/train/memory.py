@@ -238,6 +238,7 @@ class MemoryEstimate:
     available: int | None = None  # detected free RAM / VRAM
     device_total: int | None = None
     step_temporaries: int = 0  # AdamW's temporaries during the optimizer step
+    recompute: int = 0  # with checkpointing: the one block recomputed in backward (part of activations)
     grad_accum: int = 1
 
     @property
@@ -247,7 +248,13 @@ class MemoryEstimate:
 
     @property
     def forward_phase(self) -> int:
-        """Memory that lives from the forward pass into backward: activations, weight copies, logits."""
+        """Memory that lives from the forward pass into backward: activations, weight copies, logits.
+
+        With checkpointing, the recomputed block (its activations and weight copies) exists only in
+        backward and the loss's logits only in the forward: the larger of the two counts.
+        """
+        if self.grad_checkpointing:
+            return self.activations - self.recompute + max(self.recompute + self.workspace, self.transient)
         return self.activations + self.workspace + self.transient
 
     @property
@@ -363,8 +370,12 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         block_how = f"(4h + 2q + 2kv + 4I) x {act}"
     if method != "full":
         sum_in = sum(a for _, a, _ in s.linears())
-        block += act * (sum_in + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, dropout masks
-        block_how += f" + (sum(in) + 7r) x {act}" + (" + sum(in) masks" if lora_dropout > 0 else "")
+        # lora_A keeps its own copy of the layer input only when one is made: dropout, or autocast's bf16
+        # cast of fp32 activations (each F.linear casts its input); otherwise it shares the base layer's
+        own_input = lora_dropout > 0 or (autocast and res == 4)
+        block += act * (sum_in * own_input + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, masks
+        block_how += (f" + (sum(in) + 7r) x {act}" if own_input else f" + 7r x {act}") \
+            + (" + sum(in) masks" if lora_dropout > 0 else "")
     tokens = batch * seq
     kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * nb * block
     # tunelab's loss (train/linear_ce.py) runs the head and the cross-entropy LOSS_CHUNK positions at a
@@ -407,6 +418,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
                          weights, grads, opt, master, adapters, activations, workspace, transient, rows,
                          available=avail, device_total=total_mem, step_temporaries=step_temp,
+                         recompute=tokens * block if grad_checkpointing else 0,
                          grad_accum=max(1, grad_accum))
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
     est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
