@@ -30,13 +30,6 @@ MODEL = "smollm2-135m-instruct"
 REPLY = 0.4
 
 
-def rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def peak_tensor_mb(prof) -> float:
     """Highest sum of live CPU tensor bytes in a profile (all categories: parameters, gradients, ...)."""
     import tempfile
@@ -60,7 +53,9 @@ def child(method: str, batch: int, seq: int, steps: int, what: str) -> dict:
     from tunelab.train.engine import train_loop
     from tunelab.train.memory import estimate
 
-    before = rss_mb("VmRSS")  # the Python process with torch and tunelab imported
+    from tunelab.train.allocator import status_mb
+
+    before = status_mb("VmRSS")  # the Python process with torch and tunelab imported
     cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "x.jsonl", "max_length": seq},
                      "method": {"name": method},
                      "train": {"batch_size": batch, "max_steps": steps, "eval_every": "never", "warmup_ratio": 0}})

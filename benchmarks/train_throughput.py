@@ -40,6 +40,8 @@ import sys
 import time
 from pathlib import Path
 
+from tunelab.train.allocator import reset_peak_rss, status_mb
+
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
 
@@ -69,21 +71,6 @@ def split(n_train: int, n_val: int, seed: int) -> tuple[list[dict], list[dict]]:
     if n_train + n_val > len(recs):
         raise SystemExit(f"only {len(recs)} FAQ pairs; ask for fewer")
     return recs[:n_train], recs[n_train:n_train + n_val]
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets VmHWM (the peak RSS) to the current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def rss_mb(field: str = "VmHWM") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def tokenized(records, tok, max_length: int):
@@ -123,7 +110,7 @@ def run_baseline(train, val, args) -> dict:
     t0 = time.perf_counter()
     out = trainer.train()
     secs = time.perf_counter() - t0
-    peak = rss_mb()
+    peak = status_mb("VmHWM")
     val_tok = tokenized(val, tok, args.max_length)
     v = reply_nll(model, val_tok, tok.pad_token_id, 8, None)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -160,7 +147,7 @@ def run_tunelab(train, val, args, method: str) -> dict:
     val_tok = tokenized(val, tok, args.max_length)
     reset_peak_rss()
     res = train_loop(model, train_tok, [], cfg, tok.pad_token_id, quiet=True)
-    peak = rss_mb()
+    peak = status_mb("VmHWM")
     v = reply_nll(model, val_tok, tok.pad_token_id, 8, amp)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"train_seconds": res.train_seconds, "trained_tokens": sum(len(t.input_ids) for t in train_tok),

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated TUNELAB_HOME per session and a tiny random Llama."""
+"""Shared fixtures: an isolated TUNELAB_HOME per session, a tiny random Llama, benchmark scripts as modules."""
 
 from __future__ import annotations
 
@@ -19,3 +19,18 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tunelab.models.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark("sentiment") -> benchmarks/sentiment.py imported as a module (slow tests reuse them)."""
+    import importlib.util
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load

@@ -3,28 +3,17 @@
 Run with: flock /tmp/tunelab-heavy.lock .venv/bin/python -m pytest -m slow tests/train/test_classify_sentiment_slow.py
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "sentiment.py"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("sentiment_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_lora_minilm_learns_sentiment_on_2000_snippets(tmp_path):
+def test_lora_minilm_learns_sentiment_on_2000_snippets(tmp_path, load_benchmark):
     from tunelab.config import from_dict
     from tunelab.models.registry import tunelab_home
     from tunelab.train.recipes.classify import run_classify
 
-    bench = _bench()
+    bench = load_benchmark("sentiment")
     try:
         rows = bench.read_snippets(bench.fetch(tunelab_home() / "datasets" / "vader"))
     except SystemExit as e:

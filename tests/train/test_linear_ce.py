@@ -97,3 +97,11 @@ def test_evaluation_of_a_trainable_head_computes_no_gradient(monkeypatch):
         out = linear_cross_entropy_sum(h, w, t, chunk=8)
     assert asked == [(False, False)]
     assert torch.allclose(out, F.cross_entropy(h @ w.t(), t, reduction="sum"), atol=1e-4)
+
+
+def test_the_memory_estimate_uses_the_same_chunk():
+    """train/memory.py stays torch-free, so it repeats the chunk size; the two must agree."""
+    from tunelab.train.linear_ce import CHUNK
+    from tunelab.train.memory import LOSS_CHUNK
+
+    assert CHUNK == LOSS_CHUNK

@@ -9,24 +9,13 @@ docs/performance.md has both.
 Run with: .venv/bin/python -m pytest -m slow tests/train/test_memory_real_slow.py   (~3.5 minutes)
 """
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
 pytestmark = pytest.mark.slow
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "memory_peak.py"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("memory_peak_bench", BENCH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_estimate_within_25_percent_of_measured_peak_for_each_method():
-    res = _bench().measure(["full", "lora", "qlora"], batch=2, seq=128, steps=2, what=("tensors",))
+def test_estimate_within_25_percent_of_measured_peak_for_each_method(load_benchmark):
+    res = load_benchmark("memory_peak").measure(["full", "lora", "qlora"], batch=2, seq=128, steps=2, what=("tensors",))
     assert res["qlora"]["gradient_checkpointing"] and not res["lora"]["gradient_checkpointing"]
     # the methods differ by what the estimate says they should: full >> lora >> qlora
     assert res["full"]["tensors_mb"] > 2 * res["lora"]["tensors_mb"] > 4 * res["qlora"]["tensors_mb"]

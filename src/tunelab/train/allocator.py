@@ -58,11 +58,8 @@ def _libc():
         return None
 
 
-def start_peak_rss() -> bool:
-    """Trim the heap and reset the process's peak RSS to its current RSS; True where that worked (Linux)."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS (VmHWM) to its current RSS; True where that worked (Linux)."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
@@ -70,11 +67,20 @@ def start_peak_rss() -> bool:
         return False
 
 
-def _status_kb(field: str) -> int | None:
+def start_peak_rss() -> bool:
+    """Trim the heap, then reset_peak_rss(): what training starts with."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+    return reset_peak_rss()
+
+
+def status_mb(field: str) -> float | None:
+    """A memory field of /proc/self/status in MiB (VmRSS, VmHWM, RssAnon, ...), None where there is none."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
-                return int(line.split()[1])  # "VmHWM:   1234567 kB"
+                return int(line.split()[1]) / 1024  # "VmHWM:   1234567 kB"
     except (OSError, ValueError, IndexError):
         pass
     return None
@@ -82,9 +88,9 @@ def _status_kb(field: str) -> int | None:
 
 def peak_rss_mb() -> float:
     """Peak resident memory in MiB since start_peak_rss() (Linux VmHWM), else the process's ru_maxrss."""
-    kb = _status_kb("VmHWM")
-    if kb is not None:
-        return kb / 1024
+    mb = status_mb("VmHWM")
+    if mb is not None:
+        return mb
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS

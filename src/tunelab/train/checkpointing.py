@@ -25,9 +25,8 @@ FIT_SHARE = 0.8  # leave 20% of the available memory to the rest of the process 
 def estimate_fits(model, cfg: RunConfig) -> bool | None:
     """Does the training estimate without checkpointing fit? None when the model shape is not supported."""
     from tunelab.errors import TunelabError
-    from tunelab.train.memory import detect_memory, estimate
-
     from tunelab.train.engine import autocast_dtype
+    from tunelab.train.memory import detect_memory, estimate
 
     method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
     device = next(model.parameters()).device

@@ -385,13 +385,13 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
     live = min(positions, LOSS_CHUNK)
-    logits = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
+    loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
     transient = live * s.vocab * (act + 4 if autocast else 4)
-    activations = kept + logits
+    activations = kept + loss_grad
     how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L' block = {tokens:,} x {nb} x {block:,}")
     rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
-    rows.append(("loss gradient (kept)", logits, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
+    rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
                  + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
     rows.append(("logits (transient)", transient,
                  f"min(B S x {target_fraction:g}, {LOSS_CHUNK}) x V x "
