@@ -99,15 +99,20 @@ def trainable_summary(model: nn.Module) -> str:
 
 def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
                modules_to_save: list[str] | None = None):
-    """Wrap `model` with a fresh LoRA adapter (peft), only the adapter (and `modules_to_save`) trainable."""
+    """Wrap `model` with a fresh LoRA adapter (peft), only the adapter (and `modules_to_save`) trainable.
+    Plain LoRA Linears then run through `adapters/lora_fused.py` (same values, fewer passes)."""
     from peft import get_peft_model
+
+    from tunelab.adapters.lora_fused import fuse_lora_linears
 
     cfg = lora_config(model, m, task_type, modules_to_save)
     if any(isinstance(mod, quant_linear_types()) for mod in model.modules()):
         from tunelab.adapters.qlora import register_quant_linear
 
         register_quant_linear(cfg)
-    return get_peft_model(model, cfg)
+    model = get_peft_model(model, cfg)
+    fuse_lora_linears(model)
+    return model
 
 
 def freeze_all_but_last(model: nn.Module, n_layers: int) -> None:

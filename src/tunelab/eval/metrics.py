@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
 from tunelab.train.linear_ce import linear_cross_entropy_sum
+from tunelab.train.shared_prefix import can_share, decode_after_prefix, shared_prefix_length
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -46,14 +47,20 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     and ~40% of tokens learned (reply tokens), that skips ~60% of the head's 57 GFLOP forward
     per 1,000 tokens (and its backward). A bias-free Linear head goes through
     `train.linear_ce.linear_cross_entropy_sum` (head and loss chunk by chunk, gradient formed in
-    the forward), so no P x V logits outlive their chunk.
+    the forward), so no P x V logits outlive their chunk. An opening shared by every row of the
+    batch (a chat template's system turn) runs once (`train.shared_prefix`).
     """
     parts = _decoder_and_head(model)
     if parts is None:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         return token_nll_sum(logits, labels)
     decoder, head = parts
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    p = shared_prefix_length(input_ids, attention_mask, labels) if can_share(decoder) else 0
+    if p:  # the batch's common opening runs once (train/shared_prefix.py); targets from position p on
+        hidden = decode_after_prefix(decoder, input_ids, attention_mask, p)
+        labels = labels[:, p:]
+    else:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     n = int(keep.sum())

@@ -1,0 +1,117 @@
+"""adapters/lora_fused.py: the folded LoRA Linear gives peft's outputs and gradients, and steps aside
+whenever it does not apply (dropout, merged, disabled adapters, autocast)."""
+
+import pytest
+import torch
+from torch import nn
+
+from tunelab.adapters.lora import apply_lora
+from tunelab.adapters.lora_fused import _plain_adapter, fuse_lora_linears, lora_linear
+from tunelab.config import MethodConfig
+
+
+def _peft_reference(x, w, bias, a, b, s):
+    out = nn.functional.linear(x, w, bias)
+    return out + nn.functional.linear(nn.functional.linear(x, a), b) * s
+
+
+@pytest.mark.parametrize("shape,bias,x_grad", [((3, 5, 24), False, True), ((7, 24), True, True),
+                                                ((2, 4, 24), False, False)])
+def test_lora_linear_matches_the_unfused_sum_and_its_gradients(shape, bias, x_grad):
+    torch.manual_seed(0)
+    f64 = torch.float64  # exact arithmetic up to rounding, so the comparison is tight
+    w, a, b = torch.randn(40, 24, dtype=f64), torch.randn(4, 24, dtype=f64), torch.randn(40, 4, dtype=f64)
+    bb = torch.randn(40, dtype=f64) if bias else None
+    x = torch.randn(*shape, dtype=f64)
+    dy = torch.randn(*shape[:-1], 40, dtype=f64)
+    results = []
+    for f in (_peft_reference, lora_linear):
+        xi = x.clone().requires_grad_(x_grad)
+        ai, bi = a.clone().requires_grad_(), b.clone().requires_grad_()
+        y = f(xi, w, bb, ai, bi, 2.5)
+        y.backward(dy)
+        results.append((y.detach(), xi.grad, ai.grad, bi.grad))
+    (y0, gx0, ga0, gb0), (y1, gx1, ga1, gb1) = results
+    assert y1.shape == y0.shape
+    for got, want in ((y1, y0), (ga1, ga0), (gb1, gb0)) + (((gx1, gx0),) if x_grad else ()):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    if x_grad:
+        assert gx1.shape == x.shape
+    else:
+        assert gx1 is None
+
+
+def _tiny(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+
+
+def _grads_after_step(model, ids):
+    model.zero_grad(set_to_none=True)
+    loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+
+def _nudge_b(model):
+    torch.manual_seed(1)
+    for k, p in model.named_parameters():
+        if "lora_B" in k:
+            nn.init.normal_(p, std=0.05)
+
+
+def test_a_model_gives_peft_loss_and_gradients(tiny_model_dir, monkeypatch):
+    """Same model, same adapter weights: once through peft's forward, once through ours."""
+    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+    _nudge_b(model)
+    ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
+    calls = []
+    import tunelab.adapters.lora_fused as lf
+
+    orig = lf._LoraLinear.apply
+    monkeypatch.setattr(lf._LoraLinear, "apply", lambda *a: calls.append(1) or orig(*a))
+    fused_loss, fused = _grads_after_step(model, ids)
+    n_layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
+    assert len(calls) == n_layers > 0  # every LoRA layer took the folded path
+    for m in model.modules():  # back to peft's own forward
+        if "forward" in vars(m):
+            del m.forward
+    peft_loss, ref = _grads_after_step(model, ids)
+    assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
+    assert fused.keys() == ref.keys() and fused
+    for k in ref:
+        torch.testing.assert_close(fused[k], ref[k], rtol=1e-4, atol=1e-6)
+
+
+def test_steps_aside_where_it_does_not_apply(tiny_model_dir):
+    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+    layer = next(m for m in model.modules() if hasattr(m, "lora_A"))
+    x = torch.randn(2, 3, layer.in_features)
+    assert _plain_adapter(layer, x) == "default"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _plain_adapter(layer, x) is None  # autocast: peft's forward casts as it needs
+    assert _plain_adapter(layer, x.double()) is None
+    with model.disable_adapter():
+        assert _plain_adapter(layer, x) is None
+    dropped = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.1))
+    layer = next(m for m in dropped.modules() if hasattr(m, "lora_A"))
+    assert _plain_adapter(layer, x) is None  # dropout: peft's forward
+
+
+def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_model_dir):
+    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+    _nudge_b(model)
+    model.eval()
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        merged = model.merge_and_unload()
+        after = merged(input_ids=ids).logits
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
+
+
+def test_fuse_counts_the_routed_layers(tiny_model_dir):
+    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+    n = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
+    assert fuse_lora_linears(model) == n > 0
