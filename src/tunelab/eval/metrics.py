@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
 from tunelab.train.linear_ce import linear_cross_entropy_sum
 from tunelab.train.shared_prefix import can_share, decode_after_prefix, shared_prefix_length
+from tunelab.train.unpad import mlp_on_real_rows
 
 
 def token_nll_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -48,7 +49,8 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     per 1,000 tokens (and its backward). A bias-free Linear head goes through
     `train.linear_ce.linear_cross_entropy_sum` (head and loss chunk by chunk, gradient formed in
     the forward), so no P x V logits outlive their chunk. An opening shared by every row of the
-    batch (a chat template's system turn) runs once (`train.shared_prefix`).
+    batch (a chat template's system turn) runs once (`train.shared_prefix`), and the blocks' MLPs
+    skip the padding (`train.unpad`).
     """
     parts = _decoder_and_head(model)
     if parts is None:
@@ -57,10 +59,12 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     decoder, head = parts
     p = shared_prefix_length(input_ids, attention_mask, labels) if can_share(decoder) else 0
     if p:  # the batch's common opening runs once (train/shared_prefix.py); targets from position p on
-        hidden = decode_after_prefix(decoder, input_ids, attention_mask, p)
+        with mlp_on_real_rows(decoder, None if attention_mask is None else attention_mask[:, p:]):
+            hidden = decode_after_prefix(decoder, input_ids, attention_mask, p)
         labels = labels[:, p:]
     else:
-        hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        with mlp_on_real_rows(decoder, attention_mask):  # padding skips the MLPs (train/unpad.py)
+            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     target = labels[:, 1:]
     keep = target != IGNORE
     n = int(keep.sum())

@@ -17,6 +17,8 @@ require grad: blocks below the adapted ones still record no autograd graph.
 
 from __future__ import annotations
 
+import torch
+
 from tunelab.config import RunConfig
 
 FIT_SHARE = 0.8  # leave 20% of the available memory to the rest of the process and the OS
@@ -78,3 +80,12 @@ def is_on(model) -> bool:
         except AttributeError:
             continue
     return False
+
+
+def recomputes_blocks(module) -> bool:
+    """Will `module`'s blocks run their forward again in backward? (checkpointing on, training, grad
+    enabled). Anything that changes a block's forward for one call only (a shared prefix's cache,
+    hooks) must not be used then: the recompute would not see it."""
+    if not (module.training and torch.is_grad_enabled()):
+        return False
+    return any(getattr(m, "gradient_checkpointing", False) for m in module.modules())

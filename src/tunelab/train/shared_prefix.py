@@ -59,11 +59,9 @@ def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor |
 def can_share(decoder) -> bool:
     """The decoder takes past keys/values, and its blocks are not checkpointing (they do only while
     training with grad enabled; transformers then drops the cache)."""
-    if getattr(getattr(decoder, "config", None), "use_cache", None) is None:
-        return False
-    if decoder.training and torch.is_grad_enabled():
-        return not any(getattr(m, "gradient_checkpointing", False) for m in decoder.modules())
-    return True
+    from tunelab.train.checkpointing import recomputes_blocks
+
+    return getattr(getattr(decoder, "config", None), "use_cache", None) is not None and not recomputes_blocks(decoder)
 
 
 def decode_after_prefix(decoder, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, p: int) -> torch.Tensor:
