@@ -15,7 +15,9 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
     tunelab        tunelab's defaults: LoRA r=16 on all linear layers of the last 8 blocks (method.layers),
                    dropout 0, lr 4e-4, batch 8, length-grouped batches, loss and output head on reply
                    tokens only, precision auto (fp32 on CPUs without AVX-512-BF16), cosine, glibc keeps
-                   freed buffers (train.keep_freed_memory)
+                   freed buffers (train.keep_freed_memory); the batch's shared opening runs once
+                   (train/shared_prefix.py), block MLPs skip padding (train/unpad.py), plain LoRA
+                   Linears fold scale and sum into the matmuls (adapters/lora_fused.py)
     tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend) and
                    gradient checkpointing (train.gradient_checkpointing auto: on for qlora)
 
