@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated TUNELAB_HOME per session, a tiny random Llama, benchmark scripts as modules."""
+"""Shared fixtures: an isolated TUNELAB_HOME per session, a tiny random Llama (bare or with LoRA),
+benchmark scripts as modules."""
 
 from __future__ import annotations
 
@@ -19,6 +20,27 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from tunelab.models.tiny import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+@pytest.fixture
+def tiny_lora(tiny_model_dir):
+    """tiny_lora(dropout=0.0) -> the tiny Llama with a fresh LoRA (r=4, every linear layer) whose B
+    matrices are nudged off zero (seed 1, std 0.05), so the adapter changes outputs and A gets gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.config import MethodConfig
+
+    def make(dropout: float = 0.0):
+        model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), MethodConfig(r=4, dropout=dropout))
+        torch.manual_seed(1)
+        for k, p in model.named_parameters():
+            if "lora_B" in k:
+                torch.nn.init.normal_(p, std=0.05)
+        return model
+
+    return make
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tunelab.adapters.lora import apply_lora
 from tunelab.adapters.lora_fused import _plain_adapter, fuse_lora_linears, lora_linear
-from tunelab.config import MethodConfig
 
 
 def _peft_reference(x, w, bias, a, b, s):
@@ -41,12 +39,6 @@ def test_lora_linear_matches_the_unfused_sum_and_its_gradients(shape, bias, x_gr
         assert gx1 is None
 
 
-def _tiny(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-
-
 def _grads_after_step(model, ids):
     model.zero_grad(set_to_none=True)
     loss = model(input_ids=ids, labels=ids).loss
@@ -54,17 +46,9 @@ def _grads_after_step(model, ids):
     return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def _nudge_b(model):
-    torch.manual_seed(1)
-    for k, p in model.named_parameters():
-        if "lora_B" in k:
-            nn.init.normal_(p, std=0.05)
-
-
-def test_a_model_gives_peft_loss_and_gradients(tiny_model_dir, monkeypatch):
+def test_a_model_gives_peft_loss_and_gradients(tiny_lora, monkeypatch):
     """Same model, same adapter weights: once through peft's forward, once through ours."""
-    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
-    _nudge_b(model)
+    model = tiny_lora()
     ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = []
     import tunelab.adapters.lora_fused as lf
@@ -84,8 +68,8 @@ def test_a_model_gives_peft_loss_and_gradients(tiny_model_dir, monkeypatch):
         torch.testing.assert_close(fused[k], ref[k], rtol=1e-4, atol=1e-6)
 
 
-def test_steps_aside_where_it_does_not_apply(tiny_model_dir):
-    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+def test_steps_aside_where_it_does_not_apply(tiny_lora):
+    model = tiny_lora()
     layer = next(m for m in model.modules() if hasattr(m, "lora_A"))
     x = torch.randn(2, 3, layer.in_features)
     assert _plain_adapter(layer, x) == "default"
@@ -94,14 +78,13 @@ def test_steps_aside_where_it_does_not_apply(tiny_model_dir):
     assert _plain_adapter(layer, x.double()) is None
     with model.disable_adapter():
         assert _plain_adapter(layer, x) is None
-    dropped = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.1))
+    dropped = tiny_lora(dropout=0.1)
     layer = next(m for m in dropped.modules() if hasattr(m, "lora_A"))
     assert _plain_adapter(layer, x) is None  # dropout: peft's forward
 
 
-def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_model_dir):
-    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
-    _nudge_b(model)
+def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_lora):
+    model = tiny_lora()
     model.eval()
     ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
@@ -111,7 +94,7 @@ def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_model
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
-def test_fuse_counts_the_routed_layers(tiny_model_dir):
-    model = apply_lora(_tiny(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
+def test_fuse_counts_the_routed_layers(tiny_lora):
+    model = tiny_lora()
     n = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
     assert fuse_lora_linears(model) == n > 0

@@ -4,8 +4,6 @@ one pass over the whole sequences."""
 import pytest
 import torch
 
-from tunelab.adapters.lora import apply_lora
-from tunelab.config import MethodConfig
 from tunelab.data.tokenize import IGNORE
 from tunelab.eval import metrics
 from tunelab.train.shared_prefix import MIN_PREFIX, can_share, shared_prefix_length
@@ -52,17 +50,6 @@ def test_padding_is_never_shared():
     assert shared_prefix_length(ids, None, labels) == 12  # no mask: every position is real
 
 
-def _lora_model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
-    torch.manual_seed(1)
-    for k, p in model.named_parameters():
-        if "lora_B" in k:
-            torch.nn.init.normal_(p, std=0.05)
-    return model
-
-
 def _loss_and_grads(model, ids, mask, labels, share: bool, monkeypatch):
     monkeypatch.setattr(metrics, "shared_prefix_length",
                         shared_prefix_length if share else (lambda *a: 0))
@@ -72,8 +59,8 @@ def _loss_and_grads(model, ids, mask, labels, share: bool, monkeypatch):
     return float(loss.detach()), n, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def test_shared_opening_gives_the_same_loss_and_gradients(tiny_model_dir, monkeypatch):
-    model = _lora_model(tiny_model_dir)
+def test_shared_opening_gives_the_same_loss_and_gradients(tiny_lora, monkeypatch):
+    model = tiny_lora()
     model.train()
     ids, mask, labels = _batch(12, [30, 25, 18, 30], reply_from=16, vocab=model.config.vocab_size)
     assert can_share(metrics._decoder_and_head(model)[0])
@@ -92,8 +79,8 @@ def test_shared_opening_gives_the_same_loss_and_gradients(tiny_model_dir, monkey
         torch.testing.assert_close(shared[2][k], plain[2][k], rtol=1e-4, atol=1e-6)
 
 
-def test_evaluation_shares_too_and_gives_the_same_nll(tiny_model_dir, monkeypatch):
-    model = _lora_model(tiny_model_dir)
+def test_evaluation_shares_too_and_gives_the_same_nll(tiny_lora, monkeypatch):
+    model = tiny_lora()
     model.eval()
     ids, mask, labels = _batch(10, [22, 17, 29], reply_from=12, vocab=model.config.vocab_size, seed=3)
     with torch.no_grad():
@@ -103,10 +90,10 @@ def test_evaluation_shares_too_and_gives_the_same_nll(tiny_model_dir, monkeypatc
     assert n1 == n2 and float(shared) == pytest.approx(float(plain), rel=1e-5)
 
 
-def test_checkpointed_training_does_not_share(tiny_model_dir):
+def test_checkpointed_training_does_not_share(tiny_lora):
     from tunelab.train.checkpointing import enable
 
-    model = _lora_model(tiny_model_dir)
+    model = tiny_lora()
     enable(model)
     model.train()
     decoder = metrics._decoder_and_head(model)[0]

@@ -6,22 +6,10 @@ import contextlib
 import pytest
 import torch
 
-from tunelab.adapters.lora import apply_lora, blocks_list
-from tunelab.config import MethodConfig
+from tunelab.adapters.lora import blocks_list
 from tunelab.data.tokenize import IGNORE
 from tunelab.eval import metrics
 from tunelab.train.unpad import mlp_on_real_rows
-
-
-def _model(tiny_model_dir):
-    from transformers import AutoModelForCausalLM
-
-    model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), MethodConfig(r=4, dropout=0.0))
-    torch.manual_seed(1)
-    for k, p in model.named_parameters():
-        if "lora_B" in k:
-            torch.nn.init.normal_(p, std=0.05)
-    return model.train()
 
 
 def _padded(vocab: int, lengths=(14, 9, 5)):
@@ -44,8 +32,8 @@ def _run(model, ids, mask, labels):
     return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def test_mlps_see_only_real_rows_and_results_match(tiny_model_dir, monkeypatch):
-    model = _model(tiny_model_dir)
+def test_mlps_see_only_real_rows_and_results_match(tiny_lora, monkeypatch):
+    model = tiny_lora().train()
     ids, mask, labels = _padded(model.config.vocab_size)
     decoder = metrics._decoder_and_head(model)[0]
     seen = []
@@ -66,10 +54,10 @@ def test_mlps_see_only_real_rows_and_results_match(tiny_model_dir, monkeypatch):
         torch.testing.assert_close(unpadded[1][k], padded[1][k], rtol=1e-4, atol=1e-6)
 
 
-def test_no_hooks_without_padding_with_checkpointing_or_after_the_context(tiny_model_dir):
+def test_no_hooks_without_padding_with_checkpointing_or_after_the_context(tiny_lora):
     from tunelab.train.checkpointing import enable
 
-    model = _model(tiny_model_dir)
+    model = tiny_lora().train()
     decoder = metrics._decoder_and_head(model)[0]
     mlps = [b.mlp for b in blocks_list(decoder)]
 

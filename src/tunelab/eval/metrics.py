@@ -57,15 +57,15 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         return token_nll_sum(logits, labels)
     decoder, head = parts
+    # the batch's common opening runs once (train/shared_prefix.py): hidden states from position p on
     p = shared_prefix_length(input_ids, attention_mask, labels) if can_share(decoder) else 0
-    if p:  # the batch's common opening runs once (train/shared_prefix.py); targets from position p on
-        with mlp_on_real_rows(decoder, None if attention_mask is None else attention_mask[:, p:]):
+    rows = None if attention_mask is None else attention_mask[:, p:]
+    with mlp_on_real_rows(decoder, rows):  # padding skips the MLPs (train/unpad.py)
+        if p:
             hidden = decode_after_prefix(decoder, input_ids, attention_mask, p)
-        labels = labels[:, p:]
-    else:
-        with mlp_on_real_rows(decoder, attention_mask):  # padding skips the MLPs (train/unpad.py)
+        else:
             hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    target = labels[:, 1:]
+    target = labels[:, p + 1:]
     keep = target != IGNORE
     n = int(keep.sum())
     h, t = hidden[:, :-1][keep], target[keep]

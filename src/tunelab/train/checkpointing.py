@@ -73,19 +73,17 @@ def enable(model) -> None:
 
 
 def is_on(model) -> bool:
-    """Is activation checkpointing on for `model` (HF or peft-wrapped)?"""
+    """Is activation checkpointing on for `model` (HF or peft-wrapped, or any module holding HF blocks)?"""
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):
         try:
             return bool(getattr(model, name))
         except AttributeError:
             continue
-    return False
+    return any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # what both properties scan
 
 
 def recomputes_blocks(module) -> bool:
     """Will `module`'s blocks run their forward again in backward? (checkpointing on, training, grad
     enabled). Anything that changes a block's forward for one call only (a shared prefix's cache,
     hooks) must not be used then: the recompute would not see it."""
-    if not (module.training and torch.is_grad_enabled()):
-        return False
-    return any(getattr(m, "gradient_checkpointing", False) for m in module.modules())
+    return module.training and torch.is_grad_enabled() and is_on(module)
