@@ -90,13 +90,27 @@ def test_evaluation_shares_too_and_gives_the_same_nll(tiny_lora, monkeypatch):
     assert n1 == n2 and float(shared) == pytest.approx(float(plain), rel=1e-5)
 
 
-def test_checkpointed_training_does_not_share(tiny_lora):
+def test_checkpointed_training_shares_and_matches_the_plain_pass(tiny_lora, monkeypatch):
+    """Under our checkpointing the opening still runs once, the adapted blocks are recomputed in
+    backward (reading the same prefix), and loss and gradients equal the plain un-checkpointed pass."""
+    from tunelab.adapters.lora import blocks_list
     from tunelab.train.checkpointing import enable
 
     model = tiny_lora()
-    enable(model)
     model.train()
+    ids, mask, labels = _batch(12, [30, 25, 18, 30], reply_from=16, vocab=model.config.vocab_size)
+    plain = _loss_and_grads(model, ids, mask, labels, False, monkeypatch)
+    enable(model)
     decoder = metrics._decoder_and_head(model)[0]
-    assert not can_share(decoder)  # transformers drops the cache inside checkpointed blocks
-    with torch.no_grad():
-        assert can_share(decoder)  # no backward, no recompute: sharing is fine
+    assert can_share(decoder)
+    attn_calls = []
+    h = blocks_list(decoder)[-1].self_attn.register_forward_pre_hook(lambda m, a, k: attn_calls.append(1), with_kwargs=True)
+    shared = _loss_and_grads(model, ids, mask, labels, True, monkeypatch)
+    h.remove()
+    assert len(attn_calls) == 3  # pass 1 (the opening), pass 2, pass 2's recompute in backward
+    assert all(not getattr(b, "_can_checkpoint_with_cache", False) for b in blocks_list(decoder))  # restored
+    assert all(b.gradient_checkpointing for b in blocks_list(decoder))
+    assert shared[1] == plain[1]
+    assert shared[0] == pytest.approx(plain[0], rel=1e-5)
+    for k in plain[2]:
+        torch.testing.assert_close(shared[2][k], plain[2][k], rtol=1e-4, atol=1e-6)

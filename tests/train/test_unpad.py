@@ -72,6 +72,30 @@ def test_no_hooks_without_padding_with_checkpointing_or_after_the_context(tiny_l
     with mlp_on_real_rows(decoder, part):
         assert hooked()
     assert not hooked()  # removed on exit
-    enable(model)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     with mlp_on_real_rows(decoder, part):
-        assert not hooked()  # checkpointed training would recompute the MLPs without the hooks
+        assert not hooked()  # checkpointing without our replay would recompute the MLPs without the hooks
+
+
+def test_checkpointed_recompute_replays_the_hooks_and_results_match(tiny_lora, monkeypatch):
+    """Under `checkpointing.enable` the MLPs run on real rows in the forward and again in the
+    recompute (backward, after the context closed); loss and gradients equal the padded run."""
+    from tunelab.train.checkpointing import enable, replays_per_call_state
+
+    model = tiny_lora().train()
+    ids, mask, labels = _padded(model.config.vocab_size)
+    monkeypatch.setattr(metrics, "mlp_on_real_rows", lambda *a: contextlib.nullcontext())
+    padded = _run(model, ids, mask, labels)
+    monkeypatch.undo()
+    enable(model)
+    decoder = metrics._decoder_and_head(model)[0]
+    assert replays_per_call_state(decoder)
+    inner = []
+    h = blocks_list(decoder)[0].mlp.gate_proj.register_forward_pre_hook(lambda m, a: inner.append(a[0].shape[:-1].numel()))
+    unpadded = _run(model, ids, mask, labels)
+    h.remove()
+    assert inner == [28, 28]  # forward and recompute, both on the 28 real positions of 42
+    assert not any(m._forward_pre_hooks or m._forward_hooks for m in (b.mlp for b in blocks_list(decoder)))
+    assert unpadded[0] == pytest.approx(padded[0], rel=1e-5)
+    for k in padded[1]:
+        torch.testing.assert_close(unpadded[1][k], padded[1][k], rtol=1e-4, atol=1e-6)

@@ -12,7 +12,10 @@ auto decides:
                               fit in 80% of the memory available now; off otherwise (faster)
 
 Checkpointing is non-reentrant (`use_reentrant=False`), so the embeddings' output need not
-require grad: blocks below the adapted ones still record no autograd graph.
+require grad: blocks below the adapted ones still record no autograd graph. Its `context_fn` is
+`train.unpad.replay_context`: what a training call changes in the blocks for that call only (the
+MLP unpadding hooks) is put back around each block's recompute, so those per-call savings stay on
+under checkpointing (`replays_per_call_state`).
 """
 
 from __future__ import annotations
@@ -63,7 +66,9 @@ def enable(model) -> None:
     (measured: SmolLM2-135M, QLoRA on 8 of 30 blocks, 8 x 512 tokens: 26.0 s a step with it,
     see docs/performance.md). So it is switched off again here.
     """
-    kwargs = {"use_reentrant": False}
+    from tunelab.train.unpad import replay_context
+
+    kwargs = {"use_reentrant": False, "context_fn": replay_context}
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:
@@ -87,3 +92,15 @@ def recomputes_blocks(module) -> bool:
     enabled). Anything that changes a block's forward for one call only (a shared prefix's cache,
     hooks) must not be used then: the recompute would not see it."""
     return module.training and torch.is_grad_enabled() and is_on(module)
+
+
+def replays_per_call_state(module) -> bool:
+    """Were `module`'s blocks set to checkpoint by `enable` (their recompute replays the per-call
+    hooks: `train.unpad.replay_context`)? False for checkpointing set up any other way."""
+    from tunelab.train.unpad import replay_context
+
+    for m in module.modules():
+        func = getattr(m, "_gradient_checkpointing_func", None)
+        if func is not None and getattr(m, "gradient_checkpointing", False):
+            return getattr(func, "keywords", {}).get("context_fn") is replay_context
+    return False

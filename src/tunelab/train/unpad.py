@@ -12,15 +12,23 @@ padding is 9.3% of the positions.
 Exact for every real position: rows are right-padded and attention is causal, so no real token
 ever attends to a padding position, and the loss reads real positions only. Padding positions get
 an MLP output of 0 (their hidden states are never read). Gradients flow through the gather and
-the scatter. Used only while the blocks are not checkpointed (a recompute in backward would run
-without the hooks; `checkpointing.recomputes_blocks`), and only when there is padding.
+the scatter.
+
+Under gradient checkpointing a block's forward runs again in backward, after this context has
+closed. `checkpointing.enable` passes `replay_context` to torch's checkpoint as its `context_fn`:
+each checkpointed call records the hooks active in its forward and puts the same ones (the same
+real rows) back around its recompute, so the recompute sees what the forward saw. Checkpointing
+set up some other way (no replay) gets no hooks: its recompute would see different shapes.
 """
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import torch
+
+_active: list["MlpHooks"] = []  # the hooks of the mlp_on_real_rows calls now running (innermost last)
 
 
 def _mlps(decoder) -> list:
@@ -32,39 +40,65 @@ def _mlps(decoder) -> list:
     return [b.mlp for b in blocks if isinstance(getattr(b, "mlp", None), torch.nn.Module)]
 
 
+class MlpHooks:
+    """Gather/scatter hooks on `mlps` for inputs of `positions` rows, keeping the `real` ones.
+    A context manager that can be entered again (the forward, then each recompute)."""
+
+    def __init__(self, mlps: list, real: torch.Tensor, positions: int):
+        self.mlps, self.real, self.positions = mlps, real, positions
+        self._shapes: dict[int, torch.Size] = {}
+        self._handles: list = []
+
+    def _gather(self, module, args):
+        x = args[0]
+        if x.dim() < 2 or x.shape[:-1].numel() != self.positions:
+            return None
+        self._shapes[id(module)] = x.shape
+        return (x.reshape(self.positions, x.shape[-1]).index_select(0, self.real), *args[1:])
+
+    def _scatter(self, module, args, out):
+        shape = self._shapes.pop(id(module), None)
+        if shape is None:
+            return None
+        full = out.new_zeros(self.positions, out.shape[-1]).index_copy(0, self.real, out)
+        return full.view(*shape[:-1], out.shape[-1])
+
+    def __enter__(self) -> "MlpHooks":
+        for mlp in self.mlps:
+            self._handles.append(mlp.register_forward_pre_hook(self._gather))
+            self._handles.append(mlp.register_forward_hook(self._scatter))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._shapes.clear()
+
+
+def replay_context() -> tuple:
+    """`context_fn` for torch.utils.checkpoint: (nothing around the forward, the forward's MLP hooks
+    around the recompute). Called at each checkpointed forward, so it captures that call's rows."""
+    hooks = _active[-1] if _active else None
+    replay = MlpHooks(hooks.mlps, hooks.real, hooks.positions) if hooks is not None else contextlib.nullcontext()
+    return contextlib.nullcontext(), replay
+
+
 @contextmanager
 def mlp_on_real_rows(decoder, attention_mask: torch.Tensor | None):
     """While active, every block MLP of `decoder` sees only the rows where `attention_mask` is 1
     (for inputs of attention_mask's B x S positions; other inputs pass unchanged)."""
-    from tunelab.train.checkpointing import recomputes_blocks
+    from tunelab.train.checkpointing import recomputes_blocks, replays_per_call_state
 
-    if attention_mask is None or bool(attention_mask.all()) or recomputes_blocks(decoder):
+    if (attention_mask is None or bool(attention_mask.all())
+            or (recomputes_blocks(decoder) and not replays_per_call_state(decoder))):
         yield
         return
-    positions = attention_mask.numel()
     real = attention_mask.reshape(-1).nonzero().squeeze(1)
-    shapes: dict[int, torch.Size] = {}
-
-    def gather(module, args):
-        x = args[0]
-        if x.dim() < 2 or x.shape[:-1].numel() != positions:
-            return None
-        shapes[id(module)] = x.shape
-        return (x.reshape(positions, x.shape[-1]).index_select(0, real), *args[1:])
-
-    def scatter(module, args, out):
-        shape = shapes.pop(id(module), None)
-        if shape is None:
-            return None
-        full = out.new_zeros(positions, out.shape[-1]).index_copy(0, real, out)
-        return full.view(*shape[:-1], out.shape[-1])
-
-    handles = []
+    hooks = MlpHooks(_mlps(decoder), real, attention_mask.numel())
+    _active.append(hooks)
     try:
-        for mlp in _mlps(decoder):
-            handles.append(mlp.register_forward_pre_hook(gather))
-            handles.append(mlp.register_forward_hook(scatter))
-        yield
+        with hooks:
+            yield
     finally:
-        for h in handles:
-            h.remove()
+        _active.pop()
