@@ -17,9 +17,12 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
                    tokens only, precision auto (fp32 on CPUs without AVX-512-BF16), cosine, glibc keeps
                    freed buffers (train.keep_freed_memory); the batch's shared opening runs once
                    (train/shared_prefix.py), block MLPs skip padding (train/unpad.py), plain LoRA
-                   Linears fold scale and sum into the matmuls (adapters/lora_fused.py)
+                   Linears fold scale and sum into the matmuls (adapters/lora_fused.py); the process
+                   runs with glibc's tcache and fastbins off, as `tunelab train` re-executes itself
+                   (train/allocator.py: training_env)
     tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend) and
-                   gradient checkpointing (train.gradient_checkpointing auto: on for qlora)
+                   gradient checkpointing (train.gradient_checkpointing auto: on for qlora), which keeps
+                   the shared opening and the MLP unpadding (checkpoint replays them)
 
 Trained tokens = non-padding tokens of the training sequences (prompt + reply), identical for all
 runs; tokens/s = trained tokens / training wall seconds (model loading and evaluation excluded).
@@ -42,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.train.allocator import reset_peak_rss, status_mb
+from tunelab.train.allocator import reset_peak_rss, status_mb, training_env
 
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
@@ -171,6 +174,7 @@ def child(args) -> None:
 
     out["peak_rss_process_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out["threads"] = torch.get_num_threads()
+    out["glibc_tunables"] = os.environ.get("GLIBC_TUNABLES", "")
     out["tokens_per_s"] = out["trained_tokens"] / out["train_seconds"]
     out["seconds_per_example"] = out["train_seconds"] / args.train
     out["seconds_per_step"] = out["train_seconds"] / max(out["steps"], 1)
@@ -202,7 +206,9 @@ def main() -> None:
     tries: dict[str, list[dict]] = {}
     for rep in range(args.repeat):  # round-robin, so a slow spell of the machine hits every run alike
         for name in args.runs.split(","):
-            p = subprocess.run([sys.executable, __file__, "--one", name] + passthrough, capture_output=True, text=True)
+            env = training_env() if name.startswith("tunelab") else None  # as `tunelab train` runs
+            p = subprocess.run([sys.executable, __file__, "--one", name] + passthrough, capture_output=True, text=True,
+                               env=env)
             line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if p.returncode != 0 or not line:
                 raise SystemExit(f"{name} failed:\n{p.stderr[-3000:]}")

@@ -145,3 +145,20 @@ def test_quantize_model_replaces_linears_except_skipped(tiny_model_dir):
         out = model(ids).logits
     assert out.shape == ref.shape
     assert torch.nn.functional.cosine_similarity(out.flatten(), ref.flatten(), dim=0) > 0.9
+
+
+def test_input_gradient_decodes_again_instead_of_keeping_the_weight():
+    """With an input that needs a gradient, nothing is saved for backward (not the decoded weight,
+    not x: dx = dy W' needs neither), and dx equals the gradient through F.linear with W'."""
+    q = QuantLinear.from_linear(_linear(256, 128), "nf4", double_quant=True)
+    x = torch.randn(5, 256, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        y = q(x)
+    assert saved == []
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref_x = x.detach().clone().requires_grad_(True)
+    F.linear(ref_x, q.dequantize_weight(), q.bias).backward(dy)
+    torch.testing.assert_close(y, F.linear(x.detach(), q.dequantize_weight(), q.bias))
+    torch.testing.assert_close(x.grad, ref_x.grad)

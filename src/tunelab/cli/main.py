@@ -78,6 +78,10 @@ def quiet_libraries() -> None:
 
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
+    if argv is None and sys.argv[1:2] == ["train"]:  # a real `tunelab train`, not a call from Python
+        from tunelab.train.allocator import reexec_with_training_tunables
+
+        reexec_with_training_tunables()  # glibc malloc without tcache/fastbins: train/allocator.py
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     quiet_libraries()
