@@ -233,6 +233,11 @@ def main() -> None:
         t, q = results["tunelab"], results["tunelab-qlora"]
         summary["qlora_step_time_ratio"] = round(q["seconds_per_step"] / t["seconds_per_step"], 2)
         summary["qlora_peak_rss_ratio"] = round(q["peak_rss_train_mb"] / t["peak_rss_train_mb"], 2)
+        # the same ratio within each round (the two runs back to back, so a slow spell of the machine
+        # hits both): steadier than median against median when the machine drifts between rounds
+        rounds = [round(qr["seconds_per_step"] / tr["seconds_per_step"], 2)
+                  for tr, qr in zip(tries["tunelab"], tries["tunelab-qlora"])]
+        summary["qlora_step_time_ratio_per_round"] = rounds
     print(json.dumps(summary, indent=2))
 
 

@@ -24,16 +24,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_lora(tiny_model_dir):
-    """tiny_lora(dropout=0.0) -> the tiny Llama with a fresh LoRA (r=4, every linear layer) whose B
-    matrices are nudged off zero (seed 1, std 0.05), so the adapter changes outputs and A gets gradients."""
+    """tiny_lora(dropout=0.0, quant=False) -> the tiny Llama with a fresh LoRA (r=4, every linear
+    layer; on an NF4 base with `quant`) whose B matrices are nudged off zero (seed 1, std 0.05), so
+    the adapter changes outputs and A gets gradients."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
     from tunelab.config import MethodConfig
 
-    def make(dropout: float = 0.0):
-        model = apply_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), MethodConfig(r=4, dropout=dropout))
+    def make(dropout: float = 0.0, quant: bool = False):
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        if quant:
+            quantize_base(base)
+        model = apply_lora(base, MethodConfig(name="qlora" if quant else "lora", r=4, dropout=dropout))
         torch.manual_seed(1)
         for k, p in model.named_parameters():
             if "lora_B" in k:

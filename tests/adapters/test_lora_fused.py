@@ -46,9 +46,11 @@ def _grads_after_step(model, ids):
     return float(loss.detach()), {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
 
-def test_a_model_gives_peft_loss_and_gradients(tiny_lora, monkeypatch):
-    """Same model, same adapter weights: once through peft's forward, once through ours."""
-    model = tiny_lora()
+@pytest.mark.parametrize("quant", [False, True], ids=["linear", "nf4"])
+def test_a_model_gives_peft_loss_and_gradients(tiny_lora, monkeypatch, quant):
+    """Same model, same adapter weights: once through the layers' own forward (peft's, or the
+    QLoRA layer's), once through ours."""
+    model = tiny_lora(quant=quant)
     ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = []
     import tunelab.adapters.lora_fused as lf
@@ -94,7 +96,8 @@ def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_lora)
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-5)
 
 
-def test_fuse_counts_the_routed_layers(tiny_lora):
-    model = tiny_lora()
+@pytest.mark.parametrize("quant", [False, True], ids=["linear", "nf4"])
+def test_fuse_counts_the_routed_layers(tiny_lora, quant):
+    model = tiny_lora(quant=quant)
     n = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
     assert fuse_lora_linears(model) == n > 0

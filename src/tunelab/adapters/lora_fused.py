@@ -20,9 +20,13 @@ Measured on the 2 cores here by `python benchmarks/lora_linear.py` (8 x 300 rows
 backward, best of 6), peft -> this: 576->1536 70.5 -> 59.4 ms, 1536->576 63.9 -> 58.4 ms,
 576->576 26.0 -> 23.2 ms, 576->192 10.8 -> 9.1 ms; 1.14x over the four.
 
+A 4-bit base (QLoRA's `QuantLinear`) goes the same way with W = its dequantized weight, decoded
+in the forward and decoded again in backward for dy W instead of being kept (as
+`quant.nn._DecodeAgainLinear`), so the adapted blocks hold no fp32 copy of their weights.
+
 Only the plain case is routed here: one active adapter, no dropout, no DoRA/variants, no lora
-bias, not merged, a torch.nn.Linear base, all weights and x in one dtype and no autocast. Anything
-else (QLoRA's 4-bit base, dropout, mixed adapters, bf16 autocast) takes peft's own forward, so
+bias, not merged, a torch.nn.Linear or 4-bit QuantLinear base, all weights and x in one dtype and
+no autocast. Anything else (dropout, mixed adapters, bf16 autocast) takes the layer's own forward, so
 the result is always the same function of the same weights; tests/adapters/test_lora_fused.py
 checks outputs and gradients against peft's.
 """
@@ -39,13 +43,16 @@ class _LoraLinear(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T with W (and b) frozen; gradients for x, A and B."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
-                b: torch.Tensor, scaling: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scaling: float, quant: nn.Module | None = None) -> torch.Tensor:
+        ctx.quant = quant  # a QuantLinear: W is decoded from it here and again in backward
+        if quant is not None:
+            weight = quant._decode(x.dtype)
         x2 = x.reshape(-1, x.shape[-1])
         xa = x2 @ a.t()  # M x r
         base = x2 @ weight.t() if bias is None else torch.addmm(bias, x2, weight.t())
         y = base.addmm_(xa, b.t(), alpha=scaling)  # base += s xa B^T, in place: no copy, no extra pass
-        ctx.save_for_backward(x2, xa, weight, a, b)
+        ctx.save_for_backward(x2, xa, weight if quant is None else None, a, b)
         ctx.scaling = scaling
         return y.view(*x.shape[:-1], weight.shape[0])
 
@@ -54,20 +61,36 @@ class _LoraLinear(torch.autograd.Function):
         x2, xa, weight, a, b = ctx.saved_tensors
         s = ctx.scaling
         dy2 = dy.reshape(-1, dy.shape[-1])
-        need_x, _, _, need_a, need_b, _ = ctx.needs_input_grad
+        need_x, _, _, need_a, need_b, _, _ = ctx.needs_input_grad
         db = (dy2.t() @ xa).mul_(s) if need_b else None  # out x r
         dxa = (dy2 @ b).mul_(s) if (need_a or need_x) else None  # M x r
         da = dxa.t() @ x2 if need_a else None  # r x in
         dx = None
         if need_x:
+            if ctx.quant is not None:
+                weight = ctx.quant._decode(dy.dtype)
             dx = (dy2 @ weight).addmm_(dxa, a).view(*dy.shape[:-1], weight.shape[1])  # dy W + dxa A
-        return dx, None, None, da, db, None
+        return dx, None, None, da, db, None, None
 
 
-def lora_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
-                b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """x W^T + bias + scaling (x A^T) B^T, with W and bias frozen (no gradient is formed for them)."""
-    return _LoraLinear.apply(x, weight, bias, a, b, float(scaling))
+def lora_linear(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scaling: float, quant: nn.Module | None = None) -> torch.Tensor:
+    """x W^T + bias + scaling (x A^T) B^T, with W and bias frozen (no gradient is formed for them);
+    W = quant's dequantized weight when `quant` (a QuantLinear) is given instead of `weight`."""
+    return _LoraLinear.apply(x, weight, bias, a, b, float(scaling), quant)
+
+
+def _plain_base(base, x: torch.Tensor) -> bool:
+    """A frozen nn.Linear, or a 4-bit QuantLinear computing in x's dtype, with x's dtype."""
+    from tunelab.quant.codecs import FORMATS_4BIT
+    from tunelab.quant.nn import QuantLinear
+
+    if type(base) is nn.Linear:
+        return not base.weight.requires_grad and x.dtype == base.weight.dtype
+    if type(base) is QuantLinear:
+        return (base.fmt in FORMATS_4BIT and not base.act_quant and base.compute_dtype in (None, x.dtype)
+                and x.dtype == torch.float32)
+    return False
 
 
 def _plain_adapter(layer, x: torch.Tensor) -> str | None:
@@ -80,12 +103,11 @@ def _plain_adapter(layer, x: torch.Tensor) -> str | None:
     if not isinstance(layer.lora_dropout[name], nn.Identity):
         return None
     base, la, lb = layer.base_layer, layer.lora_A[name], layer.lora_B[name]
-    if type(base) is not nn.Linear or la.bias is not None or lb.bias is not None:
+    if la.bias is not None or lb.bias is not None or not _plain_base(base, x):
         return None
-    if base.weight.requires_grad or (base.bias is not None and base.bias.requires_grad):
+    if base.bias is not None and (base.bias.requires_grad or base.bias.dtype != x.dtype):
         return None
-    if torch.is_autocast_enabled(x.device.type) or not (x.dtype == base.weight.dtype == la.weight.dtype
-                                                         == lb.weight.dtype):
+    if torch.is_autocast_enabled(x.device.type) or not (x.dtype == la.weight.dtype == lb.weight.dtype):
         return None
     return name
 
@@ -95,8 +117,9 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     if name is None:
         return type(self).forward(self, x, *args, **kwargs)
     base = self.base_layer
-    return lora_linear(x, base.weight, base.bias, self.lora_A[name].weight, self.lora_B[name].weight,
-                       self.scaling[name])
+    quant = None if type(base) is nn.Linear else base
+    return lora_linear(x, None if quant is not None else base.weight, base.bias, self.lora_A[name].weight,
+                       self.lora_B[name].weight, self.scaling[name], quant)
 
 
 def fuse_lora_linears(model: nn.Module) -> int:
@@ -104,9 +127,12 @@ def fuse_lora_linears(model: nn.Module) -> int:
     (checked at each call; otherwise peft's forward runs). Returns how many layers were routed."""
     from peft.tuners.lora.layer import Linear as LoraLinear
 
+    from tunelab.adapters.qlora import lora_quant_linear_cls
+
+    routed = (LoraLinear, lora_quant_linear_cls())
     n = 0
     for mod in model.modules():
-        if isinstance(mod, LoraLinear):
+        if isinstance(mod, routed):
             mod.forward = types.MethodType(_forward, mod)
             n += 1
     return n

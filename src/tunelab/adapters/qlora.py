@@ -61,14 +61,19 @@ def _lora_layer_cls():
 _CLS = None
 
 
+def lora_quant_linear_cls() -> type:
+    """The peft LoRA layer class that wraps a QuantLinear (one class per process)."""
+    global _CLS
+    if _CLS is None:
+        _CLS = _lora_layer_cls()
+    return _CLS
+
+
 def register_quant_linear(lora_config) -> None:
     """Teach peft to wrap QuantLinear layers (no-op for models without them)."""
     from tunelab.quant.nn import QuantLinear
 
-    global _CLS
-    if _CLS is None:
-        _CLS = _lora_layer_cls()
-    lora_config._register_custom_module({QuantLinear: _CLS})
+    lora_config._register_custom_module({QuantLinear: lora_quant_linear_cls()})
 
 
 def choose_backend(pref: str, device: torch.device) -> str:
