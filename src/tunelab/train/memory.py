@@ -50,9 +50,10 @@ e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 
 
 Weight copies kept for backward (the `workspace` field): under bf16 autocast each Linear casts its weight
 to bf16 and autograd keeps that copy to compute the input's gradient, so at the peak a bf16 copy of every
-block Linear in backward is alive when the stored weights are not bf16 already (fp32 weights on CPU), and
-always for QLoRA (each NF4 weight is decoded into a new tensor). The head keeps none (the fused loss uses
-its cast inside the forward):
+block Linear in backward is alive when the stored weights are not bf16 already (fp32 weights on CPU). QLoRA
+keeps none: its 4-bit layers decode the weight again in backward (tunelab's `QuantLinear`, as
+bitsandbytes' 4-bit matmul does) instead of keeping the decoded copy. The head keeps none (the fused
+loss uses its cast inside the forward):
 
     L' sum(in x out) x 2                 without checkpointing   (L' = blocks in backward)
     sum(in x out) x 2                    with checkpointing (one block is recomputed at a time)
@@ -302,7 +303,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         weights_dtype: auto (fp32 on CPU, bf16 on CUDA: tunelab's defaults) | fp32 | bf16.
         target_fraction: share of positions that carry a target (the head runs on those only).
         autocast: bf16 autocast (tunelab's default on CUDA and AVX-512-BF16 CPUs): activations in 2 bytes,
-            else 4 (and no weight copies but QLoRA's decoded weights, then fp32).
+            else 4 (and no weight copies).
         detect: look up the device's memory (False: no lookup, `fits` is None).
         layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
             autograd graph, so only the adapted blocks keep activations and weight copies.
@@ -396,9 +397,9 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     rows.append(("logits (transient)", transient,
                  f"min(B S x {target_fraction:g}, {LOSS_CHUNK}) x V x "
                  + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4") + " (one chunk of the loss)"))
-    # bf16 copies of the Linear weights that backward needs (autocast casts; QLoRA's decoded NF4 weights).
-    # The head keeps none: the fused loss uses its cast inside the forward and drops it.
-    copy_bytes = act if method == "qlora" else (2 if autocast and wb == 4 else 0)
+    # bf16 copies of the Linear weights that backward needs (autocast casts). QLoRA's 4-bit layers decode
+    # again in backward and keep none; the head keeps none: the fused loss uses its cast inside the forward.
+    copy_bytes = 0 if method == "qlora" else (2 if autocast and wb == 4 else 0)
     block_lin = sum(a * b for _, a, b in s.linears())
     copied = block_lin if grad_checkpointing else nb * block_lin  # only blocks in backward keep their copies
     workspace = copy_bytes * copied
