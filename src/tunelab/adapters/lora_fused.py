@@ -38,6 +38,9 @@ import types
 import torch
 from torch import nn
 
+from tunelab.quant.codecs import FORMATS_4BIT
+from tunelab.quant.nn import QuantLinear
+
 
 class _LoraLinear(torch.autograd.Function):
     """y = x W^T + b + s (x A^T) B^T with W (and b) frozen; gradients for x, A and B."""
@@ -82,9 +85,6 @@ def lora_linear(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor
 
 def _plain_base(base, x: torch.Tensor) -> bool:
     """A frozen nn.Linear, or a 4-bit QuantLinear computing in x's dtype, with x's dtype."""
-    from tunelab.quant.codecs import FORMATS_4BIT
-    from tunelab.quant.nn import QuantLinear
-
     if type(base) is nn.Linear:
         return not base.weight.requires_grad and x.dtype == base.weight.dtype
     if type(base) is QuantLinear:

@@ -58,7 +58,9 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return token_nll_sum(logits, labels)
     decoder, head = parts
     # the batch's common opening runs once (train/shared_prefix.py): hidden states from position p on
-    p = shared_prefix_length(input_ids, attention_mask, labels) if can_share(decoder) else 0
+    p = shared_prefix_length(input_ids, attention_mask, labels)
+    if p and not can_share(decoder):  # asked only when there is an opening to share
+        p = 0
     rows = None if attention_mask is None else attention_mask[:, p:]
     with mlp_on_real_rows(decoder, rows):  # padding skips the MLPs (train/unpad.py)
         if p:

@@ -169,15 +169,20 @@ class QuantLinear(nn.Module):
         if x.requires_grad and torch.is_grad_enabled() and (self.bias is None or not self.bias.requires_grad):
             # input gradient needed (adapters below): decode W' again in backward instead of keeping it
             return _DecodeAgainLinear.apply(x, self, dtype)
-        w = self._decode(dtype)  # no grad: buffers only
-        if torch.is_autocast_enabled(x.device.type) or dtype == x.dtype:
-            return F.linear(x, w, self.bias)
-        bias = None if self.bias is None else self.bias.to(dtype)
-        return F.linear(x.to(dtype), w, bias).to(x.dtype)
+        return _linear_in(x, self._decode(dtype), self.bias, dtype)  # no grad: buffers only
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"fmt={self.fmt}, blocksize={self.blocksize}, double_quant={self.double_quant}, act_quant={self.act_quant}")
+
+
+def _linear_in(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """F.linear(x, w, bias) computed in `dtype` (w's): under autocast as autocast casts (output in
+    its dtype), else x and bias cast to dtype and the output back to x's dtype."""
+    if torch.is_autocast_enabled(x.device.type) or dtype == x.dtype:
+        return F.linear(x, w, bias)
+    bias = None if bias is None else bias.to(dtype)
+    return F.linear(x.to(dtype), w, bias).to(x.dtype)
 
 
 class _DecodeAgainLinear(torch.autograd.Function):
@@ -193,10 +198,7 @@ class _DecodeAgainLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layer: "QuantLinear", dtype: torch.dtype) -> torch.Tensor:
         ctx.layer, ctx.dtype, ctx.x_dtype = layer, dtype, x.dtype
-        w = layer._decode(dtype)
-        bias = None if layer.bias is None else layer.bias.to(dtype)
-        out_dtype = dtype if torch.is_autocast_enabled(x.device.type) else x.dtype  # as F.linear under autocast
-        return F.linear(x.to(dtype), w, bias).to(out_dtype)
+        return _linear_in(x, layer._decode(dtype), layer.bias, dtype)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from pathlib import Path
 
@@ -53,40 +54,36 @@ TRAINING_TUNABLES = ("glibc.malloc.tcache_count=0", "glibc.malloc.mxfast=0")  # 
 
 def is_glibc() -> bool:
     try:
-        import os
-
         return sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
     except (AttributeError, ValueError, OSError):
         return False
 
 
+def _names(tunables: str) -> set[str]:
+    """The tunable names set in a GLIBC_TUNABLES value ("name=value:name=value")."""
+    return {t.split("=")[0] for t in tunables.split(":") if t}
+
+
 def training_env(env: dict | None = None) -> dict:
     """A copy of `env` (default os.environ) with TRAINING_TUNABLES added to GLIBC_TUNABLES (glibc only)."""
-    import os
-
     env = dict(os.environ if env is None else env)
     if not is_glibc():
         return env
-    have = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t]
-    names = {t.split("=")[0] for t in have}
-    have += [t for t in TRAINING_TUNABLES if t.split("=")[0] not in names]  # the user's own values win
-    env["GLIBC_TUNABLES"] = ":".join(have)
+    have = env.get("GLIBC_TUNABLES", "")
+    set_by_user = _names(have)
+    added = [t for t in TRAINING_TUNABLES if t.split("=")[0] not in set_by_user]  # the user's own values win
+    env["GLIBC_TUNABLES"] = ":".join([t for t in have.split(":") if t] + added)
     return env
 
 
 def training_tunables_active() -> bool:
     """Was this process started with TRAINING_TUNABLES' settings (or the user's own for those names)?"""
-    import os
-
-    have = {t.split("=")[0] for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t}
-    return all(t.split("=")[0] in have for t in TRAINING_TUNABLES)
+    return _names(":".join(TRAINING_TUNABLES)) <= _names(os.environ.get("GLIBC_TUNABLES", ""))
 
 
 def reexec_with_training_tunables() -> None:
     """Replace this process by the same command with training_env() (once; glibc only; not when
     TUNELAB_KEEP_MALLOC=1). Call it before anything else runs: the process starts over."""
-    import os
-
     if not is_glibc() or training_tunables_active() or os.environ.get("TUNELAB_KEEP_MALLOC") == "1":
         return
     argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
