@@ -19,6 +19,15 @@ def test_training_env_adds_the_tunables_and_keeps_the_users_own():
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.tcache_count=3:glibc.cpu.x86_foo=1:glibc.malloc.mxfast=0"
 
 
+def test_the_train_subcommand_is_found_after_root_options():
+    from tunelab.cli.main import subcommand
+
+    assert subcommand(["train", "run.yaml"]) == "train"
+    assert subcommand(["--debug", "train", "run.yaml"]) == "train"
+    assert subcommand(["--debug", "memory", "m", "--method", "lora"]) == "memory"
+    assert subcommand(["--help"]) is None
+
+
 def test_tunelab_train_reexecutes_once_with_the_tunables(tmp_path):
     """A real `tunelab train` command line sees the tunables in its own environment (checked by a
     config error after the re-exec: the error comes from the new process, exit code 2)."""
@@ -40,3 +49,16 @@ def test_tunelab_train_reexecutes_once_with_the_tunables(tmp_path):
                        env=env, timeout=300)
     assert [x for x in p.stdout.splitlines() if x.startswith("TUNABLES=")] == ["TUNABLES="]
     assert p.returncode == 2
+
+
+def test_malloc_mb_counts_a_live_buffer_in_use():
+    """glibc's own account: a 64 MiB tensor shows in in_use while alive (heap >= in_use always)."""
+    import torch
+
+    before = allocator.malloc_mb()
+    x = torch.ones(16 * 2**20)  # 64 MiB, written so it is really there
+    during = allocator.malloc_mb()
+    del x
+    assert before is not None and during is not None
+    assert during["in_use"] - before["in_use"] >= 63
+    assert during["heap"] >= during["in_use"]

@@ -76,9 +76,15 @@ def quiet_libraries() -> None:
         pass
 
 
+def subcommand(argv: list[str]) -> str | None:
+    """The command an argument list runs: its first word that is not an option (the root's only
+    option, --debug, takes no value), e.g. "train" for `tunelab --debug train run.yaml`."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    if argv is None and sys.argv[1:2] == ["train"]:  # a real `tunelab train`, not a call from Python
+    if argv is None and subcommand(sys.argv[1:]) == "train":  # a real `tunelab train`, not a call from Python
         from tunelab.train.allocator import reexec_with_training_tunables
 
         reexec_with_training_tunables()  # glibc malloc without tcache/fastbins: train/allocator.py

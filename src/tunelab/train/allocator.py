@@ -115,6 +115,28 @@ def _libc():
         return None
 
 
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
+
+
+def malloc_mb() -> dict | None:
+    """glibc's own account of the main heap (mallinfo2), in MiB; None where there is no mallinfo2.
+
+    in_use = uordblks + hblkhd (bytes handed out, mmapped chunks included)
+    heap   = arena + hblkhd    (bytes glibc holds from the OS: in_use + its free lists)
+    heap - in_use is what freed blocks glibc could not hand back, nor yet reuse, cost in RSS.
+    """
+    libc = _libc()
+    fn = getattr(libc, "mallinfo2", None) if libc is not None else None
+    if fn is None:
+        return None
+    fn.restype = _Mallinfo2
+    m = fn()
+    return {"in_use": (m.uordblks + m.hblkhd) / 2**20, "heap": (m.arena + m.hblkhd) / 2**20}
+
+
 def reset_peak_rss() -> bool:
     """Reset the process's peak RSS (VmHWM) to its current RSS; True where that worked (Linux)."""
     try:
