@@ -41,7 +41,8 @@ the residual stream and RMSNorm values are fp32 when the weights are, as on CPU)
     loss:               B S f h x 4 (+ V h x 4 full)   tunelab's loss (train/linear_ce.py) runs head +
                                            cross-entropy in chunks of 1,024 positions and forms their
                                            gradient in the forward: it keeps dL/dh (and the head's dL/dW)
-    logits (transient): min(B S f, 1,024) x V x 4         one chunk's fp32 logits (softmax - onehot in place)
+    logits (transient): ceil(P / ceil(P / 1,024)) x V x 4 one chunk's fp32 logits (softmax - onehot in place;
+                                                       P = B S f positions in equal chunks of <= 1,024)
                         (autocast: x (2 + 4), the bf16 matmul output and its fp32 upcast)
                         f = share of positions with a target (tunelab runs the head on those only)
 
@@ -385,7 +386,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # What it keeps instead is the gradient it formed: dL/dh for the target positions, and for full
     # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
-    live = min(positions, LOSS_CHUNK)
+    live = -(-positions // max(1, -(-positions // LOSS_CHUNK)))  # equal chunks of <= LOSS_CHUNK rows
     loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
     transient = live * s.vocab * (act + 4 if autocast else 4)
     activations = kept + loss_grad
@@ -395,8 +396,9 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
                  + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
     rows.append(("logits (transient)", transient,
-                 f"min(B S x {target_fraction:g}, {LOSS_CHUNK}) x V x "
-                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4") + " (one chunk of the loss)"))
+                 f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
+                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")
+                 + f" (one chunk of the loss; P = B S x {target_fraction:g})"))
     # bf16 copies of the Linear weights that backward needs (autocast casts). QLoRA's 4-bit layers decode
     # again in backward and keep none; the head keeps none: the fused loss uses its cast inside the forward.
     copy_bytes = 0 if method == "qlora" else (2 if autocast and wb == 4 else 0)
