@@ -228,6 +228,12 @@ def main() -> None:
         for name, r in results.items():
             if name != "baseline":
                 summary[f"{name}_speedup_tokens_per_s"] = round(r["tokens_per_s"] / b["tokens_per_s"], 2)
+                # the same ratio within each round (baseline and this run minutes apart, so a slow or
+                # fast spell of the machine hits both), and its median over the rounds
+                rounds = [round(x["tokens_per_s"] / y["tokens_per_s"], 2)
+                          for x, y in zip(tries[name], tries["baseline"])]
+                summary[f"{name}_speedup_per_round"] = rounds
+                summary[f"{name}_speedup_median_of_rounds"] = sorted(rounds)[len(rounds) // 2]
                 summary[f"{name}_val_loss_le_baseline"] = r["val_loss"] <= b["val_loss"]
     if "tunelab" in results and "tunelab-qlora" in results:
         t, q = results["tunelab"], results["tunelab-qlora"]

@@ -114,3 +114,36 @@ def test_checkpointed_training_shares_and_matches_the_plain_pass(tiny_lora, monk
     assert shared[0] == pytest.approx(plain[0], rel=1e-5)
     for k in plain[2]:
         torch.testing.assert_close(shared[2][k], plain[2][k], rtol=1e-4, atol=1e-6)
+
+
+def test_reply_loss_sum_switches_each_saving_off_with_the_same_result(tiny_lora):
+    """share_opening / skip_padding False (what benchmarks/train_savings.py compares against) do the
+    full work: the first MLP sees every position of every row, and loss and gradients do not move."""
+    from tunelab.adapters.lora import blocks_list
+
+    model = tiny_lora()
+    model.train()
+    ids, mask, labels = _batch(12, [30, 25, 18], reply_from=20, vocab=model.config.vocab_size)
+    mlp = blocks_list(metrics._decoder_and_head(model)[0])[0].mlp
+    rows: list[int] = []
+    h = mlp.down_proj.register_forward_pre_hook(lambda m, a: rows.append(a[0].shape[:-1].numel()))
+    results = {}
+    for share in (True, False):
+        for skip in (True, False):
+            rows.clear()
+            model.zero_grad(set_to_none=True)
+            loss, n = metrics.reply_loss_sum(model, ids, mask, labels, share_opening=share, skip_padding=skip)
+            (loss / n).backward()
+            results[share, skip] = (list(rows), float(loss), n,
+                                    [p.grad.clone() for p in model.parameters() if p.requires_grad])
+    h.remove()
+    # the opening (12 positions, one row), then the rest: real (18 + 13 + 6) or padded (3 x 18)
+    assert results[True, True][0] == [12, 37]
+    assert results[True, False][0] == [12, 54]
+    assert results[False, True][0] == [73]  # 30 + 25 + 18 real positions
+    assert results[False, False][0] == [90]  # 3 rows x 30
+    ref = results[True, True]
+    for key, (_, loss, n, grads) in results.items():
+        assert n == ref[2] and loss == pytest.approx(ref[1], rel=1e-5), key
+        for g, r in zip(grads, ref[3]):
+            torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)

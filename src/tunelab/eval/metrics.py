@@ -41,7 +41,8 @@ def _decoder_and_head(model):
 
 
 def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+                   labels: torch.Tensor, share_opening: bool = True,
+                   skip_padding: bool = True) -> tuple[torch.Tensor, int]:
     """Sum of next-token NLL over learned positions, and their count.
 
     The output head runs only on positions that have a target: with SmolLM2's 49,152 x 576 head
@@ -50,7 +51,8 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     `train.linear_ce.linear_cross_entropy_sum` (head and loss chunk by chunk, gradient formed in
     the forward), so no P x V logits outlive their chunk. An opening shared by every row of the
     batch (a chat template's system turn) runs once (`train.shared_prefix`), and the blocks' MLPs
-    skip the padding (`train.unpad`).
+    skip the padding (`train.unpad`). `share_opening` / `skip_padding` False turn those two off
+    (same loss and gradients, more work: benchmarks/train_savings.py measures them).
     """
     parts = _decoder_and_head(model)
     if parts is None:
@@ -58,10 +60,10 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return token_nll_sum(logits, labels)
     decoder, head = parts
     # the batch's common opening runs once (train/shared_prefix.py): hidden states from position p on
-    p = shared_prefix_length(input_ids, attention_mask, labels)
+    p = shared_prefix_length(input_ids, attention_mask, labels) if share_opening else 0
     if p and not can_share(decoder):  # asked only when there is an opening to share
         p = 0
-    rows = None if attention_mask is None else attention_mask[:, p:]
+    rows = None if attention_mask is None or not skip_padding else attention_mask[:, p:]
     with mlp_on_real_rows(decoder, rows):  # padding skips the MLPs (train/unpad.py)
         if p:
             hidden = decode_after_prefix(decoder, input_ids, attention_mask, p)
