@@ -4,7 +4,7 @@ against the same step without it, in the same invocation.
     python benchmarks/train_savings.py [--method lora|qlora] [--rounds 6] [--tries 2]
 
 Model: the embedded SmolLM2-135M-Instruct with the method's tunelab defaults (LoRA r=16 on the
-last 8 blocks; qlora: NF4 + double quantization, gradient checkpointing as `auto` decides).
+last 4 blocks; qlora: NF4 + double quantization, gradient checkpointing as `auto` decides).
 Data: the Python-FAQ training pairs of benchmarks/train_throughput.py (seed 0), tokenized with the
 model's chat template.
 
@@ -85,7 +85,7 @@ def time_part(args) -> dict:
                                  share_opening=share, skip_padding=skip)
         (loss / n).backward()
         dt = time.perf_counter() - t
-        return dt, float(loss) / n, [p.grad.clone() for p in params]
+        return dt, float(loss.detach()) / n, [p.grad.clone() for p in params]
 
     ref = {name: step(name)[1:] for name in VARIANTS}  # warm-up, and each variant's loss and gradients
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}

@@ -134,7 +134,7 @@ def test_reply_loss_sum_switches_each_saving_off_with_the_same_result(tiny_lora)
             model.zero_grad(set_to_none=True)
             loss, n = metrics.reply_loss_sum(model, ids, mask, labels, share_opening=share, skip_padding=skip)
             (loss / n).backward()
-            results[share, skip] = (list(rows), float(loss), n,
+            results[share, skip] = (list(rows), float(loss.detach()), n,
                                     [p.grad.clone() for p in model.parameters() if p.requires_grad])
     h.remove()
     # the opening (12 positions, one row), then the rest: real (18 + 13 + 6) or padded (3 x 18)
