@@ -3,7 +3,7 @@
     python benchmarks/memory_peak.py [--methods full,lora,qlora] [--batch 4] [--seq 256] [--steps 2]
 
 Each method runs in fresh processes: load SmolLM2-135M-Instruct (fp32 on CPU), apply the method with
-tunelab's defaults (lora/qlora: last 4 blocks, qlora: NF4+DQ and gradient checkpointing auto), train
+tunelab's defaults (lora/qlora: last 8 blocks, qlora: NF4+DQ and gradient checkpointing auto), train
 `--steps` optimizer steps of `--batch` random sequences of `--seq` tokens (the last 40% of each
 sequence is the reply, as `target_fraction` tells the estimate) through tunelab's own training loop.
 Two measurements, each in its own process:

@@ -4,7 +4,7 @@ against the same step without it, in the same invocation.
     python benchmarks/train_savings.py [--method lora|qlora] [--rounds 6] [--tries 2]
 
 Model: the embedded SmolLM2-135M-Instruct with the method's tunelab defaults (LoRA r=16 on the
-last 4 blocks; qlora: NF4 + double quantization, gradient checkpointing as `auto` decides).
+last 8 blocks; qlora: NF4 + double quantization, gradient checkpointing as `auto` decides).
 Data: the Python-FAQ training pairs of benchmarks/train_throughput.py (seed 0), tokenized with the
 model's chat template.
 

@@ -12,8 +12,8 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
     baseline       transformers Trainer + PEFT LoRA (r=8, alpha=32, dropout 0.05, q_proj only), fp32,
                    DataCollatorForLanguageModeling (pad to the batch's longest), batch 4, accumulation 4,
                    max length 512, lr 2e-4, linear schedule (Trainer defaults)
-    tunelab        tunelab's defaults: LoRA r=16 on all linear layers of the last 4 blocks (method.layers),
-                   dropout 0, lr 6e-4, batch 8, length-grouped batches, loss and output head on reply
+    tunelab        tunelab's defaults: LoRA r=16 on all linear layers of the last 8 blocks (method.layers),
+                   dropout 0, lr 4e-4, batch 8, length-grouped batches, loss and output head on reply
                    tokens only, precision auto (fp32 on CPUs without AVX-512-BF16), cosine, glibc keeps
                    freed buffers (train.keep_freed_memory); the batch's shared opening runs once
                    (train/shared_prefix.py), block MLPs skip padding (train/unpad.py), plain LoRA

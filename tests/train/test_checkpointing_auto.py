@@ -30,7 +30,7 @@ def test_auto_follows_the_memory_estimate(tiny_model_dir, monkeypatch):
 
 
 def test_default_lr_depends_on_the_method():
-    assert _cfg("lora").train.lr == 6e-4 and _cfg("qlora").train.lr == 6e-4
+    assert _cfg("lora").train.lr == 4e-4 and _cfg("qlora").train.lr == 4e-4
     assert _cfg("full").train.lr == 2e-4
     explicit = from_dict({"model": {"name": "x"}, "data": {"train": "t.jsonl"}, "train": {"lr": 1e-3}})
     assert explicit.train.lr == 1e-3
