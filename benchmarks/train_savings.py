@@ -42,37 +42,38 @@ VARIANTS = {"all_on": (True, True), "share_opening_off": (False, True), "skip_pa
 
 
 def setup(method: str):
-    """(model, tokenized training examples sorted by length, pad id), as tunelab train builds them."""
+    """(model, tokenized training examples sorted by length, pad id, autocast dtype), built as the
+    throughput benchmark's tunelab runs are (benchmarks/train_throughput.py: tunelab_model)."""
     sys.path.insert(0, str(HERE))
     import train_throughput as tt
 
-    from tunelab.adapters.lora import apply_lora
-    from tunelab.adapters.qlora import quantize_base
-    from tunelab.config import from_dict
-    from tunelab.models.load import load_causal_lm
     from tunelab.train.allocator import keep_freed_memory
-    from tunelab.train.checkpointing import enable, wants_checkpointing
 
     keep_freed_memory()  # as train_loop does
-    model, tok, _ = load_causal_lm(tt.MODEL, dtype="auto", device="cpu")
-    run_cfg = from_dict({"model": {"name": tt.MODEL}, "data": {"train": "faq.jsonl", "max_length": 512},
-                         "method": {"name": method}, "train": {"epochs": 1}})
-    if method == "qlora":
-        quantize_base(model, run_cfg.method.quant_type, run_cfg.method.double_quant, compute_dtype=None)
-    model = apply_lora(model, run_cfg.method)
-    if wants_checkpointing(run_cfg, model):
-        enable(model)
+    model, tok, _, amp, _ = tt.tunelab_model(method)
     model.train()
     train, _ = tt.split(64, 24, 0)
     toks = sorted(tt.tokenized(train, tok, 512), key=lambda t: len(t.input_ids))
-    return model, toks, tok.pad_token_id
+    return model, toks, tok.pad_token_id, amp
+
+
+def backward_step(model, batch: dict, amp, **savings) -> float:
+    """Forward (under autocast when `amp`, as train_loop runs it) and backward of reply_loss_sum's
+    mean over the batch's targets; returns that mean."""
+    import torch
+
+    from tunelab.eval.metrics import reply_loss_sum
+
+    with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
+        loss, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **savings)
+    (loss / n).backward()
+    return float(loss.detach()) / n
 
 
 def time_part(args) -> dict:
     from tunelab.data.tokenize import collate
-    from tunelab.eval.metrics import reply_loss_sum
 
-    model, toks, pad = setup(args.method)
+    model, toks, pad, amp = setup(args.method)
     mid = len(toks) // 2
     batch = collate(toks[mid - 4:mid + 4], pad)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -81,11 +82,9 @@ def time_part(args) -> dict:
         share, skip = VARIANTS[name]
         model.zero_grad(set_to_none=True)
         t = time.perf_counter()
-        loss, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                 share_opening=share, skip_padding=skip)
-        (loss / n).backward()
+        loss = backward_step(model, batch, amp, share_opening=share, skip_padding=skip)
         dt = time.perf_counter() - t
-        return dt, float(loss.detach()) / n, [p.grad.clone() for p in params]
+        return dt, loss, [p.grad.clone() for p in params]
 
     ref = {name: step(name)[1:] for name in VARIANTS}  # warm-up, and each variant's loss and gradients
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -108,17 +107,15 @@ def memory_child(args) -> dict:
     import torch
 
     from tunelab.data.tokenize import collate
-    from tunelab.eval.metrics import reply_loss_sum
     from tunelab.train.allocator import malloc_mb, start_peak_rss, status_mb, training_tunables_active
 
-    model, toks, pad = setup(args.method)
+    model, toks, pad, amp = setup(args.method)
     batches = [collate(toks[-8 * (i + 1):len(toks) - 8 * i], pad) for i in range(3)]
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     start_peak_rss()
     t = time.perf_counter()
     for b in batches:
-        loss, n = reply_loss_sum(model, b["input_ids"], b["attention_mask"], b["labels"])
-        (loss / n).backward()
+        backward_step(model, b, amp)
         opt.step()
         opt.zero_grad(set_to_none=True)
     secs = time.perf_counter() - t

@@ -123,31 +123,42 @@ def run_baseline(train, val, args) -> dict:
             "peak_rss_train_mb": peak, "trainable_params": trainable, "train_loss": out.training_loss}
 
 
-def run_tunelab(train, val, args, method: str) -> dict:
+def tunelab_model(method: str, max_length: int = 512, seed: int = 0, method_overrides: dict | None = None,
+                  train_overrides: dict | None = None):
+    """(model, tokenizer, run config, autocast dtype, checkpointing on?): the embedded model with
+    `method` applied as `tunelab train` resolves its defaults (lr per method, gradient checkpointing
+    auto, QLoRA's compute dtype)."""
     import torch
 
     from tunelab.adapters.lora import apply_lora
     from tunelab.adapters.qlora import quantize_base
     from tunelab.config import from_dict
-    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
-    from tunelab.eval.metrics import reply_nll
     from tunelab.models.load import load_causal_lm
-    from tunelab.train.engine import autocast_dtype, train_loop
+    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
+    from tunelab.train.engine import autocast_dtype
 
     model, tok, _ = load_causal_lm(MODEL, dtype="auto", device="cpu")
-    # the same resolution of defaults as `tunelab train` (lr per method, gradient checkpointing auto)
-    run_cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": args.max_length},
-                         "method": {"name": method, **json.loads(args.tunelab_method)},
-                         "train": {"epochs": 1, "seed": args.seed, "eval_every": "never",
-                                   **json.loads(args.tunelab_train)}})
-    cfg, m = run_cfg.train, run_cfg.method
-    amp = autocast_dtype(cfg.precision, torch.device("cpu"))
+    run_cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": max_length},
+                         "method": {"name": method, **(method_overrides or {})},
+                         "train": {"epochs": 1, "seed": seed, "eval_every": "never", **(train_overrides or {})}})
+    m = run_cfg.method
+    amp = autocast_dtype(run_cfg.train.precision, torch.device("cpu"))
     if method == "qlora":
         quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
     model = apply_lora(model, m)
     checkpointing = wants_checkpointing(run_cfg, model)
     if checkpointing:
         enable_checkpointing(model)
+    return model, tok, run_cfg, amp, checkpointing
+
+
+def run_tunelab(train, val, args, method: str) -> dict:
+    from tunelab.eval.metrics import reply_nll
+    from tunelab.train.engine import train_loop
+
+    model, tok, run_cfg, amp, checkpointing = tunelab_model(
+        method, args.max_length, args.seed, json.loads(args.tunelab_method), json.loads(args.tunelab_train))
+    cfg, m = run_cfg.train, run_cfg.method
     train_tok = tokenized(train, tok, args.max_length)
     val_tok = tokenized(val, tok, args.max_length)
     reset_peak_rss()

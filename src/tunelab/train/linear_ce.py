@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import torch
 
+from tunelab.train.memory import loss_chunk_rows
+
 CHUNK = 1024  # rows of logits alive at a time: 1,024 x 49,152 x 4 B = 201 MB for SmolLM2
 
 
@@ -38,7 +40,7 @@ def _chunked(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk:
     # equal chunks of at most `chunk` rows: 1,058 rows go as 529 + 529, not 1,024 + 34 (a 34-row
     # matmul against the 49,152 x 576 head runs at a third of the big one's rate: measured 41 vs
     # 104-133 GFLOP/s in a profiled SmolLM2 step)
-    chunk = -(-h.shape[0] // max(1, -(-h.shape[0] // chunk))) if h.shape[0] else chunk
+    chunk = loss_chunk_rows(h.shape[0], chunk) or chunk
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None

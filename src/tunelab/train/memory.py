@@ -85,6 +85,16 @@ GB = 1024**3
 LOSS_CHUNK = 1024  # positions per chunk of the fused head + loss (tunelab.train.linear_ce.CHUNK)
 
 
+def loss_chunk_rows(positions: int, most: int = LOSS_CHUNK) -> int:
+    """Rows per chunk of the fused head + loss: `positions` rows cut into n = ceil(positions / most)
+    equal chunks of ceil(positions / n) rows (1,058 -> 2 x 529, not 1,024 + 34; 0 -> 0).
+    Shared by train/linear_ce.py (the chunks it runs) and the estimate (the logits alive at once)."""
+    if positions <= 0:
+        return 0
+    n = -(-positions // most)
+    return -(-positions // n)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """The sizes of a Llama-family decoder, read from config.json."""
@@ -386,7 +396,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # What it keeps instead is the gradient it formed: dL/dh for the target positions, and for full
     # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
-    live = -(-positions // max(1, -(-positions // LOSS_CHUNK)))  # equal chunks of <= LOSS_CHUNK rows
+    live = loss_chunk_rows(positions)
     loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
     transient = live * s.vocab * (act + 4 if autocast else 4)
     activations = kept + loss_grad
