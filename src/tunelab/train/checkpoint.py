@@ -1,23 +1,39 @@
-"""Checkpoints for exact resume.
+"""Checkpoints for exact resume: tensors in safetensors, everything else in JSON, never a pickle.
 
-    runs/<name>/checkpoints/step-N/state.pt
-      trainable  {param name: tensor}     the adapter (or every trainable weight)
-      optimizer, scheduler                state dicts
-      rng        torch (+ CUDA) RNG states  dropout continues identically
-      position   {step, epoch, group}     the next micro-batch group of epoch `epoch`
-      result     trained tokens, validation history, best so far (+ best weights)
+    runs/<name>/checkpoints/step-N/
+      trainable.safetensors  {param name: tensor}          the adapter (or every trainable weight)
+      optimizer.safetensors  {"<param index>.<key>": tensor} AdamW exp_avg, exp_avg_sq, step
+      rng.safetensors        {"torch": uint8, "cuda.<i>": uint8}  dropout continues identically
+      best.safetensors       {param name: tensor}          the best evaluation's weights (only when held)
+      state.json             written last: format + version; position {step, epoch, group} (the next
+                             micro-batch group of epoch `epoch`); scheduler state dict; optimizer
+                             param_groups + non-tensor per-parameter values; result (trained tokens,
+                             val history, best_val, best_epoch, bad_evals). Floats that JSON cannot
+                             hold (nan, inf) are written as {"__float__": "nan"}.
 
 Batches are a pure function of (seed, epoch) (`make_batches`), so (epoch, group) is the data
 position. A checkpoint is written to `step-N.tmp/` and renamed: a run killed mid-write leaves
-no half checkpoint that looks complete. The last `keep` checkpoints are kept.
+no half checkpoint that looks complete (state.json, written last, marks a complete one). The
+last `keep` checkpoints are kept.
+
+Loading reads only safetensors and JSON, so resuming a run directory from anyone cannot run
+code. A step folder in the old pickle format (`state.pt` without `state.json`), a pickle under
+any of the names above, or a damaged file raises `TunelabError`; nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+
+from tunelab.errors import TunelabError
+
+FORMAT, VERSION = "tunelab-checkpoint", 1
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
@@ -25,36 +41,56 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: dict, keep: int = 2) -> Path:
+    """Write `ckpt_dir/step-<position.step>/` atomically and prune to the last `keep`; returns it.
+
+    `result` may hold "best_state" ({name: tensor} or None): it goes to best.safetensors."""
     out = ckpt_dir / f"step-{position['step']}"
     tmp = ckpt_dir / f"step-{position['step']}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    state = {
-        "trainable": trainable_state(model),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        "position": position,
-        "result": result,
-    }
-    torch.save(state, tmp / "state.pt")
+    result = dict(result)
+    best = result.pop("best_state", None)
+    opt_state = opt.state_dict()
+    opt_tensors, opt_values = {}, {}
+    for i, per_param in opt_state["state"].items():
+        opt_values[str(i)] = {k: v for k, v in per_param.items() if not isinstance(v, torch.Tensor)}
+        opt_tensors.update({f"{i}.{k}": v for k, v in per_param.items() if isinstance(v, torch.Tensor)})
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    _save_tensors(tmp / "trainable.safetensors", trainable_state(model))
+    _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
+    _save_tensors(tmp / "rng.safetensors", rng)
+    if best is not None:
+        _save_tensors(tmp / "best.safetensors", best)
+    state = {"format": FORMAT, "version": VERSION, "position": position, "scheduler": sched.state_dict(),
+             "optimizer": {"param_groups": opt_state["param_groups"], "state": opt_values},
+             "result": result, "best_state": best is not None}
+    (tmp / "state.json").write_text(json.dumps(_encode(state), allow_nan=False, indent=1), encoding="utf-8")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    for old in sorted(list_checkpoints(ckpt_dir))[:-keep]:
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
         shutil.rmtree(ckpt_dir / f"step-{old}", ignore_errors=True)
     return out
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[int]:
+    """Steps of the complete checkpoints (a state.json), ascending; `.tmp` folders are not ones.
+
+    A step folder holding only a pickle (`state.pt`, the format before this one) raises
+    TunelabError instead of being skipped: resuming must not silently go back or start over."""
     if not ckpt_dir.is_dir():
         return []
     steps = []
     for p in ckpt_dir.iterdir():
-        if p.name.startswith("step-") and not p.name.endswith(".tmp") and (p / "state.pt").exists():
-            steps.append(int(p.name.split("-")[1]))
+        if not (p.name.startswith("step-") and p.name[5:].isdigit()):
+            continue
+        if (p / "state.json").exists():
+            steps.append(int(p.name[5:]))
+        elif (p / "state.pt").exists():
+            _refuse_pickle(p / "state.pt")
     return sorted(steps)
 
 
@@ -64,15 +100,97 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path, model, opt, sched) -> dict:
-    """Restore weights, optimizer, scheduler and RNG; returns the saved position and result."""
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    """Restore weights, optimizer, scheduler and RNG from `path` (a step folder); returns
+    {"position": ..., "result": ...} with result["best_state"] = {name: tensor} or None.
+
+    TunelabError for a pickle, a damaged or foreign file, or weights that do not fit `model`."""
+    path = Path(path)
+    if not (path / "state.json").exists() and (path / "state.pt").exists():
+        _refuse_pickle(path / "state.pt")
+    state = _load_json(path / "state.json")
+    if state.get("format") != FORMAT or state.get("version") != VERSION:
+        raise TunelabError(f"{path / 'state.json'} is not a tunelab checkpoint (format {state.get('format')!r}, "
+                           f"version {state.get('version')!r})", where="train.resume",
+                           hint=f"delete {path.parent} to start fresh")
+    trainable = _load_tensors(path / "trainable.safetensors")
     params = dict(model.named_parameters())
+    wanted = {n for n, p in params.items() if p.requires_grad}
+    if set(trainable) != wanted:
+        raise TunelabError(f"{path} does not fit the model (weights {sorted(set(trainable) ^ wanted)[:2]} differ)",
+                           where="train.resume", hint="resume with the config the run was started with")
     with torch.no_grad():
-        for name, t in state["trainable"].items():
+        for name, t in trainable.items():
             params[name].copy_(t)
-    opt.load_state_dict(state["optimizer"])
+    per_param = {int(i): dict(v) for i, v in state["optimizer"]["state"].items()}
+    for key, t in _load_tensors(path / "optimizer.safetensors").items():
+        i, k = key.split(".", 1)
+        per_param.setdefault(int(i), {})[k] = t
+    groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer"]["param_groups"]]
+    opt.load_state_dict({"state": per_param, "param_groups": groups})
     sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"])
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return {"position": state["position"], "result": state["result"]}
+    rng = _load_tensors(path / "rng.safetensors")
+    torch.set_rng_state(rng["torch"])
+    cuda = [rng[f"cuda.{i}"] for i in range(sum(k.startswith("cuda.") for k in rng))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    result = dict(state["result"])
+    result["best_state"] = _load_tensors(path / "best.safetensors") if state["best_state"] else None
+    return {"position": state["position"], "result": result}
+
+
+# ---- files -------------------------------------------------------------------------------------------------
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, str(path))
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as e:
+        _refuse_unreadable(path, e)
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), object_hook=_decode_float)
+    except Exception as e:
+        _refuse_unreadable(path, e)
+
+
+def _refuse_unreadable(path: Path, error: Exception):
+    if _looks_like_pickle(path):
+        _refuse_pickle(path)
+    raise TunelabError(f"cannot read checkpoint file {path} ({type(error).__name__}: {error})",
+                       where="train.resume", hint=f"the checkpoint is damaged: delete {path.parent}") from None
+
+
+def _looks_like_pickle(path: Path) -> bool:
+    """Pickle protocol 2+ opens with 0x80; torch.save's zip container with "PK"."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+    except OSError:
+        return False
+    return head[:1] == b"\x80" or head == b"PK"
+
+
+def _refuse_pickle(path: Path):
+    raise TunelabError(f"{path} is a pickle (an older tunelab format, or not from tunelab); "
+                       "tunelab does not load pickles because they can run code", where="train.resume",
+                       hint=f"start fresh: train without --resume, or delete {path.parent.parent}")
+
+
+def _encode(x):
+    """JSON-ready copy of `x`: tuples as lists, non-finite floats as {"__float__": "nan" | "inf" | "-inf"}."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return {"__float__": repr(float(x))}
+    if isinstance(x, dict):
+        return {k: _encode(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_encode(v) for v in x]
+    return x
+
+
+def _decode_float(d: dict):
+    return float(d["__float__"]) if d.keys() == {"__float__"} else d
