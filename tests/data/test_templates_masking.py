@@ -92,3 +92,50 @@ def test_unknown_template(tok):
     with pytest.raises(TunelabError, match="did you mean 'chatml'"):
         build_template("chatm", tok)
     assert set(BUILTIN) >= {"llama2", "mistral", "gemma", "chatml", "alpaca", "qa"}
+
+
+# ---- the chat template exported beside a run's weights (chat_template_jinja) --------------------------------------
+CUSTOM = {"system": "## {content}\n", "user": "U: {content}\n", "assistant_prefix": "A: ", "stop": "<eos>"}
+CONVERSATIONS = {
+    "one turn": CONV[:2],
+    "two turns": CONV,
+    "system message": [{"role": "system", "content": "Answer in French."}, *CONV],
+    "braces and quotes": [{"role": "user", "content": 'say "{x}" {{y}} \\n ok'},
+                          {"role": "assistant", "content": "{content} é 😀"}],
+}
+
+
+@pytest.mark.parametrize("name", [*BUILTIN, "custom", "auto"])
+@pytest.mark.parametrize("system", [None, "Be brief."])
+def test_saved_tokenizer_renders_like_tunelab(tok, tmp_path, name, system):
+    """apply_chat_template of the tokenizer a run saves == tunelab's own rendering, for every template:
+    whole conversations (ending with a reply) and generation prompts (ending with a user turn)."""
+    from transformers import AutoTokenizer
+
+    from tunelab.train.rundir import save_tokenizer_with_template
+
+    t = build_template(name, tok, system=system, custom=CUSTOM if name == "custom" else None)
+    t.save(tmp_path / "template.json")
+    save_tokenizer_with_template(tok, tmp_path / "out", tmp_path / "template.json")
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out")
+    for what, conv in CONVERSATIONS.items():
+        assert saved.apply_chat_template(conv, tokenize=False) == text(t, conv), what
+        assert saved.apply_chat_template(conv[:-1], tokenize=False, add_generation_prompt=True) == \
+            t.prompt_text(conv[:-1]), what
+
+
+def test_exported_template_follows_hf_generation_prompt_semantics(tok):
+    """A conversation ending with a user turn gets the assistant prefix only with add_generation_prompt."""
+    from tunelab.data.templates import chat_template_jinja
+
+    jinja = chat_template_jinja(build_template("chatml", tok))
+    plain = tok.apply_chat_template(CONV[:1], chat_template=jinja, tokenize=False)
+    assert plain == "<|im_start|>user\nHi there<|im_end|>\n"
+    assert tok.apply_chat_template(CONV[:1], chat_template=jinja, tokenize=False,
+                                   add_generation_prompt=True) == plain + "<|im_start|>assistant\n"
+
+
+def test_auto_template_is_exported_as_the_models_own(tok):
+    from tunelab.data.templates import chat_template_jinja
+
+    assert chat_template_jinja(build_template("auto", tok)) == tok.chat_template

@@ -146,7 +146,9 @@ def synth_cmd(
                           max_backoff=max_backoff, max_tokens=max_new_tokens, temperature=temperature)
     else:
         from tunelab.data.synth.items import read_items
+        from tunelab.train.rundir import GENERATIVE_TASKS, run_or_model
 
+        run_or_model(teacher, GENERATIVE_TASKS, "data synth", where="--teacher")  # a run must be a finished LM
         read_items(input_path, mode, field)  # bad input fails before the model loads
         t = LocalTeacher.load(teacher, max_tokens=max_new_tokens, temperature=temperature, batch_size=batch_size)
 

@@ -11,12 +11,18 @@ from rich.console import Console
 from tunelab.cli.main import app
 
 
-def _generator(run: str, base: bool):
+def _generator(run: str, base: bool, command: str):
+    """The Generator of a finished sft/pretrain/dpo run, or of a model (alias, folder, .gguf, hub id);
+    TunelabError, before anything loads, for anything else (rundir.run_or_model)."""
+    from tunelab.errors import TunelabError
     from tunelab.infer.generate import Generator
-    from tunelab.train.rundir import RunDir
+    from tunelab.train.rundir import GENERATIVE_TASKS, run_or_model
 
-    if (Path(run) / "config.yaml").exists() or Path(run).is_dir() and RunDir(run).done:
+    if run_or_model(run, GENERATIVE_TASKS, command) is not None:
         return Generator.from_run(run, base=base)
+    if base:
+        raise TunelabError(f"{run} is a model, not a run: it has no adapter to leave out", where="--base",
+                           hint="drop --base, or pass runs/<name>")
     return Generator.from_model(run)  # a model name: alias, folder, .gguf, hub id
 
 
@@ -36,7 +42,7 @@ def generate_cmd(
     items = list(prompt or []) + (read_prompts(prompts) if prompts else [])
     if not items:
         raise TunelabError("no prompt given", where="--prompt", hint='pass --prompt "..." or --prompts FILE')
-    gen = _generator(run, base)
+    gen = _generator(run, base, "generate")
     for p in items:
         reply = gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens, temperature=temperature)
         if len(items) > 1:
@@ -54,7 +60,7 @@ def chat_cmd(
 ) -> None:
     """Multi-turn chat with streaming. /reset clears the history, /quit leaves."""
     console = Console()
-    gen = _generator(run, base)
+    gen = _generator(run, base, "chat")
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     console.print("[dim]chat: /reset clears the history, /quit (or Ctrl-D) leaves[/dim]")
     while True:

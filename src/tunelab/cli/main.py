@@ -2,7 +2,10 @@
 
 Every command raises `TunelabError` for bad input; `run()` prints it as one line
 (`error: <where>: <what> - <hint>`) and exits 2. `--debug` shows the traceback instead.
-Sub-command groups live in their own modules and are mounted from SUBAPPS.
+Commands live in their own modules (COMMAND_MODULES) and groups are mounted from SUBAPPS; a module
+that does not import is an error, never a silently absent command. `tunelab --install-completion`
+installs shell completion. The commands in TRAINING_COMMANDS re-execute once with the training
+malloc tunables (`trains(argv)` decides; train/allocator.py).
 """
 
 from __future__ import annotations
@@ -20,10 +23,9 @@ app = typer.Typer(
     help="Adapt an open LLM to your use case on the machine you have.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
 )
 
-# name -> module defining `app = typer.Typer(...)`; a group whose module is absent is skipped.
+# name -> module defining `app = typer.Typer(...)`, mounted as a command group.
 SUBAPPS = {
     "quantize": "tunelab.cli.quantize",
     "rag": "tunelab.cli.rag",
@@ -33,31 +35,52 @@ SUBAPPS = {
 COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
                    "tunelab.cli.merge",
                    "tunelab.cli.predict",
+                   "tunelab.cli.doctor",
                    ]
-
-_state = {"debug": False}
+# commands that train: they run under the glibc malloc tunables of train/allocator.py (re-executed once).
+TRAINING_COMMANDS = ("train", "quickstart")
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")):
-    _state["debug"] = debug
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    """Adapt an open LLM to your use case on the machine you have."""
+    # --debug is declared here for parsing and --help; run() reads it from argv (errors raise after parsing)
 
 
-def _mount() -> None:
-    for mod in COMMAND_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-    for name, mod in SUBAPPS.items():
-        try:
-            sub = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name != mod:
-                raise
-            continue
-        app.add_typer(sub.app, name=name)
+_mounted: set[str] = set()
+
+
+def _mount(command_modules: list[str] | None = None, subapps: dict[str, str] | None = None) -> None:
+    """Import the command modules and mount the groups (default: COMMAND_MODULES, SUBAPPS), each once.
+
+    A module that cannot be imported is an error (ModuleNotFoundError propagates): a command never
+    goes missing silently."""
+    for mod in COMMAND_MODULES if command_modules is None else command_modules:
+        importlib.import_module(mod)
+    for name, mod in (SUBAPPS if subapps is None else subapps).items():
+        sub = importlib.import_module(mod)
+        if name not in _mounted:
+            app.add_typer(sub.app, name=name)
+            _mounted.add(name)
+    _hide_flag_metavars()
+
+
+def _hide_flag_metavars() -> None:
+    """Rich help shows no value placeholder after a flag (`--overwrite`, not `--overwrite <bool>`):
+    a flag takes no value. typer's rich help prints the type of every option, flags included."""
+    from typer.core import TyperOption
+
+    show = getattr(TyperOption, "display_type_rich", None)
+    if show is None or getattr(show, "_tunelab_flags_hidden", False):  # another typer, or done already
+        return
+
+    def display_type_rich(self, ctx):
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return None
+        return show(self, ctx)
+
+    display_type_rich._tunelab_flags_hidden = True
+    TyperOption.display_type_rich = display_type_rich
 
 
 def quiet_libraries() -> None:
@@ -82,18 +105,24 @@ def subcommand(argv: list[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def trains(argv: list[str]) -> bool:
+    """Does this command line train (TRAINING_COMMANDS), and so re-execute with the training tunables?"""
+    return subcommand(argv) in TRAINING_COMMANDS
+
+
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    if argv is None and subcommand(sys.argv[1:]) == "train":  # a real `tunelab train`, not a call from Python
+    if argv is None and trains(sys.argv[1:]):  # a real `tunelab train`/`quickstart`, not a call from Python
         from tunelab.train.allocator import reexec_with_training_tunables
 
         reexec_with_training_tunables()  # glibc malloc without tcache/fastbins: train/allocator.py
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    quiet_libraries()
+    if "_TUNELAB_COMPLETE" not in os.environ:  # shell completion answers fast: no library imports
+        quiet_libraries()
     _mount()
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="tunelab", standalone_mode=False)
     except TunelabError as e:
         if debug:
             raise

@@ -22,7 +22,9 @@ def merge_cmd(
     """Merge a LoRA/QLoRA adapter into its base (QLoRA: dequantized first) and save a model that loads
     with AutoModelForCausalLM.from_pretrained(DIR), without tunelab."""
     from tunelab.adapters.merge import merge_run
+    from tunelab.train.rundir import GENERATIVE_TASKS, require_run
 
+    require_run(run, GENERATIVE_TASKS, "merge")
     c = Console()
     res = merge_run(run, out, dtype=dtype, overwrite=overwrite)
     how = {"qlora": f"{res.dequantized} NF4 layers dequantized, then {res.merged} adapters merged",
@@ -69,7 +71,9 @@ def memory_cmd(
     """Estimate training memory from the model's config (computed, not measured)."""
     from tunelab.errors import TunelabError
     from tunelab.train.memory import estimate
+    from tunelab.train.rundir import refuse_run
 
+    refuse_run(model, "memory")
     if layers != "all" and not (layers.isdigit() and int(layers) >= 1):
         raise TunelabError(f"--layers {layers!r} is not 'all' or a number >= 1", where="--layers",
                            hint="e.g. --layers 8 or --layers all")

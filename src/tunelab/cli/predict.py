@@ -50,7 +50,9 @@ def predict_cmd(
 ) -> None:
     """Classify texts with a model trained by `task: classify`."""
     from tunelab.infer.classify import Classifier
+    from tunelab.train.rundir import require_run
 
+    require_run(run, ("classify",), "predict")
     if not text and file is None:
         raise TunelabError("nothing to classify", where="--text", hint='pass --text "..." or --file in.jsonl --out preds.jsonl')
     if file is not None and out is None:

@@ -92,6 +92,10 @@ def ask_cmd(
     """Answer from the knowledge base with numbered citations [1], [2]."""
     from tunelab.rag import ask
 
+    if run is not None:
+        from tunelab.train.rundir import GENERATIVE_TASKS, require_run
+
+        require_run(run, GENERATIVE_TASKS, "rag ask", where="--run")
     ans = ask(None if directory else kb, question, run=run, model=model, k=k, cutoff=cutoff, hybrid=hybrid,
               directory=directory, max_new_tokens=max_new_tokens)
     if as_json:

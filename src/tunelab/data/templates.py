@@ -15,11 +15,16 @@ Built-ins:
   qa       Please answer the following question.\\n\\nQ: {user}\\n\\nA: {reply}<eos>
   auto     the model's own chat template (tokenizer.chat_template), split into turns
   custom   data.custom_template = {system, user, assistant, stop} with {content} placeholders
+
+`chat_template_jinja(template)` writes any of them as a Jinja chat template that renders the same
+text (a run saves it as the tokenizer's `chat_template` beside its weights, for transformers, vLLM
+and Ollama).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -193,6 +198,75 @@ def _compiled(jinja: str):
         env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(TunelabError(f"chat template: {msg}"))
         _cache[jinja] = env.from_string(jinja)
     return _cache[jinja]
+
+
+def chat_template_jinja(template: Template) -> str | None:
+    """A Jinja chat template (for `tokenizer.chat_template`) that renders like `template`.
+
+    Contract: for a conversation of system/user/assistant turns, `apply_chat_template(messages,
+    tokenize=False)` with this template equals `"".join(template.segments(messages))` when the
+    conversation ends with an assistant turn, and equals `template.prompt_text(messages)` with
+    `add_generation_prompt=True` when it ends with a user turn (a user turn that ends the
+    conversation gets the assistant prefix only with add_generation_prompt, as in Hugging Face).
+
+    `auto` templates return the model's own Jinja (with the run's system message put first when
+    the conversation has none); built-in and custom formats are translated from their TurnFormat,
+    with the tokenizer's EOS text written in where the format says `<eos>`. None when the template
+    has neither (nothing to export).
+    """
+    if template.jinja is not None:
+        if template.system is None:
+            return template.jinja
+        return ("{% if not (messages and messages[0]['role'] == 'system') %}"
+                "{% set messages = [{'role': 'system', 'content': " + _lit(template.system) + "}] + messages %}"
+                "{% endif %}" + template.jinja)
+    f = template.fmt
+    if f is None:
+        return None
+    default_system = template.system if template.system is not None else f.default_system
+    if f.system_in_user is not None:  # the first user turn carries the system text
+        first_user = _fill(f.system_in_user, {"system": "system", "user": "m['content']"})
+        content = "(" + first_user + ") if (ns.first_user and system) else m['content']"
+        system_turn = ""
+    else:
+        content = "m['content']"
+        system_turn = "{% if system %}{{ " + _fill(f.system, {"content": "system"}) + " }}{% endif %}"
+    return (
+        "{% set ns = namespace(first_user=true) %}"
+        "{% set system = " + _lit(default_system) + " %}"
+        "{% if messages and messages[0]['role'] == 'system' %}"
+        "{% set system = messages[0]['content'] %}{% set messages = messages[1:] %}{% endif %}"
+        + ("{{ " + _lit(f.bos) + " }}" if f.bos else "") + system_turn +
+        "{% for m in messages %}"
+        "{% if m['role'] == 'user' %}"
+        "{% set c = " + content + " %}{% set ns.first_user = false %}"
+        "{{ " + _fill(f.user, {"content": "c"}) + " }}"
+        "{% if not loop.last or add_generation_prompt %}{{ " + _lit(f.assistant_prefix) + " }}{% endif %}"
+        "{% else %}{{ " + _fill(f.assistant, {"content": "m['content']"}) + " + "
+        + _lit(f.stop.replace("<eos>", template.eos)) + " }}{% endif %}"
+        "{% endfor %}"
+    )
+
+
+def _lit(s: str) -> str:
+    """A Jinja string literal for `s` (JSON string syntax is valid Jinja)."""
+    return json.dumps(s, ensure_ascii=False)
+
+
+def _fill(fmt: str, slots: dict[str, str]) -> str:
+    """A Jinja expression for `fmt.format(**values)`: literal text and the slots' expressions joined by `+`
+    ('{{' / '}}' are literal braces, as in str.format)."""
+    parts, pos = [], 0
+    for m in re.finditer(r"\{\{|\}\}|\{(\w+)\}", fmt):
+        if m.group(1) is None:  # an escaped brace
+            continue
+        if m.group(1) not in slots:
+            raise TunelabError(f"unknown placeholder {m.group(0)} in {fmt!r}", where="data.custom_template",
+                               hint=f"use {', '.join('{' + k + '}' for k in slots)}")
+        parts += [_lit(fmt[pos:m.start()].replace("{{", "{").replace("}}", "}")), "(" + slots[m.group(1)] + ")"]
+        pos = m.end()
+    parts.append(_lit(fmt[pos:].replace("{{", "{").replace("}}", "}")))
+    return " + ".join(parts)
 
 
 def build_template(name: str, tokenizer, system: str | None = None, custom: dict | None = None) -> Template:

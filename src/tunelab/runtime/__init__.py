@@ -1,0 +1,1 @@
+"""Facts about the machine and installation tunelab runs on (`tunelab doctor`)."""
