@@ -28,7 +28,7 @@ def cfg_for(tmp_path, model_dir, task, **over):
                   "validation": str(write_pairs(tmp_path / "val.jsonl", ["LoRA rank", "a zero point", "sets"])),
                   "max_length": 96},
          "method": {"name": "lora", "r": 8},
-         "train": {"lr": 5e-3, "epochs": 2, "batch_size": 4},
+         "train": {"lr": 5e-3, "epochs": 2, "batch_size": 4, "precision": "fp32"},  # not auto: same on every CPU kind
          "output": {"dir": str(tmp_path / "runs"), "name": task},
          "eval": {"from_validation": 2, "max_new_tokens": 6, "expect_suffix": "-- Bot"}}
     for k, v in over.items():
@@ -157,3 +157,22 @@ def test_dpo_on_a_4bit_base(tmp_path, tiny_model_dir):
     gen = Generator.from_run(out.run_dir)
     assert any(isinstance(m, QuantLinear) for m in gen.model.modules())
     assert isinstance(gen.reply([{"role": "user", "content": "hi"}], max_new_tokens=3), str)
+
+
+def test_warmup_ratio_means_a_fraction_of_the_steps_on_every_transformers(tmp_path, tiny_model_dir, monkeypatch):
+    """train.warmup_ratio reaches TRL as a fraction of the optimizer steps: transformers >= 5 reads a
+    float warmup_steps < 1 that way, transformers 4.x needs warmup_ratio (there warmup_steps is an int)."""
+    from types import SimpleNamespace
+
+    import transformers
+    from trl import DPOConfig
+
+    from tunelab.train.recipes.preference import trainer_args, warmup_args
+
+    cfg = cfg_for(tmp_path, tiny_model_dir, "dpo", train={"warmup_ratio": 0.25})
+    args = trainer_args(DPOConfig, cfg, SimpleNamespace(path=tmp_path), torch.device("cpu"), True, False)
+    assert args.get_warmup_steps(8) == 2 and args.get_warmup_steps(10) == 3  # ceil(0.25 * steps)
+    monkeypatch.setattr(transformers, "__version__", "4.56.2")
+    assert warmup_args(0.25) == {"warmup_ratio": 0.25, "warmup_steps": 0}
+    monkeypatch.setattr(transformers, "__version__", "5.0.0")
+    assert warmup_args(0.25) == {"warmup_steps": 0.25}

@@ -24,7 +24,7 @@ def cfg_for(tmp_path, model_dir, **over):
     d = {"task": "pretrain", "model": {"name": str(model_dir)},
          "data": {"train": str(corpus(tmp_path)), "val_split": 0.2, "max_length": 32},
          "method": {"name": "lora", "r": 8},
-         "train": {"lr": 1e-2, "epochs": 4, "batch_size": 4},
+         "train": {"lr": 1e-2, "epochs": 4, "batch_size": 4, "precision": "fp32"},  # not auto: same on every CPU kind
          "output": {"dir": str(tmp_path / "runs"), "name": "pt"},
          "eval": {"prompts": ["The quick brown"], "max_new_tokens": 4}}
     for k, v in over.items():

@@ -8,7 +8,10 @@ Merging into the 4-bit weight itself would round W0 + delta back onto the NF4 gr
 delta far below one NF4 step (absmax / 8 per block), most of the update would round away and the
 rest would move other weights of the block (the complaint in peft#2321). Here the 4-bit base is
 decoded exactly as it was during training (`QuantLinear.dequantize_weight`, fp32), so the merged
-model computes what base+adapter computed, to fp32 rounding.
+model computes what base+adapter computed, to fp32 rounding. That decode is tunelab's NF4 codec
+whichever backend trained the run (the bytes are identical), so a merge never calls bitsandbytes'
+CPU `dequantize_4bit` (wrong on AVX-512 CPUs for rows that are not whole 64-blocks, see
+docs/quantization.md) and never imports bitsandbytes.
 
 The sum is formed in fp32 and cast once to the export dtype: bf16(W0 + delta) rounds once, where
 bf16(bf16(W0) + bf16(delta)) would round three times. Peak memory is therefore one fp32 copy of the
@@ -30,6 +33,9 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.quant import bnb_compat
+
+bnb_compat.defer_bitsandbytes_import()  # merge_run imports peft: keep it from importing bitsandbytes
 
 EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

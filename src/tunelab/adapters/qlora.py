@@ -11,6 +11,14 @@ Two backends behind one choice (`method.quant_backend`):
                 AVX-512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight into an inference layout
                 on the first eval-mode no-grad forward and keeps it, after which LoRA gets no
                 gradient; `restore_bnb_training_layout` undoes that before every training step run.
+                On CPU, weights whose rows are not whole 64-blocks are decoded by tunelab's codec,
+                not by bitsandbytes' AVX-512 kernel, which scales them wrongly
+                (`tunelab.quant.bnb_compat.route_unaligned_cpu_dequantize`, docs/quantization.md).
+
+bitsandbytes is imported only when that backend is used: importing this module (the sft, pretrain,
+dpo and reward recipes and `tunelab merge` do, before peft) installs
+`tunelab.quant.bnb_compat.defer_bitsandbytes_import`, so a plain LoRA or tunelab-NF4 run neither pays
+for the import (~2 s) nor gets bitsandbytes' CPU warnings.
 
 The adapter is plain PEFT either way: `LoraQuantLinear` is registered with peft's custom-module
 mechanism and saves the same `lora_A`/`lora_B` keys as on an nn.Linear.
@@ -21,6 +29,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tunelab.quant import bnb_compat
+
+bnb_compat.defer_bitsandbytes_import()  # before anything imports peft (see the module docstring)
 
 
 def _lora_layer_cls():
@@ -93,9 +104,7 @@ def choose_backend(pref: str, device: torch.device) -> str:
 def quantize_base(model: nn.Module, quant_type: str = "nf4", double_quant: bool = True,
                   compute_dtype: torch.dtype | None = None, skip=("lm_head",)) -> nn.Module:
     """Replace every Linear except `skip` with a frozen 4-bit QuantLinear, in place."""
-    from tunelab.quant.nn import quantize_model
-
-    from tunelab.quant.nn import QuantLinear
+    from tunelab.quant.nn import QuantLinear, quantize_model
 
     quantize_model(model, quant_type, skip=tuple(skip), blocksize=64, double_quant=double_quant)
     if compute_dtype is not None:
@@ -122,14 +131,18 @@ def _own_storage(model: nn.Module) -> None:
 
 
 def bnb_quantization_config(quant_type: str, double_quant: bool, compute_dtype: torch.dtype):
+    """transformers' 4-bit config for the bitsandbytes backend (its entry point: also routes CPU decodes
+    of weights whose rows are not whole blocks through tunelab's codec)."""
     from transformers import BitsAndBytesConfig
 
+    bnb_compat.route_unaligned_cpu_dequantize()
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
 def restore_bnb_training_layout(model: nn.Module) -> int:
     """Undo bitsandbytes' CPU inference repacking so LoRA gets gradients again; returns layers fixed."""
+    bnb_compat.route_unaligned_cpu_dequantize()  # idempotent: for models not built by bnb_quantization_config
     try:
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
         from bitsandbytes.nn import Linear4bit
