@@ -73,6 +73,21 @@ def refuse_engine_only_options(cfg: RunConfig) -> None:
                            where="train.early_stopping_patience", hint="set it to 0 and choose train.epochs")
 
 
+def warmup_args(ratio: float) -> dict:
+    """`train.warmup_ratio` as the TrainingArguments keyword that means a fraction of the optimizer steps.
+
+    transformers >= 5 reads `warmup_steps` < 1 as that fraction (and removed `warmup_ratio` in 5.2);
+    before 5, `warmup_steps` is an int count (0.05 would mean "0.05 steps": no warmup) and the fraction
+    goes to `warmup_ratio`. Either way the Trainer warms up for ceil(ratio * total steps) steps.
+    """
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__).major >= 5:
+        return {"warmup_steps": float(ratio)}
+    return {"warmup_ratio": float(ratio), "warmup_steps": 0}
+
+
 def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: bool, has_val: bool, **extra):
     """TRL config (RewardConfig / DPOConfig) from `train.*`; checkpoints are not written (save_strategy no).
 
@@ -93,7 +108,7 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
         output_dir=str(run.path / "checkpoints"), save_strategy="no", report_to="none", disable_tqdm=quiet,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
-        warmup_steps=t.warmup_ratio, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        **warmup_args(t.warmup_ratio), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optim="adamw_torch",
         bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=wants_checkpointing(cfg),
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, use_cpu=device.type == "cpu",
