@@ -19,9 +19,9 @@ from tunelab.config import from_dict
 from tunelab.data.dataset import load_splits
 from tunelab.data.templates import build_template
 from tunelab.data.tokenize import collate, tokenize_all
-from tunelab.eval.metrics import reply_loss_sum
+from tunelab.losses import reply_loss_sum
 from tunelab.models.load import load_causal_lm
-from tunelab.train.engine import cpu_has_bf16
+from tunelab.runtime.precision import cpu_has_bf16
 
 
 def main() -> None:

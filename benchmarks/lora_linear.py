@@ -4,7 +4,7 @@
 
 Shapes are SmolLM2-135M's projections (576 -> 576 / 192 / 1536, 1536 -> 576); x is a batch of 8
 sequences (8 x rows/8 x d, as in training) and needs a gradient, as in every adapted block above the
-first. glibc keeps freed buffers, as training does (train/allocator.py). Prints JSON: per shape the best-of-N milliseconds of both,
+first. glibc keeps freed buffers, as training does (runtime/allocator.py). Prints JSON: per shape the best-of-N milliseconds of both,
 the speedup and the largest relative difference of the output and gradients (float32).
 """
 
@@ -17,8 +17,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from tunelab.adapters.lora_fused import lora_linear
-from tunelab.train.allocator import keep_freed_memory
+from tunelab.ops.lora_linear import lora_linear
+from tunelab.runtime.allocator import keep_freed_memory
 
 SHAPES = [(576, 1536), (1536, 576), (576, 576), (576, 192)]
 

@@ -13,7 +13,7 @@ Two measurements, each in its own process:
     rss      = the run's recorded peak RSS (TrainResult.peak_rss_mb: VmHWM, reset when training
                starts) - RSS before the model was loaded: tensors plus the allocator's free lists
                (glibc keeps freed buffers: train.keep_freed_memory) and the mapped model file
-    estimate = tunelab.train.memory.estimate(...).total   (fp32, no autocast: this CPU has no AVX-512-BF16)
+    estimate = tunelab.memory.estimator.estimate(...).total   (fp32, no autocast: this CPU has no AVX-512-BF16)
 
 Prints JSON: per method the estimate, both measurements in MiB, and estimate / measured.
 """
@@ -49,11 +49,11 @@ def child(method: str, batch: int, seq: int, steps: int, what: str) -> dict:
     from tunelab.config import from_dict
     from tunelab.data.tokenize import IGNORE, TokenizedExample
     from tunelab.models.load import load_causal_lm
-    from tunelab.train.checkpointing import enable, wants_checkpointing
+    from tunelab.train.activation_ckpt import enable, wants_checkpointing
     from tunelab.train.engine import train_loop
-    from tunelab.train.memory import estimate
+    from tunelab.memory.estimator import estimate
 
-    from tunelab.train.allocator import status_mb
+    from tunelab.runtime.allocator import status_mb
 
     before = status_mb("VmRSS")  # the Python process with torch and tunelab imported
     cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "x.jsonl", "max_length": seq},

@@ -126,13 +126,13 @@ def _latencies(name: str, qs: list[dict], k: int, hybrid: bool) -> list[float]:
 
 def _ann_agreement(name: str, qs: list[dict], k: int) -> float | None:
     """Fraction of questions whose top-k ids from the ANN index equal an exact scan's."""
-    from tunelab.rag.embed import Embedder
+    from tunelab.rag.embedders import load_embedder
     from tunelab.rag.retrieve import open_kb
 
     kb = open_kb(name)
     if not kb.manifest.get("ann_rows"):
         return None
-    emb = Embedder.load(kb.manifest["embedder"])
+    emb = load_embedder(kb.manifest["embedder"])
     same = 0
     for q in qs:
         v = emb.encode([q["question"]])[0]

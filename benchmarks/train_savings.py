@@ -9,14 +9,14 @@ Data: the Python-FAQ training pairs of benchmarks/train_throughput.py (seed 0), 
 model's chat template.
 
 time    one process; one micro-batch of 8 examples (the 8 around the middle length); a step is the
-        forward and backward of `tunelab.eval.metrics.reply_loss_sum`. Four variants, interleaved
+        forward and backward of `tunelab.losses.reply_loss_sum`. Four variants, interleaved
         `--rounds` times after one warm-up each: all savings on; `share_opening` off (the batch's
-        common opening, the template's system turn, runs in every row: train/shared_prefix.py);
-        `skip_padding` off (block MLPs run on padding too: train/unpad.py); both off. Reports the
+        common opening, the template's system turn, runs in every row: ops/shared_prefix.py);
+        `skip_padding` off (block MLPs run on padding too: ops/unpad.py); both off. Reports the
         median step time of each, its ratio to all-on, and the largest difference of its loss and
         of its gradients from all-on (the savings are exact: float rounding only).
 memory  fresh processes, alternating `--tries` times: glibc's tcache and fastbins off, as
-        `tunelab train` runs (train/allocator.py: training_env), vs glibc's defaults. Each loads
+        `tunelab train` runs (runtime/allocator.py: training_env), vs glibc's defaults. Each loads
         the model, resets the peak (start_peak_rss), and runs 3 optimizer steps on the 3 batches of
         longest examples (8 rows each, up to 512 tokens). Reports the peak RSS of those steps
         (VmHWM), and after them glibc's in-use bytes and the heap it holds (malloc_mb: the gap is
@@ -47,7 +47,7 @@ def setup(method: str):
     sys.path.insert(0, str(HERE))
     import train_throughput as tt
 
-    from tunelab.train.allocator import keep_freed_memory
+    from tunelab.runtime.allocator import keep_freed_memory
 
     keep_freed_memory()  # as train_loop does
     model, tok, _, amp, _ = tt.tunelab_model(method)
@@ -62,7 +62,7 @@ def backward_step(model, batch: dict, amp, **savings) -> float:
     mean over the batch's targets; returns that mean."""
     import torch
 
-    from tunelab.eval.metrics import reply_loss_sum
+    from tunelab.losses import reply_loss_sum
 
     with torch.autocast("cpu", dtype=amp, enabled=amp is not None):
         loss, n = reply_loss_sum(model, batch["input_ids"], batch["attention_mask"], batch["labels"], **savings)
@@ -107,7 +107,7 @@ def memory_child(args) -> dict:
     import torch
 
     from tunelab.data.tokenize import collate
-    from tunelab.train.allocator import malloc_mb, start_peak_rss, status_mb, training_tunables_active
+    from tunelab.runtime.allocator import malloc_mb, start_peak_rss, status_mb, training_tunables_active
 
     model, toks, pad, amp = setup(args.method)
     batches = [collate(toks[-8 * (i + 1):len(toks) - 8 * i], pad) for i in range(3)]
@@ -126,7 +126,7 @@ def memory_child(args) -> dict:
 
 
 def memory_part(args) -> dict:
-    from tunelab.train.allocator import training_env
+    from tunelab.runtime.allocator import training_env
 
     plain = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
     tries: dict[str, list[dict]] = {"tunables": [], "glibc_defaults": []}

@@ -7,7 +7,7 @@ python3.11-doc (fetched into ~/.cache/tunelab/datasets, see shared/DATA.md), spl
 
 Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch over the same
 `--train` examples and then scores the validation set with the same function,
-`tunelab.eval.metrics.reply_nll` (mean NLL per reply token, the model's own chat template).
+`tunelab.losses.reply_nll` (mean NLL per reply token, the model's own chat template).
 
     baseline       transformers Trainer + PEFT LoRA (r=8, alpha=32, dropout 0.05, q_proj only), fp32,
                    DataCollatorForLanguageModeling (pad to the batch's longest), batch 4, accumulation 4,
@@ -16,10 +16,10 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
                    dropout 0, lr 4e-4, batch 8, length-grouped batches, loss and output head on reply
                    tokens only, precision auto (fp32 on CPUs without AVX-512-BF16), cosine, glibc keeps
                    freed buffers (train.keep_freed_memory); the batch's shared opening runs once
-                   (train/shared_prefix.py), block MLPs skip padding (train/unpad.py), plain LoRA
-                   Linears fold scale and sum into the matmuls (adapters/lora_fused.py); the process
+                   (ops/shared_prefix.py), block MLPs skip padding (ops/unpad.py), plain LoRA
+                   Linears fold scale and sum into the matmuls (adapters/fused.py); the process
                    runs with glibc's tcache and fastbins off, as `tunelab train` re-executes itself
-                   (train/allocator.py: training_env)
+                   (runtime/allocator.py: training_env)
     tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend) and
                    gradient checkpointing (train.gradient_checkpointing auto: on for qlora), which keeps
                    the shared opening and the MLP unpadding (checkpoint replays them)
@@ -45,7 +45,7 @@ import sys
 import time
 from pathlib import Path
 
-from tunelab.train.allocator import reset_peak_rss, status_mb, training_env
+from tunelab.runtime.allocator import reset_peak_rss, status_mb, training_env
 
 HERE = Path(__file__).resolve().parent
 MODEL = "smollm2-135m-instruct"
@@ -95,7 +95,7 @@ def run_baseline(train, val, args) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    from tunelab.eval.metrics import reply_nll
+    from tunelab.losses import reply_nll
     from tunelab.models.load import load_causal_lm
 
     model, tok, _ = load_causal_lm(MODEL, dtype="fp32", device="cpu")
@@ -134,8 +134,8 @@ def tunelab_model(method: str, max_length: int = 512, seed: int = 0, method_over
     from tunelab.adapters.qlora import quantize_base
     from tunelab.config import from_dict
     from tunelab.models.load import load_causal_lm
-    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
-    from tunelab.train.engine import autocast_dtype
+    from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
+    from tunelab.runtime.precision import autocast_dtype
 
     model, tok, _ = load_causal_lm(MODEL, dtype="auto", device="cpu")
     run_cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": max_length},
@@ -153,7 +153,7 @@ def tunelab_model(method: str, max_length: int = 512, seed: int = 0, method_over
 
 
 def run_tunelab(train, val, args, method: str) -> dict:
-    from tunelab.eval.metrics import reply_nll
+    from tunelab.losses import reply_nll
     from tunelab.train.engine import train_loop
 
     model, tok, run_cfg, amp, checkpointing = tunelab_model(

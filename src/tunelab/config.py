@@ -152,7 +152,7 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(0, ge=0)  # stop after N evaluations without improvement (0 = off)
     early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must beat the best by more than this
     report_to: Literal["none", "tensorboard"] = "none"  # metrics.jsonl is always written
-    # CPU: glibc keeps freed activation buffers for the next step (train/allocator.py); auto = on
+    # CPU: glibc keeps freed activation buffers for the next step (runtime/allocator.py); auto = on
     # (QLoRA benchmark: 175 -> 202 tok/s for 2,136 -> 2,183 MB peak RSS); false = smaller RSS, slower
     keep_freed_memory: bool | Literal["auto"] = "auto"
 

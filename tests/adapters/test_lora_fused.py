@@ -1,11 +1,12 @@
-"""adapters/lora_fused.py: the folded LoRA Linear gives peft's outputs and gradients, and steps aside
+"""adapters/fused.py: the folded LoRA Linear gives peft's outputs and gradients, and steps aside
 whenever it does not apply (dropout, merged, disabled adapters, autocast)."""
 
 import pytest
 import torch
 from torch import nn
 
-from tunelab.adapters.lora_fused import _plain_adapter, fuse_lora_linears, lora_linear
+from tunelab.adapters.fused import _plain_adapter, fuse_lora_linears
+from tunelab.ops.lora_linear import lora_linear
 
 
 def _peft_reference(x, w, bias, a, b, s):
@@ -53,7 +54,7 @@ def test_a_model_gives_peft_loss_and_gradients(tiny_lora, monkeypatch, quant):
     model = tiny_lora(quant=quant)
     ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = []
-    import tunelab.adapters.lora_fused as lf
+    import tunelab.adapters.fused as lf
 
     orig = lf._LoraLinear.apply
     monkeypatch.setattr(lf._LoraLinear, "apply", lambda *a: calls.append(1) or orig(*a))

@@ -55,7 +55,8 @@ def test_layers_must_be_positive():
 def test_checkpointing_keeps_lower_blocks_out_of_backward(tiny_model_dir):
     """transformers and peft switch the embeddings' requires-grad on with checkpointing; ours switches it
     off again (non-reentrant checkpointing does not need it), so frozen blocks stay out of backward."""
-    from tunelab.train.checkpointing import enable, is_on
+    from tunelab.train.activation_ckpt import enable
+    from tunelab.ops.recompute import is_on
 
     model = apply_lora(_model(tiny_model_dir), MethodConfig(r=4, layers=1))
     enable(model)

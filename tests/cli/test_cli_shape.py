@@ -107,7 +107,7 @@ def test_the_commands_that_train_reexecute(argv, trains):
 def test_run_reexecutes_for_quickstart_only_from_the_console(monkeypatch):
     """run() (argv None = a real command line) asks allocator to re-exec for quickstart, as for train."""
     from tunelab.cli import main
-    from tunelab.train import allocator
+    from tunelab.runtime import allocator
 
     calls = []
     monkeypatch.setattr(allocator, "reexec_with_training_tunables", lambda: calls.append(True))

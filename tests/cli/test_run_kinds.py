@@ -1,4 +1,4 @@
-"""Commands that read a run check its kind first (train/rundir.py: run_task, require_run, run_or_model,
+"""Commands that read a run check its kind first (runs/rundir.py: run_task, require_run, run_or_model,
 refuse_run) and say in one line what they need; save_weights puts the tokenizer, with the trained chat
 template, beside the weights."""
 
@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from tunelab.errors import TunelabError
-from tunelab.train.rundir import RunDir, refuse_run, require_run, run_or_model, run_task
+from tunelab.runs.rundir import RunDir
+from tunelab.runs.kinds import refuse_run, require_run, run_or_model, run_task
 
 
 def make_run(root, name, task="sft", done=True):

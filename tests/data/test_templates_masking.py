@@ -112,7 +112,7 @@ def test_saved_tokenizer_renders_like_tunelab(tok, tmp_path, name, system):
     whole conversations (ending with a reply) and generation prompts (ending with a user turn)."""
     from transformers import AutoTokenizer
 
-    from tunelab.train.rundir import save_tokenizer_with_template
+    from tunelab.runs.rundir import save_tokenizer_with_template
 
     t = build_template(name, tok, system=system, custom=CUSTOM if name == "custom" else None)
     t.save(tmp_path / "template.json")

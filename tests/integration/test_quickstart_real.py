@@ -7,7 +7,7 @@ pytestmark = pytest.mark.slow
 
 def test_quickstart_learns_the_persona(tmp_path):
     from tunelab.config import load_config
-    from tunelab.eval.report import suffix_rate
+    from tunelab.runs.report import suffix_rate
     from tunelab.models.registry import package_dir
     from tunelab.train.recipes.sft import run_sft
 

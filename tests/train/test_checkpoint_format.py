@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from tunelab.config import TrainConfig, from_dict
 from tunelab.errors import TunelabError
-from tunelab.train.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from tunelab.train.state import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from tunelab.train.engine import train_loop
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 TRAIN = "examples/data/tunebot/train.jsonl"
 VAL = "examples/data/tunebot/validation.jsonl"

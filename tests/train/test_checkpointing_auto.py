@@ -1,7 +1,7 @@
 """train.gradient_checkpointing: auto -> on for qlora, on for others only when the estimate does not fit."""
 
 from tunelab.config import from_dict
-from tunelab.train import checkpointing
+from tunelab.train import activation_ckpt as checkpointing
 
 
 def _cfg(method="lora", gc="auto", batch=8):
@@ -23,9 +23,9 @@ def test_auto_follows_the_memory_estimate(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    monkeypatch.setattr("tunelab.train.memory.detect_memory", lambda dev: ("cpu", 64 * 2**30, 64 * 2**30))
+    monkeypatch.setattr("tunelab.memory.estimator.detect_memory", lambda dev: ("cpu", 64 * 2**30, 64 * 2**30))
     assert checkpointing.wants_checkpointing(_cfg("lora"), model) is False
-    monkeypatch.setattr("tunelab.train.memory.detect_memory", lambda dev: ("cpu", 2**20, 2**20))  # 1 MiB free
+    monkeypatch.setattr("tunelab.memory.estimator.detect_memory", lambda dev: ("cpu", 2**20, 2**20))  # 1 MiB free
     assert checkpointing.wants_checkpointing(_cfg("lora"), model) is True
 
 

@@ -101,7 +101,7 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from tunelab.train.loggers import MetricsLogger
-    from tunelab.train.rundir import RunDir
+    from tunelab.runs.rundir import RunDir
 
     rd = RunDir(tmp_path / "r")
     rd.path.mkdir()

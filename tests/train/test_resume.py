@@ -8,7 +8,7 @@ import time
 
 from safetensors.torch import load_file
 
-from tunelab.train.checkpoint import list_checkpoints
+from tunelab.train.state import list_checkpoints
 
 
 def write_cfg(tmp_path, model_dir, name):

@@ -106,7 +106,7 @@ def test_full_and_freeze_methods_save_whole_model(tmp_path, tiny_model_dir):
 def test_selective_head_loss_equals_full_logits_loss(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from tunelab.eval.metrics import reply_loss_sum, token_nll_sum
+    from tunelab.losses import reply_loss_sum, token_nll_sum
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     ids = torch.randint(5, 400, (3, 17))
@@ -138,7 +138,7 @@ def test_qat_and_bitnet_train_and_export_packed_model(tmp_path, tiny_model_dir, 
     # the exported model scores validation exactly as the trained (fake-quantized) one did
     from tunelab.data.dataset import load_splits
     from tunelab.data.tokenize import tokenize_all
-    from tunelab.eval.metrics import reply_nll
+    from tunelab.losses import reply_nll
 
     _, val = load_splits(cfg)
     val_tok, _ = tokenize_all(val, gen.template, gen.tokenizer, cfg.data.max_length)

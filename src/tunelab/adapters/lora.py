@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tunelab.config import MethodConfig
+from tunelab.models.structure import blocks_list, num_blocks
 
 
 def quant_linear_types() -> tuple[type, ...]:
@@ -34,24 +35,6 @@ def target_modules(model: nn.Module, spec: str | list[str]) -> list[str] | str:
         if isinstance(mod, (nn.Linear, *quant_linear_types())) and not full.endswith(("lm_head", "score", "classifier")):
             names.add(full.split(".")[-1])
     return sorted(names)
-
-
-def blocks_list(model: nn.Module) -> nn.ModuleList | None:
-    """The transformer blocks: the first non-empty ModuleList in module order (model.layers,
-    encoder.layer, ...), or None."""
-    for mod in model.modules():
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            return mod
-    return None
-
-
-def num_blocks(model: nn.Module) -> int:
-    """Transformer blocks of `model` (config.num_hidden_layers, else the blocks list's length)."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    if n:
-        return int(n)
-    blocks = blocks_list(model)
-    return 0 if blocks is None else len(blocks)
 
 
 def adapted_layers(model: nn.Module, layers: str | int) -> list[int] | None:
@@ -100,10 +83,10 @@ def trainable_summary(model: nn.Module) -> str:
 def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
                modules_to_save: list[str] | None = None):
     """Wrap `model` with a fresh LoRA adapter (peft), only the adapter (and `modules_to_save`) trainable.
-    Plain LoRA Linears then run through `adapters/lora_fused.py` (same values, fewer passes)."""
+    Plain LoRA Linears then run through `adapters/fused.py` (same values, fewer passes)."""
     from peft import get_peft_model
 
-    from tunelab.adapters.lora_fused import fuse_lora_linears
+    from tunelab.adapters.fused import fuse_lora_linears
 
     cfg = lora_config(model, m, task_type, modules_to_save)
     if any(isinstance(mod, quant_linear_types()) for mod in model.modules()):

@@ -110,8 +110,8 @@ def synth_cmd(
     """Make training pairs with a teacher model; safe to kill and rerun (finished items are skipped)."""
     import os
 
-    from tunelab.data.synth import DEFAULT_REFUSALS, Filters, LocalTeacher, OpenAITeacher, SynthOptions, run_synth
-    from tunelab.data.synth.items import MODES
+    from tunelab.synth import DEFAULT_REFUSALS, Filters, LocalTeacher, OpenAITeacher, SynthOptions, run_synth
+    from tunelab.synth.items import MODES
     from tunelab.errors import TunelabError
 
     if mode not in MODES:
@@ -145,8 +145,8 @@ def synth_cmd(
         t = OpenAITeacher(base_url, model, key, timeout=timeout, max_attempts=max_attempts, backoff=backoff,
                           max_backoff=max_backoff, max_tokens=max_new_tokens, temperature=temperature)
     else:
-        from tunelab.data.synth.items import read_items
-        from tunelab.train.rundir import GENERATIVE_TASKS, run_or_model
+        from tunelab.synth.items import read_items
+        from tunelab.runs.kinds import GENERATIVE_TASKS, run_or_model
 
         run_or_model(teacher, GENERATIVE_TASKS, "data synth", where="--teacher")  # a run must be a finished LM
         read_items(input_path, mode, field)  # bad input fails before the model loads
@@ -171,7 +171,7 @@ def synth_cmd(
     for line in stats.summary_lines(out):
         c.print(line, highlight=False)
     if stats.failed:
-        from tunelab.data.synth.store import side_path
+        from tunelab.synth.store import side_path
 
         c.print(f"[yellow]{stats.failed} items failed[/yellow] (see {side_path(out, 'failed')}); "
                 "run the same command again to retry them", highlight=False)

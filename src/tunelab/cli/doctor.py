@@ -1,4 +1,4 @@
-"""`tunelab doctor [--json]`: the installation and machine on one screen (facts: tunelab.runtime.doctor)."""
+"""`tunelab doctor [--json]`: the installation and machine on one screen (facts: tunelab.doctor)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def rows(facts: dict) -> list[tuple[str, str, str]]:
 @app.command("doctor")
 def doctor_cmd(as_json: bool = typer.Option(False, "--json", help="Print the facts as one JSON object.")) -> None:
     """Versions, device, CPU features, memory, caches and offline models: what tunelab will use here."""
-    from tunelab.runtime.doctor import gather
+    from tunelab.doctor import gather
 
     facts = gather()
     if as_json:

@@ -16,7 +16,7 @@ def _generator(run: str, base: bool, command: str):
     TunelabError, before anything loads, for anything else (rundir.run_or_model)."""
     from tunelab.errors import TunelabError
     from tunelab.infer.generate import Generator
-    from tunelab.train.rundir import GENERATIVE_TASKS, run_or_model
+    from tunelab.runs.kinds import GENERATIVE_TASKS, run_or_model
 
     if run_or_model(run, GENERATIVE_TASKS, command) is not None:
         return Generator.from_run(run, base=base)

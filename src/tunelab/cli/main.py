@@ -5,7 +5,7 @@ Every command raises `TunelabError` for bad input; `run()` prints it as one line
 Commands live in their own modules (COMMAND_MODULES) and groups are mounted from SUBAPPS; a module
 that does not import is an error, never a silently absent command. `tunelab --install-completion`
 installs shell completion. The commands in TRAINING_COMMANDS re-execute once with the training
-malloc tunables (`trains(argv)` decides; train/allocator.py).
+malloc tunables (`trains(argv)` decides; runtime/allocator.py).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer
                    "tunelab.cli.predict",
                    "tunelab.cli.doctor",
                    ]
-# commands that train: they run under the glibc malloc tunables of train/allocator.py (re-executed once).
+# commands that train: they run under the glibc malloc tunables of runtime/allocator.py (re-executed once).
 TRAINING_COMMANDS = ("train", "quickstart")
 
 
@@ -113,9 +113,9 @@ def trains(argv: list[str]) -> bool:
 def run(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     if argv is None and trains(sys.argv[1:]):  # a real `tunelab train`/`quickstart`, not a call from Python
-        from tunelab.train.allocator import reexec_with_training_tunables
+        from tunelab.runtime.allocator import reexec_with_training_tunables
 
-        reexec_with_training_tunables()  # glibc malloc without tcache/fastbins: train/allocator.py
+        reexec_with_training_tunables()  # glibc malloc without tcache/fastbins: runtime/allocator.py
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if "_TUNELAB_COMPLETE" not in os.environ:  # shell completion answers fast: no library imports

@@ -21,8 +21,8 @@ def merge_cmd(
 ) -> None:
     """Merge a LoRA/QLoRA adapter into its base (QLoRA: dequantized first) and save a model that loads
     with AutoModelForCausalLM.from_pretrained(DIR), without tunelab."""
-    from tunelab.adapters.merge import merge_run
-    from tunelab.train.rundir import GENERATIVE_TASKS, require_run
+    from tunelab.export.merge import merge_run
+    from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
     require_run(run, GENERATIVE_TASKS, "merge")
     c = Console()
@@ -39,7 +39,7 @@ def _autocast(precision: str, device: str) -> bool:
         return precision == "bf16"
     import torch
 
-    from tunelab.train.engine import autocast_dtype
+    from tunelab.runtime.precision import autocast_dtype
 
     dev = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
     return autocast_dtype("auto", torch.device(dev)) is not None
@@ -70,8 +70,8 @@ def memory_cmd(
 ) -> None:
     """Estimate training memory from the model's config (computed, not measured)."""
     from tunelab.errors import TunelabError
-    from tunelab.train.memory import estimate
-    from tunelab.train.rundir import refuse_run
+    from tunelab.memory.estimator import estimate
+    from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "memory")
     if layers != "all" and not (layers.isdigit() and int(layers) >= 1):

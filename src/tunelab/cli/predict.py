@@ -50,7 +50,7 @@ def predict_cmd(
 ) -> None:
     """Classify texts with a model trained by `task: classify`."""
     from tunelab.infer.classify import Classifier
-    from tunelab.train.rundir import require_run
+    from tunelab.runs.kinds import require_run
 
     require_run(run, ("classify",), "predict")
     if not text and file is None:

@@ -53,7 +53,7 @@ def run_cmd(
     from tunelab.errors import TunelabError
     from tunelab.models.load import DTYPES, load_causal_lm
     from tunelab.quant import ptq
-    from tunelab.train.rundir import refuse_run
+    from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "quantize")
     if fmt not in ptq.PTQ_FORMATS:
@@ -94,7 +94,7 @@ def inspect_cmd(
     """Per-format table: bits/param, weight MSE, SQNR, size, held-out perplexity and delta to bf16."""
     from tunelab.models.load import load_causal_lm
     from tunelab.quant import report
-    from tunelab.train.rundir import refuse_run
+    from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "quantize inspect")
     specs = [s.strip() for s in formats.split(",") if s.strip()]

@@ -93,7 +93,7 @@ def ask_cmd(
     from tunelab.rag import ask
 
     if run is not None:
-        from tunelab.train.rundir import GENERATIVE_TASKS, require_run
+        from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
         require_run(run, GENERATIVE_TASKS, "rag ask", where="--run")
     ans = ask(None if directory else kb, question, run=run, model=model, k=k, cutoff=cutoff, hybrid=hybrid,

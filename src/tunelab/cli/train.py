@@ -49,7 +49,7 @@ def _summary(cfg, out) -> None:
         for s in out.samples:
             t.add_row(s["prompt"], s["base"], s["tuned"])
         c.print(t)
-    from tunelab.eval.report import suffix_rate
+    from tunelab.runs.report import suffix_rate
 
     suffix = cfg.eval.expect_suffix
     if suffix and out.samples:

@@ -106,7 +106,7 @@ def metrics_table(before: dict, after: dict) -> list[str]:
 
 def write_classify_report(run, cfg, outcome) -> None:
     """report.md (+ confusion.png, loss.png) of a classification run."""
-    from tunelab.eval.report import plot_loss
+    from tunelab.runs.report import plot_loss
 
     res = outcome.result
     has_loss = plot_loss(run)

@@ -4,42 +4,8 @@ from __future__ import annotations
 
 import math
 
-from tunelab.train.rundir import RunDir
-
-
-def plot_loss(run: RunDir) -> bool:
-    rows = run.metrics()
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if not train:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss (reply tokens)")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("NLL per token")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(run.path / "loss.png")
-    plt.close(fig)
-    return True
-
-
-def suffix_rate(replies: list[str], suffix: str | None) -> float | None:
-    if not suffix or not replies:
-        return None
-    return sum(r.rstrip().endswith(suffix) for r in replies) / len(replies)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")
+from tunelab.runs.report import cell, plot_loss, suffix_rate
+from tunelab.runs.rundir import RunDir
 
 
 def write_report(run: RunDir, cfg, outcome) -> None:
@@ -70,6 +36,6 @@ def write_report(run: RunDir, cfg, outcome) -> None:
             lines += [f"Replies ending with `{suffix}`: base {b:.0%}, tuned {t:.0%} "
                       f"({len(outcome.samples)} prompts).", ""]
         lines += ["| prompt | base | tuned |", "|---|---|---|"]
-        lines += [f"| {_cell(s['prompt'])} | {_cell(s['base'])} | {_cell(s['tuned'])} |" for s in outcome.samples]
+        lines += [f"| {cell(s['prompt'])} | {cell(s['base'])} | {cell(s['tuned'])} |" for s in outcome.samples]
         lines.append("")
     run.write_text("report.md", "\n".join(lines))

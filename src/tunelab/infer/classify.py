@@ -137,8 +137,8 @@ class Classifier:
     def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Classifier":
         """Rebuild the trained model of a finished `task: classify` run."""
         from tunelab.models.load import pick_device
-        from tunelab.train.engine import autocast_dtype
-        from tunelab.train.rundir import load_run
+        from tunelab.runtime.precision import autocast_dtype
+        from tunelab.runs.load import load_run
 
         rd, cfg = load_run(run_dir)
         if cfg.get("task") != "classify" or not (rd.path / "labels.json").exists():

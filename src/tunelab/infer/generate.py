@@ -42,7 +42,7 @@ class Generator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, base: bool = False, device: str = "auto") -> "Generator":
-        from tunelab.train.rundir import load_run_model
+        from tunelab.runs.load import load_run_model
 
         model, tok, template = load_run_model(Path(run_dir), with_adapter=not base, device=device)
         model.eval()

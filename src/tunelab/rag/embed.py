@@ -39,11 +39,7 @@ class Embedder:
     @staticmethod
     def load(name: str = "minilm-l6") -> "Embedder":
         """Load (and cache per process) the encoder `name`; raises TunelabError when unavailable.
-
-        `<alias>-static` (e.g. `minilm-l6-static`) gives the static embedder distilled from the
-        alias (`tunelab.rag.static_embed`): far cheaper to index, less accurate (docs/rag.md)."""
-        if name.endswith("-static"):
-            return _load_static(name)
+        (`tunelab.rag.embedders.load_embedder` also knows the static `<alias>-static` embedders.)"""
         return _load_cached(name)
 
     def encode(self, texts: list[str], batch_size: int = 32, max_tokens: int = 256) -> np.ndarray:
@@ -90,12 +86,6 @@ def set_threads() -> None:
     if "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
 
-
-@functools.lru_cache(maxsize=4)
-def _load_static(name: str):
-    from tunelab.rag.static_embed import StaticEmbedder
-
-    return StaticEmbedder.load(name)
 
 
 @functools.lru_cache(maxsize=4)

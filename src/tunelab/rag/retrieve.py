@@ -24,7 +24,7 @@ from typing import Callable
 
 import numpy as np
 
-from tunelab.rag.embed import Embedder
+from tunelab.rag.embedders import load_embedder
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
 HYBRID_ALPHA = 0.5
@@ -74,7 +74,7 @@ def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: flo
           alpha: float = HYBRID_ALPHA) -> list[Hit]:
     """The `k` best chunks for `question`, best first (see the module docstring)."""
     store = open_kb(kb, directory)
-    emb = Embedder.load(store.manifest["embedder"])
+    emb = load_embedder(store.manifest["embedder"])
     qv = emb.encode([question])[0]
     n = max(k, candidates or (4 * k if (hybrid or reranker) else k))
     by_id: dict[str, dict] = {}

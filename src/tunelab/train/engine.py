@@ -24,29 +24,15 @@ import torch
 from tunelab.config import TrainConfig
 from tunelab.data.tokenize import make_batches
 from tunelab.errors import TunelabError
-from tunelab.train.allocator import keep_freed_memory, peak_rss_mb, start_peak_rss
-from tunelab.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, trainable_state
+from tunelab.runtime.allocator import keep_freed_memory, peak_rss_mb, start_peak_rss
+from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.objective import CausalLMObjective, Objective
-
-
-def cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:
-        return False
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """None = plain fp32. auto -> bf16 where the hardware does bf16 matmuls natively."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu":
-        return torch.bfloat16 if cpu_has_bf16() else None
-    return None
+from tunelab.train.state import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    trainable_state,
+)
 
 
 @dataclass
@@ -59,7 +45,7 @@ class TrainResult:
     val_history: list = field(default_factory=list)  # (epoch, val_nll)
     stopped_early: str | None = None
     resumed_from: int | None = None  # the step a resumed run continued from
-    peak_rss_mb: float = 0.0  # peak resident memory (MiB) while training (train/allocator.py: peak_rss_mb)
+    peak_rss_mb: float = 0.0  # peak resident memory (MiB) while training (runtime/allocator.py: peak_rss_mb)
 
     @property
     def tokens_per_s(self) -> float:
@@ -73,7 +59,13 @@ class Progress:
         self.quiet = quiet
         if quiet:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RP
 
         self.p = RP(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                     TextColumn("eta"), TimeRemainingColumn())

@@ -19,7 +19,7 @@ from typing import Protocol
 import torch
 
 from tunelab.data.tokenize import TokenizedExample, collate
-from tunelab.eval.metrics import reply_loss_sum, reply_nll
+from tunelab.losses import reply_loss_sum, reply_nll
 
 
 class Objective(Protocol):

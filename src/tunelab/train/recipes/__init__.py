@@ -13,8 +13,8 @@ RECIPES = {
     "sft": ("tunelab.train.recipes.sft", "run_sft"),
     "classify": ("tunelab.train.recipes.classify", "run_classify"),
     "pretrain": ("tunelab.train.recipes.pretrain", "run_pretrain"),
-    "reward": ("tunelab.train.recipes.preference", "run_reward"),
-    "dpo": ("tunelab.train.recipes.preference", "run_dpo"),
+    "reward": ("tunelab.train.recipes.reward", "run_reward"),
+    "dpo": ("tunelab.train.recipes.dpo", "run_dpo"),
 }
 
 

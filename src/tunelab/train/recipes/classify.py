@@ -30,9 +30,10 @@ from tunelab.data.formats import ClassifyExample
 from tunelab.errors import TunelabError
 from tunelab.eval.classification import classification_metrics, flat_metrics
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
-from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.train.engine import TrainResult, train_loop
+from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 METHODS = ("lora", "full", "freeze")
 
@@ -159,7 +160,7 @@ def trainable_head(model, head: list[str]) -> list[str]:
 def adapt(model, cfg: RunConfig, head: list[str]):
     """Apply `method` (lora | full | freeze); returns the model to train."""
     from tunelab.adapters.lora import apply_lora, freeze_all_but_last, target_modules
-    from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
+    from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
 
     m = cfg.method
     checkpointing = wants_checkpointing(cfg, model)
@@ -184,7 +185,7 @@ def adapt(model, cfg: RunConfig, head: list[str]):
 # ---- the recipe ----------------------------------------------------------------------------------------------
 def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> ClassifyOutcome:
     from tunelab.adapters.lora import count_params, trainable_summary
-    from tunelab.train.recipes.sft import _resume_point
+    from tunelab.train.recipes._common import resume_point
 
     console = console or Console(stderr=True, quiet=quiet)
     if cfg.method.name not in METHODS:
@@ -205,7 +206,7 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     val_tok = tokenize_examples(tok, val_ex, labels, d.max_length, d.truncation_side)
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples, {len(labels)} labels")
 
-    resume_step = _resume_point(run, cfg)
+    resume_step = resume_point(run, cfg)
     from tunelab.models.registry import resolve
 
     run.begin(cfg, resolve(cfg.model.name).path, resume_step=resume_step, console=console)

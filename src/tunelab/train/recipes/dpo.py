@@ -31,7 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, remove_empty_checkpoints,
                                                refuse_engine_only_options, tokenize_pairs, trainer_args, val_metrics)
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full")
 
@@ -56,7 +56,7 @@ class DpoOutcome:
         return d["val_logps/chosen"] - d["val_logps/rejected"]
 
     def suffix_rates(self) -> tuple[float, float] | None:
-        from tunelab.eval.report import suffix_rate
+        from tunelab.runs.report import suffix_rate
 
         if not self.suffix or not self.samples:
             return None
@@ -114,8 +114,8 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     from tunelab.adapters.lora import lora_config, quant_linear_types, trainable_summary
     from tunelab.adapters.qlora import choose_backend, quantize_base, register_quant_linear
     from tunelab.models.load import load_causal_lm, pick_device
-    from tunelab.train.engine import autocast_dtype
-    from tunelab.train.recipes.sft import _load_bnb
+    from tunelab.runtime.precision import autocast_dtype
+    from tunelab.train.recipes._common import load_bnb_base
 
     console = console or Console(stderr=True, quiet=quiet)
     torch.manual_seed(cfg.train.seed)
@@ -134,7 +134,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     device = pick_device(cfg.model.device)
     backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
     if backend == "bitsandbytes":
-        model, tok, rm = _load_bnb(cfg, device)
+        model, tok, rm = load_bnb_base(cfg, device)
     else:
         model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
     template = build_template(d.template, tok, d.system, d.custom_template)
@@ -202,7 +202,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
 
 def write_dpo_report(run: RunDir, cfg: RunConfig, out: DpoOutcome) -> None:
-    from tunelab.eval.report import _cell, plot_loss
+    from tunelab.runs.report import cell, plot_loss
 
     has_plot = plot_loss(run)
     p = cfg.preference
@@ -234,6 +234,6 @@ def write_dpo_report(run: RunDir, cfg: RunConfig, out: DpoOutcome) -> None:
             lines += [f"Replies ending with `{out.suffix}`: base {rates[0]:.0%}, tuned {rates[1]:.0%} "
                       f"({len(out.samples)} prompts).", ""]
         lines += ["| prompt | base | tuned |", "|---|---|---|"]
-        lines += [f"| {_cell(s['prompt'])} | {_cell(s['base'])} | {_cell(s['tuned'])} |" for s in out.samples]
+        lines += [f"| {cell(s['prompt'])} | {cell(s['base'])} | {cell(s['tuned'])} |" for s in out.samples]
         lines.append("")
     run.write_text("report.md", "\n".join(lines))

@@ -93,8 +93,8 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
 
     e.g. 36 pairs, batch_size 4, grad_accum 1, epochs 2 -> 9 steps/epoch x 2 = 18 optimizer steps.
     """
-    from tunelab.train.checkpointing import wants_checkpointing
-    from tunelab.train.engine import autocast_dtype
+    from tunelab.train.activation_ckpt import wants_checkpointing
+    from tunelab.runtime.precision import autocast_dtype
 
     t = cfg.train
     amp = autocast_dtype(t.precision, device)
@@ -160,16 +160,3 @@ def remove_empty_checkpoints(run) -> None:
     d = run.path / "checkpoints"
     if d.is_dir() and not any(d.iterdir()):
         d.rmdir()
-
-
-# ---- entry points (the recipes live in reward.py and dpo.py) ------------------------------------------------
-def run_reward(cfg: RunConfig, quiet: bool = False, console=None):
-    from tunelab.train.recipes.reward import run_reward as run
-
-    return run(cfg, quiet=quiet, console=console)
-
-
-def run_dpo(cfg: RunConfig, quiet: bool = False, console=None):
-    from tunelab.train.recipes.dpo import run_dpo as run
-
-    return run(cfg, quiet=quiet, console=console)

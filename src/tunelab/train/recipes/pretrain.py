@@ -27,11 +27,13 @@ from tunelab.data.dataset import load_splits
 from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
-from tunelab.eval.metrics import perplexity, reply_nll
-from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
-from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.eval.metrics import perplexity
+from tunelab.losses import reply_nll
+from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
+from tunelab.train.engine import TrainResult, train_loop
+from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full", "freeze")
 
@@ -84,7 +86,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     from tunelab.adapters.lora import apply_lora, freeze_all_but_last, trainable_summary
     from tunelab.adapters.qlora import choose_backend, quantize_base, restore_bnb_training_layout
     from tunelab.models.load import load_causal_lm, pick_device
-    from tunelab.train.recipes.sft import _load_bnb, _resume_point
+    from tunelab.train.recipes._common import load_bnb_base, resume_point
 
     console = console or Console(stderr=True, quiet=quiet)
     torch.manual_seed(cfg.train.seed)
@@ -102,7 +104,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     device = pick_device(cfg.model.device)
     backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
     if backend == "bitsandbytes":
-        model, tok, rm = _load_bnb(cfg, device)
+        model, tok, rm = load_bnb_base(cfg, device)
     else:
         model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
     train_blk, val_blk = pack(train_docs, tok, d.max_length), pack(val_docs, tok, d.max_length) if val_docs else []
@@ -111,7 +113,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
                   f"{len(val_blk)} validation blocks of {d.max_length} tokens")
     template = build_template(d.template, tok, d.system, d.custom_template)
 
-    resume_step = _resume_point(run, cfg)
+    resume_step = resume_point(run, cfg)
     run.begin(cfg, rm.path, template, resume_step, console)
     amp = autocast_dtype(cfg.train.precision, device)
 
@@ -157,7 +159,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
 
 def write_pretrain_report(run: RunDir, cfg: RunConfig, out: PretrainOutcome) -> None:
-    from tunelab.eval.report import _cell, plot_loss
+    from tunelab.runs.report import cell, plot_loss
 
     res = out.result
     has_plot = plot_loss(run)
@@ -179,6 +181,6 @@ def write_pretrain_report(run: RunDir, cfg: RunConfig, out: PretrainOutcome) -> 
     if out.samples:
         lines += ["## Continuations of `eval.prompts` (greedy): base vs tuned", "",
                   "| text | base | tuned |", "|---|---|---|"]
-        lines += [f"| {_cell(s['prompt'])} | {_cell(s['base'])} | {_cell(s['tuned'])} |" for s in out.samples]
+        lines += [f"| {cell(s['prompt'])} | {cell(s['base'])} | {cell(s['tuned'])} |" for s in out.samples]
         lines.append("")
     run.write_text("report.md", "\n".join(lines))

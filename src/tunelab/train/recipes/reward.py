@@ -26,7 +26,7 @@ from tunelab.errors import TunelabError
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, trainer_args, val_metrics)
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 METHODS = ("lora", "qlora", "full")
 
@@ -156,7 +156,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
 
 
 def write_reward_report(run: RunDir, cfg: RunConfig, out: RewardOutcome) -> None:
-    from tunelab.eval.report import plot_loss
+    from tunelab.runs.report import plot_loss
 
     has_plot = plot_loss(run)
     lines = [f"# Run `{run.path.name}` (reward model)", "",

@@ -20,11 +20,13 @@ from tunelab.data.dataset import load_splits
 from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
-from tunelab.eval.metrics import reply_nll
-from tunelab.train.checkpointing import enable as enable_checkpointing, wants_checkpointing
-from tunelab.train.engine import TrainResult, autocast_dtype, train_loop
+from tunelab.losses import reply_nll
+from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
+from tunelab.train.recipes._common import load_bnb_base, resume_point
+from tunelab.train.engine import TrainResult, train_loop
+from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.rundir import RunDir
+from tunelab.runs.rundir import RunDir
 
 
 @dataclass
@@ -73,7 +75,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     device = pick_device(cfg.model.device)
     backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
     if backend == "bitsandbytes":
-        model, tok, rm = _load_bnb(cfg, device)
+        model, tok, rm = load_bnb_base(cfg, device)
     else:
         model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
     template = build_template(cfg.data.template, tok, cfg.data.system, cfg.data.custom_template)
@@ -86,7 +88,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples"
                   + (f" ({dropped} dropped: no reply left after truncation)" if dropped else ""))
 
-    resume_step = _resume_point(run, cfg)
+    resume_step = resume_point(run, cfg)
     run.begin(cfg, rm.path, template, resume_step, console)
     amp = autocast_dtype(cfg.train.precision, device)
 
@@ -147,48 +149,3 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     return outcome
 
 
-def _comparable(cfg_dict: dict) -> dict:
-    d = {k: v for k, v in cfg_dict.items() if k != "versions"}
-    d["train"] = {k: v for k, v in d["train"].items() if k != "resume"}
-    d["output"] = {k: v for k, v in d["output"].items() if k != "overwrite"}
-    return d
-
-
-def _resume_point(run: RunDir, cfg: RunConfig) -> int | None:
-    """The checkpoint step to resume from, or None to start fresh (train.resume: no | yes | auto)."""
-    import yaml
-
-    from tunelab.train.checkpoint import list_checkpoints
-
-    mode = cfg.train.resume
-    steps = list_checkpoints(run.path / "checkpoints") if not run.done else []
-    if mode == "yes" and not steps:
-        raise TunelabError(f"nothing to resume: {run.path} has no checkpoint", where="train.resume",
-                           hint="drop --resume to start a new run")
-    if mode == "no" or not steps:
-        return None
-    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8"))
-    if _comparable(saved) != _comparable(cfg.model_dump(mode="json")):
-        raise TunelabError(f"the config differs from the one {run.path} was started with", where="train.resume",
-                           hint="resume with the same config, or pick another output.name")
-    return steps[-1]
-
-
-def _load_bnb(cfg: RunConfig, device):
-    """CUDA path: load the base 4-bit through transformers + bitsandbytes."""
-    from transformers import AutoModelForCausalLM
-
-    from tunelab.adapters.qlora import bnb_quantization_config
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.registry import resolve
-
-    rm = resolve(cfg.model.name)
-    tok = load_tokenizer(rm)
-    compute = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    qc = bnb_quantization_config(cfg.method.quant_type, cfg.method.double_quant, compute)
-    model = AutoModelForCausalLM.from_pretrained(rm.path, quantization_config=qc, device_map={"": str(device)})
-    from peft import prepare_model_for_kbit_training
-
-    # checkpointing is switched on after the adapters (run_sft), as for every other method
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, tok, rm

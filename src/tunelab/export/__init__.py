@@ -1,0 +1,1 @@
+"""Shipping a run out of tunelab: a merged model folder (and, later, GGUF, Ollama, the Hub)."""

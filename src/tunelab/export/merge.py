@@ -1,0 +1,218 @@
+"""Merge a run's adapter into its base and export a plain transformers model.
+
+    LoRA:   W = W0 + (alpha / r) B A                         W0 the base weight as trained
+    QLoRA:  W = dequant(W0_nf4) + (alpha / r) B A            dequantized first, never re-quantized
+    full / freeze: the run's model/ is re-saved as it is (in the requested dtype)
+
+Merging into the 4-bit weight itself would round W0 + delta back onto the NF4 grid: with a typical
+delta far below one NF4 step (absmax / 8 per block), most of the update would round away and the
+rest would move other weights of the block (the complaint in peft#2321). Here the 4-bit base is
+decoded exactly as it was during training (`QuantLinear.dequantize_weight`, fp32), so the merged
+model computes what base+adapter computed, to fp32 rounding. That decode is tunelab's NF4 codec
+whichever backend trained the run (the bytes are identical), so a merge never calls bitsandbytes'
+CPU `dequantize_4bit` (wrong on AVX-512 CPUs for rows that are not whole 64-blocks, see
+docs/quantization.md) and never imports bitsandbytes.
+
+The sum is formed in fp32 and cast once to the export dtype: bf16(W0 + delta) rounds once, where
+bf16(bf16(W0) + bf16(delta)) would round three times. Peak memory is therefore one fp32 copy of the
+model (4 bytes/param: 0.54 GB for SmolLM2-135M, 27 GB for a 7B model).
+
+The output folder is written to a sibling temporary folder and renamed into place when complete,
+so a crash never leaves a half-written model under the requested name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tunelab.errors import TunelabError
+from tunelab.quant import bnb_compat
+
+bnb_compat.defer_bitsandbytes_import()  # merge_run imports peft: keep it from importing bitsandbytes
+
+EXPORT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class MergeResult:
+    out: Path
+    method: str  # lora | qlora | full | freeze
+    dtype: str
+    params: int
+    dequantized: int  # QuantLinear layers decoded back to nn.Linear (qlora)
+    merged: int  # LoRA-adapted layers folded into their base weight
+
+
+def dequantize_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> int:
+    """Replace every QuantLinear by an nn.Linear holding W' = dequantize_weight(dtype) (+ its bias),
+    in place; returns how many were replaced. Nothing is re-quantized."""
+    from tunelab.quant.nn import QuantLinear, replace_linears
+
+    def make(_name: str, q: QuantLinear) -> nn.Linear:
+        w = q.dequantize_weight(dtype)
+        lin = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None, device=w.device, dtype=dtype)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if q.bias is not None:
+                lin.bias.copy_(q.bias.to(dtype))
+        return lin
+
+    return len(replace_linears(model, make, skip=(), types=(QuantLinear,)))
+
+
+def chat_template_jinja(template) -> str | None:
+    """A Jinja chat template that renders like the run's `Template` (so `apply_chat_template` of the
+    exported tokenizer gives the prompt text the model was trained on); None for custom formats
+    that have no Jinja equivalent here."""
+    if template.jinja is not None:
+        if template.system is None:
+            return template.jinja
+        sys_json = json.dumps(template.system)
+        return ("{% if messages and messages[0]['role'] != 'system' %}"
+                "{% set messages = [{'role': 'system', 'content': " + sys_json + "}] + messages %}{% endif %}"
+                + template.jinja)
+    f = template.fmt
+    if f is None:
+        return None
+
+    def lit(s: str) -> str:  # a Jinja string literal
+        return json.dumps(s.replace("<eos>", template.eos))
+
+    def fill(fmt: str, expr: str) -> str:  # "A{content}B" -> "A" + expr + "B"
+        a, _, b = fmt.partition("{content}")
+        return f"{lit(a)} + {expr} + {lit(b)}"
+
+    default_system = template.system if template.system is not None else f.default_system
+    if f.system_in_user is not None:
+        a, _, rest = f.system_in_user.partition("{system}")
+        mid, _, b = rest.partition("{user}")
+        first_user = f"({lit(a)} + system + {lit(mid)} + m['content'] + {lit(b)})"
+    else:
+        first_user = "m['content']"
+    return (
+        "{{ " + lit(f.bos) + " }}"
+        "{% set system = " + json.dumps(default_system) + " %}"
+        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
+        "{% set messages = messages[1:] %}{% endif %}"
+        + ("" if f.system_in_user is not None else
+           "{% if system %}{{ " + fill(f.system, "system") + " }}{% endif %}")
+        + "{% for m in messages %}"
+        "{% if m['role'] == 'user' %}"
+        "{% set c = " + first_user + " if (loop.first and system) else m['content'] %}"
+        "{{ " + fill(f.user, "c") + " + " + lit(f.assistant_prefix) + " }}"
+        "{% else %}{{ " + fill(f.assistant, "m['content']") + " + " + lit(f.stop) + " }}{% endif %}"
+        "{% endfor %}"
+    )
+
+
+def _cast(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast floating parameters and buffers in place (`model.to(dtype)` is refused by transformers for
+    models whose config carries a quantization_config, e.g. the GGUF-converted aliases)."""
+    for t in list(model.parameters()) + list(model.buffers()):
+        if t.is_floating_point() and t.dtype != dtype:
+            t.data = t.data.to(dtype)
+
+
+def _drop_quantization_config(model: nn.Module) -> None:
+    """The export holds plain dense weights: forget any quantization the base was loaded with
+    (a GGUF source's `quantization_config` would make from_pretrained look for a .gguf file)."""
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    for attr in ("hf_quantizer", "quantization_method"):
+        if hasattr(model, attr):
+            setattr(model, attr, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    """Check the destination; return the temporary sibling folder to write into."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise TunelabError(f"{out} exists and is not empty", where="--out",
+                           hint="choose another folder, or pass --overwrite")
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return tmp
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move the finished `tmp` folder to `out`, replacing what was there."""
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
+    else:
+        os.replace(tmp, out)
+
+
+def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> MergeResult:
+    """Merge (or export) a finished run into `out`: a folder `AutoModelForCausalLM.from_pretrained`
+    loads without tunelab, with the tokenizer and the run's chat template.
+
+    Raises:
+        TunelabError: `run` is not a finished run, `out` exists and is not empty (without `overwrite`),
+            or `dtype` is unknown.
+    """
+    from tunelab.data.templates import Template
+    from tunelab.runs.load import attach_adapter, load_run, load_run_base
+
+    if dtype not in EXPORT_DTYPES:
+        raise TunelabError(f"unknown dtype '{dtype}'", where="--dtype", hint=f"one of: {', '.join(EXPORT_DTYPES)}")
+    rd, cfg = load_run(run)
+    out = Path(out)
+    method = cfg.get("method", {}).get("name", "lora")
+    tmp = _prepare_out(out, overwrite)
+    dequantized = merged = 0
+    try:
+        if (rd.path / "model").exists():  # full / freeze: already one model
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            model = AutoModelForCausalLM.from_pretrained(str(rd.path / "model"), dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(rd.path / "model"))
+        else:
+            if not (rd.path / "adapter" / "adapter_config.json").exists():
+                raise TunelabError(f"run {rd.path} has neither adapter/ nor model/", where="RUN")
+            # the base as trained (4-bit for qlora), on the CPU, in fp32 for the merge arithmetic
+            model, tok = load_run_base(cfg, device="cpu", dtype="fp32", where="RUN: config.yaml model.name")
+            if (rd.path / "tokenizer").exists():
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
+            if method == "qlora":  # decode the exact 4-bit base of training: W0' = dequant(quant(W0))
+                dequantized = dequantize_linears(model, torch.float32)
+            peft_model = attach_adapter(model, rd.path / "adapter")
+            merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)
+            model = peft_model.merge_and_unload()  # W0 + (alpha/r) B A, in fp32
+        _drop_quantization_config(model)
+        _cast(model, EXPORT_DTYPES[dtype])
+        model.config.dtype = EXPORT_DTYPES[dtype]
+        for p in model.parameters():
+            p.requires_grad_(False)
+        template_path = rd.path / "template.json"
+        if template_path.exists():
+            jinja = chat_template_jinja(Template.load(template_path))
+            if jinja:
+                tok.chat_template = jinja
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        if template_path.exists():
+            shutil.copy(template_path, tmp / "tunelab_template.json")
+        params = sum(p.numel() for p in model.parameters())
+        info = {"run": str(rd.path.resolve()), "method": method, "dtype": dtype, "params": params,
+                "dequantized_layers": dequantized, "merged_layers": merged}
+        (tmp / "tunelab_merge.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return MergeResult(out, method, dtype, params, dequantized, merged)

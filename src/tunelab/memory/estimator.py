@@ -1,0 +1,428 @@
+"""Training memory, estimated from a model's config.json alone (no weights are loaded).
+
+    peak = weights + adapters + optimizer states + master weights
+         + max(activations + weight copies + transient logits,     the forward phase, freed in backward
+               gradients + optimizer step temporaries)              the update phase
+    (a sum instead of the max when gradients accumulate over micro-batches: grad_accum > 1)
+
+Parameters come from the config's shapes (Llama-family decoders: llama, mistral, qwen2, qwen3, gemma):
+
+    N = V h (embeddings) + L [ h (q + 2 kv) + q h  (attention)  + 3 h I (gate, up, down)  + 2 h (norms) ]
+        + h (final norm) + V h (output head, unless tied)       q = heads x head_dim, kv = kv_heads x head_dim
+
+e.g. SmolLM2-135M: 49,152 x 576 + 30 x (576 x (576 + 2 x 192) + 576 x 576 + 3 x 576 x 1,536 + 2 x 576) + 576
+   = 28,311,552 + 30 x 3,540,096 + 576 = 134,515,008.
+
+Bytes per parameter, the seed arithmetic (wb = bytes of a stored weight: fp32 4 on CPU, bf16 2 on CUDA,
+tunelab's own defaults; adam = 8 for AdamW's fp32 m and v, 2 + 8/256 for 8-bit AdamW):
+
+    full   wb (weights) + wb (grads) + adam + 4 (fp32 master copy, only when wb < 4)   = 16  (either way:
+           4 + 4 + 8 on CPU, 2 + 2 + 8 + 4 mixed precision on CUDA)
+    lora   wb (frozen base) + (4 + 4 + adam) T / N   adapters train in fp32: weight, grad, m, v
+           T = r sum(in + out) over the adapted Linears (all 7 projections of every block)
+    qlora  4.127/8 per block-Linear weight + wb per other weight (embeddings, norms, untied head)
+           + (4 + 4 + adam) T / N;  4.127 bits = 4 (NF4 code) + 8/64 (uint8 absmax per 64 weights)
+           + 32/(64 x 256) (fp32 scale per 256 absmax)
+
+Activations: bytes autograd keeps for backward, per layer per token (bf16 autocast: matmul outputs 2 bytes;
+the residual stream and RMSNorm values are fp32 when the weights are, as on CPU):
+
+    bf16 weights  block = (4h + 2q + 2kv + 4I) x 2
+                  attention: norm input, normed x, q and k after RoPE, v, SDPA out (o_proj's input);
+                  MLP: norm input, normed x, gate, up, silu(gate), silu(gate) * up (down_proj's input)
+    fp32 weights  block = 4h x 4 + (5h + 2q + 2kv + 4I) x 2
+                  norm inputs and outputs in fp32; every Linear keeps its own bf16 cast of its input
+                  (q, k, v: 3h; gate, up: 2h; o, down), SDPA keeps bf16 q, k, v and its output
+    lora          + (sum(in) + 7r) x 2 + sum(in)   A's bf16 input, A x, the 1-byte dropout masks (dropout > 0)
+    no checkpointing:   B S L' block
+    checkpointing:      B S (L' h x 4 + block)  each block's (fp32) input, plus one block recomputed in backward
+                        L' = blocks in backward: L for full fine-tuning, the adapted last N for lora/qlora
+                        (`method.layers`: the blocks below them record no graph and keep nothing)
+    loss:               B S f h x 4 (+ V h x 4 full)   tunelab's loss (ops/linear_ce.py) runs head +
+                                           cross-entropy in chunks of 1,024 positions and forms their
+                                           gradient in the forward: it keeps dL/dh (and the head's dL/dW)
+    logits (transient): ceil(P / ceil(P / 1,024)) x V x 4 one chunk's fp32 logits (softmax - onehot in place;
+                                                       P = B S f positions in equal chunks of <= 1,024)
+                        (autocast: x (2 + 4), the bf16 matmul output and its fp32 upcast)
+                        f = share of positions with a target (tunelab runs the head on those only)
+
+e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 2 x 576 + 2 x 192
+     + 4 x 1,536) x 2 = 9,216 + 21,120 = 30,336 bytes; x 30 layers = 0.91 MB per token.
+
+Weight copies kept for backward (the `workspace` field): under bf16 autocast each Linear casts its weight
+to bf16 and autograd keeps that copy to compute the input's gradient, so at the peak a bf16 copy of every
+block Linear in backward is alive when the stored weights are not bf16 already (fp32 weights on CPU). QLoRA
+keeps none: its 4-bit layers decode the weight again in backward (tunelab's `QuantLinear`, as
+bitsandbytes' 4-bit matmul does) instead of keeping the decoded copy. The head keeps none (the fused
+loss uses its cast inside the forward):
+
+    L' sum(in x out) x 2                 without checkpointing   (L' = blocks in backward)
+    sum(in x out) x 2                    with checkpointing (one block is recomputed at a time)
+
+e.g. SmolLM2-135M, full fine-tuning under autocast: 106.2M x 2 = 212 MB.
+Checked against what autograd actually saves (tests/memory/test_memory.py, saved-tensor hooks).
+
+The peak is also checked against the live-tensor peak of real training steps on the embedded model
+(tests/memory/test_memory_real_slow.py, benchmarks/memory_peak.py). Small tensors are left out (RMSNorm's
+rstd, RoPE tables, attention log-sum-exp), as is what a process holds beyond its tensors (the Python
+process, CUDA context ~0.3-0.5 GB, the allocator's free lists): see docs/memory.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.ops.linear_ce import LOSS_CHUNK, loss_chunk_rows
+
+QLORA_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (NF4 + double-quantized absmax)
+ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable param (8-bit: + fp32 absmax per 256)
+LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3", "olmo2")
+METHODS = ("full", "lora", "qlora")
+GB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The sizes of a Llama-family decoder, read from config.json."""
+
+    model_type: str
+    vocab: int
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    intermediate: int
+    tied: bool
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+    @classmethod
+    def from_config(cls, cfg: dict, where: str = "MODEL") -> "ModelShape":
+        cfg = cfg.get("text_config", cfg)
+        mt = cfg.get("model_type", "")
+        if mt not in LLAMA_LIKE:
+            raise TunelabError(f"memory estimate: model_type {mt!r} is not supported", where=where,
+                               hint=f"supported: {', '.join(LLAMA_LIKE)}")
+        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        attn_bias = bool(cfg.get("attention_bias", mt == "qwen2"))  # qwen2: q, k, v biases
+        return cls(mt, cfg["vocab_size"], h, cfg["num_hidden_layers"], heads,
+                   cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or h // heads,
+                   cfg["intermediate_size"], bool(cfg.get("tie_word_embeddings", mt == "gemma")),
+                   qkv_bias=attn_bias, o_bias=attn_bias and mt != "qwen2", mlp_bias=bool(cfg.get("mlp_bias", False)),
+                   qk_norm=mt == "qwen3")
+
+    @property
+    def q_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def kv_dim(self) -> int:
+        return self.kv_heads * self.head_dim
+
+    def linears(self) -> list[tuple[str, int, int]]:
+        """(name, in, out) of the 7 projections of one block: what LoRA adapts and QLoRA quantizes."""
+        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
+        return [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h),
+                ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
+
+    @property
+    def linear_params(self) -> int:
+        """Weights of all block Linears, L sum(in x out) (biases excluded)."""
+        return self.layers * sum(a * b for _, a, b in self.linears())
+
+    @property
+    def params(self) -> int:
+        """Total parameters, as `sum(p.numel() for p in model.parameters())` counts them."""
+        per_layer_extra = 2 * self.hidden  # input and post-attention RMSNorm
+        per_layer_extra += (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + self.hidden * self.o_bias
+        per_layer_extra += (2 * self.intermediate + self.hidden) * self.mlp_bias
+        per_layer_extra += 2 * self.head_dim * self.qk_norm  # qwen3: q_norm, k_norm
+        head = 0 if self.tied else self.vocab * self.hidden
+        return self.vocab * self.hidden + self.linear_params + self.layers * per_layer_extra + self.hidden + head
+
+    def lora_params(self, r: int, blocks: int | None = None) -> int:
+        """T = L' r sum(in + out) over the 7 projections (A: r x in, B: out x r) of L' adapted blocks."""
+        return (self.layers if blocks is None else blocks) * r * sum(a + b for _, a, b in self.linears())
+
+
+def read_config(model: str) -> tuple[dict, str]:
+    """config.json of an alias, model folder or config file (never the weights): (dict, path)."""
+    p = Path(model)
+    if p.is_file():
+        path = p
+    elif (p / "config.json").is_file():
+        path = p / "config.json"
+    else:
+        from tunelab.models.registry import resolve
+
+        rm = resolve(model, where="MODEL")  # an alias may convert its GGUF once (~30 s)
+        if rm.source == "hub":
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = Path(hf_hub_download(rm.path, "config.json"))
+            except Exception as e:  # offline, unknown repo
+                raise TunelabError(f"cannot read config.json of '{model}' ({type(e).__name__})", where="MODEL",
+                                   hint="give an alias (`tunelab models`), a model folder or a config.json") from e
+        else:
+            path = Path(rm.path) / "config.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")), str(path)
+    except (OSError, json.JSONDecodeError) as e:
+        raise TunelabError(f"cannot read {path}: {e}", where="MODEL") from e
+
+
+def detect_memory(device: str = "auto") -> tuple[str, int | None, int | None]:
+    """(device, total bytes, available bytes): CUDA VRAM via torch when a GPU is there (device auto|cuda),
+    else RAM from /proc/meminfo (MemTotal, MemAvailable), else os.sysconf pages x page size."""
+    if device in ("auto", "cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                free, total = torch.cuda.mem_get_info()
+                return "cuda", int(total), int(free)
+        except Exception:  # no torch / no driver: fall back to RAM
+            pass
+        if device == "cuda":
+            return "cuda", None, None
+    info = {}
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0]) * 1024  # "MemTotal:  131072000 kB"
+    except (OSError, ValueError, IndexError):
+        pass
+    total = info.get("MemTotal")
+    avail = info.get("MemAvailable")
+    if total is None:
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            pass
+    return "cpu", total, avail
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes per component; `rows` are (component, bytes, formula) in print order."""
+
+    model: str
+    method: str
+    batch: int
+    seq: int
+    grad_checkpointing: bool
+    r: int
+    optimizer: str
+    device: str
+    weight_bytes: int  # bytes of one stored (unquantized) weight: 4 fp32, 2 bf16
+    params: int
+    trainable: int
+    weights: int
+    gradients: int
+    optimizer_states: int
+    master_weights: int
+    adapters: int
+    activations: int
+    workspace: int  # bf16 weight copies autograd keeps for backward (see the module docstring)
+    transient: int  # the head's logits while the loss runs
+    rows: list[tuple[str, int, str]] = field(default_factory=list)
+    bytes_per_param_text: str = ""
+    block_text: str = ""  # the per-layer-per-token activation formula used
+    available: int | None = None  # detected free RAM / VRAM
+    device_total: int | None = None
+    step_temporaries: int = 0  # AdamW's temporaries during the optimizer step
+    recompute: int = 0  # with checkpointing: the one block recomputed in backward (part of activations)
+    grad_accum: int = 1
+
+    @property
+    def static(self) -> int:
+        """Everything but activations and workspace."""
+        return self.weights + self.gradients + self.optimizer_states + self.master_weights + self.adapters
+
+    @property
+    def forward_phase(self) -> int:
+        """Memory that lives from the forward pass into backward: activations, weight copies, logits.
+
+        With checkpointing, the recomputed block (its activations and weight copies) exists only in
+        backward and the loss's logits only in the forward: the larger of the two counts.
+        """
+        if self.grad_checkpointing:
+            return self.activations - self.recompute + max(self.recompute + self.workspace, self.transient)
+        return self.activations + self.workspace + self.transient
+
+    @property
+    def update_phase(self) -> int:
+        """Memory that lives from backward into the optimizer step: gradients and the step's temporaries."""
+        return self.gradients + self.step_temporaries
+
+    @property
+    def total(self) -> int:
+        """The peak: weights, adapters, optimizer states and master weights live throughout; the forward
+        phase and the update phase overlap only when gradients accumulate over micro-batches:
+
+            peak = weights + adapters + states + master + max(forward phase, update phase)   (grad_accum 1)
+            peak = weights + adapters + states + master + forward phase + update phase       (grad_accum > 1)
+        """
+        resident = self.weights + self.optimizer_states + self.master_weights + self.adapters
+        if self.grad_accum > 1:
+            return resident + self.forward_phase + self.update_phase
+        return resident + max(self.forward_phase, self.update_phase)
+
+    @property
+    def bytes_per_param(self) -> float:
+        """static / N: the seed arithmetic's 16 (full), ~4.2 (lora), ~1.2 (qlora)."""
+        return self.static / self.params
+
+    @property
+    def fits(self) -> bool | None:
+        return None if self.available is None else self.total <= self.available
+
+
+def _fmt(n: float) -> str:
+    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
+
+
+def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
+             r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
+             lora_dropout: float = 0.0, target_fraction: float = 1.0, autocast: bool = True,
+             detect: bool = True, layers: int | str = "all", grad_accum: int = 1) -> MemoryEstimate:
+    """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
+
+    Args:
+        method: full | lora | qlora (LoRA on all 7 projections of every block, rank `r`).
+        optimizer: adamw (fp32 m, v: 8 bytes/trainable param) | adamw8bit (2 + 8/256).
+        device: auto | cpu | cuda: where it trains, for the weight dtype and the memory compared with.
+        weights_dtype: auto (fp32 on CPU, bf16 on CUDA: tunelab's defaults) | fp32 | bf16.
+        target_fraction: share of positions that carry a target (the head runs on those only).
+        autocast: bf16 autocast (tunelab's default on CUDA and AVX-512-BF16 CPUs): activations in 2 bytes,
+            else 4 (and no weight copies).
+        detect: look up the device's memory (False: no lookup, `fits` is None).
+        layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
+            autograd graph, so only the adapted blocks keep activations and weight copies.
+        grad_accum: micro-batches per optimizer step; above 1, gradients live through later forwards.
+    """
+    if method not in METHODS:
+        raise TunelabError(f"unknown method '{method}'", where="--method", hint=f"one of: {', '.join(METHODS)}")
+    if optimizer not in ADAM_BYTES:
+        raise TunelabError(f"unknown optimizer '{optimizer}'", where="--optimizer", hint="adamw or adamw8bit")
+    if batch < 1 or seq < 1 or r < 1:
+        raise TunelabError("batch, seq and r must be >= 1", where="memory")
+    cfg, name = (model, model.get("_name_or_path", "config")) if isinstance(model, dict) else read_config(model)
+    name = model if isinstance(model, str) else name
+    s = ModelShape.from_config(cfg)
+    dev, total_mem, avail = detect_memory(device) if detect else (device, None, None)
+    dev = "cpu" if dev == "auto" else dev
+    wb = {"auto": 2 if dev == "cuda" else 4, "fp32": 4, "bf16": 2}[weights_dtype]
+    adam = ADAM_BYTES[optimizer]
+    n, lin = s.params, s.linear_params
+    # blocks that take part in backward: all for full fine-tuning, the adapted ones for lora/qlora
+    nb = s.layers if method == "full" or layers == "all" else min(int(layers), s.layers)
+    t = n if method == "full" else s.lora_params(r, nb)
+    rows: list[tuple[str, int, str]] = []
+    w_name = "fp32" if wb == 4 else "bf16"
+
+    if method == "full":
+        weights, grads = n * wb, n * wb
+        master = n * 4 if wb < 4 else 0  # mixed precision keeps an fp32 copy for the update
+        opt = int(n * adam)
+        adapters = 0
+        rows += [("weights", weights, f"{_fmt(n)} params x {wb} ({w_name})"),
+                 ("gradients", grads, f"{_fmt(n)} x {wb} ({w_name})"),
+                 ("optimizer states", opt, f"{_fmt(n)} x {adam:g} ({optimizer} m, v)")]
+        if master:
+            rows.append(("fp32 master weights", master, f"{_fmt(n)} x 4"))
+        bpp = f"{wb} weights + {wb} grads + {adam:g} {optimizer} m,v" + (" + 4 fp32 master" if master else "")
+    else:
+        if method == "lora":
+            weights = n * wb
+            rows.append(("weights (frozen)", weights, f"{_fmt(n)} params x {wb} ({w_name})"))
+            bpp = f"{wb} frozen weights"
+        else:
+            quant = int(lin * QLORA_BITS / 8)
+            weights = quant + (n - lin) * wb
+            rows.append(("weights (frozen)", weights,
+                         f"{_fmt(lin)} block-Linear x {QLORA_BITS:.3f}/8 (NF4+DQ) + {_fmt(n - lin)} other x {wb} ({w_name})"))
+            bpp = f"{QLORA_BITS / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
+        adapters = 4 * t
+        grads, opt, master = 4 * t, int(t * adam), 0
+        rows += [("adapters (fp32)", adapters, f"T = {_fmt(t)} = L' r sum(in+out) = {nb} x {r} x "
+                                               f"{sum(a + b for _, a, b in s.linears()):,}; x 4"),
+                 ("gradients", grads, f"T x 4 (fp32)"),
+                 ("optimizer states", opt, f"T x {adam:g} ({optimizer} m, v)")]
+        bpp += f" + (4 + 4 + {adam:g}) x T/N ({t / n:.2%})"
+
+    # ---- activations (bytes kept per layer per token) -----------------------------------------------------------
+    h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
+    act = 2 if autocast else 4  # bytes of a matmul output
+    res = 4 if (wb == 4 or not autocast) else 2  # bytes of the residual stream and the RMSNorm values
+    if autocast and res == 4:  # fp32 weights: each Linear keeps its own bf16 cast of its input
+        block = 4 * h * res + act * (5 * h + 2 * q + 2 * kv + 4 * i)
+        block_how = f"4h x 4 + (5h + 2q + 2kv + 4I) x 2"
+    else:
+        block = act * (4 * h + 2 * q + 2 * kv + 4 * i)
+        block_how = f"(4h + 2q + 2kv + 4I) x {act}"
+    if method != "full":
+        sum_in = sum(a for _, a, _ in s.linears())
+        # lora_A keeps its own copy of the layer input only when one is made: dropout, or autocast's bf16
+        # cast of fp32 activations (each F.linear casts its input); otherwise it shares the base layer's
+        own_input = lora_dropout > 0 or (autocast and res == 4)
+        block += act * (sum_in * own_input + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, masks
+        block_how += (f" + (sum(in) + 7r) x {act}" if own_input else f" + 7r x {act}") \
+            + (" + sum(in) masks" if lora_dropout > 0 else "")
+    tokens = batch * seq
+    kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * nb * block
+    # tunelab's loss (ops/linear_ce.py) runs the head and the cross-entropy LOSS_CHUNK positions at a
+    # time and forms their gradient in the forward: nothing of size P x V is kept for backward, one
+    # chunk's logits (fp32; under autocast the bf16 matmul output too) are alive while it runs.
+    # What it keeps instead is the gradient it formed: dL/dh for the target positions, and for full
+    # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
+    positions = int(tokens * target_fraction)
+    live = loss_chunk_rows(positions)
+    loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
+    transient = live * s.vocab * (act + 4 if autocast else 4)
+    activations = kept + loss_grad
+    how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
+           else f"B S L' block = {tokens:,} x {nb} x {block:,}")
+    rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
+    rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
+                 + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
+    rows.append(("logits (transient)", transient,
+                 f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
+                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")
+                 + f" (one chunk of the loss; P = B S x {target_fraction:g})"))
+    # bf16 copies of the Linear weights that backward needs (autocast casts). QLoRA's 4-bit layers decode
+    # again in backward and keep none; the head keeps none: the fused loss uses its cast inside the forward.
+    copy_bytes = 0 if method == "qlora" else (2 if autocast and wb == 4 else 0)
+    block_lin = sum(a * b for _, a, b in s.linears())
+    copied = block_lin if grad_checkpointing else nb * block_lin  # only blocks in backward keep their copies
+    workspace = copy_bytes * copied
+    if workspace:
+        what = "one block's Linears" if grad_checkpointing else f"{nb} blocks' Linears"
+        rows.append(("weight copies for backward", workspace,
+                     f"({what} {_fmt(copied)}) x {copy_bytes} ({'bf16' if copy_bytes == 2 else 'fp32'})"))
+
+    # AdamW's step on CPU walks the parameters one at a time (torch uses foreach kernels on CUDA only):
+    # exp_avg_sq.sqrt() / bias_correction2_sqrt makes two temporaries the size of the largest trainable
+    # tensor (full: the embedding matrix, V h). On CUDA the foreach step makes them for all at once.
+    largest = max(s.vocab * h, *(a * b for _, a, b in s.linears())) if method == "full" \
+        else max(r * max(a, b) for _, a, b in s.linears())
+    step_temp = int(2 * largest * 4) if dev == "cpu" else int(t * 4 * 2)
+    rows.append(("optimizer step temporaries", step_temp,
+                 ("2 x largest trainable tensor" if dev == "cpu" else "2 x T") + " x 4 (AdamW's sqrt(v), denominator)"))
+    est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
+                         weights, grads, opt, master, adapters, activations, workspace, transient, rows,
+                         available=avail, device_total=total_mem, step_temporaries=step_temp,
+                         recompute=tokens * block if grad_checkpointing else 0,
+                         grad_accum=max(1, grad_accum))
+    est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
+    est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
+    return est

@@ -1,0 +1,30 @@
+"""The compute precision training and inference run in.
+
+`train.precision`: fp32 (no autocast), bf16 (bf16 autocast: matmuls in bf16, fp32 master weights),
+or auto: bf16 where the hardware does bf16 matmuls natively (CUDA with bf16, else fp16; CPUs whose
+oneDNN reports bf16 support: AVX-512-BF16 or AMX), fp32 elsewhere. docs/design.md ("Precision on
+CPU") has the measurement behind the CPU rule.
+"""
+
+from __future__ import annotations
+
+import torch
+
+def cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """None = plain fp32. auto -> bf16 where the hardware does bf16 matmuls natively."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else None
+    return None

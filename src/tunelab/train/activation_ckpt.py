@@ -1,0 +1,77 @@
+"""Gradient checkpointing: on, off, or decided for the run (`train.gradient_checkpointing: auto`).
+
+Checkpointing keeps only each block's input during the forward and recomputes the block in
+backward: activations drop from B S L block to B S (L h x 4 + block) bytes (memory/estimator.py), for
+one extra forward of the blocks that need a gradient. With LoRA on the last N blocks only
+(`method.layers`), the blocks below need none, so the extra forward is N/L of the model:
+SmolLM2-135M, 8 of 30 blocks -> ~27% of one forward, ~10% of a step.
+
+auto decides:
+    qlora                     on (QLoRA is the memory-first recipe: 4-bit base + checkpointing)
+    lora, full, freeze, ...   on only when the memory estimate at (batch_size, max_length) does not
+                              fit in 80% of the memory available now; off otherwise (faster)
+
+Checkpointing is non-reentrant (`use_reentrant=False`), so the embeddings' output need not
+require grad: blocks below the adapted ones still record no autograd graph. Its `context_fn` is
+`ops.unpad.replay_context`: what a training call changes in the blocks for that call only (the
+MLP unpadding hooks) is put back around each block's recompute, so those per-call savings stay on
+under checkpointing (`replays_per_call_state`).
+"""
+
+from __future__ import annotations
+
+from tunelab.config import RunConfig
+
+FIT_SHARE = 0.8  # leave 20% of the available memory to the rest of the process and the OS
+
+
+def estimate_fits(model, cfg: RunConfig) -> bool | None:
+    """Does the training estimate without checkpointing fit? None when the model shape is not supported."""
+    from tunelab.errors import TunelabError
+    from tunelab.runtime.precision import autocast_dtype
+    from tunelab.memory.estimator import detect_memory, estimate
+
+    method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
+    device = next(model.parameters()).device
+    try:
+        est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
+                       r=cfg.method.r, lora_dropout=cfg.method.dropout, layers=cfg.method.layers, detect=False,
+                       grad_accum=cfg.train.grad_accum, device=device.type,
+                       autocast=autocast_dtype(cfg.train.precision, device) is not None)
+    except (TunelabError, KeyError, TypeError):
+        return None
+    _, _, available = detect_memory(device.type)
+    return None if available is None else est.total <= FIT_SHARE * available
+
+
+def wants_checkpointing(cfg: RunConfig, model=None) -> bool:
+    """Resolve `train.gradient_checkpointing` (true | false | auto) for this run (and model, when given)."""
+    setting = cfg.train.gradient_checkpointing
+    if setting != "auto":
+        return bool(setting)
+    if cfg.method.name == "qlora":
+        return True
+    return model is not None and estimate_fits(model, cfg) is False
+
+
+def enable(model) -> None:
+    """Non-reentrant checkpointing of every transformer block (HF model or a peft model around one).
+
+    Call it after the adapters are in place. transformers' `gradient_checkpointing_enable` (and
+    peft's model wrapper) also make the embeddings' output require grad, which reentrant
+    checkpointing needs; non-reentrant does not, and that flag would make autograd record every
+    block and backpropagate through all of them even when only the last N have adapters
+    (measured: SmolLM2-135M, QLoRA on 8 of 30 blocks, 8 x 512 tokens: 26.0 s a step with it,
+    see docs/performance.md). So it is switched off again here.
+    """
+    from tunelab.ops.recompute import replay_context
+
+    kwargs = {"use_reentrant": False, "context_fn": replay_context}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
+
+
