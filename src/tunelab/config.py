@@ -14,6 +14,7 @@ Unknown keys are rejected with the closest valid name: `train.lr_rate: unknown k
 
 from __future__ import annotations
 
+import copy
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, Literal
@@ -100,12 +101,11 @@ class MethodConfig(_Section):
     name: Literal["lora", "qlora", "full", "freeze", "qat", "bitnet"] = "lora"
     r: int = Field(16, ge=1)
     alpha: float = 32
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # > 0 copies every adapted layer's input: 20-40% of a forward
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # > 0 copies every adapted layer's input (cost: docs/performance.md)
     target_modules: str | list[str] = "all-linear"
     # LoRA/QLoRA on the last N transformer blocks only ("all" = every block). Below them the frozen
     # base runs without autograd: no activations kept, no backward through those blocks.
-    # 8: 4 or 6 blocks matched 8 on the Python-FAQ loss at more tokens/s, but the quickstart persona
-    # was learned by 8 only (signature rate 0.8 vs 0.5: docs/performance.md, "Adapted blocks")
+    # Why 8: docs/performance.md, "Adapted blocks and learning rate".
     layers: Literal["all"] | int = 8
     quant_type: Literal["nf4", "fp4"] = "nf4"
     double_quant: bool = True
@@ -121,7 +121,7 @@ class MethodConfig(_Section):
         return v
 
 
-LORA_LR = 4e-4  # adapters on the last 8 blocks: measured val loss 2.681 at 4e-4 vs 2.690 at 2e-4 (docs/performance.md)
+LORA_LR = 4e-4  # adapters on the last 8 blocks (how it was chosen: docs/performance.md, "Adapted blocks and learning rate")
 FULL_LR = 2e-4
 
 
@@ -152,8 +152,8 @@ class TrainConfig(_Section):
     early_stopping_patience: int = Field(0, ge=0)  # stop after N evaluations without improvement (0 = off)
     early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must beat the best by more than this
     report_to: Literal["none", "tensorboard"] = "none"  # metrics.jsonl is always written
-    # CPU: glibc keeps freed activation buffers for the next step (runtime/allocator.py); auto = on
-    # (QLoRA benchmark: 175 -> 202 tok/s for 2,136 -> 2,183 MB peak RSS); false = smaller RSS, slower
+    # CPU: glibc keeps freed activation buffers for the next step (runtime/allocator.py); auto = on;
+    # false = smaller RSS, slower (measured: docs/design.md, "glibc keeps freed buffers")
     keep_freed_memory: bool | Literal["auto"] = "auto"
 
 
@@ -183,9 +183,6 @@ class PreferenceConfig(_Section):
     beta: float = Field(0.1, gt=0)
     loss_type: str = "sigmoid"  # TRL DPO loss_type
     max_prompt_length: int = Field(256, ge=8)
-
-
-TASKS = ("sft", "classify", "pretrain", "reward", "dpo")
 
 
 class RunConfig(_Section):
@@ -301,6 +298,24 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise TunelabError("the config must be a mapping of sections", where=str(path), hint="see examples/configs/")
     data = apply_overrides(data, overrides or [])
     return from_dict(data, source=str(path), text=text)
+
+
+def as_config(config: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> RunConfig:
+    """A validated RunConfig from a YAML path, a dict (the YAML's mapping) or a RunConfig, with
+    `key.sub=value` overrides applied. A dict is not modified; a RunConfig without overrides is
+    returned as it is; with overrides it is re-validated from its fields and the overrides.
+    `overrides` is a list of strings like the command line's (`["train.lr=1e-4"]`) or one such string."""
+    overrides = [overrides] if isinstance(overrides, str) else list(overrides or [])
+    if isinstance(config, RunConfig):
+        if not overrides:
+            return config
+        return from_dict(apply_overrides(config.model_dump(mode="json"), overrides), source="config")
+    if isinstance(config, dict):
+        return from_dict(apply_overrides(copy.deepcopy(config), overrides), source="config")
+    if isinstance(config, (str, Path)):
+        return load_config(config, overrides)
+    raise TunelabError(f"a config is a YAML path, a dict or a RunConfig, not {type(config).__name__}",
+                       where="config", hint="e.g. tunelab.train('examples/configs/quickstart.yaml')")
 
 
 def dump_config(cfg: RunConfig, extra: dict | None = None) -> str:

@@ -35,9 +35,9 @@ def reply_loss_sum(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    skip_padding: bool = True) -> tuple[torch.Tensor, int]:
     """Sum of next-token NLL over learned positions, and their count.
 
-    The output head runs only on positions that have a target: with SmolLM2's 49,152 x 576 head
-    and ~40% of tokens learned (reply tokens), that skips ~60% of the head's 57 GFLOP forward
-    per 1,000 tokens (and its backward). A bias-free Linear head goes through
+    The output head runs only on positions that have a target: a fraction (1 - learned share) of
+    the head's 2 V d FLOP per token, forward and backward (e.g. SmolLM2's 49,152 x 576 head with
+    40% of tokens learned: ~60% of 57 GFLOP per 1,000 tokens). A bias-free Linear head goes through
     `ops.linear_ce.linear_cross_entropy_sum` (head and loss chunk by chunk, gradient formed in
     the forward), so no P x V logits outlive their chunk. An opening shared by every row of the
     batch (a chat template's system turn) runs once (`ops.shared_prefix`), and the blocks' MLPs

@@ -18,7 +18,7 @@ data:
   train: examples/data/tunebot/train.jsonl
   validation: examples/data/tunebot/validation.jsonl
 method: {{name: lora, r: 4, dropout: 0.1}}
-train: {{lr: 0.003, max_steps: 30, batch_size: 4, save_every: 3, seed: 7}}
+train: {{lr: 0.003, max_steps: 30, batch_size: 4, save_every: 3, seed: 7, precision: fp32}}
 output: {{dir: {tmp_path}/runs, name: {name}}}
 """)
     return p

@@ -17,8 +17,8 @@ import random
 from dataclasses import asdict, dataclass, field
 
 from tunelab.config import DataSpec, RunConfig
-from tunelab.data.formats import ChatExample, to_examples
-from tunelab.data.sources import read_records, read_source
+from tunelab.data.formats import to_examples
+from tunelab.data.sources import read_source
 from tunelab.errors import TunelabError
 
 
@@ -39,11 +39,6 @@ class DataSplits:
     sources: list[SourceStats] = field(default_factory=list)
     duplicates_dropped: int = 0  # exact duplicates within the data (data.dedupe)
     overlap_dropped: int = 0  # train examples identical to a validation example (data.dedupe)
-
-
-def load_examples(path: str, fmt: str, field: str) -> list[ChatExample]:
-    """Chat examples of one file (the sft shapes); kept for callers that read a single file."""
-    return to_examples(read_records(path, field), fmt)
 
 
 def _named(e: TunelabError, field_name: str) -> TunelabError:

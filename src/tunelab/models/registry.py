@@ -8,7 +8,8 @@
   hub id           org/name              -> downloaded by transformers (fails clearly when offline)
 
 GGUF checkpoints are converted once into `$TUNELAB_HOME/models/<alias>` (default
-`~/.cache/tunelab/models`) as plain safetensors: ~23 s the first time, ~0.3 s after.
+`~/.cache/tunelab/models`) as plain safetensors; later loads read the cache (how long each takes:
+docs/performance.md, "One-off costs").
 """
 
 from __future__ import annotations

@@ -17,8 +17,7 @@ dL/dh by g. Against `F.cross_entropy(head(h), t, reduction="sum")`:
   plus dL/dh (P x d x 4). SmolLM2, 3,000 reply positions: 590 MB kept until backward (and as much
   again while it runs) -> 7 MB kept, 201 MB alive while a 1,024-row chunk runs;
 - time: the same two matmuls (z = h W^T, dL/dh = dz W), but no separate log-softmax, its backward,
-  or the zero-filled P x V gradient of the NLL gather: measured on SmolLM2 (CPU, fp32) in
-  docs/performance.md.
+  or the zero-filled P x V gradient of the NLL gather (measured: docs/performance.md, "The levers").
 
 Gradients match cross_entropy's to float rounding, also under bf16 autocast where the two matmuls
 run in bf16 (tests/ops/test_linear_ce.py). Used by `losses.reply_loss_sum` whenever the
@@ -49,17 +48,16 @@ CHUNK = 1024  # rows of logits alive at a time: 1,024 x 49,152 x 4 B = 201 MB fo
 def _chunked(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int, need_h: bool,
              need_w: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(loss sum, dL/dh or None, dL/dW in fp32 or None), `chunk` rows of logits at a time."""
-    # equal chunks of at most `chunk` rows: 1,058 rows go as 529 + 529, not 1,024 + 34 (a 34-row
-    # matmul against the 49,152 x 576 head runs at a third of the big one's rate: measured 41 vs
-    # 104-133 GFLOP/s in a profiled SmolLM2 step)
+    # equal chunks of at most `chunk` rows: 1,058 rows go as 529 + 529, not 1,024 + 34 (a thin
+    # remainder matmul against the V x d head runs far below the full chunk's rate: docs/performance.md)
     chunk = loss_chunk_rows(h.shape[0], chunk) or chunk
     total = torch.zeros((), dtype=torch.float32, device=h.device)
     grad_h = torch.empty_like(h) if need_h else None
     grad_w = torch.zeros_like(weight, dtype=torch.float32) if need_w else None
     fp32 = weight.dtype == h.dtype == torch.float32 and not torch.is_autocast_enabled(h.device.type)
-    # one logits buffer for every chunk: glibc does not hand a freed 201 MB block back to the next
-    # 64-byte-aligned request of the same size (torch's), so a new one per chunk grew the heap by
-    # one chunk each time (measured: +560 MB of heap for 3 chunks, +18 MB in use)
+    # one logits buffer for every chunk: glibc does not hand a freed chunk-sized block back to the
+    # next 64-byte-aligned request of the same size (torch's), so a new one per chunk would grow the
+    # heap by one chunk each time (measured: docs/performance.md, "one logits buffer")
     buf = h.new_empty(min(chunk, h.shape[0]), weight.shape[0]) if fp32 else None
     for s in range(0, h.shape[0], chunk):
         hc, tc = h[s:s + chunk], target[s:s + chunk]

@@ -13,8 +13,8 @@ Exact: every suffix position attends to the same keys and values as in one pass 
 sequence (positions P.., the same causal/padding mask). Gradients reach the prefix's adapted
 layers through the repeat (summed over the B rows), as they would through B copies.
 
-Saving: (B - 1) x P token-positions of every block per micro-batch. Python FAQ benchmark (batch 8,
-mean length 224 tokens, P = 24): 10.7% of the token-positions, 9.4% after the one shared row.
+Saving: (B - 1) x P token-positions of every block per micro-batch, i.e. a fraction (B - 1) P / (B n)
+of the batch's B x n positions (the Python-FAQ benchmark's figure: docs/performance.md).
 
 Conditions (`shared_prefix_length`): the first P tokens are equal and real (not padding) in every
 row, each row has at least one token after them, and no learned target lies in positions 1..P (the

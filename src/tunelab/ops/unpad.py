@@ -6,8 +6,8 @@ needs the B x S layout, but the MLP works position by position, so it can take t
     x (B, S, d) -> x.view(B S, d)[real]  (R, d) -> mlp -> zeros (B S, d) with the R rows put back
 
 The MLP is 3 of a Llama block's 4 matmul groups (SmolLM2: gate + up + down = 2.65M of 3.54M
-weights per block), so padding costs 3/4 less there. Python FAQ benchmark (batch 8, length-grouped):
-padding is 9.3% of the positions.
+weights per block), so padding costs 3/4 less there (how much padding a benchmark batch holds, and
+the time saved: docs/performance.md).
 
 Exact for every real position: rows are right-padded and attention is causal, so no real token
 ever attends to a padding position, and the loss reads real positions only. Padding positions get

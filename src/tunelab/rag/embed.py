@@ -12,8 +12,8 @@ Speed on CPU: texts are sorted by length and batched (`batch_size`, default 32) 
 small; all under `torch.inference_mode()`; batches use one intra-op thread per core
 (`torch.set_num_threads(os.cpu_count())`) unless the user already set OMP_NUM_THREADS, while
 a single short text (a query) runs on one thread: splitting a 15-token forward across cores
-gains nothing and, on a busy machine, waiting for the second core cost 65 ms -> 300-600 ms.
-all-MiniLM-L6-v2 on 2 AVX2 cores: about 3,400 tokens/s in 256-token windows.
+gains nothing and, on a busy machine, waiting for the other cores costs more than the forward
+(measured, with the embedder's tokens/s: docs/rag.md, "Timings behind the code").
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@
                         cosine similarity (ANN index once the KB is large, re-ranked exactly)
     hybrid=True         + BM25 over heading path + text; candidates of both searches are scored
                         score = alpha * similarity + (1 - alpha) * bm25 / best bm25  (alpha 0.5)
-                        (on the Python-docs FAQ check this beat reciprocal rank fusion:
-                        recall@3 0.94 vs 0.86 with RRF k=60; docs/rag.md)
+                        (chosen over reciprocal rank fusion on the Python-docs FAQ check:
+                        docs/rag.md, "Fusion check")
     reranker            any callable (question, hits) -> hits, applied to the candidates
                         (4 x k of them) before the top k are kept: a cross-encoder, an LLM
                         judge, a recency rule...

@@ -1,13 +1,12 @@
 """Static token embeddings distilled from a sentence encoder: `<alias>-static` (e.g. `minilm-l6-static`).
 
 The fast embedder for big corpora on small CPUs. A transformer encoder costs ~24 MFLOP per
-token (all-MiniLM-L6-v2): the 2.7M tokens of the Python docs take an estimated ~13 min on 2 AVX2 cores.
-A static embedder costs a table lookup per token, so embedding is bound by tokenization
-(the embed stage took 28 s for the same corpus, on 2 cores shared at load ~5).
+token (all-MiniLM-L6-v2); a static embedder costs a table lookup per token, so embedding is bound
+by tokenization (the Python docs with each: docs/rag.md).
 
 Distillation (model2vec's recipe, simplified; done once, cached in
-`$TUNELAB_HOME/models/<alias>-static/vectors.npy`; 30,522 x 3 tokens: ~30 s idle at embed.py's
-3,400 tokens/s, 250 s measured at load 8):
+`$TUNELAB_HOME/models/<alias>-static/vectors.npy`; one encoder forward of 3 tokens per vocabulary
+token, e.g. 30,522 x 3 tokens for MiniLM: its duration is in docs/rag.md, "Timings behind the code"):
     vector[t] = mean-pooled output of the encoder on `[CLS] t [SEP]`, for every vocabulary token t
     minus the mean vector of all word pieces (the shared direction: without it any two texts
     score a cosine of ~0.5)

@@ -10,10 +10,10 @@ Why LanceDB: embedded (a folder, no server), columnar on disk, deletes by predic
 changed file is replaced without touching the rest), an ANN index (IVF-PQ, re-ranked exactly
 with `refine_factor`) and a BM25 full-text index in the same table.
 
-Indexes: the BM25 index is rebuilt after each change (2.4 s for 12.7k chunks); the ANN index
-is built once the table holds `ANN_MIN_ROWS` rows and rebuilt when the row count has grown or
-shrunk by half since. Measured on 12.7k x 384 (2 busy cores): exact scan 22-36 ms, IVF-PQ
-5-6 ms, so below 5,000 rows an exact scan (~10 ms) is fine and always exact.
+Indexes: the BM25 index is rebuilt after each change; the ANN index is built once the table
+holds `ANN_MIN_ROWS` rows and rebuilt when the row count has grown or shrunk by half since.
+Below that an exact scan is fast enough and always exact (rebuild and query times: docs/rag.md,
+"The store: why LanceDB" and "Timings behind the code").
 """
 
 from __future__ import annotations

@@ -9,10 +9,9 @@ buffers over and over (SmolLM2-135M, 8 x 400 tokens: each MLP activation is 3,20
 zeroing of each new page again. Raising the mmap threshold to 1 GiB and the trim threshold to
 2 GiB - 1 lets free() keep those pages in the heap for the next step.
 
-Measured on this 2-core machine (one forward+backward of 8 x 400 tokens, LoRA all-linear):
-138 -> 195 trained tokens/s. Peak RSS does not grow (the same buffers are reused), but RSS
-stays at the peak after training instead of shrinking, which is why this is a training-loop
-setting and not a global one.
+It makes steps faster (docs/performance.md, "glibc keeps freed buffers"). Peak RSS does not grow
+(the same buffers are reused), but RSS stays at the peak after training instead of shrinking,
+which is why this is a training-loop setting and not a global one.
 
 Other allocators (macOS, musl, jemalloc/tcmalloc preloaded) are left alone.
 
@@ -22,14 +21,13 @@ Kept in the heap, those buffers fragment it: torch asks for 64-byte-aligned bloc
 memalign serves a request of n bytes by taking n + 96 and freeing the 64-96 byte slivers on either
 side. Those slivers go to the thread cache (tcache) and the fastbins, which never merge with their
 neighbours, so when the big block is freed it stays a hole of exactly n bytes, too small for the
-next request of the same n (which again wants n + 96): the heap grows instead. Measured on
-SmolLM2-135M QLoRA, one 8 x 512 step: 0.94 GB in use at the peak, heap 2.2-2.7 GB, and the same
-step run twice in fresh processes ended 450 MB apart. With the tcache and fastbins off
-(GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0) the slivers merge back and the
-holes are reused: peak RSS 1,231-1,236 MB for QLoRA, 2,765 MB for LoRA, same step time (the
-numbers and commands are in docs/performance.md). glibc reads its tunables only when a process
-starts, so `tunelab train` re-executes itself once with them set (`reexec_with_training_tunables`;
-TUNELAB_KEEP_MALLOC=1 turns that off), and scripts that launch training can pass training_env().
+next request of the same n (which again wants n + 96): the heap grows instead. With the tcache and
+fastbins off (GLIBC_TUNABLES=glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0) the slivers merge
+back and the holes are reused, at the same step time (peak RSS before and after, and the commands:
+docs/memory.md, "RSS is not tensors", and docs/performance.md). glibc reads its tunables only when
+a process starts, so `tunelab train` re-executes itself once with them set
+(`reexec_with_training_tunables`; TUNELAB_KEEP_MALLOC=1 turns that off), and scripts that launch
+training can pass training_env().
 
 start_peak_rss() / peak_rss_mb(): the training phase's peak resident memory. Loading a model leaves
 freed buffers in the heap (and quantizing one, pages of the checkpoint file), so at the start of
