@@ -255,3 +255,109 @@ def test_plain_fp32_estimate_matches_what_autograd_saves(tiny_model_dir, method)
                  target_fraction=63 / 64)
     predicted = e.activations + e.workspace
     assert abs(predicted - got) / got < 0.10, (predicted, got)
+
+
+SMOL_WIDTHS = {"model_type": "llama", "vocab_size": 8192, "hidden_size": 576, "intermediate_size": 1536,
+               "num_hidden_layers": 2, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+               "tie_word_embeddings": True}  # SmolLM2-135M's widths, 2 blocks, a smaller vocabulary
+
+
+@pytest.mark.parametrize("method", ["lora", "qlora"])
+def test_bf16_autocast_adapters_without_dropout_match_what_autograd_saves(method):
+    """tunelab's defaults (dropout 0) under bf16 autocast with fp32 weights: the frozen base keeps none of
+    its input, each lora_A its own bf16 cast, the frozen norms their fp32 input only, and the lowest adapted
+    block's q, k, v no weight copy (the formula once counted every adapted input twice: 1.19x for lora,
+    1.35x for qlora at these widths)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
+    from tunelab.config import MethodConfig
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**SMOL_WIDTHS), attn_implementation="sdpa")
+    if method == "qlora":
+        quantize_base(model, compute_dtype=torch.bfloat16)
+    model = apply_lora(model, MethodConfig(name=method, r=16, dropout=0.0, layers="all"))
+    got = _saved_bytes(model, 1, 128)
+    e = estimate(SMOL_WIDTHS, method, batch=1, seq=128, r=16, device="cpu", detect=False, target_fraction=127 / 128,
+                 layers="all")
+    assert abs(e.activations + e.workspace - got) / got < 0.05, (e.activations + e.workspace, got)
+
+
+def test_bf16_head_cast_and_cast_cache_arithmetic():
+    """Under bf16 autocast with fp32 weights the loss casts the head (V h x 2) and, with checkpointing,
+    autocast's cache holds the bf16 copy of every trainable weight until the forward ends."""
+    s = ModelShape.from_config(LLAMA3_8B)
+    v, h = 128256, 4096
+    lora = estimate(LLAMA3_8B, "lora", batch=1, seq=512, r=16, layers=8, device="cpu", detect=False)
+    assert lora.head_cast == v * h * 2 and lora.cast_cache == 0  # frozen head: one cast at a time
+    assert lora.forward_phase == lora.activations + lora.workspace + lora.transient + lora.head_cast
+    # workspace: 8 blocks' base and adapter copies, less the lowest block's q, k, v (no graph there)
+    per_block = sum(a * b for _, a, b in s.linears()) + 16 * sum(a + b for _, a, b in s.linears())
+    assert lora.workspace == 2 * (8 * per_block - h * (4096 + 2 * 1024))
+    # full, 2 chunks of 1,024 positions: from the second chunk on W^T's cast beside the cached W's
+    full = estimate(LLAMA3_8B, "full", batch=2, seq=1024, device="cpu", detect=False)
+    assert full.head_cast == v * h * 2 + max(0, v * (2 * h - 4 * 1024))
+    ck = estimate(LLAMA3_8B, "full", batch=2, seq=1024, grad_checkpointing=True, device="cpu", detect=False)
+    assert ck.cast_cache == s.linear_params * 2  # every block's cached cast, though one block's is kept
+    assert ck.forward_phase == ck.activations - ck.recompute + max(ck.recompute + ck.workspace,
+                                                                   ck.transient + ck.head_cast + ck.cast_cache)
+    qck = estimate(LLAMA3_8B, "qlora", batch=1, seq=512, r=16, layers=8, grad_checkpointing=True, device="cpu",
+                   detect=False)
+    assert qck.cast_cache == 2 * qck.trainable and qck.workspace == 2 * qck.trainable // 8  # adapters only
+    # nothing of this in plain fp32 or with bf16 weights (no casts of fp32 weights)
+    for e in (estimate(LLAMA3_8B, "full", batch=2, seq=1024, grad_checkpointing=True, device="cpu", detect=False,
+                       autocast=False),
+              estimate(LLAMA3_8B, "lora", batch=1, seq=512, grad_checkpointing=True, device="cuda", detect=False)):
+        assert e.head_cast == e.cast_cache == 0
+
+
+def _live_tensor_peak(fn) -> int:
+    """Peak of live CPU tensor bytes while fn() runs (torch.profiler's memory timeline, as
+    benchmarks/memory_peak.py measures it)."""
+    import tempfile
+
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "timeline.json"
+        prof.export_memory_timeline(str(path), device="cpu")
+        _, sizes = json.loads(path.read_text())
+    return max(sum(row) for row in sizes)
+
+
+def test_bf16_qlora_live_peak_matches_the_estimate():
+    """Two training steps of tunelab's loop under forced bf16 autocast (any CPU), QLoRA with checkpointing
+    at SmolLM2's widths: the measured live-tensor peak is where the loss runs, with the head's bf16 cast
+    (9 MiB of the ~39 here) and autocast's cache of the adapters' copies; the estimate within 10%."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
+    from tunelab.config import from_dict
+    from tunelab.data.tokenize import IGNORE, TokenizedExample
+    from tunelab.train.activation_ckpt import enable
+    from tunelab.train.engine import train_loop
+
+    cfg = from_dict({"model": {"name": "x"}, "data": {"train": "x.jsonl", "max_length": 128},
+                     "method": {"name": "qlora", "layers": "all"},
+                     "train": {"batch_size": 1, "max_steps": 2, "eval_every": "never", "warmup_ratio": 0,
+                               "precision": "bf16"}})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**SMOL_WIDTHS), attn_implementation="sdpa")
+    quantize_base(model, compute_dtype=torch.bfloat16)
+    model = apply_lora(model, cfg.method)
+    enable(model)
+    g = torch.Generator().manual_seed(0)
+    examples = []
+    for _ in range(2):
+        ids = torch.randint(10, 8192, (128,), generator=g).tolist()
+        examples.append(TokenizedExample(ids, [IGNORE] * 76 + ids[76:]))  # the last 52 positions the reply
+    got = _live_tensor_peak(lambda: train_loop(model, examples, [], cfg.train, 0, quiet=True))
+    e = estimate(SMOL_WIDTHS, "qlora", batch=1, seq=128, grad_checkpointing=True, r=16, device="cpu", detect=False,
+                 autocast=True, target_fraction=52 / 128, layers="all")
+    assert e.head_cast == 8192 * 576 * 2 and e.cast_cache == 2 * e.trainable
+    assert abs(e.total - got) / got < 0.10, (e.total, got)

@@ -1,9 +1,11 @@
 """Training memory, estimated from a model's config.json alone (no weights are loaded).
 
     peak = weights + adapters + optimizer states + master weights
-         + max(activations + weight copies + transient logits,     the forward phase, freed in backward
+         + max(activations + weight copies + what the loss holds,   the forward phase, freed in backward
                gradients + optimizer step temporaries)              the update phase
     (a sum instead of the max when gradients accumulate over micro-batches: grad_accum > 1)
+    what the loss holds = one chunk's logits (+ under bf16 autocast: the head's bf16 cast, and with
+                          checkpointing autocast's cache of the trainable weights' bf16 copies)
 
 Parameters come from the config's shapes (Llama-family decoders: llama, mistral, qwen2, qwen3, gemma):
 
@@ -30,37 +32,77 @@ the residual stream and RMSNorm values are fp32 when the weights are, as on CPU)
     bf16 weights  block = (4h + 2q + 2kv + 4I) x 2
                   attention: norm input, normed x, q and k after RoPE, v, SDPA out (o_proj's input);
                   MLP: norm input, normed x, gate, up, silu(gate), silu(gate) * up (down_proj's input)
-    fp32 weights  block = 4h x 4 + (5h + 2q + 2kv + 4I) x 2
-                  norm inputs and outputs in fp32; every Linear keeps its own bf16 cast of its input
-                  (q, k, v: 3h; gate, up: 2h; o, down), SDPA keeps bf16 q, k, v and its output
-    lora          + (sum(in) + 7r) x 2 + sum(in)   A's bf16 input, A x, the 1-byte dropout masks (dropout > 0)
-    no checkpointing:   B S L' block
+      lora        + (sum(in) + 7r) x 2 + sum(in)   A's bf16 input, A x, the 1-byte dropout masks (dropout > 0)
+                  (the earlier formula: not measured on this project's machines, which have no GPU)
+    fp32 weights, bf16 autocast (CPU with AVX-512-BF16, or train.precision: bf16):
+      full        block = 4h x 4 + (5h + 2q + 2kv + 4I) x 2
+                  norm inputs and normed x in fp32 (the norm weights train); every Linear keeps its own
+                  bf16 cast of its input (q, k, v: 3h; gate, up: 2h; o, down), SDPA keeps bf16 q, k, v
+                  and its output (which is o_proj's input)
+      lora/qlora  block = 2h x 4 + (5h + 3q + 2kv + 4I + 7r) x 2 (+ sum(in) x 4 dropout masks)
+                  the frozen norms keep only their fp32 input; the frozen base Linear keeps none of its
+                  input, lora_A keeps its own bf16 cast of it (peft casts the input to the adapter's fp32
+                  first, so even o_proj's already-bf16 input gets a copy: + q), lora_B keeps A x;
+                  CPU dropout keeps its mask in x's dtype (fp32: 4 bytes; CUDA's fused dropout: 1 byte)
+    fp32 weights, plain fp32:
+      full        block = (4h + 2q + 2kv + 4I) x 4
+      lora/qlora  + 7r x 4                          A x; lora_A shares its input with the base layer
+                  block = 2h x 4 + (2q + 2kv + 3I + 7r) x 4 + sum(in) x (4 + 4)   with dropout: each lora_A
+                  keeps the dropped copy of its input and dropout its mask; no one keeps the normed x
+                  (frozen norms) nor the MLP product (the frozen down_proj keeps no input)
+    lowest block  lora/qlora with fp32 weights, no checkpointing: the lowest adapted block's input needs no
+                  gradient (frozen embeddings, no graph below), so its input norm keeps nothing and its
+                  q, k, v no dropout masks: - h x 4 (- 3h x mask with dropout)
+    no checkpointing:   B S (L' block - lowest)
     checkpointing:      B S (L' h x 4 + block)  each block's (fp32) input, plus one block recomputed in backward
                         L' = blocks in backward: L for full fine-tuning, the adapted last N for lora/qlora
                         (`method.layers`: the blocks below them record no graph and keep nothing)
     loss:               B S f h x 4 (+ V h x 4 full)   tunelab's loss (ops/linear_ce.py) runs head +
                                            cross-entropy in chunks of 1,024 positions and forms their
                                            gradient in the forward: it keeps dL/dh (and the head's dL/dW)
-    logits (transient): ceil(P / ceil(P / 1,024)) x V x 4 one chunk's fp32 logits (softmax - onehot in place;
-                                                       P = B S f positions in equal chunks of <= 1,024)
-                        (autocast: x (2 + 4), the bf16 matmul output and its fp32 upcast)
+    logits (transient): c x V x 4 with c = ceil(P / ceil(P / 1,024)): one chunk's fp32 logits (softmax -
+                        onehot in place; P = B S f positions in equal chunks of <= 1,024)
+                        (autocast: c V x (2 + 4): the bf16 matmul output beside its fp32 upcast, then the
+                        fp32 softmax - onehot beside its bf16 cast for dL/dh = dz W)
                         f = share of positions with a target (tunelab runs the head on those only)
 
-e.g. SmolLM2-135M (fp32 weights), per layer per token: 4 x 576 x 4 + (5 x 576 + 2 x 576 + 2 x 192
-     + 4 x 1,536) x 2 = 9,216 + 21,120 = 30,336 bytes; x 30 layers = 0.91 MB per token.
+e.g. SmolLM2-135M (fp32 weights, autocast), per layer per token: full 4 x 576 x 4 + (5 x 576 + 2 x 576
+     + 2 x 192 + 4 x 1,536) x 2 = 9,216 + 21,120 = 30,336 bytes (x 30 layers = 0.91 MB per token);
+     lora 2 x 576 x 4 + (5 x 576 + 3 x 576 + 2 x 192 + 4 x 1,536 + 7 x 16) x 2 = 4,608 + 22,496 = 27,104.
 
-Weight copies kept for backward (the `workspace` field): under bf16 autocast each Linear casts its weight
-to bf16 and autograd keeps that copy to compute the input's gradient, so at the peak a bf16 copy of every
-block Linear in backward is alive when the stored weights are not bf16 already (fp32 weights on CPU). QLoRA
+Weight copies kept for backward (the `workspace` field), under bf16 autocast with fp32 weights: each
+Linear casts its weight to bf16 and autograd keeps that copy to compute the input's gradient. A frozen
+fp32 weight (lora's base) is cast anew at each use; a trainable fp32 leaf (full's weights, the adapters)
+is cast once per forward by autocast's weight cache and that cached copy is the one kept. QLoRA's base
 keeps none: its 4-bit layers decode the weight again in backward (tunelab's `QuantLinear`, as
-bitsandbytes' 4-bit matmul does) instead of keeping the decoded copy. The head keeps none (the fused
-loss uses its cast inside the forward):
+bitsandbytes' 4-bit matmul does) instead of keeping the decoded copy (the decode itself is one layer's
+weight at a time: <= 1.8 MB on SmolLM2, left out). The lowest adapted block's q, k, v record no graph
+(input and weight without gradient) and keep none. The head keeps none (the fused loss uses its cast
+inside the forward). No copies with bf16 weights or in plain fp32:
 
-    L' sum(in x out) x 2                 without checkpointing   (L' = blocks in backward)
-    sum(in x out) x 2                    with checkpointing (one block is recomputed at a time)
+    full         L sum(in x out) x 2                                      without checkpointing
+    lora         L' (sum(in x out) + r sum(in + out)) x 2 - h (q + 2kv) x 2  (base + adapter copies)
+    qlora        T x 2 = L' r sum(in + out) x 2                           (the adapters' copies)
+    checkpointing: one block's worth (one block is recomputed and cast at a time in backward)
 
-e.g. SmolLM2-135M, full fine-tuning under autocast: 106.2M x 2 = 212 MB.
-Checked against what autograd actually saves (tests/memory/test_memory.py, saved-tensor hooks).
+e.g. SmolLM2-135M, full fine-tuning under autocast: 106.2M x 2 = 212 MB; lora on 8 blocks:
+8 x (3,538,944 + 162,816) x 2 - 576 x 960 x 2 = 58.1 MB.
+
+What the loss holds beyond its logits under bf16 autocast with fp32 weights (`head_cast`, `cast_cache`):
+
+    head cast    V h x 2: both of the loss's matmuls cast the fp32 head: z = h_c W^T casts W^T (a view,
+                 which autocast's cache skips) and frees it when the matmul returns, dz W casts W (a new
+                 cast per chunk when the head is frozen; autocast's cached one when it trains, alive until
+                 the forward ends). Full fine-tuning with >= 2 chunks: from the second chunk on W^T's cast
+                 and the cached W's coexist with the bf16 logits: + max(0, V (2h - 4c)) (2 V h x 2 + c V x 2
+                 against c V x 6 + V h x 2). SmolLM2: 49,152 x 576 x 2 = 56.6 MB.
+    cast cache   with checkpointing: autocast's cache keeps the forward's bf16 copy of every trainable fp32
+                 weight until the forward ends, although checkpointing keeps none of them for backward:
+                 full L sum(in x out) x 2 (212 MB on SmolLM2), lora/qlora T x 2. Without checkpointing
+                 these are the copies autograd keeps (in `workspace`).
+
+Checked against what autograd actually saves (tests/memory/test_memory.py, saved-tensor hooks) and against
+the live-tensor peak of training steps (docs/memory.md).
 
 The peak is also checked against the live-tensor peak of real training steps on the embedded model
 (tests/memory/test_memory_real_slow.py, benchmarks/memory_peak.py). Small tensors are left out (RMSNorm's
@@ -242,6 +284,8 @@ class MemoryEstimate:
     step_temporaries: int = 0  # AdamW's temporaries during the optimizer step
     recompute: int = 0  # with checkpointing: the one block recomputed in backward (part of activations)
     grad_accum: int = 1
+    head_cast: int = 0  # bf16 autocast, fp32 head: the head weight's bf16 cast(s) while the loss runs
+    cast_cache: int = 0  # bf16 autocast + checkpointing: autocast's cached bf16 copies of the trainable weights
 
     @property
     def static(self) -> int:
@@ -249,15 +293,22 @@ class MemoryEstimate:
         return self.weights + self.gradients + self.optimizer_states + self.master_weights + self.adapters
 
     @property
+    def at_loss(self) -> int:
+        """What exists only while the loss runs, at the end of the forward: one chunk's logits, the head
+        weight's bf16 cast(s), and with checkpointing autocast's cache of bf16 weight copies (without
+        checkpointing those copies are the ones autograd keeps: `workspace`)."""
+        return self.transient + self.head_cast + self.cast_cache
+
+    @property
     def forward_phase(self) -> int:
         """Memory that lives from the forward pass into backward: activations, weight copies, logits.
 
         With checkpointing, the recomputed block (its activations and weight copies) exists only in
-        backward and the loss's logits only in the forward: the larger of the two counts.
+        backward and the loss's logits (and autocast's cache) only in the forward: the larger counts.
         """
         if self.grad_checkpointing:
-            return self.activations - self.recompute + max(self.recompute + self.workspace, self.transient)
-        return self.activations + self.workspace + self.transient
+            return self.activations - self.recompute + max(self.recompute + self.workspace, self.at_loss)
+        return self.activations + self.workspace + self.at_loss
 
     @property
     def update_phase(self) -> int:
@@ -303,8 +354,9 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         device: auto | cpu | cuda: where it trains, for the weight dtype and the memory compared with.
         weights_dtype: auto (fp32 on CPU, bf16 on CUDA: tunelab's defaults) | fp32 | bf16.
         target_fraction: share of positions that carry a target (the head runs on those only).
-        autocast: bf16 autocast (tunelab's default on CUDA and AVX-512-BF16 CPUs): activations in 2 bytes,
-            else 4 (and no weight copies).
+        autocast: bf16 autocast (`train.precision: auto` on CUDA and AVX-512-BF16 CPUs, or bf16): matmul
+            outputs in 2 bytes, and with fp32 weights the bf16 weight copies and casts it makes (see the
+            module docstring); False: plain fp32 (4 bytes, no copies), as `auto` on other CPUs.
         detect: look up the device's memory (False: no lookup, `fits` is None).
         layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
             autograd graph, so only the adapted blocks keep activations and weight copies.
@@ -364,51 +416,105 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
     act = 2 if autocast else 4  # bytes of a matmul output
     res = 4 if (wb == 4 or not autocast) else 2  # bytes of the residual stream and the RMSNorm values
-    if autocast and res == 4:  # fp32 weights: each Linear keeps its own bf16 cast of its input
+    cast32 = autocast and wb == 4  # autocast casts the fp32 weights and activations to bf16 for every matmul
+    sum_in = sum(a for _, a, _ in s.linears())
+    drop = lora_dropout > 0 and method != "full"
+    # dropout keeps its mask: CUDA's fused dropout a 1-byte bool, CPU's the noise tensor in x's dtype
+    mask = 1 if dev == "cuda" else res
+    if cast32 and method == "full":  # fp32 weights: each Linear keeps its own bf16 cast of its input
         block = 4 * h * res + act * (5 * h + 2 * q + 2 * kv + 4 * i)
-        block_how = f"4h x 4 + (5h + 2q + 2kv + 4I) x 2"
+        block_how = "4h x 4 + (5h + 2q + 2kv + 4I) x 2"
+    elif cast32:
+        # lora/qlora under autocast with fp32 weights: the frozen norms keep their fp32 input only (2h x 4);
+        # the frozen base Linear keeps no input, lora_A keeps its own bf16 cast of it (peft, and for qlora
+        # adapters/qlora.py, cast the input to the adapter's fp32 first, so o_proj's adapter copies SDPA's
+        # already-bf16 output too: + q), lora_B its A x
+        block = 2 * h * res + act * (5 * h + 3 * q + 2 * kv + 4 * i + 7 * r) + (sum_in * mask if drop else 0)
+        block_how = "2h x 4 + (5h + 3q + 2kv + 4I + 7r) x 2" + (f" + sum(in) x {mask} (dropout masks)" if drop else "")
+    elif method != "full" and wb == 4 and drop:
+        # lora/qlora in plain fp32 with dropout: each adapted Linear's lora_A keeps the dropped copy of its
+        # input and dropout its mask, sum(in) x (4 + mask); nothing else keeps the normed x (the norms
+        # are frozen: 2h x 4 of their inputs) nor the MLP product (the frozen down_proj keeps no input)
+        block = 2 * h * 4 + 4 * (2 * q + 2 * kv + 3 * i + 7 * r) + sum_in * (4 + mask)
+        block_how = f"2h x 4 + (2q + 2kv + 3I + 7r) x 4 + sum(in) x (4 + {mask})"
     else:
         block = act * (4 * h + 2 * q + 2 * kv + 4 * i)
         block_how = f"(4h + 2q + 2kv + 4I) x {act}"
-    if method != "full":
-        sum_in = sum(a for _, a, _ in s.linears())
-        # lora_A keeps its own copy of the layer input only when one is made: dropout, or autocast's bf16
-        # cast of fp32 activations (each F.linear casts its input); otherwise it shares the base layer's
-        own_input = lora_dropout > 0 or (autocast and res == 4)
-        block += act * (sum_in * own_input + 7 * r) + (sum_in if lora_dropout > 0 else 0)  # A's input, A x, masks
-        block_how += (f" + (sum(in) + 7r) x {act}" if own_input else f" + 7r x {act}") \
-            + (" + sum(in) masks" if lora_dropout > 0 else "")
+        if method != "full":
+            # lora_A shares the base layer's input (no dropout: tunelab's fused LoRA Linear keeps it once);
+            # bf16 weights (CUDA) with dropout: A's own input and 1-byte masks (the earlier formula, not
+            # measured on this project's machines)
+            block += act * (sum_in * drop + 7 * r) + (sum_in if drop else 0)  # A's input, A x, masks
+            block_how += (f" + (sum(in) + 7r) x {act}" if drop else f" + 7r x {act}") \
+                + (" + sum(in) masks" if drop else "")
+    # lora/qlora, fp32 weights, no checkpointing: the lowest adapted block's input needs no gradient (the
+    # embeddings are frozen, the blocks below record no graph), so its input RMSNorm keeps nothing (- h x 4)
+    # and its q, k, v keep no dropout masks (- 3h x mask); with checkpointing a full block is recomputed
+    lowest = h * res + (3 * h * mask if drop else 0) if method != "full" and wb == 4 and not grad_checkpointing else 0
     tokens = batch * seq
-    kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * nb * block
+    kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * (nb * block - lowest)
     # tunelab's loss (ops/linear_ce.py) runs the head and the cross-entropy LOSS_CHUNK positions at a
     # time and forms their gradient in the forward: nothing of size P x V is kept for backward, one
-    # chunk's logits (fp32; under autocast the bf16 matmul output too) are alive while it runs.
+    # chunk's logits (fp32; under autocast also a bf16 one: the matmul's output, then the cast of
+    # softmax - onehot for dL/dh) are alive while it runs.
     # What it keeps instead is the gradient it formed: dL/dh for the target positions, and for full
     # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
     live = loss_chunk_rows(positions)
     loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
     transient = live * s.vocab * (act + 4 if autocast else 4)
+    # Under autocast an fp32 head is cast to bf16 by both of the loss's matmuls: z = h_c W^T casts W^T (a
+    # view, which autocast's cache skips) and frees it when the matmul returns; dz W casts W, a new cast per
+    # chunk when the head is frozen (lora/qlora), autocast's cached one when W is a trainable leaf (full),
+    # alive until the forward ends. So V h x 2 at the peak of a chunk (c V x 6 + V h x 2), and for full
+    # fine-tuning from the second chunk on W^T's cast beside the cached W's: 2 V h x 2 + c V x 2.
+    head_cast = 0
+    if cast32 and positions:
+        head_cast = s.vocab * h * 2
+        if method == "full" and -(-positions // LOSS_CHUNK) > 1:
+            head_cast += max(0, s.vocab * h * 2 - live * s.vocab * 4)
     activations = kept + loss_grad
     how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
-           else f"B S L' block = {tokens:,} x {nb} x {block:,}")
+           else f"B S L' block = {tokens:,} x {nb} x {block:,}" + (f" - B S x {lowest:,} (lowest block)" if lowest else ""))
     rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
     rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
                  + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
     rows.append(("logits (transient)", transient,
                  f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
-                 + ("(2 + 4): bf16 head output + fp32 upcast" if autocast else "4")
+                 + ("(2 + 4): bf16 and fp32 logits" if autocast else "4")
                  + f" (one chunk of the loss; P = B S x {target_fraction:g})"))
-    # bf16 copies of the Linear weights that backward needs (autocast casts). QLoRA's 4-bit layers decode
-    # again in backward and keep none; the head keeps none: the fused loss uses its cast inside the forward.
-    copy_bytes = 0 if method == "qlora" else (2 if autocast and wb == 4 else 0)
+    if head_cast:
+        rows.append(("head weight cast (transient)", head_cast,
+                     "V h x 2 (bf16 cast of the fp32 head in the loss's matmuls)"
+                     + (" + V (2h - 4c): W^T's cast beside the cached W's" if head_cast > s.vocab * h * 2 else "")))
+    # bf16 copies of the weights that backward needs (autocast casts of fp32 weights). The frozen base Linears
+    # of lora are cast anew each forward and autograd keeps the copy for the input's gradient; trainable fp32
+    # leaves (full's weights, the adapters) are cast once per forward by autocast's cache, which autograd
+    # keeps too. QLoRA's 4-bit layers decode again in backward and keep none; the head keeps none (the fused
+    # loss uses its cast inside the forward). The lowest adapted block's q, k, v (input without gradient)
+    # record no graph and keep none.
     block_lin = sum(a * b for _, a, b in s.linears())
-    copied = block_lin if grad_checkpointing else nb * block_lin  # only blocks in backward keep their copies
-    workspace = copy_bytes * copied
+    base = 0 if method == "qlora" else block_lin  # per block
+    adapt = 0 if method == "full" else r * sum(a + b for _, a, b in s.linears())  # T / L', per block
+    workspace = cast_cache = 0
+    if cast32:
+        if grad_checkpointing:  # one block is recomputed (and cast) at a time in backward ...
+            workspace = 2 * (base + adapt)
+            # ... but the forward's casts of the trainable weights stay in autocast's cache until the
+            # forward (and so the loss) ends: full L sum(in x out) x 2, lora/qlora T x 2
+            cast_cache = 2 * (s.layers * block_lin if method == "full" else t)
+        else:
+            workspace = 2 * (nb * (base + adapt) - (h * q + 2 * h * kv if method == "lora" else 0))
     if workspace:
-        what = "one block's Linears" if grad_checkpointing else f"{nb} blocks' Linears"
-        rows.append(("weight copies for backward", workspace,
-                     f"({what} {_fmt(copied)}) x {copy_bytes} ({'bf16' if copy_bytes == 2 else 'fp32'})"))
+        what = "one block's" if grad_checkpointing else f"{nb} blocks'"
+        parts = ([f"Linears {_fmt(base * (1 if grad_checkpointing else nb))}"] if base else []) \
+            + ([f"adapters {_fmt(adapt * (1 if grad_checkpointing else nb))}"] if adapt else [])
+        rows.append(("weight copies for backward", workspace, f"({what} {' + '.join(parts)}) x 2 (bf16)"
+                     + (" - the lowest block's q, k, v" if method == "lora" and not grad_checkpointing else "")))
+    if cast_cache:
+        rows.append(("autocast cast cache (transient)", cast_cache,
+                     ("L sum(in x out)" if method == "full" else "T") + " x 2: bf16 copies of the trainable weights, "
+                     "cached by autocast until the forward ends"))
 
     # AdamW's step on CPU walks the parameters one at a time (torch uses foreach kernels on CUDA only):
     # exp_avg_sq.sqrt() / bias_correction2_sqrt makes two temporaries the size of the largest trainable
@@ -422,7 +528,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
                          weights, grads, opt, master, adapters, activations, workspace, transient, rows,
                          available=avail, device_total=total_mem, step_temporaries=step_temp,
                          recompute=tokens * block if grad_checkpointing else 0,
-                         grad_accum=max(1, grad_accum))
+                         grad_accum=max(1, grad_accum), head_cast=head_cast, cast_cache=cast_cache)
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
     est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
     return est
