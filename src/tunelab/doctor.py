@@ -150,7 +150,7 @@ def precision_auto(device) -> tuple[str, str]:
 
 
 def memory_info() -> dict:
-    from tunelab.memory.estimator import detect_memory
+    from tunelab.memory.available import detect_memory
 
     _, total, avail = detect_memory("cpu")
     return {"ram_total_bytes": total, "ram_available_bytes": avail}

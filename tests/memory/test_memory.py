@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from tunelab.errors import TunelabError
-from tunelab.memory.estimator import QLORA_BITS, ModelShape, estimate
+from tunelab.memory.estimator import QLORA_BITS, estimate
+from tunelab.memory.shape import ModelShape
 
 # Llama-3-8B's config.json (the fields the estimator reads): 8,030,261,248 parameters
 LLAMA3_8B = {"model_type": "llama", "vocab_size": 128256, "hidden_size": 4096, "intermediate_size": 14336,
@@ -115,7 +116,7 @@ def test_activations_and_checkpointing():
 
 
 def test_fits_detected_memory():
-    from tunelab.memory.estimator import detect_memory
+    from tunelab.memory.available import detect_memory
 
     dev, total, avail = detect_memory("cpu")
     assert dev == "cpu" and total > 0 and 0 < avail <= total

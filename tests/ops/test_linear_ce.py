@@ -102,14 +102,14 @@ def test_evaluation_of_a_trainable_head_computes_no_gradient(monkeypatch):
 def test_the_memory_estimate_uses_the_same_chunk():
     """memory/estimator.py stays torch-free, so it repeats the chunk size; the two must agree."""
     from tunelab.ops.linear_ce import CHUNK
-    from tunelab.ops.linear_ce import LOSS_CHUNK
+    from tunelab.ops.chunking import LOSS_CHUNK
 
     assert CHUNK == LOSS_CHUNK
 
 
 def test_rows_are_cut_into_equal_chunks():
     """The loss and the memory estimate share one rule: ceil(P / 1,024) chunks of equal size."""
-    from tunelab.ops.linear_ce import loss_chunk_rows
+    from tunelab.ops.chunking import loss_chunk_rows
 
     assert [loss_chunk_rows(p) for p in (0, 5, 1024, 1025, 1058, 2048, 3000)] == [0, 5, 1024, 513, 529, 1024, 1000]
     assert loss_chunk_rows(37, 8) == 8 and loss_chunk_rows(33, 8) == 7  # 5 chunks of <= 8 rows

@@ -23,9 +23,9 @@ def test_auto_follows_the_memory_estimate(tiny_model_dir, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    monkeypatch.setattr("tunelab.memory.estimator.detect_memory", lambda dev: ("cpu", 64 * 2**30, 64 * 2**30))
+    monkeypatch.setattr("tunelab.memory.available.detect_memory", lambda dev: ("cpu", 64 * 2**30, 64 * 2**30))
     assert checkpointing.wants_checkpointing(_cfg("lora"), model) is False
-    monkeypatch.setattr("tunelab.memory.estimator.detect_memory", lambda dev: ("cpu", 2**20, 2**20))  # 1 MiB free
+    monkeypatch.setattr("tunelab.memory.available.detect_memory", lambda dev: ("cpu", 2**20, 2**20))  # 1 MiB free
     assert checkpointing.wants_checkpointing(_cfg("lora"), model) is True
 
 

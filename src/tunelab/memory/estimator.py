@@ -112,234 +112,16 @@ process, CUDA context ~0.3-0.5 GB, the allocator's free lists): see docs/memory.
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import dataclass, field
-from pathlib import Path
-
 from tunelab.errors import TunelabError
-from tunelab.ops.linear_ce import LOSS_CHUNK, loss_chunk_rows
+from tunelab.memory.available import detect_memory
+from tunelab.memory.result import MemoryEstimate, fmt_bytes
+from tunelab.memory.shape import ModelShape, read_config
+from tunelab.ops.chunking import LOSS_CHUNK, loss_chunk_rows
 
 QLORA_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (NF4 + double-quantized absmax)
 ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable param (8-bit: + fp32 absmax per 256)
-LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "granite", "smollm3", "olmo2")
 METHODS = ("full", "lora", "qlora")
 GB = 1024**3
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """The sizes of a Llama-family decoder, read from config.json."""
-
-    model_type: str
-    vocab: int
-    hidden: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    tied: bool
-    qkv_bias: bool = False
-    o_bias: bool = False
-    mlp_bias: bool = False
-    qk_norm: bool = False
-
-    @classmethod
-    def from_config(cls, cfg: dict, where: str = "MODEL") -> "ModelShape":
-        cfg = cfg.get("text_config", cfg)
-        mt = cfg.get("model_type", "")
-        if mt not in LLAMA_LIKE:
-            raise TunelabError(f"memory estimate: model_type {mt!r} is not supported", where=where,
-                               hint=f"supported: {', '.join(LLAMA_LIKE)}")
-        h, heads = cfg["hidden_size"], cfg["num_attention_heads"]
-        attn_bias = bool(cfg.get("attention_bias", mt == "qwen2"))  # qwen2: q, k, v biases
-        return cls(mt, cfg["vocab_size"], h, cfg["num_hidden_layers"], heads,
-                   cfg.get("num_key_value_heads") or heads, cfg.get("head_dim") or h // heads,
-                   cfg["intermediate_size"], bool(cfg.get("tie_word_embeddings", mt == "gemma")),
-                   qkv_bias=attn_bias, o_bias=attn_bias and mt != "qwen2", mlp_bias=bool(cfg.get("mlp_bias", False)),
-                   qk_norm=mt == "qwen3")
-
-    @property
-    def q_dim(self) -> int:
-        return self.heads * self.head_dim
-
-    @property
-    def kv_dim(self) -> int:
-        return self.kv_heads * self.head_dim
-
-    def linears(self) -> list[tuple[str, int, int]]:
-        """(name, in, out) of the 7 projections of one block: what LoRA adapts and QLoRA quantizes."""
-        h, q, kv, i = self.hidden, self.q_dim, self.kv_dim, self.intermediate
-        return [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h),
-                ("gate_proj", h, i), ("up_proj", h, i), ("down_proj", i, h)]
-
-    @property
-    def linear_params(self) -> int:
-        """Weights of all block Linears, L sum(in x out) (biases excluded)."""
-        return self.layers * sum(a * b for _, a, b in self.linears())
-
-    @property
-    def params(self) -> int:
-        """Total parameters, as `sum(p.numel() for p in model.parameters())` counts them."""
-        per_layer_extra = 2 * self.hidden  # input and post-attention RMSNorm
-        per_layer_extra += (self.q_dim + 2 * self.kv_dim) * self.qkv_bias + self.hidden * self.o_bias
-        per_layer_extra += (2 * self.intermediate + self.hidden) * self.mlp_bias
-        per_layer_extra += 2 * self.head_dim * self.qk_norm  # qwen3: q_norm, k_norm
-        head = 0 if self.tied else self.vocab * self.hidden
-        return self.vocab * self.hidden + self.linear_params + self.layers * per_layer_extra + self.hidden + head
-
-    def lora_params(self, r: int, blocks: int | None = None) -> int:
-        """T = L' r sum(in + out) over the 7 projections (A: r x in, B: out x r) of L' adapted blocks."""
-        return (self.layers if blocks is None else blocks) * r * sum(a + b for _, a, b in self.linears())
-
-
-def read_config(model: str) -> tuple[dict, str]:
-    """config.json of an alias, model folder or config file (never the weights): (dict, path)."""
-    p = Path(model)
-    if p.is_file():
-        path = p
-    elif (p / "config.json").is_file():
-        path = p / "config.json"
-    else:
-        from tunelab.models.registry import resolve
-
-        rm = resolve(model, where="MODEL")  # an alias may convert its GGUF once (~30 s)
-        if rm.source == "hub":
-            try:
-                from huggingface_hub import hf_hub_download
-
-                path = Path(hf_hub_download(rm.path, "config.json"))
-            except Exception as e:  # offline, unknown repo
-                raise TunelabError(f"cannot read config.json of '{model}' ({type(e).__name__})", where="MODEL",
-                                   hint="give an alias (`tunelab models`), a model folder or a config.json") from e
-        else:
-            path = Path(rm.path) / "config.json"
-    try:
-        return json.loads(path.read_text(encoding="utf-8")), str(path)
-    except (OSError, json.JSONDecodeError) as e:
-        raise TunelabError(f"cannot read {path}: {e}", where="MODEL") from e
-
-
-def detect_memory(device: str = "auto") -> tuple[str, int | None, int | None]:
-    """(device, total bytes, available bytes): CUDA VRAM via torch when a GPU is there (device auto|cuda),
-    else RAM from /proc/meminfo (MemTotal, MemAvailable), else os.sysconf pages x page size."""
-    if device in ("auto", "cuda"):
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                free, total = torch.cuda.mem_get_info()
-                return "cuda", int(total), int(free)
-        except Exception:  # no torch / no driver: fall back to RAM
-            pass
-        if device == "cuda":
-            return "cuda", None, None
-    info = {}
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            info[key] = int(rest.split()[0]) * 1024  # "MemTotal:  131072000 kB"
-    except (OSError, ValueError, IndexError):
-        pass
-    total = info.get("MemTotal")
-    avail = info.get("MemAvailable")
-    if total is None:
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            pass
-    return "cpu", total, avail
-
-
-@dataclass
-class MemoryEstimate:
-    """Bytes per component; `rows` are (component, bytes, formula) in print order."""
-
-    model: str
-    method: str
-    batch: int
-    seq: int
-    grad_checkpointing: bool
-    r: int
-    optimizer: str
-    device: str
-    weight_bytes: int  # bytes of one stored (unquantized) weight: 4 fp32, 2 bf16
-    params: int
-    trainable: int
-    weights: int
-    gradients: int
-    optimizer_states: int
-    master_weights: int
-    adapters: int
-    activations: int
-    workspace: int  # bf16 weight copies autograd keeps for backward (see the module docstring)
-    transient: int  # the head's logits while the loss runs
-    rows: list[tuple[str, int, str]] = field(default_factory=list)
-    bytes_per_param_text: str = ""
-    block_text: str = ""  # the per-layer-per-token activation formula used
-    available: int | None = None  # detected free RAM / VRAM
-    device_total: int | None = None
-    step_temporaries: int = 0  # AdamW's temporaries during the optimizer step
-    recompute: int = 0  # with checkpointing: the one block recomputed in backward (part of activations)
-    grad_accum: int = 1
-    head_cast: int = 0  # bf16 autocast, fp32 head: the head weight's bf16 cast(s) while the loss runs
-    cast_cache: int = 0  # bf16 autocast + checkpointing: autocast's cached bf16 copies of the trainable weights
-
-    @property
-    def static(self) -> int:
-        """Everything but activations and workspace."""
-        return self.weights + self.gradients + self.optimizer_states + self.master_weights + self.adapters
-
-    @property
-    def at_loss(self) -> int:
-        """What exists only while the loss runs, at the end of the forward: one chunk's logits, the head
-        weight's bf16 cast(s), and with checkpointing autocast's cache of bf16 weight copies (without
-        checkpointing those copies are the ones autograd keeps: `workspace`)."""
-        return self.transient + self.head_cast + self.cast_cache
-
-    @property
-    def forward_phase(self) -> int:
-        """Memory that lives from the forward pass into backward: activations, weight copies, logits.
-
-        With checkpointing, the recomputed block (its activations and weight copies) exists only in
-        backward and the loss's logits (and autocast's cache) only in the forward: the larger counts.
-        """
-        if self.grad_checkpointing:
-            return self.activations - self.recompute + max(self.recompute + self.workspace, self.at_loss)
-        return self.activations + self.workspace + self.at_loss
-
-    @property
-    def update_phase(self) -> int:
-        """Memory that lives from backward into the optimizer step: gradients and the step's temporaries."""
-        return self.gradients + self.step_temporaries
-
-    @property
-    def total(self) -> int:
-        """The peak: weights, adapters, optimizer states and master weights live throughout; the forward
-        phase and the update phase overlap only when gradients accumulate over micro-batches:
-
-            peak = weights + adapters + states + master + max(forward phase, update phase)   (grad_accum 1)
-            peak = weights + adapters + states + master + forward phase + update phase       (grad_accum > 1)
-        """
-        resident = self.weights + self.optimizer_states + self.master_weights + self.adapters
-        if self.grad_accum > 1:
-            return resident + self.forward_phase + self.update_phase
-        return resident + max(self.forward_phase, self.update_phase)
-
-    @property
-    def bytes_per_param(self) -> float:
-        """static / N: the seed arithmetic's 16 (full), ~4.2 (lora), ~1.2 (qlora)."""
-        return self.static / self.params
-
-    @property
-    def fits(self) -> bool | None:
-        return None if self.available is None else self.total <= self.available
-
-
-def _fmt(n: float) -> str:
-    return f"{n / 1e6:.1f}M" if n < 1e9 else f"{n / 1e9:.2f}B"
 
 
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
@@ -387,26 +169,26 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         master = n * 4 if wb < 4 else 0  # mixed precision keeps an fp32 copy for the update
         opt = int(n * adam)
         adapters = 0
-        rows += [("weights", weights, f"{_fmt(n)} params x {wb} ({w_name})"),
-                 ("gradients", grads, f"{_fmt(n)} x {wb} ({w_name})"),
-                 ("optimizer states", opt, f"{_fmt(n)} x {adam:g} ({optimizer} m, v)")]
+        rows += [("weights", weights, f"{fmt_bytes(n)} params x {wb} ({w_name})"),
+                 ("gradients", grads, f"{fmt_bytes(n)} x {wb} ({w_name})"),
+                 ("optimizer states", opt, f"{fmt_bytes(n)} x {adam:g} ({optimizer} m, v)")]
         if master:
-            rows.append(("fp32 master weights", master, f"{_fmt(n)} x 4"))
+            rows.append(("fp32 master weights", master, f"{fmt_bytes(n)} x 4"))
         bpp = f"{wb} weights + {wb} grads + {adam:g} {optimizer} m,v" + (" + 4 fp32 master" if master else "")
     else:
         if method == "lora":
             weights = n * wb
-            rows.append(("weights (frozen)", weights, f"{_fmt(n)} params x {wb} ({w_name})"))
+            rows.append(("weights (frozen)", weights, f"{fmt_bytes(n)} params x {wb} ({w_name})"))
             bpp = f"{wb} frozen weights"
         else:
             quant = int(lin * QLORA_BITS / 8)
             weights = quant + (n - lin) * wb
             rows.append(("weights (frozen)", weights,
-                         f"{_fmt(lin)} block-Linear x {QLORA_BITS:.3f}/8 (NF4+DQ) + {_fmt(n - lin)} other x {wb} ({w_name})"))
+                         f"{fmt_bytes(lin)} block-Linear x {QLORA_BITS:.3f}/8 (NF4+DQ) + {fmt_bytes(n - lin)} other x {wb} ({w_name})"))
             bpp = f"{QLORA_BITS / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
         adapters = 4 * t
         grads, opt, master = 4 * t, int(t * adam), 0
-        rows += [("adapters (fp32)", adapters, f"T = {_fmt(t)} = L' r sum(in+out) = {nb} x {r} x "
+        rows += [("adapters (fp32)", adapters, f"T = {fmt_bytes(t)} = L' r sum(in+out) = {nb} x {r} x "
                                                f"{sum(a + b for _, a, b in s.linears()):,}; x 4"),
                  ("gradients", grads, f"T x 4 (fp32)"),
                  ("optimizer states", opt, f"T x {adam:g} ({optimizer} m, v)")]
@@ -507,8 +289,8 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
             workspace = 2 * (nb * (base + adapt) - (h * q + 2 * h * kv if method == "lora" else 0))
     if workspace:
         what = "one block's" if grad_checkpointing else f"{nb} blocks'"
-        parts = ([f"Linears {_fmt(base * (1 if grad_checkpointing else nb))}"] if base else []) \
-            + ([f"adapters {_fmt(adapt * (1 if grad_checkpointing else nb))}"] if adapt else [])
+        parts = ([f"Linears {fmt_bytes(base * (1 if grad_checkpointing else nb))}"] if base else []) \
+            + ([f"adapters {fmt_bytes(adapt * (1 if grad_checkpointing else nb))}"] if adapt else [])
         rows.append(("weight copies for backward", workspace, f"({what} {' + '.join(parts)}) x 2 (bf16)"
                      + (" - the lowest block's q, k, v" if method == "lora" and not grad_checkpointing else "")))
     if cast_cache:

@@ -28,21 +28,9 @@ from __future__ import annotations
 
 import torch
 
-LOSS_CHUNK = 1024  # positions per chunk of the fused head + loss (tunelab.ops.linear_ce.CHUNK)
+from tunelab.ops.chunking import LOSS_CHUNK, loss_chunk_rows
 
-
-def loss_chunk_rows(positions: int, most: int = LOSS_CHUNK) -> int:
-    """Rows per chunk of the fused head + loss: `positions` rows cut into n = ceil(positions / most)
-    equal chunks of ceil(positions / n) rows (1,058 -> 2 x 529, not 1,024 + 34; 0 -> 0).
-    Shared by ops/linear_ce.py (the chunks it runs) and the estimate (the logits alive at once)."""
-    if positions <= 0:
-        return 0
-    n = -(-positions // most)
-    return -(-positions // n)
-
-
-
-CHUNK = 1024  # rows of logits alive at a time: 1,024 x 49,152 x 4 B = 201 MB for SmolLM2
+CHUNK = LOSS_CHUNK  # rows of logits alive at a time: 1,024 x 49,152 x 4 B = 201 MB for SmolLM2
 
 
 def _chunked(h: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, chunk: int, need_h: bool,

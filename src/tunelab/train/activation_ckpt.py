@@ -4,7 +4,8 @@ Checkpointing keeps only each block's input during the forward and recomputes th
 backward: activations drop from B S L block to B S (L h x 4 + block) bytes (memory/estimator.py), for
 one extra forward of the blocks that need a gradient. With LoRA on the last N blocks only
 (`method.layers`), the blocks below need none, so the extra forward is N/L of the model:
-SmolLM2-135M, 8 of 30 blocks -> ~27% of one forward, ~10% of a step.
+SmolLM2-135M, 8 of 30 blocks -> 8/30 = 27% of one forward (what that costs a step:
+docs/performance.md, "Where the time goes").
 
 auto decides:
     qlora                     on (QLoRA is the memory-first recipe: 4-bit base + checkpointing)
@@ -29,7 +30,8 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     """Does the training estimate without checkpointing fit? None when the model shape is not supported."""
     from tunelab.errors import TunelabError
     from tunelab.runtime.precision import autocast_dtype
-    from tunelab.memory.estimator import detect_memory, estimate
+    from tunelab.memory.available import detect_memory
+    from tunelab.memory.estimator import estimate
 
     method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
     device = next(model.parameters()).device
@@ -60,9 +62,8 @@ def enable(model) -> None:
     Call it after the adapters are in place. transformers' `gradient_checkpointing_enable` (and
     peft's model wrapper) also make the embeddings' output require grad, which reentrant
     checkpointing needs; non-reentrant does not, and that flag would make autograd record every
-    block and backpropagate through all of them even when only the last N have adapters
-    (measured: SmolLM2-135M, QLoRA on 8 of 30 blocks, 8 x 512 tokens: 26.0 s a step with it,
-    see docs/performance.md). So it is switched off again here.
+    block and backpropagate through all of them even when only the last N have adapters (what that
+    cost a QLoRA step: docs/performance.md, "The levers, measured"). So it is switched off again here.
     """
     from tunelab.ops.recompute import replay_context
 
