@@ -4,10 +4,13 @@
         --train DOCS/_sources/library --eval DOCS/_sources/tutorial --steps 40
 
 DOCS = the extracted python3.11-doc package (see /work/shared/DATA.md). Held-out perplexity
-(the same windows as `tunelab quantize inspect`) for: bf16 weights, ternary PTQ (absmean, 8-bit
-activations, no training), and after `--steps` AdamW steps of BitNet fine-tuning (`to_bitnet`,
-straight-through estimators) on the separate --train text. The fine-tuned model is then exported
-with `convert_qat` (packed ternary QuantLinear) and evaluated again: it must match.
+(the same windows and measure as `tunelab quantize inspect`: `eval.quantization.held_out_perplexity`)
+for: bf16 weights, ternary PTQ (absmean, 8-bit activations, no training), and after `--steps` AdamW
+steps of BitNet fine-tuning (`to_bitnet`, straight-through estimators) on the separate --train text,
+trained by the training engine (`train_loop`, causal-LM loss on windows of --train-seq-len tokens,
+constant lr, bf16 autocast; `--warmup-lambda N`: the `LambdaWarmup(N)` before-step hook). The
+fine-tuned model is then exported with `convert_qat` (packed ternary QuantLinear) and evaluated
+again: it must match.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import time
 
 import torch
 
+from tunelab.config import TrainConfig
+from tunelab.eval.quantization import held_out_perplexity, load_eval_text, token_windows
 from tunelab.models.load import load_causal_lm
-from tunelab.quant import report
-from tunelab.quant.qat import convert_qat, finetune_lm, perplexity, to_bitnet
+from tunelab.quant.qat import LambdaWarmup, convert_qat, to_bitnet
+from tunelab.train.engine import train_loop
 
 
 def main() -> None:
@@ -40,27 +45,35 @@ def main() -> None:
     torch.manual_seed(0)
     t0 = time.time()
     base, tok, _ = load_causal_lm(args.model, dtype="fp32", device="cpu")
-    held_out = report.token_batches(tok, report.load_eval_text(args.eval), args.seq_len, args.max_tokens)
-    train_text = report.load_eval_text(args.train, max_chars=400_000)
-    train = report.token_batches(tok, train_text, args.train_seq_len, 10 ** 9, batch=args.batch)
+    held_out = token_windows(tok, load_eval_text(args.eval), args.seq_len, args.max_tokens)
+    train_text = load_eval_text(args.train, max_chars=400_000)
+    train = token_windows(tok, train_text, args.train_seq_len, 10 ** 9)
     out = {"model": args.model, "steps": args.steps, "lr": args.lr, "batch": [args.batch, args.train_seq_len],
-           "held_out_tokens": sum(b.numel() for b in held_out)}
+           "held_out_tokens": sum(len(w.input_ids) for w in held_out)}
     bf16 = copy.deepcopy(base)
     for p in bf16.parameters():
         p.data = p.data.to(torch.bfloat16).float()
-    out["ppl_bf16"] = perplexity(bf16, held_out)
+    out["ppl_bf16"] = held_out_perplexity(bf16, held_out)
     del bf16
     model = to_bitnet(base)
-    out["ppl_ternary_ptq"] = perplexity(model, held_out)
+    out["ppl_ternary_ptq"] = held_out_perplexity(model, held_out)
     print(f"bf16 {out['ppl_bf16']:.3f}  ternary PTQ {out['ppl_ternary_ptq']:.1f}", flush=True)
     t_train = time.time()
-    log = lambda s, loss: print(f"step {s + 1}/{args.steps} loss {loss:.3f} ({time.time() - t_train:.0f} s)",  # noqa: E731
-                                flush=True)
-    losses = finetune_lm(model, train, args.steps, lr=args.lr, warmup_lambda_steps=args.warmup_lambda, log=log)
+    losses = []
+
+    def log(rec):
+        if "loss" in rec:
+            losses.append(rec["loss"])
+            print(f"step {rec['step']}/{args.steps} loss {rec['loss']:.3f} ({time.time() - t_train:.0f} s)", flush=True)
+
+    cfg = TrainConfig(lr=args.lr, max_steps=args.steps, batch_size=args.batch, warmup_ratio=0.0, scheduler="constant",
+                      weight_decay=0.0, max_grad_norm=1.0, precision="bf16", eval_every="never", seed=0)
+    train_loop(model, train, [], cfg, pad_id=tok.pad_token_id if tok.pad_token_id is not None else 0, log=log,
+               quiet=True, before_step=LambdaWarmup(args.warmup_lambda) if args.warmup_lambda else None)
     out["train_loss_first_last"] = [round(losses[0], 3), round(losses[-1], 3)]
-    out["ppl_bitnet_finetuned"] = perplexity(model, held_out)
+    out["ppl_bitnet_finetuned"] = held_out_perplexity(model, held_out)
     convert_qat(model)
-    out["ppl_bitnet_exported_packed"] = perplexity(model, held_out)
+    out["ppl_bitnet_exported_packed"] = held_out_perplexity(model, held_out)
     # recovery in nats of mean NLL: log(ppl_ptq) - log(ppl_finetuned) over log(ppl_ptq) - log(ppl_bf16)
     import math
 

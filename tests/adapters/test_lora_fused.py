@@ -1,11 +1,11 @@
-"""adapters/fused.py: the folded LoRA Linear gives peft's outputs and gradients, and steps aside
-whenever it does not apply (dropout, merged, disabled adapters, autocast)."""
+"""adapters/fused.py: the folded LoRA layers give peft's outputs and gradients, and step aside
+whenever the fold does not apply (dropout, merged, disabled adapters, autocast)."""
 
 import pytest
 import torch
 from torch import nn
 
-from tunelab.adapters.fused import _plain_adapter, fuse_lora_linears
+from tunelab.adapters.fused import FUSED_LAYERS, _plain_adapter
 from tunelab.ops.lora_linear import lora_linear
 
 
@@ -55,16 +55,16 @@ def test_a_model_gives_peft_loss_and_gradients(tiny_lora, monkeypatch, quant):
     ids = torch.randint(0, model.config.vocab_size, (2, 10), generator=torch.Generator().manual_seed(0))
     calls = []
     import tunelab.adapters.fused as lf
+    import tunelab.ops.lora_linear as ll
 
-    orig = lf._LoraLinear.apply
-    monkeypatch.setattr(lf._LoraLinear, "apply", lambda *a: calls.append(1) or orig(*a))
+    orig = ll._LoraLinear.apply
+    monkeypatch.setattr(ll._LoraLinear, "apply", lambda *a: calls.append(1) or orig(*a))
     fused_loss, fused = _grads_after_step(model, ids)
     n_layers = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
     assert len(calls) == n_layers > 0  # every LoRA layer took the folded path
-    for m in model.modules():  # back to peft's own forward
-        if "forward" in vars(m):
-            del m.forward
+    monkeypatch.setattr(lf, "_plain_adapter", lambda layer, x: None)  # back to the parent layers' forward
     peft_loss, ref = _grads_after_step(model, ids)
+    assert len(calls) == n_layers  # the reference did not fold
     assert fused_loss == pytest.approx(peft_loss, rel=1e-6)
     assert fused.keys() == ref.keys() and fused
     for k in ref:
@@ -101,4 +101,62 @@ def test_merged_model_ignores_the_adapter_path_and_keeps_the_function(tiny_lora)
 def test_fuse_counts_the_routed_layers(tiny_lora, quant):
     model = tiny_lora(quant=quant)
     n = sum(1 for m in model.modules() if hasattr(m, "lora_A"))
-    assert fuse_lora_linears(model) == n > 0
+    assert sum(1 for m in model.modules() if isinstance(m, FUSED_LAYERS)) == n > 0
+
+
+def test_saved_adapter_is_plain_peft(tiny_lora, tiny_model_dir, tmp_path):
+    """Same keys and adapter_config.json as a plain peft adapter; plain PeftModel.from_pretrained
+    loads it (peft's own layers) and computes what the folded layers computed."""
+    import json
+
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    model = tiny_lora()
+    model.eval()
+    model.save_pretrained(tmp_path / "fused")
+    cfg = json.loads((tmp_path / "fused" / "adapter_config.json").read_text())
+    plain = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(**{k: v for k, v in cfg.items() if k in LoraConfig.__dataclass_fields__}))
+    plain.save_pretrained(tmp_path / "plain")
+    assert json.loads((tmp_path / "plain" / "adapter_config.json").read_text()) == cfg
+    saved = load_file(str(tmp_path / "fused" / "adapter_model.safetensors"))
+    assert saved.keys() == load_file(str(tmp_path / "plain" / "adapter_model.safetensors")).keys()
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "fused")
+    assert not any(isinstance(m, FUSED_LAYERS) for m in loaded.modules())
+    ids = torch.randint(0, model.config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits, rtol=1e-4, atol=1e-5)
+
+
+def test_other_bases_fall_through_to_peft_dispatch():
+    """Only an exact nn.Linear (and QuantLinear) gets our layer: an nn.Linear subclass such as
+    bitsandbytes' Linear4bit keeps peft's own layer for it."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora.layer import Linear as PeftLinear
+
+    from tunelab.adapters.fused import FusedLoraLinear, register_lora_layers
+
+    class SubLinear(nn.Linear):
+        pass
+
+    net = nn.Sequential(nn.Linear(8, 8), SubLinear(8, 8))
+    cfg = LoraConfig(r=2, target_modules=["0", "1"])
+    register_lora_layers(cfg)
+    net = get_peft_model(net, cfg)
+    assert type(net.base_model.model[0]) is FusedLoraLinear
+    assert type(net.base_model.model[1]) is PeftLinear
+    bnb = pytest.importorskip("bitsandbytes")
+
+    class Net(nn.Module):
+        is_loaded_in_4bit = True  # what transformers sets on a 4-bit model, and peft's dispatch reads
+
+        def __init__(self):
+            super().__init__()
+            self.proj = bnb.nn.Linear4bit(64, 64, compute_dtype=torch.float32, quant_type="nf4")
+
+    cfg = LoraConfig(r=2, target_modules=["proj"])
+    register_lora_layers(cfg)
+    layer = get_peft_model(Net(), cfg).base_model.model.proj
+    assert type(layer).__module__ + "." + type(layer).__name__ == "peft.tuners.lora.bnb.Linear4bit"

@@ -105,16 +105,17 @@ def test_cli_inspect_writes_report(tiny_model_dir, tmp_path, capsys):
 
 
 def test_report_sizes_and_errors(tiny_model_dir):
-    from tunelab.quant import report
+    from tunelab.data.tokenize import TokenizedExample
+    from tunelab.eval import quantization
 
     model, _ = _model(tiny_model_dir)
     total = sum(p.numel() for p in model.parameters())  # tied lm_head counted once
     linear = sum(m.weight.numel() for n, m in model.named_modules()
                  if isinstance(m, torch.nn.Linear) and n != "lm_head")
-    batches = [torch.randint(0, model.config.vocab_size, (2, 16))]
-    bf16 = report.evaluate_format(model, "bf16", batches)
-    fp32 = report.evaluate_format(model, "fp32", batches)
-    nf4 = report.evaluate_format(model, "nf4", batches)
+    windows = [TokenizedExample(r.tolist(), r.tolist()) for r in torch.randint(0, model.config.vocab_size, (2, 16))]
+    bf16 = quantization.evaluate_format(model, "bf16", windows)
+    fp32 = quantization.evaluate_format(model, "fp32", windows)
+    nf4 = quantization.evaluate_format(model, "nf4", windows)
     assert fp32.size_mb == pytest.approx(total * 4 / 1e6)
     assert bf16.size_mb == pytest.approx(total * 2 / 1e6)
     assert nf4.size_mb == pytest.approx(((total - linear) * 2 + linear * 4.5 / 8) / 1e6)

@@ -9,7 +9,7 @@ from torch import nn
 
 from tunelab.quant import integer
 from tunelab.quant.nn import BitLinear, FakeQuant, FakeQuantLinear, QuantLinear, fake_quantize_weight
-from tunelab.quant.qat import convert_qat, finetune_lm, perplexity, prepare_qat, set_lambda, to_bitnet
+from tunelab.quant.qat import LambdaWarmup, convert_qat, prepare_qat, set_lambda, to_bitnet
 
 
 def test_fake_quant_value_is_quantized_gradient_is_identity():
@@ -98,24 +98,65 @@ def test_prepare_then_convert_qat_keeps_outputs(tiny_model_dir, fmt):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
 
 
+def _windows(rows: torch.Tensor) -> list:
+    """[n, seq] token ids -> pretraining blocks (every token a target)."""
+    from tunelab.data.tokenize import TokenizedExample
+
+    return [TokenizedExample(r.tolist(), r.tolist()) for r in rows]
+
+
+def _finetune(model, blocks, steps: int, lr: float, before_step=None) -> list[float]:
+    """`steps` AdamW steps of causal-LM loss through the training engine, batches of 2 blocks;
+    returns the loss per step."""
+    from tunelab.config import TrainConfig
+    from tunelab.train.engine import train_loop
+
+    cfg = TrainConfig(lr=lr, max_steps=steps, batch_size=2, warmup_ratio=0.0, scheduler="constant",
+                      eval_every="never", precision="fp32", seed=0)  # fp32: the same on every CPU kind
+    losses = []
+    train_loop(model, blocks, [], cfg, pad_id=0, quiet=True, before_step=before_step,
+               log=lambda rec: losses.append(rec["loss"]) if "loss" in rec else None)
+    return losses
+
+
 def test_bitnet_finetune_lowers_loss_and_converts(tiny_model_dir):
+    from tunelab.eval.quantization import held_out_perplexity
+
     model = _tiny(tiny_model_dir)
     to_bitnet(model)
     n_bit = sum(isinstance(m, BitLinear) for m in model.modules())
     assert n_bit == 2 * 7  # 2 layers x (q, k, v, o, gate, up, down)
     torch.manual_seed(0)
-    batches = [torch.randint(0, model.config.vocab_size, (2, 16)) for _ in range(2)]
-    ppl0 = perplexity(model, batches)
-    losses = finetune_lm(model, batches, steps=6, lr=3e-3)
+    blocks = _windows(torch.randint(0, model.config.vocab_size, (4, 16)))
+    ppl0 = held_out_perplexity(model, blocks, batch_size=2)
+    losses = _finetune(model, blocks, steps=6, lr=3e-3)
+    assert len(losses) == 6
     assert losses[-1] < losses[0]
-    ppl1 = perplexity(model, batches)
+    ppl1 = held_out_perplexity(model, blocks, batch_size=2)
     assert ppl1 < ppl0
+    ids = torch.tensor([blocks[0].input_ids, blocks[1].input_ids])
     with torch.no_grad():
-        ref = model(batches[0]).logits
+        ref = model(ids).logits
     convert_qat(model)
     assert sum(isinstance(m, QuantLinear) and m.act_quant for m in model.modules()) == n_bit
     with torch.no_grad():
-        torch.testing.assert_close(model(batches[0]).logits, ref, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(model(ids).logits, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_lambda_warms_up_before_each_engine_step(tiny_model_dir):
+    model = to_bitnet(_tiny(tiny_model_dir))
+    seen = []
+    warmup = LambdaWarmup(4)
+
+    def before_step(m):
+        warmup(m)
+        seen.append(next(x.lam for x in m.modules() if isinstance(x, BitLinear)))
+
+    torch.manual_seed(0)
+    _finetune(model, _windows(torch.randint(0, model.config.vocab_size, (4, 16))), steps=6, lr=1e-3,
+              before_step=before_step)
+    assert seen == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert all(m.lam == 1.0 for m in model.modules() if isinstance(m, BitLinear))
 
 
 def test_set_lambda(tiny_model_dir):

@@ -1,46 +1,43 @@
-"""LoRA linear layers with the adapter's scale and sum folded into the matmuls (exact, fewer passes).
+"""LoRA layers whose plain case runs the folded `tunelab.ops.lora_linear` (same function, fewer passes).
 
-A LoRA layer computes, for input x (M x in), frozen W (out x in), A (r x in), B (out x r), s = alpha/r:
+peft builds each LoRA layer through a list of dispatchers, first match wins. `register_lora_layers`
+puts ours first with peft's custom-module mapping (`LoraConfig._register_custom_module`), the way
+peft's `tuners/lora/bnb.py` adds one layer class per base type:
 
-    y = x W^T + s (x A^T) B^T
+    torch.nn.Linear (exactly)   -> FusedLoraLinear        (a peft `lora.Linear`)
+    quant.nn.QuantLinear        -> FusedLoraQuantLinear   (the QLoRA layer of adapters/qlora.py)
 
-peft runs that as five operations: x W^T, x A^T, (xA^T) B^T, "* s" and "+", each of the last two
-a full pass over the M x out output, and the (M x r)(r x out) matmul with inner size r = 16 runs
-at ~12 GFLOP/s on this CPU against ~120 for the base matmul. Here the scale and the sum go into
-an in-place `addmm_` on the base output (y = x W^T; y += s xa B^T): the M x out output is written
-once (out-of-place `addmm` would first copy it). Backward, for
-upstream dy (M x out):
+Every other base (bitsandbytes' Linear4bit, which subclasses nn.Linear, Conv1D, ...), and an
+nn.Linear targeted by parameter name or with fan_in_fan_out, falls through to peft's own dispatch.
 
-    dB  = s dy^T xa                    (out x r)
-    dxa = s dy B                       (M x r)
-    dA  = dxa^T x                      (r x in)
-    dx  = dy W + dxa A                 (addmm_ again, instead of two matmuls and a sum)
+Each layer's forward computes, for x (... x in), W (out x in), bias b, A (r x in), B (out x r),
+s = alpha / r:
 
-Measured on the 2 cores here by `python benchmarks/lora_linear.py` (8 x 300 rows, r = 16, forward +
-backward, best of 6), peft -> this: 576->1536 70.5 -> 59.4 ms, 1536->576 63.9 -> 58.4 ms,
-576->576 26.0 -> 23.2 ms, 576->192 10.8 -> 9.1 ms; 1.14x over the four.
+    y = x W^T + b + s (x A^T) B^T
 
-A 4-bit base (QLoRA's `QuantLinear`) goes the same way with W = its dequantized weight, decoded
-in the forward and decoded again in backward for dy W instead of being kept (as
-`quant.nn._DecodeAgainLinear`), so the adapted blocks hold no fp32 copy of their weights.
-
-Only the plain case is routed here: one active adapter, no dropout, no DoRA/variants, no lora
-bias, not merged, a torch.nn.Linear or 4-bit QuantLinear base, all weights and x in one dtype and
-no autocast. Anything else (dropout, mixed adapters, bf16 autocast) takes the layer's own forward, so
-the result is always the same function of the same weights; tests/adapters/test_lora_fused.py
-checks outputs and gradients against peft's.
+through `lora_linear` (W = the dequantized 4-bit weight for a QuantLinear base) in the plain case,
+checked at every call (`_plain_adapter`): no extra forward arguments, adapters enabled, not
+merged, one active adapter, no dropout, no variant (DoRA, ...), no lora bias, a frozen base whose
+bias is frozen too, x, A and B in the base's dtype (float32 for a QuantLinear computing in x's
+dtype) and no autocast. Anything else runs the parent layer's forward, so the result is always the
+same function of the same weights (tests/adapters/test_lora_fused.py checks outputs and gradients
+against the parents'). The layers hold the parents' parameters under the parents' names: the
+saved adapter is plain PEFT, loads in `PeftModel.from_pretrained`, and `merge_and_unload` merges
+it as peft does. The measured gain is in docs/performance.md.
 """
 
 from __future__ import annotations
 
-import types
-
 import torch
 from torch import nn
 
+from tunelab.adapters.qlora import lora_quant_linear_cls  # first: installs the bitsandbytes import deferral
 from tunelab.ops.lora_linear import lora_linear
 from tunelab.quant.codecs import FORMATS_4BIT
 from tunelab.quant.nn import QuantLinear
+
+from peft.tuners.lora.layer import Linear as _PeftLoraLinear  # noqa: E402  (after the deferral above)
+from peft.tuners.tuners_utils import BaseTunerLayer  # noqa: E402
 
 
 def _plain_base(base, x: torch.Tensor) -> bool:
@@ -72,27 +69,40 @@ def _plain_adapter(layer, x: torch.Tensor) -> str | None:
     return name
 
 
-def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    name = None if (args or kwargs) else _plain_adapter(self, x)
-    if name is None:
-        return type(self).forward(self, x, *args, **kwargs)
-    base = self.base_layer
-    quant = None if type(base) is nn.Linear else base
-    return lora_linear(x, None if quant is not None else base.weight, base.bias, self.lora_A[name].weight,
-                       self.lora_B[name].weight, self.scaling[name], quant)
+class _FoldedForward:
+    """forward: `lora_linear` in the plain case, else the next class's (the peft layer's) forward."""
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        name = None if (args or kwargs) else _plain_adapter(self, x)
+        if name is None:
+            return super().forward(x, *args, **kwargs)
+        base = self.base_layer
+        quant = base if type(base) is QuantLinear else None
+        return lora_linear(x, None if quant is not None else base.weight, base.bias, self.lora_A[name].weight,
+                           self.lora_B[name].weight, self.scaling[name], quant)
 
 
-def fuse_lora_linears(model: nn.Module) -> int:
-    """Route every peft LoRA Linear of `model` through `lora_linear` when it is in the plain case
-    (checked at each call; otherwise peft's forward runs). Returns how many layers were routed."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
+class FusedLoraLinear(_FoldedForward, _PeftLoraLinear):
+    """peft's LoRA Linear on an nn.Linear base (same constructor, parameters, merge and state dict)."""
 
-    from tunelab.adapters.qlora import lora_quant_linear_cls
 
-    routed = (LoraLinear, lora_quant_linear_cls())
-    n = 0
-    for mod in model.modules():
-        if isinstance(mod, routed):
-            mod.forward = types.MethodType(_forward, mod)
-            n += 1
-    return n
+class FusedLoraQuantLinear(_FoldedForward, lora_quant_linear_cls()):
+    """The QLoRA layer on a QuantLinear base (adapters/qlora.py), with the folded plain case."""
+
+
+FUSED_LAYERS = (FusedLoraLinear, FusedLoraQuantLinear)
+
+
+def dispatch_fused_linear(target: nn.Module, adapter_name: str, config, parameter_name: str | None = None,
+                          **kwargs) -> nn.Module | None:
+    """peft dispatcher: a FusedLoraLinear for an exact nn.Linear base, else None (peft's own
+    dispatchers then run: bitsandbytes' Linear4bit, a targeted parameter, fan_in_fan_out)."""
+    base = target.get_base_layer() if isinstance(target, BaseTunerLayer) else target
+    if type(base) is not nn.Linear or parameter_name is not None or config.fan_in_fan_out:
+        return None
+    return FusedLoraLinear(target, adapter_name, config=config, **kwargs)
+
+
+def register_lora_layers(lora_config) -> None:
+    """Have peft build our LoRA layers (module doc) when `lora_config` is applied to a model."""
+    lora_config._register_custom_module({QuantLinear: FusedLoraQuantLinear, nn.Linear: dispatch_fused_linear})

@@ -3,9 +3,12 @@
     h = W0 x + (alpha / r) * B A x,   W0 frozen, A: r x in (Kaiming-uniform), B: out x r (zeros)
 
 so the adapted model starts exactly at the base model. Trainable parameters per adapted
-Linear: r * (in + out). SmolLM2-135M (hidden 576, MLP 1536, k/v 192, 30 blocks), r=16, all-linear:
+Linear: r * (in + out). Example computation, SmolLM2-135M (hidden 576, MLP 1536, k/v 192, 30 blocks),
+r=16, all-linear:
   q, o: 16*(576+576) = 18,432 each; k, v: 16*(576+192) = 12,288 each; gate, up, down: 16*(576+1536) = 33,792 each
-  per block 2*18,432 + 2*12,288 + 3*33,792 = 162,816; x 30 blocks = 4,884,480 (the quickstart's "4.9M").
+  per block 2*18,432 + 2*12,288 + 3*33,792 = 162,816
+  method.layers = 8 (the default: the last 8 blocks): x 8 = 1,302,528 ("1.3M")
+  method.layers = all: x 30 = 4,884,480 ("4.9M")
 """
 
 from __future__ import annotations
@@ -83,19 +86,15 @@ def trainable_summary(model: nn.Module) -> str:
 def apply_lora(model: nn.Module, m: MethodConfig, task_type: str = "CAUSAL_LM",
                modules_to_save: list[str] | None = None):
     """Wrap `model` with a fresh LoRA adapter (peft), only the adapter (and `modules_to_save`) trainable.
-    Plain LoRA Linears then run through `adapters/fused.py` (same values, fewer passes)."""
-    from peft import get_peft_model
+    The LoRA layers are `adapters/fused.py`'s (peft's layers with a folded plain case: same values,
+    fewer passes), on nn.Linear and QuantLinear bases alike."""
+    from tunelab.adapters.fused import register_lora_layers
 
-    from tunelab.adapters.fused import fuse_lora_linears
+    from peft import get_peft_model  # after fused: it installs the bitsandbytes import deferral first
 
     cfg = lora_config(model, m, task_type, modules_to_save)
-    if any(isinstance(mod, quant_linear_types()) for mod in model.modules()):
-        from tunelab.adapters.qlora import register_quant_linear
-
-        register_quant_linear(cfg)
-    model = get_peft_model(model, cfg)
-    fuse_lora_linears(model)
-    return model
+    register_lora_layers(cfg)
+    return get_peft_model(model, cfg)
 
 
 def freeze_all_but_last(model: nn.Module, n_layers: int) -> None:

@@ -4,9 +4,9 @@ Two backends behind one choice (`method.quant_backend`):
 
   tunelab       (default on CPU/MPS) every Linear but lm_head becomes `tunelab.quant.nn.QuantLinear`:
                 NF4 codes in blocks of 64 with absmax constants, double-quantized (8-bit, blocks of
-                256): 4 + 32/64 = 4.5 bits/param -> ~4.127. Its forward dequantizes into the
-                compute dtype and calls F.linear, so the gradient always reaches the adapters,
-                whatever ran before.
+                256): bits/param 4 + 8/64 + 32/(64*256) ~ 4.127 (4 + 32/64 = 4.5 without the
+                double quantization). Its forward dequantizes into the compute dtype and calls
+                F.linear, so the gradient always reaches the adapters, whatever ran before.
   bitsandbytes  (default on CUDA) transformers' BitsAndBytesConfig(nf4, double quant). On CPUs with
                 AVX-512-BF16, bitsandbytes 0.50 repacks a Linear4bit weight into an inference layout
                 on the first eval-mode no-grad forward and keeps it, after which LoRA gets no
@@ -16,12 +16,13 @@ Two backends behind one choice (`method.quant_backend`):
                 (`tunelab.quant.bnb_compat.route_unaligned_cpu_dequantize`, docs/quantization.md).
 
 bitsandbytes is imported only when that backend is used: importing this module (the sft, pretrain,
-dpo and reward recipes and `tunelab merge` do, before peft) installs
+dpo and reward recipes, `tunelab merge` and adapters/fused.py do, before peft) installs
 `tunelab.quant.bnb_compat.defer_bitsandbytes_import`, so a plain LoRA or tunelab-NF4 run neither pays
-for the import (~2 s) nor gets bitsandbytes' CPU warnings.
+for the import (its cost: docs/quantization.md) nor gets bitsandbytes' CPU warnings.
 
-The adapter is plain PEFT either way: `LoraQuantLinear` is registered with peft's custom-module
-mechanism and saves the same `lora_A`/`lora_B` keys as on an nn.Linear.
+The adapter is plain PEFT either way: the LoRA layer on a QuantLinear (`LoraQuantLinear`, and its
+folded subclass in adapters/fused.py) is registered with peft's custom-module mechanism and saves
+the same `lora_A`/`lora_B` keys as on an nn.Linear.
 """
 
 from __future__ import annotations
@@ -81,7 +82,8 @@ def lora_quant_linear_cls() -> type:
 
 
 def register_quant_linear(lora_config) -> None:
-    """Teach peft to wrap QuantLinear layers (no-op for models without them)."""
+    """Teach peft to wrap QuantLinear layers in the unfolded `LoraQuantLinear` (no-op for models
+    without them). `adapters.fused.register_lora_layers` registers the folded layers instead."""
     from tunelab.quant.nn import QuantLinear
 
     lora_config._register_custom_module({QuantLinear: lora_quant_linear_cls()})
@@ -122,8 +124,8 @@ def _own_storage(model: nn.Module) -> None:
 
     A model loaded from safetensors keeps its tensors in a memory map of the checkpoint file, so the
     file stays mapped for as long as any one of them lives, and every page quantization read stays
-    resident. SmolLM2-135M: RSS after quantizing 825 MB -> 528 MB once these ~113 MB are copied
-    (the 513 MB fp32 file pages are released).
+    resident; once these are copied the file's pages are released (measured: docs/quantization.md,
+    "Resident memory after quantizing").
     """
     for t in list(model.parameters()) + list(model.buffers()):
         if t.device.type == "cpu" and t.dtype.is_floating_point:

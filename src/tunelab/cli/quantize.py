@@ -93,27 +93,27 @@ def inspect_cmd(
 ):
     """Per-format table: bits/param, weight MSE, SQNR, size, held-out perplexity and delta to bf16."""
     from tunelab.models.load import load_causal_lm
-    from tunelab.quant import report
+    from tunelab.eval import quantization
     from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "quantize inspect")
     specs = [s.strip() for s in formats.split(",") if s.strip()]
     for s in specs:
-        report.parse_format(s)
-    text = report.load_eval_text(eval_path, max_chars)
+        quantization.parse_format(s)
+    text = quantization.load_eval_text(eval_path, max_chars)
     m, tok, _ = load_causal_lm(model, dtype="fp32", device="cpu")
     log = None if as_json else (lambda r: typer.echo(
         f"  {r.format:8s} {r.bits_per_param:6.3f} bits  SQNR {r.sqnr_db:5.1f} dB  ppl {r.perplexity:10.3f}  ({r.seconds:.0f} s)"))
-    rows = report.inspect_model(m, tok, text, specs, _skip_list(skip), seq_len, max_tokens, log=log)
+    rows = quantization.inspect_model(m, tok, text, specs, _skip_list(skip), seq_len, max_tokens, log=log)
     title = f"{model} on {eval_path.name} ({min(max_tokens, 10**9)} tokens max, windows of {seq_len})"
-    md = report.to_markdown(rows, title)
+    md = quantization.to_markdown(rows, title)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "report.md").write_text(md)
-        (out / "report.json").write_text(json.dumps(report.rows_as_dicts(rows), indent=1) + "\n")
-        report.plot(rows, out / "report.png", title=model)
+        (out / "report.json").write_text(json.dumps(quantization.rows_as_dicts(rows), indent=1) + "\n")
+        quantization.plot(rows, out / "report.png", title=model)
     if as_json:
-        typer.echo(json.dumps(report.rows_as_dicts(rows), indent=1))
+        typer.echo(json.dumps(quantization.rows_as_dicts(rows), indent=1))
     else:
         typer.echo(md)
         if out is not None:

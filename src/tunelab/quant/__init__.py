@@ -1,4 +1,5 @@
-"""Quantization lab: codecs (NF4/FP4/int4/int8/ternary), quantized layers, PTQ/QAT, reports.
+"""Quantization lab: codecs (NF4/FP4/int4/int8/ternary), quantized layers, PTQ/QAT (the per-format
+report, an evaluation, is `tunelab.eval.quantization`).
 
     from tunelab.quant.nn import QuantLinear, quantize_model
     model = tunelab.quant.load("out/smollm2-nf4")      # a `tunelab quantize` checkpoint

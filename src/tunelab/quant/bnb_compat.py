@@ -6,8 +6,8 @@ installed early.
 1. Deferred import (`defer_bitsandbytes_import`). When bitsandbytes is installed, peft imports it
    although a plain LoRA run never touches it: `peft/helpers.py` at `import peft`
    (`try: import bitsandbytes`), and LoRA's layer dispatch in every `get_peft_model`
-   (`if is_bnb_available(): from .bnb import ...`). That costs ~2 s of import per run and, on CPUs
-   with AVX-512-BF16, bitsandbytes 0.50 logs at import (bitsandbytes/backends/cpu/ops.py, when the
+   (`if is_bnb_available(): from .bnb import ...`). That costs an import per run (measured in
+   docs/quantization.md, "bitsandbytes compatibility") and, on CPUs with AVX-512-BF16, bitsandbytes 0.50 logs at import (bitsandbytes/backends/cpu/ops.py, when the
    optional `kernels` package cannot fetch its fused CPU kernel):
 
        Failed to load CPU gemm_4bit_forward from kernels-community: ... Please make sure you

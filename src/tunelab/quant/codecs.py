@@ -91,9 +91,9 @@ def quantize_blockwise_8bit(x: torch.Tensor, blocksize: int = DQ_BLOCKSIZE) -> t
     """Blockwise absmax 8-bit quantization onto `dynamic_map()` -> (codes uint8 [n], absmax fp32 [blocks]).
 
     Exact nearest code to v = x / absmax (ties go to the lower code). bitsandbytes' CPU kernel
-    uses an approximate search whose decision points sit up to ~1e-5 off the midpoints, so a few
-    codes (about 1 in 1000) differ from its by one step; the format and decoding are the same, so
-    either side decodes the other's constants exactly.
+    uses an approximate search whose decision points sit slightly off the midpoints, so a few codes
+    can differ from its by one step (how often: docs/quantization.md, "bitsandbytes compatibility");
+    the format and decoding are the same, so either side decodes the other's constants exactly.
     """
     code = _dynamic_map().to(x.device)
     flat = x.detach().reshape(-1).float()

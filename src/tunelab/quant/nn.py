@@ -190,9 +190,10 @@ class _DecodeAgainLinear(torch.autograd.Function):
 
     F.linear would keep the decoded W' (4 bytes a weight in fp32, 8x the 4-bit codes) alive from the
     forward to the backward for every layer an input gradient passes through. Here backward decodes
-    it again from the codes (SmolLM2's 576 x 1,536: ~1.7 ms to decode vs ~30 ms for the matmul on
-    1,400 rows), so only x's graph is kept: ~113 MB less for the 8 adapted blocks of SmolLM2-135M
-    while their graph is alive. The base weight and bias are frozen (no gradient for them).
+    it again from the codes (one decode per layer, a small fraction of its matmul), so only x's
+    graph is kept: the decoded weights of the adapted blocks are not held while their graph is
+    alive (measured: docs/memory.md, docs/performance.md). The base weight and bias are frozen (no
+    gradient for them).
     """
 
     @staticmethod

@@ -2,7 +2,8 @@
 
     prepare_qat(model, "int4")  Linear -> FakeQuantLinear (latent fp32 W, forward uses Q(W), STE)
     to_bitnet(model)            Linear -> BitLinear (ternary W + 8-bit activations, STE)
-    ... fine-tune (the training engine, or `finetune_lm` below for a short measured loop) ...
+    ... fine-tune with the training engine (`tunelab.train.engine.train_loop`); a quantization
+        warm-up is its `before_step` hook: before_step=LambdaWarmup(steps) ...
     convert_qat(model)          FakeQuantLinear / BitLinear -> QuantLinear (real packed weights)
 
 After `convert_qat` the model computes exactly what it computed in training (same Q(W); BitLinear
@@ -11,9 +12,6 @@ becomes a ternary QuantLinear with `act_quant=True`).
 
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import nn
 
 from tunelab.quant.nn import BitLinear, FakeQuantLinear, QuantLinear, replace_linears
@@ -45,6 +43,21 @@ def set_lambda(model: nn.Module, lam: float) -> None:
             m.fq.lam = lam
 
 
+class LambdaWarmup:
+    """A training loop's `before_step(model)` hook: before optimizer step k (1, 2, ...) the
+    quantization strength is set to lam = min(1, k / steps) (`set_lambda`), so it rises linearly
+    from 1/steps to fully quantized at step `steps` and stays there."""
+
+    def __init__(self, steps: int):
+        if steps < 1:
+            raise ValueError(f"LambdaWarmup needs steps >= 1, got {steps}")
+        self.steps, self.step = steps, 0
+
+    def __call__(self, model: nn.Module) -> None:
+        self.step += 1
+        set_lambda(model, min(1.0, self.step / self.steps))
+
+
 def convert_qat(model: nn.Module, double_quant: bool = False) -> nn.Module:
     """Replace FakeQuantLinear / BitLinear by QuantLinear holding the packed Q(W), in place."""
 
@@ -55,47 +68,3 @@ def convert_qat(model: nn.Module, double_quant: bool = False) -> nn.Module:
 
     replace_linears(model, make, skip=(), types=(FakeQuantLinear, BitLinear))
     return model
-
-
-def lm_loss(model: nn.Module, input_ids: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy of a causal LM on a [batch, seq] batch."""
-    return model(input_ids=input_ids, labels=input_ids).loss
-
-
-@torch.no_grad()
-def perplexity(model: nn.Module, batches: list[torch.Tensor]) -> float:
-    """exp(mean token NLL) over [batch, seq] token batches (every position but the first is scored)."""
-    was = model.training
-    model.eval()
-    nll, count = 0.0, 0
-    for ids in batches:
-        n = ids.numel() - ids.shape[0]  # tokens predicted: seq - 1 per row
-        nll += lm_loss(model, ids).item() * n
-        count += n
-    model.train(was)
-    return math.exp(nll / count)
-
-
-def finetune_lm(model: nn.Module, batches: list[torch.Tensor], steps: int, lr: float = 1e-4,
-                warmup_lambda_steps: int = 0, log=None) -> list[float]:
-    """A short AdamW loop on causal-LM loss (cycling over `batches`), for QAT/BitNet recovery
-    measurements; bf16 autocast on CPU. With warmup_lambda_steps > 0 the quantization strength
-    rises linearly from 0 to 1 (set_lambda). Returns the loss per step."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    model.train()
-    losses = []
-    for step in range(steps):
-        if warmup_lambda_steps:
-            set_lambda(model, min(1.0, (step + 1) / warmup_lambda_steps))
-        ids = batches[step % len(batches)]
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=ids.device.type == "cpu"):
-            loss = lm_loss(model, ids)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if log:
-            log(step, loss.item())
-    return losses

@@ -61,14 +61,11 @@ def attach_adapter(model, adapter_dir: Path):
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    from tunelab.adapters.qlora import register_quant_linear
+    from tunelab.adapters.fused import register_lora_layers
 
     cfg = LoraConfig.from_pretrained(str(adapter_dir))
     cfg.inference_mode = True
-    from tunelab.adapters.lora import quant_linear_types
-
-    if any(isinstance(m, quant_linear_types()) for m in model.modules()):
-        register_quant_linear(cfg)
+    register_lora_layers(cfg)
     model = get_peft_model(model, cfg)
     result = set_peft_model_state_dict(model, load_file(str(adapter_dir / "adapter_model.safetensors")))
     if getattr(result, "unexpected_keys", None):

@@ -1,4 +1,4 @@
-"""`tunelab quantize inspect`: what each format does to one model, measured.
+"""`tunelab quantize inspect`: what each quantization format does to one model, measured.
 
 For every format the Linear weights (all but `skip`) are quantized and dequantized; all math stays
 fp32, so each row isolates the weight error. Per row:
@@ -8,7 +8,8 @@ fp32, so each row isolates the weight error. Per row:
     SQNR (dB)    10 log10( sum W^2 / sum (W - W')^2 )   (+6.02 dB per extra bit for uniform codes)
     size (MB)    quantized Linears + every other tensor in bf16 (as `tunelab quantize` saves it;
                  the fp32 row keeps everything fp32)
-    perplexity   exp(mean NLL) on held-out text, windows of `seq_len` tokens
+    perplexity   exp(mean NLL) on held-out text, windows of `seq_len` tokens (`held_out_perplexity`:
+                 tunelab.losses.reply_nll with every token a target, eval.metrics.perplexity)
     delta        perplexity - perplexity(bf16)
 """
 
@@ -23,9 +24,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tunelab.data.tokenize import TokenizedExample
 from tunelab.errors import TunelabError
+from tunelab.eval.metrics import perplexity
+from tunelab.losses import reply_nll
 from tunelab.quant.nn import QuantLinear, is_skipped, quantize_model
-from tunelab.quant.qat import perplexity
 
 DEFAULT_FORMATS = ("fp32", "bf16", "fp16", "int8", "nf4", "nf4+dq", "fp4", "fp4+dq", "int4", "ternary")
 CAST_FORMATS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -72,15 +75,22 @@ def load_eval_text(path: str | Path, max_chars: int = 200_000) -> str:
     return text[:max_chars]
 
 
-def token_batches(tokenizer, text: str, seq_len: int = 256, max_tokens: int = 4096, batch: int = 4):
-    """Non-overlapping windows of seq_len tokens (at most max_tokens in all), as [batch, seq_len] tensors."""
+def token_windows(tokenizer, text: str, seq_len: int = 256, max_tokens: int = 4096) -> list[TokenizedExample]:
+    """Non-overlapping windows of seq_len tokens of `text` (at most max_tokens in all, a shorter
+    remainder dropped), every token a target (labels = input_ids, as in pretraining blocks)."""
     ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
     n = min(ids.numel(), max_tokens) // seq_len
     if n == 0:
         raise TunelabError(f"eval text has {ids.numel()} tokens, fewer than one window of {seq_len}",
                            where="--eval", hint="give more text or a smaller --seq-len")
-    windows = ids[: n * seq_len].view(n, seq_len)
-    return list(windows.split(batch))
+    windows = ids[: n * seq_len].view(n, seq_len).tolist()
+    return [TokenizedExample(w, list(w), f"window {i}") for i, w in enumerate(windows)]
+
+
+def held_out_perplexity(model: nn.Module, windows: list[TokenizedExample], batch_size: int = 4) -> float:
+    """exp(mean next-token NLL) over `windows` (every position but each window's first is scored),
+    fp32, no autocast. Windows of one length need no padding, so the pad id does not matter."""
+    return perplexity(reply_nll(model, windows, pad_id=0, batch_size=batch_size))
 
 
 def _targets(model: nn.Module, skip) -> dict[str, torch.Tensor]:
@@ -93,7 +103,8 @@ def _rest_params(model: nn.Module, skip) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in quantized)  # parameters() dedupes ties
 
 
-def evaluate_format(base: nn.Module, spec: str, batches, skip=("lm_head",), blocksize: int = 64) -> Row:
+def evaluate_format(base: nn.Module, spec: str, windows: list[TokenizedExample], skip=("lm_head",),
+                    blocksize: int = 64) -> Row:
     """Quantize a copy of `base` (fp32) in `spec`, measure weight error, size and perplexity."""
     t0 = time.perf_counter()
     fmt, dq = parse_format(spec)
@@ -115,7 +126,7 @@ def evaluate_format(base: nn.Module, spec: str, batches, skip=("lm_head",), bloc
     err = sum((deq[n] - w).double().pow(2).sum().item() for n, w in originals.items())
     sig = sum(w.double().pow(2).sum().item() for w in originals.values())
     rest_bytes = _rest_params(base, skip) * (4 if fmt == "fp32" else 2)
-    ppl = perplexity(model, batches)
+    ppl = held_out_perplexity(model, windows)
     return Row(spec, bits, err / params, 10 * math.log10(sig / err) if err > 0 else float("inf"),
                (qbytes + rest_bytes) / 1e6, ppl, seconds=time.perf_counter() - t0)
 
@@ -126,10 +137,10 @@ def inspect_model(model: nn.Module, tokenizer, text: str, formats=DEFAULT_FORMAT
     specs = list(formats)
     for s in specs:
         parse_format(s)
-    batches = token_batches(tokenizer, text, seq_len, max_tokens)
+    windows = token_windows(tokenizer, text, seq_len, max_tokens)
     rows = []
     for spec in specs:
-        row = evaluate_format(model, spec, batches, skip)
+        row = evaluate_format(model, spec, windows, skip)
         rows.append(row)
         if log:
             log(row)
