@@ -128,7 +128,8 @@ def test_qat_and_bitnet_train_and_export_packed_model(tmp_path, tiny_model_dir, 
     from tunelab.train.recipes.sft import run_sft
 
     cfg = tiny_cfg(tmp_path, tiny_model_dir, method={"name": method, "qat_format": fmt},
-                   train={"epochs": 1, "lr": 2e-3}, output={"name": method}, eval={"from_validation": 0})
+                   train={"epochs": 1, "lr": 2e-3, "precision": "fp32"}, output={"name": method},
+                   eval={"from_validation": 0})  # fp32: reply_nll below runs without autocast
     out = run_sft(cfg, quiet=True)
     assert out.val_after < out.val_before
     assert (out.run_dir / "quantized" / "manifest.json").exists() and (out.run_dir / "DONE").exists()
@@ -143,3 +144,15 @@ def test_qat_and_bitnet_train_and_export_packed_model(tmp_path, tiny_model_dir, 
     _, val = load_splits(cfg)
     val_tok, _ = tokenize_all(val, gen.template, gen.tokenizer, cfg.data.max_length)
     assert abs(reply_nll(gen.model, val_tok, gen.tokenizer.pad_token_id) - out.val_after) < 1e-3
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lora_learns_in_both_precisions(tmp_path, tiny_model_dir, precision):
+    """`precision: auto` is fp32 on AVX2 CPUs and bf16 autocast on AVX-512-BF16 ones: both paths run here."""
+    from tunelab.train.recipes.sft import run_sft
+
+    cfg = tiny_cfg(tmp_path, tiny_model_dir, train={"precision": precision}, output={"name": precision},
+                   eval={"from_validation": 0})
+    out = run_sft(cfg, quiet=True)
+    assert out.val_after < out.val_before - 0.1
+    assert (out.run_dir / "DONE").exists()

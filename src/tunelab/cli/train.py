@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import typer
@@ -31,36 +30,24 @@ def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, res
     if resume:
         cfg.train.resume = "yes"
     console = Console(stderr=True, quiet=quiet)
-    out = run_task(cfg, quiet=quiet, console=console)
-    return cfg, out
+    return run_task(cfg, quiet=quiet, console=console)
 
 
-def _summary(cfg, out) -> None:
+def _summary(out) -> None:
+    """What every task's outcome has to say: its table of samples (if any), then its summary lines."""
     c = Console()
-    if cfg.task != "sft":
-        for line in out.summary_lines():
-            c.print(line)
-        return
-    if out.samples:
-        t = Table(title="held-out prompts: base vs tuned", show_lines=True)
+    table = out.samples_table()
+    if table is not None:
+        title, rows = table
+        t = Table(title=title, show_lines=True)
         t.add_column("prompt", ratio=2)
         t.add_column("base", ratio=3)
         t.add_column("tuned", ratio=3)
-        for s in out.samples:
-            t.add_row(s["prompt"], s["base"], s["tuned"])
+        for row in rows:
+            t.add_row(*row)
         c.print(t)
-    from tunelab.runs.report import suffix_rate
-
-    suffix = cfg.eval.expect_suffix
-    if suffix and out.samples:
-        b = suffix_rate([s["base"] for s in out.samples], suffix)
-        a = suffix_rate([s["tuned"] for s in out.samples], suffix)
-        c.print(f"replies ending with {suffix!r}: base {b:.0%} -> tuned {a:.0%}")
-    if not math.isnan(out.val_before):
-        c.print(f"validation loss (reply tokens): base {out.val_before:.3f} -> tuned {out.val_after:.3f}")
-    r = out.result
-    c.print(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s")
-    c.print(f"run saved to [bold]{out.run_dir}[/bold] (report.md, loss.png, adapter/)")
+    for line in out.summary_lines():
+        c.print(line)
 
 
 @app.command("train")
@@ -72,8 +59,8 @@ def train_cmd(
     resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
 ) -> None:
     """Fine-tune a model as described by CONFIG; writes runs/<name>/."""
-    cfg, out = _train(config, overrides or [], overwrite, quiet, resume)
-    _summary(cfg, out)
+    out = _train(config, overrides or [], overwrite, quiet, resume)
+    _summary(out)
 
 
 @app.command("quickstart")
@@ -83,5 +70,5 @@ def quickstart_cmd(
 ) -> None:
     """LoRA-tune the embedded SmolLM2-135M-Instruct into the TuneBot persona, then compare base vs tuned."""
     config = examples_dir() / "configs" / "quickstart.yaml"
-    cfg, out = _train(config, overrides or [], overwrite, quiet=False)
-    _summary(cfg, out)
+    out = _train(config, overrides or [], overwrite, quiet=False)
+    _summary(out)

@@ -1,4 +1,6 @@
-"""Classification metrics, the confusion-matrix plot and the classification report.
+"""Classification metrics, the confusion-matrix plot and the before/after metrics table.
+
+(A classification run's report.md is written by `tunelab.train.reports.write_classify_report`.)
 
 With C[t][p] = number of examples of true class t predicted as class p (rows = truth):
 
@@ -102,30 +104,3 @@ def metrics_table(before: dict, after: dict) -> list[str]:
         rows.append(f"| precision `{name}` | {b['precision']:.4f} | {a['precision']:.4f} |")
         rows.append(f"| recall `{name}` | {b['recall']:.4f} | {a['recall']:.4f} |")
     return rows
-
-
-def write_classify_report(run, cfg, outcome) -> None:
-    """report.md (+ confusion.png, loss.png) of a classification run."""
-    from tunelab.runs.report import plot_loss
-
-    res = outcome.result
-    has_loss = plot_loss(run)
-    m = cfg.method
-    lines = [f"# Classification run `{run.path.name}`", "",
-             f"- model: `{cfg.model.name}`, method: `{m.name}`"
-             + (f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})" if m.name == "lora" else "")
-             + (f" (last {m.freeze_layers} layers + head)" if m.name == "freeze" else ""),
-             f"- labels: {', '.join(f'`{x}`' for x in outcome.labels)}",
-             f"- {outcome.trainable}",
-             f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, max_length {cfg.data.max_length}",
-             f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
-             f"({res.tokens_per_s:,.0f} tokens/s)", ""]
-    if outcome.before and outcome.after:
-        lines += ["## Validation metrics", "", *metrics_table(outcome.before, outcome.after), ""]
-        plot_confusion(outcome.after["confusion"], outcome.labels, run.path / "confusion.png")
-        lines += ["![confusion matrix](confusion.png)", ""]
-    else:
-        lines += ["No validation set: set data.validation or data.val_split to get metrics.", ""]
-    if has_loss:
-        lines += ["![loss curve](loss.png)", ""]
-    run.write_text("report.md", "\n".join(lines))

@@ -1,15 +1,27 @@
-"""The training loop shared by every recipe.
+"""The training loop shared by every recipe: `train_loop`, a `Trainer` built and run in one call.
 
-One optimizer step = grad_accum micro-batches of batch_size examples
-(e.g. 8 examples x 1 accum = 8 conversations/step; 84 examples x 3 epochs / 8 = 32 steps).
-Loss per micro-batch = sum of reply-token NLL / reply tokens in the micro-batch, divided by
-grad_accum. bf16 autocast on CPUs with AVX-512-BF16 and on CUDA with bf16 (master weights and
-adapters stay fp32). Evaluation = `reply_nll` on the validation set each epoch; with keep_best
-the best epoch's trainable weights are restored at the end.
+    Trainer(model, train, val, cfg, objective)   AdamW + scheduler over the trainable parameters
+      .resume()            continue from the latest checkpoint in ckpt_dir (weights, optimizer,
+                           scheduler, RNG, data position, evaluation history)
+      .run()               epochs of `step` until cfg.max_steps or cfg.epochs are done; then the
+                           best evaluation's weights are restored (keep_best); returns TrainResult
+      .step(group)         one optimizer step over a group of grad_accum micro-batches
+      .evaluate(at, final) validation, best tracking, early stopping
+      .checkpoint(group)   save the position (next micro-batch group of this epoch) and state
 
-Why our own loop and not transformers.Trainer: it is ~200 lines, it controls exactly when the
-4-bit base runs in eval mode (bitsandbytes' CPU repacking trap), it counts trained tokens for
-the progress bar and metrics, and it lets a recipe batch by length without a custom sampler.
+One optimizer step = grad_accum micro-batches of batch_size examples, so an epoch of n examples is
+ceil(ceil(n / batch_size) / grad_accum) steps (`total_steps`); e.g. the quickstart: 84 examples,
+batch 8, accumulation 1 -> ceil(84 / 8) = 11 steps per epoch x 3 epochs = 33 steps.
+Loss per micro-batch = the objective's summed loss / its count (for causal LM: sum of reply-token
+NLL / reply tokens in the micro-batch), divided by the micro-batches in the group.
+bf16 autocast on CPUs with AVX-512-BF16 and on CUDA with bf16 (master weights and adapters stay
+fp32). Evaluation = the objective's `evaluate` on the validation set each epoch (or every
+`cfg.eval_every` steps); with keep_best the best evaluation's trainable weights are restored at
+the end.
+
+Why our own loop and not transformers.Trainer: it is short, it controls exactly when the 4-bit
+base runs in eval mode (bitsandbytes' CPU repacking trap: `before_step`), it counts trained tokens
+for the progress bar and metrics, and it lets a recipe batch by length without a custom sampler.
 """
 
 from __future__ import annotations
@@ -94,6 +106,198 @@ def _should_eval(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
     return step % int(cfg.eval_every) == 0 or epoch_end
 
 
+class Trainer:
+    """One training run of `model`'s trainable parameters; the state lives in attributes.
+
+    Position: `epoch` (0-based, the epoch being trained), `group` (the index of the first
+    micro-batch of the step being trained, in that epoch's `make_batches`), `start_group` (where
+    the current epoch starts: 0, or a resumed checkpoint's group). Evaluation state: `best_state`
+    (the best evaluation's trainable weights, keep_best only), `bad_evals` (evaluations in a row
+    without improvement). `res` (TrainResult) holds the step count, trained tokens and the
+    validation history.
+    """
+
+    def __init__(self, model, train: list, val: list, cfg: TrainConfig, objective: Objective,
+                 log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None):
+        from transformers import get_scheduler
+
+        self.model, self.train_data, self.val_data, self.cfg, self.objective = model, train, val, cfg, objective
+        self.log, self.quiet, self.before_step, self.ckpt_dir = log, quiet, before_step, ckpt_dir
+        self.device = next(model.parameters()).device
+        if cfg.keep_freed_memory and self.device.type == "cpu":  # true or auto
+            keep_freed_memory()
+        start_peak_rss()  # record the training phase's peak, not loading's
+        self.amp = autocast_dtype(cfg.precision, self.device)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        if not self.params:
+            raise TunelabError("nothing to train: no parameter requires grad", where="method")
+        self.names = [n for n, p in model.named_parameters() if p.requires_grad]
+        torch.manual_seed(cfg.seed)
+        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.total = total_steps(len(train), cfg)
+        self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
+                                   self.opt, num_warmup_steps=int(cfg.warmup_ratio * self.total),
+                                   num_training_steps=self.total)
+        self.res = TrainResult()
+        self.best_state = None
+        self.bad_evals = 0
+        self.epoch, self.start_group, self.group = 0, 0, 0
+        self.stop = False
+
+    # ---- resume and checkpoints ------------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from the latest complete checkpoint in ckpt_dir, if there is one."""
+        if self.ckpt_dir is None or (last := latest_checkpoint(self.ckpt_dir)) is None:
+            return
+        saved = load_checkpoint(last, self.model, self.opt, self.sched)
+        pos, r, res = saved["position"], saved["result"], self.res
+        res.steps, self.epoch, self.start_group = pos["step"], pos["epoch"], pos["group"]
+        res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
+        res.best_val, res.best_epoch, self.best_state = r["best_val"], r["best_epoch"], r.get("best_state")
+        self.bad_evals = r.get("bad_evals", 0)
+        res.resumed_from = res.steps
+        self.group = self.start_group
+
+    def checkpoint(self, group: int) -> None:
+        """Save the state with the data position (this epoch, next micro-batch group `group`)."""
+        if self.ckpt_dir is None:
+            return
+        res = self.res
+        save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched,
+                        {"step": res.steps, "epoch": self.epoch, "group": group},
+                        {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
+                         "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": self.best_state,
+                         "bad_evals": self.bad_evals})
+
+    # ---- one optimizer step ----------------------------------------------------------------------------------
+    def step(self, group: list) -> tuple[float, float, int]:
+        """One optimizer step over `group` (micro-batches of example indices); returns
+        (loss summed over the micro-batches, gradient norm before clipping, trained tokens)."""
+        if self.before_step is not None:
+            self.before_step(self.model)
+        loss_val, ntok = 0.0, 0
+        for idx in group:
+            batch = {k: v.to(self.device) for k, v in self.objective.collate([self.train_data[i] for i in idx]).items()}
+            with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+                total, n = self.objective.loss_sum(self.model, batch)
+            loss = total / max(n, 1) / len(group)
+            loss.backward()
+            loss_val += float(loss.detach())
+            ntok += self.objective.trained_tokens(batch, n)
+        if not math.isfinite(loss_val):
+            raise TunelabError(f"loss became {loss_val} at step {self.res.steps + 1}", where="train",
+                               hint="lower train.lr or use train.precision=fp32")
+        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.res.steps += 1
+        self.res.trained_tokens += ntok
+        return loss_val, gnorm, ntok
+
+    def report_step(self, at: float, loss_val: float, gnorm: float, ntok: int) -> None:
+        """The step's metrics record (every cfg.logging_steps) and the progress bar; tokens/s is
+        measured over a window restarted every 10 s."""
+        self.tokens_window += ntok
+        now = time.perf_counter()
+        tps = self.tokens_window / max(now - self.t_window, 1e-9)
+        lr = self.sched.get_last_lr()[0]
+        if self.res.steps % self.cfg.logging_steps == 0:
+            self.log({"step": self.res.steps, "epoch": at, "loss": round(loss_val, 5), "lr": lr,
+                      "grad_norm": round(gnorm, 5), "tokens_per_s": round(tps, 1),
+                      "elapsed_s": round(now - self.t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
+        self.bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
+        if now - self.t_window > 10:
+            self.tokens_window, self.t_window = 0, now
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def evaluate(self, at: float, final: bool) -> bool:
+        """Validate, track the best, return True when early stopping says stop."""
+        cfg, res = self.cfg, self.res
+        metrics = self.objective.evaluate(self.model, self.val_data, self.amp)
+        v = metrics["val_loss"]
+        res.val_history.append((at, v))
+        self.log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
+                                                       for k, x in metrics.items()}})
+        improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
+        if not (v >= res.best_val):
+            res.best_val, res.best_epoch = v, at
+            if cfg.keep_best:
+                self.best_state = trainable_state(self.model) if not final else None
+        self.bad_evals = 0 if improved else self.bad_evals + 1
+        self.model.train()
+        return bool(cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience)
+
+    # ---- epochs and the whole run ----------------------------------------------------------------------------
+    def run_epoch(self) -> None:
+        """The steps of epoch `epoch` from `start_group` on, then its end (`end_epoch`)."""
+        cfg, res = self.cfg, self.res
+        batches = make_batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch, length=self.objective.length)
+        for g in range(self.start_group, len(batches), cfg.grad_accum):
+            self.group = g
+            if res.steps >= self.total:
+                break
+            group = batches[g:g + cfg.grad_accum]
+            loss_val, gnorm, ntok = self.step(group)
+            at = round(self.epoch + (g + len(group)) / len(batches), 3)
+            self.report_step(at, loss_val, gnorm, ntok)
+            epoch_end = g + cfg.grad_accum >= len(batches)
+            if self.val_data and not epoch_end and _should_eval(cfg, res.steps, False):
+                if self.evaluate(at, final=res.steps >= self.total):
+                    self.stop = True
+                    break
+            if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < self.total:
+                self.checkpoint(g + cfg.grad_accum)
+        self.start_group = 0
+        self.end_epoch()
+
+    def end_epoch(self) -> None:
+        """Epoch-end evaluation, then the early-stopping record or the epoch-end checkpoint."""
+        res = self.res
+        self.epoch += 1 if not self.stop else 0
+        at_end = res.steps >= self.total
+        if not self.stop and self.val_data and _should_eval(self.cfg, res.steps, True):
+            self.stop = self.evaluate(self.epoch, final=at_end)
+        if self.stop:
+            res.stopped_early = f"early stopping: no improvement in {self.cfg.early_stopping_patience} evaluations"
+            self.log({"step": res.steps, "event": "early_stopping", "best_val": res.best_val})
+        elif not at_end:
+            self.checkpoint(0)
+
+    def run(self) -> TrainResult:
+        """Train to the end (or early stop, or Ctrl-C: then a checkpoint of the current group)."""
+        self.bar = Progress(self.total, self.quiet, done=self.res.steps)
+        self.t0 = time.perf_counter()
+        self.tokens_window, self.t_window = 0, time.perf_counter()
+        try:
+            self.model.train()
+            while self.res.steps < self.total and not self.stop:
+                self.run_epoch()
+        except KeyboardInterrupt:
+            self.res.stopped_early = "interrupted"
+            self.checkpoint(self.group)
+        finally:
+            self.bar.close()
+            self.res.train_seconds = time.perf_counter() - self.t0
+            self.res.peak_rss_mb = peak_rss_mb()
+        self.finish()
+        return self.res
+
+    def finish(self) -> None:
+        """keep_best: the best evaluation's weights back into the model; otherwise the last
+        evaluation is the result's best. The model is left in eval mode."""
+        res = self.res
+        last_eval = res.val_history[-1][0] if res.val_history else None
+        if self.cfg.keep_best and res.val_history and res.best_epoch != last_eval and self.best_state is not None:
+            with torch.no_grad():
+                by_name = dict(self.model.named_parameters())
+                for n in self.names:
+                    by_name[n].copy_(self.best_state[n])
+        if res.val_history and not self.cfg.keep_best:
+            res.best_val, res.best_epoch = res.val_history[-1][1], res.val_history[-1][0]
+        self.model.eval()
+
+
 def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | None = None,
                log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None,
                resume: bool = False, objective: Objective | None = None) -> TrainResult:
@@ -110,139 +314,12 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
     `before_step(model)` runs before each optimizer step's forward passes (used to undo a
     quantization backend's inference repacking).
     """
-    from transformers import get_scheduler
-
     if objective is None:
         if pad_id is None:
             raise ValueError("train_loop needs an objective or a pad_id")
         objective = CausalLMObjective(pad_id, cfg.batch_size)
-    device = next(model.parameters()).device
-    if cfg.keep_freed_memory and device.type == "cpu":  # true or auto
-        keep_freed_memory()
-    start_peak_rss()  # record the training phase's peak, not loading's
-    amp = autocast_dtype(cfg.precision, device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise TunelabError("nothing to train: no parameter requires grad", where="method")
-    torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = total_steps(len(train), cfg)
-    sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup", opt,
-                          num_warmup_steps=int(cfg.warmup_ratio * steps), num_training_steps=steps)
-    res = TrainResult()
-    best_state = None
-    bad_evals = 0  # evaluations in a row without improvement (early stopping)
-    epoch, start_group = 0, 0
-    if resume and ckpt_dir is not None and (last := latest_checkpoint(ckpt_dir)) is not None:
-        saved = load_checkpoint(last, model, opt, sched)
-        pos, r = saved["position"], saved["result"]
-        res.steps, epoch, start_group = pos["step"], pos["epoch"], pos["group"]
-        res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
-        res.best_val, res.best_epoch, best_state = r["best_val"], r["best_epoch"], r.get("best_state")
-        bad_evals = r.get("bad_evals", 0)
-        res.resumed_from = res.steps
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
-
-    def checkpoint(group: int) -> None:
-        if ckpt_dir is not None:
-            save_checkpoint(ckpt_dir, model, opt, sched, {"step": res.steps, "epoch": epoch, "group": group},
-                            {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
-                             "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": best_state,
-                             "bad_evals": bad_evals})
-
-    def evaluate(at: float, final: bool) -> bool:
-        """Validate, track the best, return True when early stopping says stop."""
-        nonlocal best_state, bad_evals
-        metrics = objective.evaluate(model, val, amp)
-        v = metrics["val_loss"]
-        res.val_history.append((at, v))
-        log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
-                                                  for k, x in metrics.items()}})
-        improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
-        if not (v >= res.best_val):
-            res.best_val, res.best_epoch = v, at
-            if cfg.keep_best:
-                best_state = trainable_state(model) if not final else None
-        bad_evals = 0 if improved else bad_evals + 1
-        model.train()
-        return bool(cfg.early_stopping_patience and bad_evals >= cfg.early_stopping_patience)
-
-    bar = Progress(steps, quiet, done=res.steps)
-    t0 = time.perf_counter()
-    tokens_window, t_window = 0, time.perf_counter()
-    g = start_group
-    stop = False
-    try:
-        model.train()
-        while res.steps < steps and not stop:
-            batches = make_batches(train, cfg.batch_size, cfg.seed, epoch, length=objective.length)
-            for g in range(start_group, len(batches), cfg.grad_accum):
-                if res.steps >= steps:
-                    break
-                if before_step is not None:
-                    before_step(model)
-                group = batches[g:g + cfg.grad_accum]
-                loss_val, ntok = 0.0, 0
-                for idx in group:
-                    batch = {k: v.to(device) for k, v in objective.collate([train[i] for i in idx]).items()}
-                    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                        total, n = objective.loss_sum(model, batch)
-                    loss = total / max(n, 1) / len(group)
-                    loss.backward()
-                    loss_val += float(loss.detach())
-                    ntok += objective.trained_tokens(batch, n)
-                if not math.isfinite(loss_val):
-                    raise TunelabError(f"loss became {loss_val} at step {res.steps + 1}", where="train",
-                                       hint="lower train.lr or use train.precision=fp32")
-                gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                res.steps += 1
-                res.trained_tokens += ntok
-                tokens_window += ntok
-                now = time.perf_counter()
-                tps = tokens_window / max(now - t_window, 1e-9)
-                lr = sched.get_last_lr()[0]
-                at = round(epoch + (g + len(group)) / len(batches), 3)
-                if res.steps % cfg.logging_steps == 0:
-                    log({"step": res.steps, "epoch": at, "loss": round(loss_val, 5), "lr": lr,
-                         "grad_norm": round(gnorm, 5), "tokens_per_s": round(tps, 1),
-                         "elapsed_s": round(now - t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
-                bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
-                if now - t_window > 10:
-                    tokens_window, t_window = 0, now
-                epoch_end = g + cfg.grad_accum >= len(batches)
-                if val and not epoch_end and _should_eval(cfg, res.steps, False):
-                    if evaluate(at, final=res.steps >= steps):
-                        stop = True
-                        break
-                if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < steps:
-                    checkpoint(g + cfg.grad_accum)
-            start_group = 0
-            epoch += 1 if not stop else 0
-            at_end = res.steps >= steps
-            if not stop and val and _should_eval(cfg, res.steps, True):
-                stop = evaluate(epoch, final=at_end)
-            if stop:
-                res.stopped_early = f"early stopping: no improvement in {cfg.early_stopping_patience} evaluations"
-                log({"step": res.steps, "event": "early_stopping", "best_val": res.best_val})
-            elif not at_end:
-                checkpoint(0)
-    except KeyboardInterrupt:
-        res.stopped_early = "interrupted"
-        checkpoint(g)
-    finally:
-        bar.close()
-        res.train_seconds = time.perf_counter() - t0
-        res.peak_rss_mb = peak_rss_mb()
-    last_eval = res.val_history[-1][0] if res.val_history else None
-    if cfg.keep_best and res.val_history and res.best_epoch != last_eval and best_state is not None:
-        with torch.no_grad():
-            by_name = dict(model.named_parameters())
-            for n in names:
-                by_name[n].copy_(best_state[n])
-    if res.val_history and not cfg.keep_best:
-        res.best_val, res.best_epoch = res.val_history[-1][1], res.val_history[-1][0]
-    model.eval()
-    return res
+    trainer = Trainer(model, train, val, cfg, objective, log=log, quiet=quiet, before_step=before_step,
+                      ckpt_dir=ckpt_dir)
+    if resume:
+        trainer.resume()
+    return trainer.run()

@@ -1,12 +1,62 @@
-"""What every recipe does the same way: where a run resumes, and loading a 4-bit base through bitsandbytes."""
+"""The steps every recipe takes the same way, in the order a recipe takes them.
+
+    setup_run(cfg, quiet, console, methods)   console, seed, threads, method check, run dir (refused
+                                              when finished: before any data or model loads)
+    load_base(cfg)                            the causal LM: 4-bit through bitsandbytes (qlora on
+                                              that backend) or `load_causal_lm`; -> Base
+    begin_run(run, cfg, base_path, ...)       where the run resumes (`resume_point`), then
+                                              config.yaml / template.json written (`RunDir.begin`)
+    quantize_for_training(base, cfg, amp)     qlora on the tunelab backend: the base to 4-bit
+    adapt(model, cfg)                         method: lora | qlora | freeze | qat | bitnet (full: as is),
+                                              then gradient checkpointing when wanted
+    train_engine(...)                         engine.train_loop with the run's checkpoints and logger
+    finish_run(run, result)                   DONE, unless training was interrupted
+
+Every outcome is an `Outcome`: `run_dir`, `summary_lines()` (what `tunelab train` prints) and
+`samples_table()` (a table printed above those lines, or None).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import RunDir
+
+
+class Outcome:
+    """What a recipe returns (each task's outcome is a dataclass with `run_dir` deriving from it)."""
+
+    def summary_lines(self) -> list[str]:
+        raise NotImplementedError
+
+    def samples_table(self) -> tuple[str, list[tuple[str, str, str]]] | None:
+        """(title, rows of (prompt, base, tuned)) to print as a table before `summary_lines`, or None."""
+        return None
+
+
+# ---- setup ---------------------------------------------------------------------------------------------------
+def setup_run(cfg: RunConfig, quiet: bool, console: Console | None, methods: tuple[str, ...] | None = None,
+              checks=(), method_hint: str = "one of") -> tuple[Console, RunDir]:
+    """(console, run dir): seeds torch, sets threads, refuses a method the task has not (`methods`)
+    and what `checks` (callables of cfg) refuse, and a finished run unless output.overwrite."""
+    console = console or Console(stderr=True, quiet=quiet)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if methods is not None and cfg.method.name not in methods:
+        raise TunelabError(f"method '{cfg.method.name}' is not available for task {cfg.task}", where="method.name",
+                           hint=f"{method_hint}: {', '.join(methods)}")
+    for check in checks:
+        check(cfg)
+    run = RunDir(cfg.run_dir())
+    run.refuse_if_done(cfg.output.overwrite)
+    return console, run
+
 
 def comparable_config(cfg_dict: dict) -> dict:
     d = {k: v for k, v in cfg_dict.items() if k != "versions"}
@@ -35,6 +85,50 @@ def resume_point(run: RunDir, cfg: RunConfig) -> int | None:
     return steps[-1]
 
 
+def begin_run(run: RunDir, cfg: RunConfig, base_path, template=None, console=None) -> int | None:
+    """Resolve where the run resumes (None: from the start), then write its config and template."""
+    resume_step = resume_point(run, cfg)
+    run.begin(cfg, base_path, template, resume_step, console)
+    return resume_step
+
+
+# ---- the base model ------------------------------------------------------------------------------------------
+@dataclass
+class Base:
+    """A loaded causal LM with its tokenizer, resolved model and 4-bit backend (None: not qlora)."""
+
+    model: object
+    tok: object
+    rm: object
+    backend: str | None
+    device: torch.device
+
+    @property
+    def before_step(self):
+        """The engine's `before_step`: bitsandbytes' CPU inference repacking undone before training steps."""
+        if self.backend != "bitsandbytes":
+            return None
+        from tunelab.adapters.qlora import restore_bnb_training_layout
+
+        return restore_bnb_training_layout
+
+
+def load_base(cfg: RunConfig) -> Base:
+    """The causal LM of `model.name`: qlora on the bitsandbytes backend loads it 4-bit
+    (`load_bnb_base`); everything else loads it as `model.dtype` (quantized later, if at all)."""
+    from tunelab.adapters.qlora import choose_backend
+    from tunelab.models.load import load_causal_lm, pick_device
+
+    m = cfg.method
+    device = pick_device(cfg.model.device)
+    backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
+    if backend == "bitsandbytes":
+        model, tok, rm = load_bnb_base(cfg, device)
+    else:
+        model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+    return Base(model, tok, rm, backend, device)
+
+
 def load_bnb_base(cfg: RunConfig, device):
     """CUDA path: load the base 4-bit through transformers + bitsandbytes."""
     from transformers import AutoModelForCausalLM
@@ -50,6 +144,61 @@ def load_bnb_base(cfg: RunConfig, device):
     model = AutoModelForCausalLM.from_pretrained(rm.path, quantization_config=qc, device_map={"": str(device)})
     from peft import prepare_model_for_kbit_training
 
-    # checkpointing is switched on after the adapters (run_sft), as for every other method
+    # checkpointing is switched on after the adapters (`adapt`), as for every other method
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     return model, tok, rm
+
+
+def quantize_for_training(base: Base, cfg: RunConfig, amp) -> bool:
+    """qlora on the tunelab backend: quantize the loaded base in place; True when it did."""
+    m = cfg.method
+    if m.name != "qlora" or base.backend != "tunelab":
+        return False
+    from tunelab.adapters.qlora import quantize_base
+
+    quantize_base(base.model, m.quant_type, m.double_quant, compute_dtype=amp)
+    return True
+
+
+# ---- adapting and training -----------------------------------------------------------------------------------
+def adapt(model, cfg: RunConfig):
+    """Apply `method` to a causal LM; returns the model to train.
+
+    lora / qlora: LoRA adapters (`apply_lora`); freeze: only the last `method.freeze_layers` blocks
+    train; qat / bitnet: every weight trains as an fp32 latent and the forward sees Q(W) (straight-
+    through estimator); full: every weight, as loaded. Then gradient checkpointing if `wants_checkpointing`.
+    """
+    from tunelab.adapters.lora import apply_lora, freeze_all_but_last
+    from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
+
+    m = cfg.method
+    if m.name in ("lora", "qlora"):
+        model = apply_lora(model, m)
+    elif m.name == "freeze":
+        freeze_all_but_last(model, m.freeze_layers)
+    elif m.name in ("qat", "bitnet"):
+        from tunelab.quant.qat import prepare_qat, to_bitnet
+
+        prepare_qat(model, m.qat_format) if m.name == "qat" else to_bitnet(model)
+    if wants_checkpointing(cfg, model):
+        enable_checkpointing(model)
+    return model
+
+
+def train_engine(model, train: list, val: list, cfg: RunConfig, run: RunDir, logger, quiet: bool,
+                 resume_step: int | None, **kwargs):
+    """`engine.train_loop` checkpointing into run/checkpoints (resuming when `resume_step` is set),
+    logging to `logger`, which is closed afterwards; kwargs: pad_id, objective, before_step."""
+    from tunelab.train.engine import train_loop
+
+    try:
+        return train_loop(model, train, val, cfg.train, log=logger, quiet=quiet, ckpt_dir=run.path / "checkpoints",
+                          resume=resume_step is not None, **kwargs)
+    finally:
+        logger.close()
+
+
+def finish_run(run: RunDir, result) -> None:
+    """Mark the run DONE (written last) unless training was interrupted: then it can be resumed."""
+    if result.stopped_early != "interrupted":
+        run.mark_done()

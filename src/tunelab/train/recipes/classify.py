@@ -30,10 +30,12 @@ from tunelab.data.formats import ClassifyExample
 from tunelab.errors import TunelabError
 from tunelab.eval.classification import classification_metrics, flat_metrics
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
-from tunelab.train.engine import TrainResult, train_loop
-from tunelab.runtime.precision import autocast_dtype
-from tunelab.train.loggers import MetricsLogger
 from tunelab.runs.rundir import RunDir
+from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.engine import TrainResult
+from tunelab.train.loggers import MetricsLogger
+from tunelab.train.recipes._common import Outcome, begin_run, finish_run, setup_run, train_engine
+from tunelab.train.reports import write_classify_report
 
 METHODS = ("lora", "full", "freeze")
 
@@ -87,7 +89,7 @@ class ClassifyObjective:
 
 
 @dataclass
-class ClassifyOutcome:
+class ClassifyOutcome(Outcome):
     run_dir: Path
     result: TrainResult
     labels: list[str]
@@ -185,18 +187,9 @@ def adapt(model, cfg: RunConfig, head: list[str]):
 # ---- the recipe ----------------------------------------------------------------------------------------------
 def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> ClassifyOutcome:
     from tunelab.adapters.lora import count_params, trainable_summary
-    from tunelab.train.recipes._common import resume_point
 
-    console = console or Console(stderr=True, quiet=quiet)
-    if cfg.method.name not in METHODS:
-        raise TunelabError(f"method '{cfg.method.name}' is not available for task classify", where="method.name",
-                           hint=f"use one of: {', '.join(METHODS)}")
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    run = RunDir(cfg.run_dir())
-    run.refuse_if_done(cfg.output.overwrite)
-
-    # ---- data first: bad input fails before any model loads or anything is written ------------------------
+    # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
+    console, run = setup_run(cfg, quiet, console, METHODS, method_hint="use one of")
     train_ex, val_ex = load_classify_splits(cfg)
     labels = label_set(cfg, train_ex, val_ex)
     torch.manual_seed(cfg.train.seed)  # the new head's initial weights
@@ -205,15 +198,8 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     train_tok = tokenize_examples(tok, train_ex, labels, d.max_length, d.truncation_side)
     val_tok = tokenize_examples(tok, val_ex, labels, d.max_length, d.truncation_side)
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples, {len(labels)} labels")
-
-    resume_step = resume_point(run, cfg)
-    from tunelab.models.registry import resolve
-
-    run.begin(cfg, resolve(cfg.model.name).path, resume_step=resume_step, console=console)
-    run.write_text("labels.json", json.dumps({"labels": labels, "head": head}, indent=2) + "\n")
-    tok.save_pretrained(str(run.path / "tokenizer"))
-    device = next(model.parameters()).device
-    amp = autocast_dtype(cfg.train.precision, device)
+    resume_step = begin_classify_run(run, cfg, tok, labels, head, console)
+    amp = autocast_dtype(cfg.train.precision, next(model.parameters()).device)
     objective = ClassifyObjective(tok.pad_token_id, labels, cfg.train.batch_size)
     logger = MetricsLogger(run, cfg.train.report_to)
 
@@ -225,29 +211,29 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
             logger({"step": 0, "epoch": 0, "event": "before", "val_loss": round(before["val_loss"], 5),
                     **{k: round(v, 5) for k, v in flat_metrics(before).items()}})
 
-    # ---- adapt + train ---------------------------------------------------------------------------------------
+    # ---- train ---------------------------------------------------------------------------------------------
     model = adapt(model, cfg, head)
     trainable = trainable_summary(model)
     console.print(trainable)
-    try:
-        result = train_loop(model, train_tok, val_tok, cfg.train, log=logger, quiet=quiet, objective=objective,
-                            ckpt_dir=run.path / "checkpoints", resume=resume_step is not None)
-    finally:
-        logger.close()
+    result = train_engine(model, train_tok, val_tok, cfg, run, logger, quiet, resume_step, objective=objective)
     if result.stopped_early == "interrupted":
         console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
-    # ---- after + save ----------------------------------------------------------------------------------------
+    # ---- after + save --------------------------------------------------------------------------------------
     after = objective.measure(model, val_tok, amp) if val_tok else {}
-    if cfg.method.name == "lora":
-        model.save_pretrained(str(run.path / "adapter"))
-    else:
-        model.save_pretrained(str(run.path / "model"))
+    model.save_pretrained(str(run.path / ("adapter" if cfg.method.name == "lora" else "model")))
     outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
                               count_params(model)[0])
-    from tunelab.eval.classification import write_classify_report
-
     write_classify_report(run, cfg, outcome)
-    if result.stopped_early != "interrupted":
-        run.mark_done()
+    finish_run(run, result)
     return outcome
+
+
+def begin_classify_run(run: RunDir, cfg: RunConfig, tok, labels: list[str], head: list[str], console) -> int | None:
+    """`begin_run` (no chat template), then labels.json and tokenizer/: what `Classifier.from_run` reads."""
+    from tunelab.models.registry import resolve
+
+    resume_step = begin_run(run, cfg, resolve(cfg.model.name).path, console=console)
+    run.write_text("labels.json", json.dumps({"labels": labels, "head": head}, indent=2) + "\n")
+    tok.save_pretrained(str(run.path / "tokenizer"))
+    return resume_step

@@ -147,6 +147,22 @@ def val_metrics(trainer) -> dict:
     return {("val_" + k[5:] if k.startswith("eval_") else k): v for k, v in last.items()}
 
 
+def train_and_measure(trainer, has_val: bool, logger) -> tuple[dict, object, float, dict]:
+    """(validation metrics before, TRL's TrainOutput, training seconds, validation metrics after);
+    `logger` is closed afterwards. Without a validation set the metrics are {}."""
+    import time
+
+    try:
+        before = val_metrics(trainer) if has_val else {}
+        t = time.perf_counter()
+        state = trainer.train()
+        seconds = time.perf_counter() - t
+        after = val_metrics(trainer) if has_val else {}
+    finally:
+        logger.close()
+    return before, state, seconds, after
+
+
 def quiet_trainer(trainer, quiet: bool) -> None:
     """With --quiet, transformers' PrinterCallback would still print every log dict: drop it."""
     from transformers.trainer_callback import PrinterCallback

@@ -9,7 +9,7 @@ save:   adapter/ or model/, template.json (so `tunelab generate RUN` works), con
 Documents come from `tunelab.data.dataset.load_splits` (a folder of .txt/.md files, or records with
 `text`); validation documents are `data.validation` or a seeded `data.val_split` share of the
 documents, packed the same way, so held-out text is whole documents never trained on.
-e.g. 6,000 tokens / 128 per block = 47 train blocks.
+e.g. 6,000 train tokens, data.max_length 128 -> ceil(6,000 / 128) = 47 train blocks (46 full + one of 112).
 """
 
 from __future__ import annotations
@@ -26,20 +26,20 @@ from tunelab.config import RunConfig
 from tunelab.data.dataset import load_splits
 from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
-from tunelab.errors import TunelabError
 from tunelab.eval.metrics import perplexity
 from tunelab.losses import reply_nll
-from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
-from tunelab.train.engine import TrainResult, train_loop
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
-from tunelab.runs.rundir import RunDir
+from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
+                                           setup_run, train_engine)
+from tunelab.train.reports import write_pretrain_report
 
 METHODS = ("lora", "qlora", "full", "freeze")
 
 
 @dataclass
-class PretrainOutcome:
+class PretrainOutcome(Outcome):
     run_dir: Path
     result: TrainResult
     val_before: float  # mean NLL per token on the validation blocks
@@ -83,104 +83,52 @@ def continue_text(model, tok, prompts: list[str], max_new_tokens: int, amp) -> l
 
 
 def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> PretrainOutcome:
-    from tunelab.adapters.lora import apply_lora, freeze_all_but_last, trainable_summary
-    from tunelab.adapters.qlora import choose_backend, quantize_base, restore_bnb_training_layout
-    from tunelab.models.load import load_causal_lm, pick_device
-    from tunelab.train.recipes._common import load_bnb_base, resume_point
+    from tunelab.adapters.lora import trainable_summary
 
-    console = console or Console(stderr=True, quiet=quiet)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    m, d = cfg.method, cfg.data
-    if m.name not in METHODS:
-        raise TunelabError(f"method '{m.name}' is not available for task pretrain", where="method.name",
-                           hint=f"one of: {', '.join(METHODS)}")
-    run = RunDir(cfg.run_dir())
-    run.refuse_if_done(cfg.output.overwrite)
-
-    # ---- data first: bad input fails before any model loads or anything is written --------------------------
+    # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
+    console, run = setup_run(cfg, quiet, console, METHODS)
+    d = cfg.data
     train_docs, val_docs = load_splits(cfg)  # TextExample lists
-    device = pick_device(cfg.model.device)
-    backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
-    if backend == "bitsandbytes":
-        model, tok, rm = load_bnb_base(cfg, device)
-    else:
-        model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+    base = load_base(cfg)
+    tok = base.tok
     train_blk, val_blk = pack(train_docs, tok, d.max_length), pack(val_docs, tok, d.max_length) if val_docs else []
     n_tokens = sum(len(b.input_ids) for b in train_blk)
     console.print(f"data: {len(train_docs)} train documents, {n_tokens:,} tokens -> {len(train_blk)} train / "
                   f"{len(val_blk)} validation blocks of {d.max_length} tokens")
     template = build_template(d.template, tok, d.system, d.custom_template)
+    resume_step = begin_run(run, cfg, base.rm.path, template, console)
+    amp = autocast_dtype(cfg.train.precision, base.device)
 
-    resume_step = resume_point(run, cfg)
-    run.begin(cfg, rm.path, template, resume_step, console)
-    amp = autocast_dtype(cfg.train.precision, device)
-
-    # ---- the base, before ------------------------------------------------------------------------------------
-    if m.name == "qlora" and backend == "tunelab":
-        quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
+    # ---- before: the base ----------------------------------------------------------------------------------
+    quantize_for_training(base, cfg, amp)
     t = time.perf_counter()
-    val_before = reply_nll(model, val_blk, tok.pad_token_id, cfg.train.batch_size, amp)
-    prompts = list(cfg.eval.prompts)
-    base_text = continue_text(model, tok, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
+    val_before, base_text = measure(base.model, tok, val_blk, cfg, amp)
     if val_blk:
         console.print(f"base perplexity {perplexity(val_before):.2f} on held-out blocks "
                       f"({time.perf_counter() - t:.0f}s)")
 
-    # ---- adapt + train ---------------------------------------------------------------------------------------
-    if m.name in ("lora", "qlora"):
-        model = apply_lora(model, m)
-    elif m.name == "freeze":
-        freeze_all_but_last(model, m.freeze_layers)
-    if wants_checkpointing(cfg, model):
-        enable_checkpointing(model)
+    # ---- train ---------------------------------------------------------------------------------------------
+    model = adapt(base.model, cfg)
     trainable = trainable_summary(model)
     console.print(trainable)
     logger = MetricsLogger(run, cfg.train.report_to)
-    try:
-        result = train_loop(model, train_blk, val_blk, cfg.train, tok.pad_token_id, log=logger, quiet=quiet,
-                            before_step=restore_bnb_training_layout if backend == "bitsandbytes" else None,
-                            ckpt_dir=run.path / "checkpoints", resume=resume_step is not None)
-    finally:
-        logger.close()
+    result = train_engine(model, train_blk, val_blk, cfg, run, logger, quiet, resume_step,
+                          pad_id=tok.pad_token_id, before_step=base.before_step)
 
-    # ---- after + save ----------------------------------------------------------------------------------------
-    val_after = reply_nll(model, val_blk, tok.pad_token_id, cfg.train.batch_size, amp)
-    tuned_text = continue_text(model, tok, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
-    run.save_weights(model, m.name, tok)
+    # ---- after + save --------------------------------------------------------------------------------------
+    val_after, tuned_text = measure(model, tok, val_blk, cfg, amp)
+    run.save_weights(model, cfg.method.name, tok)
+    prompts = cfg.eval.prompts
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_text, tuned_text)]
     out = PretrainOutcome(run.path, result, val_before, val_after, trainable, len(train_docs), n_tokens,
                           len(train_blk), len(val_blk), d.max_length, samples)
     write_pretrain_report(run, cfg, out)
-    if result.stopped_early != "interrupted":
-        run.mark_done()
+    finish_run(run, result)
     return out
 
 
-def write_pretrain_report(run: RunDir, cfg: RunConfig, out: PretrainOutcome) -> None:
-    from tunelab.runs.report import cell, plot_loss
-
-    res = out.result
-    has_plot = plot_loss(run)
-    lines = [f"# Run `{run.path.name}` (continued pretraining)", "",
-             f"- model: `{cfg.model.name}`, method: `{cfg.method.name}`", f"- {out.trainable}",
-             f"- data: {out.n_docs} train documents, {out.n_tokens:,} tokens, packed into blocks of {out.block_size} "
-             f"tokens: {out.n_train} train / {out.n_val} validation blocks",
-             "- documents are joined with EOS; a block may span two documents and attention crosses the boundary",
-             f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
-             f"({res.tokens_per_s:,.0f} tokens/s)", ""]
-    if not math.isnan(out.val_before):
-        lines += ["## Held-out perplexity (validation blocks, every token)", "",
-                  "| | NLL per token | perplexity |", "|---|---|---|",
-                  f"| base | {out.val_before:.4f} | {perplexity(out.val_before):.2f} |"]
-        lines += [f"| epoch {ep} | {v:.4f} | {perplexity(v):.2f} |" for ep, v in res.val_history]
-        lines += [f"| final (kept) | {out.val_after:.4f} | {perplexity(out.val_after):.2f} |", ""]
-    if has_plot:
-        lines += ["![loss curve](loss.png)", ""]
-    if out.samples:
-        lines += ["## Continuations of `eval.prompts` (greedy): base vs tuned", "",
-                  "| text | base | tuned |", "|---|---|---|"]
-        lines += [f"| {cell(s['prompt'])} | {cell(s['base'])} | {cell(s['tuned'])} |" for s in out.samples]
-        lines.append("")
-    run.write_text("report.md", "\n".join(lines))
+def measure(model, tok, val_blk, cfg: RunConfig, amp) -> tuple[float, list[str]]:
+    """(mean NLL per token over the validation blocks; greedy continuations of `eval.prompts`)."""
+    val = reply_nll(model, val_blk, tok.pad_token_id, cfg.train.batch_size, amp)
+    prompts = list(cfg.eval.prompts)
+    return val, continue_text(model, tok, prompts, cfg.eval.max_new_tokens, amp) if prompts else []

@@ -13,7 +13,6 @@ Methods: lora (the head trained whole, saved with the adapter as a peft `modules
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +23,17 @@ from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
 from tunelab.train.loggers import MetricsLogger
+from tunelab.train.recipes._common import Outcome, setup_run
 from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
-                                               remove_empty_checkpoints, tokenize_pairs, trainer_args, val_metrics)
-from tunelab.runs.rundir import RunDir
+                                               remove_empty_checkpoints, tokenize_pairs, train_and_measure,
+                                               trainer_args)
+from tunelab.train.reports import write_reward_report
 
 METHODS = ("lora", "qlora", "full")
 
 
 @dataclass
-class RewardOutcome:
+class RewardOutcome(Outcome):
     run_dir: Path
     before: dict  # TRL eval metrics on validation: val_accuracy, val_margin, val_loss, ...
     after: dict
@@ -85,68 +86,38 @@ def load_reward_model(cfg: RunConfig):
 
 
 def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> RewardOutcome:
-    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    from tunelab.adapters.lora import apply_lora, trainable_summary
-    from tunelab.adapters.qlora import choose_backend, quantize_base
+    from tunelab.adapters.lora import trainable_summary
 
-    console = console or Console(stderr=True, quiet=quiet)
-    torch.manual_seed(cfg.train.seed)  # the new head's initialization
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    m = cfg.method
-    if m.name not in METHODS:
-        raise TunelabError(f"method '{m.name}' is not available for task reward", where="method.name",
-                           hint=f"one of: {', '.join(METHODS)}")
-    refuse_engine_only_options(cfg)
-    run = RunDir(cfg.run_dir())
-    run.refuse_if_done(cfg.output.overwrite)
-
-    # ---- data first ------------------------------------------------------------------------------------------
+    # ---- setup: data first -----------------------------------------------------------------------------------
+    console, run = setup_run(cfg, quiet, console, METHODS, checks=(refuse_engine_only_options,))
     train_ex, val_ex = load_pairs(cfg)
-    model, tok, rm = load_reward_model(cfg)
+    model, tok, rm = load_reward_model(cfg)  # the new head is initialized from cfg.train.seed (setup_run)
     device = next(model.parameters()).device
-    if m.name == "qlora" and choose_backend(m.quant_backend, device) != "tunelab":
-        raise TunelabError("task reward quantizes with the tunelab backend only", where="method.quant_backend",
-                           hint="set method.quant_backend=tunelab")
+    refuse_other_backends(cfg, device)
     template = build_template(cfg.data.template, tok, cfg.data.system, cfg.data.custom_template)
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-
     run.begin(cfg, rm.path, template)  # template.json: how pairs were rendered, to score new text the same way
 
     # ---- adapt -----------------------------------------------------------------------------------------------
-    head = head_name(model)
-    if m.name == "qlora":
-        quantize_base(model, m.quant_type, m.double_quant, skip=("lm_head", head))
-    if m.name in ("lora", "qlora"):
-        model = apply_lora(model, m, task_type="SEQ_CLS", modules_to_save=[head])
+    model = adapt(model, cfg)
     trainable = trainable_summary(model)
     console.print(trainable)
 
-    def as_dataset(rows):  # the scored sequences: prompt + reply (+ end of turn)
-        return Dataset.from_list([{"chosen_ids": r["prompt_ids"] + r["chosen_ids"],
-                                   "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in rows])
-
+    # ---- before, train, after (TRL) --------------------------------------------------------------------------
     logger = MetricsLogger(run, cfg.train.report_to)
     args = trainer_args(RewardConfig, cfg, run, device, quiet, bool(val_rows), max_length=None)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=as_dataset(train_rows),
-                            eval_dataset=as_dataset(val_rows) if val_rows else None, processing_class=tok,
+    trainer = RewardTrainer(model=model, args=args, train_dataset=scored_sequences(train_rows),
+                            eval_dataset=scored_sequences(val_rows) if val_rows else None, processing_class=tok,
                             callbacks=[metrics_callback(logger)])
     quiet_trainer(trainer, quiet)
-    try:
-        before = val_metrics(trainer) if val_rows else {}
-        t = time.perf_counter()
-        state = trainer.train()
-        seconds = time.perf_counter() - t
-        after = val_metrics(trainer) if val_rows else {}
-    finally:
-        logger.close()
+    before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger)
 
     # ---- save ------------------------------------------------------------------------------------------------
-    run.save_weights(trainer.model, m.name, tok)
+    run.save_weights(trainer.model, cfg.method.name, tok)
     out = RewardOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows),
                         len(val_rows), cut_train + cut_val)
     write_reward_report(run, cfg, out)
@@ -155,22 +126,33 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     return out
 
 
-def write_reward_report(run: RunDir, cfg: RunConfig, out: RewardOutcome) -> None:
-    from tunelab.runs.report import plot_loss
+def refuse_other_backends(cfg: RunConfig, device) -> None:
+    from tunelab.adapters.qlora import choose_backend
 
-    has_plot = plot_loss(run)
-    lines = [f"# Run `{run.path.name}` (reward model)", "",
-             f"- model: `{cfg.model.name}` + a 1-output score head, method: `{cfg.method.name}`", f"- {out.trainable}",
-             f"- data: {out.n_train} train / {out.n_val} validation pairs ({out.truncated} truncated), "
-             f"template `{cfg.data.template}`",
-             "- loss: -log sigmoid(r_chosen - r_rejected) (TRL RewardTrainer); weights: the final step's",
-             f"- {out.steps} optimizer steps in {out.train_seconds:.1f}s", ""]
-    if out.before and out.after:
-        lines += ["## Validation pairs", "", "| | pairwise accuracy | margin mean(r_chosen - r_rejected) | loss |",
-                  "|---|---|---|---|"]
-        for name, d in (("base (new head)", out.before), ("tuned", out.after)):
-            lines.append(f"| {name} | {d['val_accuracy']:.1%} | {d['val_margin']:+.4f} | {d['val_loss']:.4f} |")
-        lines.append("")
-    if has_plot:
-        lines += ["![loss curve](loss.png)", ""]
-    run.write_text("report.md", "\n".join(lines))
+    m = cfg.method
+    if m.name == "qlora" and choose_backend(m.quant_backend, device) != "tunelab":
+        raise TunelabError("task reward quantizes with the tunelab backend only", where="method.quant_backend",
+                           hint="set method.quant_backend=tunelab")
+
+
+def adapt(model, cfg: RunConfig):
+    """qlora: the base to 4-bit, the head kept full precision; lora / qlora: LoRA with the head trained
+    whole (saved in the adapter as a peft `modules_to_save`); full: every weight."""
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.adapters.qlora import quantize_base
+
+    m = cfg.method
+    head = head_name(model)
+    if m.name == "qlora":
+        quantize_base(model, m.quant_type, m.double_quant, skip=("lm_head", head))
+    if m.name in ("lora", "qlora"):
+        model = apply_lora(model, m, task_type="SEQ_CLS", modules_to_save=[head])
+    return model
+
+
+def scored_sequences(rows):
+    """The sequences the reward model scores: prompt + reply (+ end of turn), chosen and rejected."""
+    from datasets import Dataset
+
+    return Dataset.from_list([{"chosen_ids": r["prompt_ids"] + r["chosen_ids"],
+                               "rejected_ids": r["prompt_ids"] + r["rejected_ids"]} for r in rows])

@@ -1,18 +1,18 @@
 """Supervised fine-tuning of a chat model (LoRA, QLoRA, full, freeze, QAT, BitNet).
 
-setup:  resolve the run dir -> load model + tokenizer -> template -> data (normalize, tokenize, mask)
-before: validation loss and sample replies of the untouched base
+setup:  resolve the run dir -> data (normalize) -> model + tokenizer -> template -> tokenize, mask
+before: validation loss and sample replies of the untouched base (quantized first for qlora)
 train:  adapt (lora | qlora | full | freeze | qat | bitnet) -> engine.train_loop
 save:   adapter (or full model, or packed quantized model), template, config, metrics, report, DONE (last)
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
 
 from tunelab.config import RunConfig
@@ -21,16 +21,18 @@ from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
 from tunelab.losses import reply_nll
-from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
-from tunelab.train.recipes._common import load_bnb_base, resume_point
-from tunelab.train.engine import TrainResult, train_loop
-from tunelab.runtime.precision import autocast_dtype
-from tunelab.train.loggers import MetricsLogger
+from tunelab.runs.report import suffix_rate
 from tunelab.runs.rundir import RunDir
+from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.engine import TrainResult
+from tunelab.train.loggers import MetricsLogger
+from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
+                                           setup_run, train_engine)
+from tunelab.train.reports import write_sft_report
 
 
 @dataclass
-class SftOutcome:
+class SftOutcome(Outcome):
     run_dir: Path
     result: TrainResult
     val_before: float
@@ -40,45 +42,83 @@ class SftOutcome:
     n_train: int = 0
     n_val: int = 0
     dropped: int = 0
+    suffix: str | None = None  # eval.expect_suffix
+
+    def samples_table(self):
+        if not self.samples:
+            return None
+        return "held-out prompts: base vs tuned", [(s["prompt"], s["base"], s["tuned"]) for s in self.samples]
+
+    def summary_lines(self) -> list[str]:
+        lines = []
+        if self.suffix and self.samples:
+            b = suffix_rate([s["base"] for s in self.samples], self.suffix)
+            a = suffix_rate([s["tuned"] for s in self.samples], self.suffix)
+            lines.append(f"replies ending with {self.suffix!r}: base {b:.0%} -> tuned {a:.0%}")
+        if not math.isnan(self.val_before):
+            lines.append(f"validation loss (reply tokens): base {self.val_before:.3f} -> tuned {self.val_after:.3f}")
+        r = self.result
+        lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s")
+        lines.append(f"run saved to [bold]{self.run_dir}[/bold] (report.md, loss.png, adapter/)")
+        return lines
 
 
-def _eval_prompts(cfg: RunConfig, val_examples) -> list[str]:
-    prompts = list(cfg.eval.prompts)
-    for ex in val_examples[: cfg.eval.from_validation]:
-        user = [m["content"] for m in ex.messages if m["role"] == "user"]
-        prompts.append(user[-1])
-    return prompts
+@dataclass
+class SftData:
+    """Tokenized conversations (reply tokens are the targets) and the prompts sampled before/after."""
 
-
-def _sample(model, tok, template, prompts, max_new_tokens, amp) -> list[str]:
-    from tunelab.infer.generate import Generator
-
-    gen = Generator(model, tok, template, amp)
-    return gen.reply_batch([[{"role": "user", "content": p}] for p in prompts], max_new_tokens=max_new_tokens)
+    train: list
+    val: list
+    dropped: int  # training examples with no reply token left after truncation
+    prompts: list[str]
 
 
 def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> SftOutcome:
-    from tunelab.adapters.lora import apply_lora, freeze_all_but_last, trainable_summary
-    from tunelab.adapters.qlora import choose_backend, quantize_base, restore_bnb_training_layout
-    from tunelab.models.load import load_causal_lm, pick_device
+    from tunelab.adapters.lora import trainable_summary
 
-    console = console or Console(stderr=True, quiet=quiet)
-    torch.manual_seed(cfg.train.seed)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    run = RunDir(cfg.run_dir())
-    run.refuse_if_done(cfg.output.overwrite)  # before any data or model loads
-
-    # ---- data first: bad input fails before any model loads or anything is written --------------------------
+    # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
+    console, run = setup_run(cfg, quiet, console)
     train_ex, val_ex = load_splits(cfg)
-    m = cfg.method
-    device = pick_device(cfg.model.device)
-    backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
-    if backend == "bitsandbytes":
-        model, tok, rm = load_bnb_base(cfg, device)
-    else:
-        model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+    base = load_base(cfg)
+    tok = base.tok
     template = build_template(cfg.data.template, tok, cfg.data.system, cfg.data.custom_template)
+    data = tokenize(cfg, tok, template, train_ex, val_ex, console)
+    resume_step = begin_run(run, cfg, base.rm.path, template, console)
+    amp = autocast_dtype(cfg.train.precision, base.device)
+
+    # ---- before: the base ----------------------------------------------------------------------------------
+    if quantize_for_training(base, cfg, amp):
+        m = cfg.method
+        console.print(f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
+    t = time.perf_counter()
+    val_before, base_replies = measure(base.model, tok, template, data, cfg, amp)
+    if data.prompts or data.val:
+        console.print(f"base model evaluated in {time.perf_counter() - t:.0f}s (val loss {val_before:.3f})")
+
+    # ---- train ---------------------------------------------------------------------------------------------
+    model = adapt(base.model, cfg)
+    trainable = trainable_summary(model)
+    console.print(trainable)
+    logger = MetricsLogger(run, cfg.train.report_to)
+    result = train_engine(model, data.train, data.val, cfg, run, logger, quiet, resume_step,
+                          pad_id=tok.pad_token_id, before_step=base.before_step)
+    if result.stopped_early == "interrupted":
+        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
+
+    # ---- after + save --------------------------------------------------------------------------------------
+    val_after, tuned_replies = measure(model, tok, template, data, cfg, amp)
+    save_weights(run, model, cfg, tok)
+    samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(data.prompts, base_replies, tuned_replies)]
+    outcome = SftOutcome(run.path, result, val_before, val_after, trainable, samples, len(data.train),
+                         len(data.val), data.dropped, cfg.eval.expect_suffix)
+    write_sft_report(run, cfg, outcome)
+    finish_run(run, result)
+    return outcome
+
+
+# ---- the steps -----------------------------------------------------------------------------------------------
+def tokenize(cfg: RunConfig, tok, template, train_ex, val_ex, console) -> SftData:
+    """Conversations -> token ids with reply-token labels (`data.train_on`), cut to `data.max_length`."""
     d = cfg.data
     train_tok, dropped = tokenize_all(train_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
     val_tok, _ = tokenize_all(val_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
@@ -87,65 +127,36 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
                            hint="raise data.max_length or use data.truncation_side=left")
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples"
                   + (f" ({dropped} dropped: no reply left after truncation)" if dropped else ""))
+    return SftData(train_tok, val_tok, dropped, eval_prompts(cfg, val_ex))
 
-    resume_step = resume_point(run, cfg)
-    run.begin(cfg, rm.path, template, resume_step, console)
-    amp = autocast_dtype(cfg.train.precision, device)
 
-    # ---- the base, before ------------------------------------------------------------------------------------
-    if m.name == "qlora" and backend == "tunelab":
-        quantize_base(model, m.quant_type, m.double_quant, compute_dtype=amp)
-        console.print(f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
-    prompts = _eval_prompts(cfg, val_ex)
-    t = time.perf_counter()
-    val_before = reply_nll(model, val_tok, tok.pad_token_id, cfg.train.batch_size, amp) if val_tok else float("nan")
-    base_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
-    if prompts or val_tok:
-        console.print(f"base model evaluated in {time.perf_counter() - t:.0f}s (val loss {val_before:.3f})")
+def eval_prompts(cfg: RunConfig, val_examples) -> list[str]:
+    """`eval.prompts` + the last user turn of the first `eval.from_validation` validation conversations."""
+    prompts = list(cfg.eval.prompts)
+    for ex in val_examples[: cfg.eval.from_validation]:
+        user = [m["content"] for m in ex.messages if m["role"] == "user"]
+        prompts.append(user[-1])
+    return prompts
 
-    # ---- adapt + train ---------------------------------------------------------------------------------------
-    if m.name in ("lora", "qlora"):
-        model = apply_lora(model, m)
-    elif m.name == "freeze":
-        freeze_all_but_last(model, m.freeze_layers)
-    elif m.name in ("qat", "bitnet"):
-        from tunelab.quant.qat import prepare_qat, to_bitnet
 
-        # all weights train as fp32 latents; the forward sees Q(W) (straight-through estimator)
-        prepare_qat(model, m.qat_format) if m.name == "qat" else to_bitnet(model)
-    if wants_checkpointing(cfg, model):
-        enable_checkpointing(model)
-    trainable = trainable_summary(model)
-    console.print(trainable)
-    before_step = restore_bnb_training_layout if backend == "bitsandbytes" else None
-    logger = MetricsLogger(run, cfg.train.report_to)
-    try:
-        result = train_loop(model, train_tok, val_tok, cfg.train, tok.pad_token_id, log=logger, quiet=quiet,
-                            before_step=before_step, ckpt_dir=run.path / "checkpoints",
-                            resume=resume_step is not None)
-    finally:
-        logger.close()
-    if result.stopped_early == "interrupted":
-        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
+def measure(model, tok, template, data: SftData, cfg: RunConfig, amp) -> tuple[float, list[str]]:
+    """(validation loss = mean NLL per reply token, nan without a validation set; greedy replies to the prompts)."""
+    from tunelab.infer.generate import Generator
 
-    # ---- after + save ----------------------------------------------------------------------------------------
-    val_after = reply_nll(model, val_tok, tok.pad_token_id, cfg.train.batch_size, amp) if val_tok else float("nan")
-    tuned_replies = _sample(model, tok, template, prompts, cfg.eval.max_new_tokens, amp) if prompts else []
-    if m.name in ("qat", "bitnet"):
+    val = reply_nll(model, data.val, tok.pad_token_id, cfg.train.batch_size, amp) if data.val else float("nan")
+    if not data.prompts:
+        return val, []
+    convs = [[{"role": "user", "content": p}] for p in data.prompts]
+    return val, Generator(model, tok, template, amp).reply_batch(convs, max_new_tokens=cfg.eval.max_new_tokens)
+
+
+def save_weights(run: RunDir, model, cfg: RunConfig, tok) -> None:
+    """adapter/ or model/ (`RunDir.save_weights`); qat / bitnet: the real quantized model, packed, in
+    quantized/ (it computes what the fake-quantized one computed in training)."""
+    if cfg.method.name in ("qat", "bitnet"):
         from tunelab.quant import ptq
         from tunelab.quant.qat import convert_qat
 
-        # export the real quantized model: it computes what the fake-quantized one computed in training
         ptq.save(convert_qat(model), run.path / "quantized", tokenizer=tok, source=cfg.model.name)
     else:
-        run.save_weights(model, m.name, tok)
-    samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_replies, tuned_replies)]
-    outcome = SftOutcome(run.path, result, val_before, val_after, trainable, samples, len(train_tok), len(val_tok), dropped)
-    from tunelab.eval.report import write_report
-
-    write_report(run, cfg, outcome)
-    if result.stopped_early != "interrupted":
-        run.mark_done()
-    return outcome
-
-
+        run.save_weights(model, cfg.method.name, tok)

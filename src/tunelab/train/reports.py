@@ -1,0 +1,170 @@
+"""report.md (and loss.png, confusion.png) of a finished training run: one writer per task.
+
+    write_sft_report        chat fine-tuning: validation loss per evaluation, base vs tuned replies
+    write_pretrain_report   continued pretraining: held-out perplexity, base vs tuned continuations
+    write_classify_report   classification: metrics before/after, confusion matrix
+    write_reward_report     reward model: pairwise accuracy and margin, base (new head) vs tuned
+    write_dpo_report        DPO: log-prob and reward margins, base vs tuned replies
+
+Each reads the recipe's outcome (its fields, not its class) and the run's metrics.jsonl (the loss
+curve, `tunelab.runs.report.plot_loss`); table cells are escaped by `cell`, sign-off rates are
+`suffix_rate` (share of replies ending with `eval.expect_suffix`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from tunelab.config import RunConfig
+from tunelab.eval.classification import metrics_table, plot_confusion
+from tunelab.eval.metrics import perplexity
+from tunelab.runs.report import cell, plot_loss, suffix_rate
+from tunelab.runs.rundir import RunDir
+
+
+def _samples_table(samples: list[dict], first: str = "prompt") -> list[str]:
+    lines = [f"| {first} | base | tuned |", "|---|---|---|"]
+    lines += [f"| {cell(s['prompt'])} | {cell(s['base'])} | {cell(s['tuned'])} |" for s in samples]
+    return lines + [""]
+
+
+def _steps_line(res) -> str:
+    return (f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
+            f"({res.tokens_per_s:,.0f} tokens/s)")
+
+
+# ---- sft -----------------------------------------------------------------------------------------------------
+def write_sft_report(run: RunDir, cfg: RunConfig, outcome) -> None:
+    res = outcome.result
+    has_plot = plot_loss(run)
+    m = cfg.method
+    lines = [f"# Run `{run.path.name}`", "",
+             f"- model: `{cfg.model.name}`, method: `{m.name}`"
+             + (f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})" if m.name in ("lora", "qlora") else ""),
+             f"- {outcome.trainable}",
+             f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, template `{cfg.data.template}`",
+             _steps_line(res), ""]
+    if not math.isnan(outcome.val_before):
+        lines += ["## Validation loss (mean NLL per reply token)", "", "| | loss | perplexity |", "|---|---|---|",
+                  f"| base | {outcome.val_before:.4f} | {math.exp(outcome.val_before):.2f} |"]
+        lines += [f"| epoch {ep} | {v:.4f} | {math.exp(v):.2f} |" for ep, v in res.val_history]
+        lines += [f"| final (kept) | {outcome.val_after:.4f} | {math.exp(outcome.val_after):.2f} |", ""]
+    if has_plot:
+        lines += ["![loss curve](loss.png)", ""]
+    if outcome.samples:
+        suffix = cfg.eval.expect_suffix
+        b = suffix_rate([s["base"] for s in outcome.samples], suffix)
+        t = suffix_rate([s["tuned"] for s in outcome.samples], suffix)
+        lines += ["## Held-out prompts: base vs tuned", ""]
+        if b is not None:
+            lines += [f"Replies ending with `{suffix}`: base {b:.0%}, tuned {t:.0%} "
+                      f"({len(outcome.samples)} prompts).", ""]
+        lines += _samples_table(outcome.samples)
+    run.write_text("report.md", "\n".join(lines))
+
+
+# ---- pretrain ------------------------------------------------------------------------------------------------
+def write_pretrain_report(run: RunDir, cfg: RunConfig, out) -> None:
+    res = out.result
+    has_plot = plot_loss(run)
+    lines = [f"# Run `{run.path.name}` (continued pretraining)", "",
+             f"- model: `{cfg.model.name}`, method: `{cfg.method.name}`", f"- {out.trainable}",
+             f"- data: {out.n_docs} train documents, {out.n_tokens:,} tokens, packed into blocks of {out.block_size} "
+             f"tokens: {out.n_train} train / {out.n_val} validation blocks",
+             "- documents are joined with EOS; a block may span two documents and attention crosses the boundary",
+             _steps_line(res), ""]
+    if not math.isnan(out.val_before):
+        lines += ["## Held-out perplexity (validation blocks, every token)", "",
+                  "| | NLL per token | perplexity |", "|---|---|---|",
+                  f"| base | {out.val_before:.4f} | {perplexity(out.val_before):.2f} |"]
+        lines += [f"| epoch {ep} | {v:.4f} | {perplexity(v):.2f} |" for ep, v in res.val_history]
+        lines += [f"| final (kept) | {out.val_after:.4f} | {perplexity(out.val_after):.2f} |", ""]
+    if has_plot:
+        lines += ["![loss curve](loss.png)", ""]
+    if out.samples:
+        lines += ["## Continuations of `eval.prompts` (greedy): base vs tuned", ""]
+        lines += _samples_table(out.samples, first="text")
+    run.write_text("report.md", "\n".join(lines))
+
+
+# ---- classify ------------------------------------------------------------------------------------------------
+def write_classify_report(run: RunDir, cfg: RunConfig, outcome) -> None:
+    """report.md (+ confusion.png, loss.png) of a classification run."""
+    res = outcome.result
+    has_loss = plot_loss(run)
+    m = cfg.method
+    lines = [f"# Classification run `{run.path.name}`", "",
+             f"- model: `{cfg.model.name}`, method: `{m.name}`"
+             + (f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})" if m.name == "lora" else "")
+             + (f" (last {m.freeze_layers} layers + head)" if m.name == "freeze" else ""),
+             f"- labels: {', '.join(f'`{x}`' for x in outcome.labels)}",
+             f"- {outcome.trainable}",
+             f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, max_length {cfg.data.max_length}",
+             _steps_line(res), ""]
+    if outcome.before and outcome.after:
+        lines += ["## Validation metrics", "", *metrics_table(outcome.before, outcome.after), ""]
+        plot_confusion(outcome.after["confusion"], outcome.labels, run.path / "confusion.png")
+        lines += ["![confusion matrix](confusion.png)", ""]
+    else:
+        lines += ["No validation set: set data.validation or data.val_split to get metrics.", ""]
+    if has_loss:
+        lines += ["![loss curve](loss.png)", ""]
+    run.write_text("report.md", "\n".join(lines))
+
+
+# ---- reward --------------------------------------------------------------------------------------------------
+def write_reward_report(run: RunDir, cfg: RunConfig, out) -> None:
+    has_plot = plot_loss(run)
+    lines = [f"# Run `{run.path.name}` (reward model)", "",
+             f"- model: `{cfg.model.name}` + a 1-output score head, method: `{cfg.method.name}`", f"- {out.trainable}",
+             f"- data: {out.n_train} train / {out.n_val} validation pairs ({out.truncated} truncated), "
+             f"template `{cfg.data.template}`",
+             "- loss: -log sigmoid(r_chosen - r_rejected) (TRL RewardTrainer); weights: the final step's",
+             f"- {out.steps} optimizer steps in {out.train_seconds:.1f}s", ""]
+    if out.before and out.after:
+        lines += ["## Validation pairs", "", "| | pairwise accuracy | margin mean(r_chosen - r_rejected) | loss |",
+                  "|---|---|---|---|"]
+        for name, d in (("base (new head)", out.before), ("tuned", out.after)):
+            lines.append(f"| {name} | {d['val_accuracy']:.1%} | {d['val_margin']:+.4f} | {d['val_loss']:.4f} |")
+        lines.append("")
+    if has_plot:
+        lines += ["![loss curve](loss.png)", ""]
+    run.write_text("report.md", "\n".join(lines))
+
+
+# ---- dpo -----------------------------------------------------------------------------------------------------
+def write_dpo_report(run: RunDir, cfg: RunConfig, out) -> None:
+    has_plot = plot_loss(run)
+    p = cfg.preference
+    lines = [f"# Run `{run.path.name}` (DPO)", "",
+             f"- model: `{cfg.model.name}`, method: `{cfg.method.name}`, reference: "
+             + ("the same model with the adapter disabled" if cfg.method.name != "full" else "a frozen copy"),
+             f"- {out.trainable}",
+             f"- data: {out.n_train} train / {out.n_val} validation pairs ({out.truncated} truncated), "
+             f"template `{cfg.data.template}`, max_length {cfg.data.max_length}, max_prompt_length {p.max_prompt_length}",
+             f"- TRL DPOTrainer, loss_type `{p.loss_type}`, beta {p.beta:g}; weights: the final step's",
+             f"- {out.steps} optimizer steps in {out.train_seconds:.1f}s", ""]
+    if out.before and out.after:
+        lines += _dpo_validation(out)
+    if has_plot:
+        lines += ["![loss curve](loss.png)", ""]
+    if out.samples:
+        lines += ["## Held-out prompts: base vs tuned (greedy)", ""]
+        rates = out.suffix_rates()
+        if rates:
+            lines += [f"Replies ending with `{out.suffix}`: base {rates[0]:.0%}, tuned {rates[1]:.0%} "
+                      f"({len(out.samples)} prompts).", ""]
+        lines += _samples_table(out.samples)
+    run.write_text("report.md", "\n".join(lines))
+
+
+def _dpo_validation(out) -> list[str]:
+    lines = ["## Validation pairs (TRL evaluation)", "",
+             "| | log p(chosen) | log p(rejected) | log-prob margin | reward margin | reward accuracy |",
+             "|---|---|---|---|---|---|"]
+    for name, x in (("base", out.before), ("tuned", out.after)):
+        lines.append(f"| {name} | {x['val_logps/chosen']:.2f} | {x['val_logps/rejected']:.2f} | "
+                     f"{out.logp_margin(x):+.2f} | {x['val_rewards/margins']:+.4f} | "
+                     f"{x['val_rewards/accuracies']:.1%} |")
+    return lines + ["", "log p = sum of the reply's token log-probs under the policy, averaged over pairs; "
+                    "reward = beta * (log pi - log ref), so the base's reward margin is 0.", ""]
