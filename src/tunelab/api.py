@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunelab.errors import TunelabError
 from tunelab.train import run as train
 
 __all__ = ["load", "quantize", "train"]
@@ -57,14 +56,7 @@ def quantize(model, fmt: str = "nf4", out: str | Path | None = None, *, double_q
     from tunelab.models.load import DTYPES
     from tunelab.quant import ptq
 
-    if fmt not in ptq.PTQ_FORMATS:
-        raise TunelabError(f"unknown format '{fmt}'", where="fmt", hint=f"one of: {', '.join(ptq.PTQ_FORMATS)}")
-    if rest_dtype not in DTYPES:
-        raise TunelabError(f"unknown dtype '{rest_dtype}'", where="rest_dtype", hint="bf16, fp16 or fp32")
-    if blocksize <= 0 or blocksize % 2:
-        raise TunelabError(f"blocksize must be a positive even number, got {blocksize}", where="blocksize")
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise TunelabError(f"{out} exists and is not a folder", where="out")
+    ptq.check_options(fmt, rest_dtype, blocksize, out)
     skip = (skip,) if isinstance(skip, str) else tuple(skip)
     source = str(getattr(getattr(model, "config", None), "name_or_path", "") or "")
     if isinstance(model, (str, Path)):

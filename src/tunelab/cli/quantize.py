@@ -50,20 +50,12 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ):
     """Quantize every Linear layer of MODEL and save a packed safetensors checkpoint + manifest.json."""
-    from tunelab.errors import TunelabError
     from tunelab.models.load import DTYPES, load_causal_lm
     from tunelab.quant import ptq
     from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "quantize")
-    if fmt not in ptq.PTQ_FORMATS:
-        raise TunelabError(f"unknown format '{fmt}'", where="--format", hint=f"one of: {', '.join(ptq.PTQ_FORMATS)}")
-    if rest_dtype not in DTYPES:
-        raise TunelabError(f"unknown dtype '{rest_dtype}'", where="--rest-dtype", hint="bf16, fp16 or fp32")
-    if blocksize <= 0 or blocksize % 2:
-        raise TunelabError(f"blocksize must be a positive even number, got {blocksize}", where="--blocksize")
-    if out.exists() and not out.is_dir():
-        raise TunelabError(f"{out} exists and is not a folder", where="--out")
+    ptq.check_options(fmt, rest_dtype, blocksize, out, where=("--format", "--rest-dtype", "--blocksize", "--out"))
     m, tok, resolved = load_causal_lm(model, dtype="fp32", device="cpu")
     ptq.quantize(m, fmt, double_quant, _skip_list(skip), blocksize, calibrate, DTYPES[rest_dtype])
     manifest = ptq.save(m, out, tok, source=model,

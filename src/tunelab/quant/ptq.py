@@ -24,6 +24,23 @@ from tunelab.errors import TunelabError
 from tunelab.quant.nn import FORMATS, QuantLinear, replace_linears
 
 PTQ_FORMATS = FORMATS  # nf4, fp4, int4, int8, ternary
+
+
+def check_options(fmt: str, rest_dtype: str, blocksize: int, out: str | Path | None,
+                  where: tuple[str, str, str, str] = ("fmt", "rest_dtype", "blocksize", "out")) -> None:
+    """Refuse, in one line naming the option (`where`: how the caller spells fmt, rest_dtype, blocksize,
+    out), what `quantize` + `save` cannot do: an unknown format or dtype, an odd or non-positive
+    blocksize, an output path that is a file."""
+    from tunelab.models.load import DTYPES
+
+    if fmt not in PTQ_FORMATS:
+        raise TunelabError(f"unknown format '{fmt}'", where=where[0], hint=f"one of: {', '.join(PTQ_FORMATS)}")
+    if rest_dtype not in DTYPES:
+        raise TunelabError(f"unknown dtype '{rest_dtype}'", where=where[1], hint="bf16, fp16 or fp32")
+    if blocksize <= 0 or blocksize % 2:
+        raise TunelabError(f"blocksize must be a positive even number, got {blocksize}", where=where[2])
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise TunelabError(f"{out} exists and is not a folder", where=where[3])
 MANIFEST = "manifest.json"
 WEIGHTS = "model.safetensors"
 MANIFEST_VERSION = 1
