@@ -28,6 +28,17 @@ def _samples_table(samples: list[dict], first: str = "prompt") -> list[str]:
     return lines + [""]
 
 
+def _model_line(cfg: RunConfig, lora_methods: tuple[str, ...], freeze_detail: bool = False) -> str:
+    """e.g. "- model: `smollm2-135m-instruct`, method: `lora` (r=16, alpha=32, targets=all-linear)"."""
+    m = cfg.method
+    line = f"- model: `{cfg.model.name}`, method: `{m.name}`"
+    if m.name in lora_methods:
+        line += f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})"
+    if freeze_detail and m.name == "freeze":
+        line += f" (last {m.freeze_layers} layers + head)"
+    return line
+
+
 def _steps_line(res) -> str:
     return (f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
             f"({res.tokens_per_s:,.0f} tokens/s)")
@@ -37,10 +48,8 @@ def _steps_line(res) -> str:
 def write_sft_report(run: RunDir, cfg: RunConfig, outcome) -> None:
     res = outcome.result
     has_plot = plot_loss(run)
-    m = cfg.method
     lines = [f"# Run `{run.path.name}`", "",
-             f"- model: `{cfg.model.name}`, method: `{m.name}`"
-             + (f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})" if m.name in ("lora", "qlora") else ""),
+             _model_line(cfg, ("lora", "qlora")),
              f"- {outcome.trainable}",
              f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, template `{cfg.data.template}`",
              _steps_line(res), ""]
@@ -92,11 +101,8 @@ def write_classify_report(run: RunDir, cfg: RunConfig, outcome) -> None:
     """report.md (+ confusion.png, loss.png) of a classification run."""
     res = outcome.result
     has_loss = plot_loss(run)
-    m = cfg.method
     lines = [f"# Classification run `{run.path.name}`", "",
-             f"- model: `{cfg.model.name}`, method: `{m.name}`"
-             + (f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})" if m.name == "lora" else "")
-             + (f" (last {m.freeze_layers} layers + head)" if m.name == "freeze" else ""),
+             _model_line(cfg, ("lora",), freeze_detail=True),
              f"- labels: {', '.join(f'`{x}`' for x in outcome.labels)}",
              f"- {outcome.trainable}",
              f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, max_length {cfg.data.max_length}",
