@@ -39,6 +39,13 @@ def _model_line(cfg: RunConfig, lora_methods: tuple[str, ...], freeze_detail: bo
     return line
 
 
+def _loss_rows(before: float, history: list, after: float, ppl) -> list[str]:
+    """Table rows base / epoch ... / final (kept): NLL and ppl(NLL), then a blank line."""
+    rows = [f"| base | {before:.4f} | {ppl(before):.2f} |"]
+    rows += [f"| epoch {ep} | {v:.4f} | {ppl(v):.2f} |" for ep, v in history]
+    return rows + [f"| final (kept) | {after:.4f} | {ppl(after):.2f} |", ""]
+
+
 def _steps_line(res) -> str:
     return (f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
             f"({res.tokens_per_s:,.0f} tokens/s)")
@@ -55,9 +62,7 @@ def write_sft_report(run: RunDir, cfg: RunConfig, outcome) -> None:
              _steps_line(res), ""]
     if not math.isnan(outcome.val_before):
         lines += ["## Validation loss (mean NLL per reply token)", "", "| | loss | perplexity |", "|---|---|---|",
-                  f"| base | {outcome.val_before:.4f} | {math.exp(outcome.val_before):.2f} |"]
-        lines += [f"| epoch {ep} | {v:.4f} | {math.exp(v):.2f} |" for ep, v in res.val_history]
-        lines += [f"| final (kept) | {outcome.val_after:.4f} | {math.exp(outcome.val_after):.2f} |", ""]
+                  *_loss_rows(outcome.val_before, res.val_history, outcome.val_after, math.exp)]
     if has_plot:
         lines += ["![loss curve](loss.png)", ""]
     if outcome.samples:
@@ -85,9 +90,7 @@ def write_pretrain_report(run: RunDir, cfg: RunConfig, out) -> None:
     if not math.isnan(out.val_before):
         lines += ["## Held-out perplexity (validation blocks, every token)", "",
                   "| | NLL per token | perplexity |", "|---|---|---|",
-                  f"| base | {out.val_before:.4f} | {perplexity(out.val_before):.2f} |"]
-        lines += [f"| epoch {ep} | {v:.4f} | {perplexity(v):.2f} |" for ep, v in res.val_history]
-        lines += [f"| final (kept) | {out.val_after:.4f} | {perplexity(out.val_after):.2f} |", ""]
+                  *_loss_rows(out.val_before, res.val_history, out.val_after, perplexity)]
     if has_plot:
         lines += ["![loss curve](loss.png)", ""]
     if out.samples:
