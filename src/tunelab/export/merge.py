@@ -67,51 +67,6 @@ def dequantize_linears(model: nn.Module, dtype: torch.dtype = torch.float32) -> 
     return len(replace_linears(model, make, skip=(), types=(QuantLinear,)))
 
 
-def chat_template_jinja(template) -> str | None:
-    """A Jinja chat template that renders like the run's `Template` (so `apply_chat_template` of the
-    exported tokenizer gives the prompt text the model was trained on); None for custom formats
-    that have no Jinja equivalent here."""
-    if template.jinja is not None:
-        if template.system is None:
-            return template.jinja
-        sys_json = json.dumps(template.system)
-        return ("{% if messages and messages[0]['role'] != 'system' %}"
-                "{% set messages = [{'role': 'system', 'content': " + sys_json + "}] + messages %}{% endif %}"
-                + template.jinja)
-    f = template.fmt
-    if f is None:
-        return None
-
-    def lit(s: str) -> str:  # a Jinja string literal
-        return json.dumps(s.replace("<eos>", template.eos))
-
-    def fill(fmt: str, expr: str) -> str:  # "A{content}B" -> "A" + expr + "B"
-        a, _, b = fmt.partition("{content}")
-        return f"{lit(a)} + {expr} + {lit(b)}"
-
-    default_system = template.system if template.system is not None else f.default_system
-    if f.system_in_user is not None:
-        a, _, rest = f.system_in_user.partition("{system}")
-        mid, _, b = rest.partition("{user}")
-        first_user = f"({lit(a)} + system + {lit(mid)} + m['content'] + {lit(b)})"
-    else:
-        first_user = "m['content']"
-    return (
-        "{{ " + lit(f.bos) + " }}"
-        "{% set system = " + json.dumps(default_system) + " %}"
-        "{% if messages and messages[0]['role'] == 'system' %}{% set system = messages[0]['content'] %}"
-        "{% set messages = messages[1:] %}{% endif %}"
-        + ("" if f.system_in_user is not None else
-           "{% if system %}{{ " + fill(f.system, "system") + " }}{% endif %}")
-        + "{% for m in messages %}"
-        "{% if m['role'] == 'user' %}"
-        "{% set c = " + first_user + " if (loop.first and system) else m['content'] %}"
-        "{{ " + fill(f.user, "c") + " + " + lit(f.assistant_prefix) + " }}"
-        "{% else %}{{ " + fill(f.assistant, "m['content']") + " + " + lit(f.stop) + " }}{% endif %}"
-        "{% endfor %}"
-    )
-
-
 def _cast(model: nn.Module, dtype: torch.dtype) -> None:
     """Cast floating parameters and buffers in place (`model.to(dtype)` is refused by transformers for
     models whose config carries a quantization_config, e.g. the GGUF-converted aliases)."""
@@ -163,8 +118,8 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
         TunelabError: `run` is not a finished run, `out` exists and is not empty (without `overwrite`),
             or `dtype` is unknown.
     """
-    from tunelab.data.templates import Template
     from tunelab.runs.load import attach_adapter, load_run, load_run_base
+    from tunelab.runs.rundir import save_tokenizer_with_template
 
     if dtype not in EXPORT_DTYPES:
         raise TunelabError(f"unknown dtype '{dtype}'", where="--dtype", hint=f"one of: {', '.join(EXPORT_DTYPES)}")
@@ -199,12 +154,8 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
         for p in model.parameters():
             p.requires_grad_(False)
         template_path = rd.path / "template.json"
-        if template_path.exists():
-            jinja = chat_template_jinja(Template.load(template_path))
-            if jinja:
-                tok.chat_template = jinja
         model.save_pretrained(str(tmp), safe_serialization=True)
-        tok.save_pretrained(str(tmp))
+        save_tokenizer_with_template(tok, tmp, template_path)
         if template_path.exists():
             shutil.copy(template_path, tmp / "tunelab_template.json")
         params = sum(p.numel() for p in model.parameters())
