@@ -26,8 +26,9 @@ LOADABLE = ("sft", "pretrain", "dpo", "classify")  # the run tasks `load` serves
 def load(run: str | Path, device: str = "auto"):
     """The trained model of the finished run at `run`, ready to use.
 
-    sft, pretrain and dpo runs give a `tunelab.infer.generate.Generator` (`reply(messages)`,
-    `reply_batch`, `stream`: base + adapter + the run's template); classify runs a
+    sft, pretrain and dpo runs give a `tunelab.infer.generate.Generator` (`chat("hi")`,
+    `chat(messages, stream=True)` an iterator of text pieces, `reply_batch`: base + adapter + the
+    run's template, decoded on tunelab's engine); classify runs a
     `tunelab.infer.classify.Classifier` (`predict(texts)`, `logits`). Anything else (a missing
     folder, not a run, an unfinished run, a reward run) raises a one-line TunelabError."""
     from tunelab.runs.kinds import GENERATIVE_TASKS, require_run

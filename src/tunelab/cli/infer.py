@@ -11,19 +11,30 @@ from rich.console import Console
 from tunelab.cli.main import app
 
 
-def _generator(run: str, base: bool, command: str):
+INT8_HELP = ("Decode with int8 weights (fbgemm, CPU): a quarter of fp32's bytes per token, several times "
+             "faster; tokens can differ from fp32 (docs/inference.md).")
+ENGINE_HELP = "auto (tunelab's decode engine when it runs the model) | engine | hf (transformers' generate)."
+
+
+def _generator(run: str, base: bool, command: str, engine: str = "auto", int8: bool = False):
     """The Generator of a finished sft/pretrain/dpo run, or of a model (alias, folder, .gguf, hub id);
     TunelabError, before anything loads, for anything else (rundir.run_or_model)."""
     from tunelab.errors import TunelabError
     from tunelab.infer.generate import Generator
     from tunelab.runs.kinds import GENERATIVE_TASKS, run_or_model
 
+    kw = dict(engine=engine, weights="int8" if int8 else "dense")
+    if int8 and engine == "hf":
+        raise TunelabError("--int8 runs on tunelab's engine, not transformers' generate", where="--engine",
+                           hint="drop --engine hf, or drop --int8")
+    if engine not in ("auto", "engine", "hf"):
+        raise TunelabError(f"unknown engine '{engine}'", where="--engine", hint="auto, engine or hf")
     if run_or_model(run, GENERATIVE_TASKS, command) is not None:
-        return Generator.from_run(run, base=base)
+        return Generator.from_run(run, base=base, **kw)
     if base:
         raise TunelabError(f"{run} is a model, not a run: it has no adapter to leave out", where="--base",
                            hint="drop --base, or pass runs/<name>")
-    return Generator.from_model(run)  # a model name: alias, folder, .gguf, hub id
+    return Generator.from_model(run, **kw)  # a model name: alias, folder, .gguf, hub id
 
 
 @app.command("generate")
@@ -34,6 +45,9 @@ def generate_cmd(
     base: bool = typer.Option(False, "--base", help="Use the run's base model without the adapter."),
     max_new_tokens: int = typer.Option(128, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
+    seed: int = typer.Option(None, "--seed", help="Sampling seed (same seed, same reply)."),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
 ) -> None:
     """Generate replies for one or more prompts, using the template the run was trained with."""
     from tunelab.errors import TunelabError
@@ -42,9 +56,10 @@ def generate_cmd(
     items = list(prompt or []) + (read_prompts(prompts) if prompts else [])
     if not items:
         raise TunelabError("no prompt given", where="--prompt", hint='pass --prompt "..." or --prompts FILE')
-    gen = _generator(run, base, "generate")
+    gen = _generator(run, base, "generate", engine, int8)
     for p in items:
-        reply = gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens, temperature=temperature)
+        reply = gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed)
         if len(items) > 1:
             print(f"### {p}")
         print(reply)
@@ -57,10 +72,14 @@ def chat_cmd(
     system: str = typer.Option(None, "--system", help="System message for this chat."),
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
+    engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
+    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
 ) -> None:
     """Multi-turn chat with streaming. /reset clears the history, /quit leaves."""
+    from tunelab.errors import TunelabError
+
     console = Console()
-    gen = _generator(run, base, "chat")
+    gen = _generator(run, base, "chat", engine, int8)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     console.print("[dim]chat: /reset clears the history, /quit (or Ctrl-D) leaves[/dim]")
     while True:
@@ -81,9 +100,15 @@ def chat_cmd(
         history.append({"role": "user", "content": line})
         sys.stdout.write("bot> ")
         reply = ""
-        for piece in gen.stream(history, max_new_tokens=max_new_tokens, temperature=temperature):
-            reply += piece
-            sys.stdout.write(piece)
-            sys.stdout.flush()
+        try:
+            for piece in gen.stream(history, max_new_tokens=max_new_tokens, temperature=temperature):
+                reply += piece
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        except TunelabError as e:  # e.g. the history outgrew the context: say so, keep the chat
+            sys.stdout.write("\n")
+            console.print(f"[red]error[/red]: {e.one_line()}")
+            history.pop()
+            continue
         sys.stdout.write("\n")
         history.append({"role": "assistant", "content": reply.strip()})

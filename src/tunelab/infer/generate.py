@@ -7,6 +7,10 @@
 
 The prompt is tokenized segment by segment exactly as in training (`Template.segments`), and
 generation stops at the tokenizer's EOS or the template's end-of-turn text.
+
+Tokens come from the decode engine (infer/decode.py) when it computes the model exactly and its
+copy of the weights fits (`engine="auto"`), else from transformers' `generate` (`engine="hf"`
+forces that); `gen.engine_name` says which. Both are greedy at temperature 0.
 """
 
 from __future__ import annotations
@@ -24,29 +28,56 @@ from tunelab.errors import TunelabError
 
 
 class Generator:
-    def __init__(self, model, tokenizer, template: Template, autocast_dtype: torch.dtype | None = None):
+    def __init__(self, model, tokenizer, template: Template, autocast_dtype: torch.dtype | None = None,
+                 engine: str = "auto", weights: str = "dense"):
+        if engine not in ("auto", "engine", "hf"):
+            raise TunelabError(f"unknown decode engine '{engine}'", where="engine", hint="auto, engine or hf")
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.autocast_dtype = autocast_dtype
+        if weights not in ("dense", "int8"):
+            raise TunelabError(f"unknown engine weights '{weights}'", where="weights", hint="dense or int8")
+        self._engine_choice = engine if weights == "dense" else "engine"  # int8 exists on the engine only
+        self.weights = weights
+        self._engine = None
+        self.engine_reason = ""  # why transformers' generate is used, when it is
+
+    @property
+    def engine(self):
+        """The DecodeEngine for this model, built on first use, or None (transformers' generate)."""
+        if self._engine is None and self._engine_choice != "hf":
+            from tunelab.infer.engine_choice import build_engine
+
+            self._engine, self.engine_reason = build_engine(self.model, self.autocast_dtype,
+                                                            required=self._engine_choice == "engine",
+                                                            weights=self.weights)
+            if self._engine is None:
+                self._engine_choice = "hf"
+        return self._engine
+
+    @property
+    def engine_name(self) -> str:
+        return "tunelab" if self.engine is not None else "transformers"
 
     # ---- construction --------------------------------------------------------------------------------------
     @classmethod
     def from_model(cls, name: str, template: str = "auto", system: str | None = None, dtype: str = "auto",
-                   device: str = "auto") -> "Generator":
+                   device: str = "auto", **engine) -> "Generator":
+        """`engine` keywords: engine ("auto" | "engine" | "hf") and weights ("dense" | "int8")."""
         from tunelab.models.load import load_causal_lm
 
         model, tok, _ = load_causal_lm(name, dtype=dtype, device=device)
         model.eval()
-        return cls(model, tok, build_template(template, tok, system))
+        return cls(model, tok, build_template(template, tok, system), **engine)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, base: bool = False, device: str = "auto") -> "Generator":
+    def from_run(cls, run_dir: str | Path, base: bool = False, device: str = "auto", **engine) -> "Generator":
         from tunelab.runs.load import load_run_model
 
         model, tok, template = load_run_model(Path(run_dir), with_adapter=not base, device=device)
         model.eval()
-        return cls(model, tok, template)
+        return cls(model, tok, template, **engine)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def prompt_ids(self, messages: list[dict]) -> torch.Tensor:
@@ -71,40 +102,105 @@ class Generator:
                 text = text[: text.index(s)]
         return text.strip()
 
-    def reply(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.9) -> str:
-        return self.reply_batch([messages], max_new_tokens, temperature, top_p)[0]
+    def chat(self, messages: str | list[dict], stream: bool = False, **kw):
+        """`chat("hi")` -> the reply text; `chat(messages, stream=True)` -> an iterator of text pieces.
+        Keyword arguments are those of `reply` / `stream` (max_new_tokens, temperature, top_p, seed)."""
+        msgs = [{"role": "user", "content": messages}] if isinstance(messages, str) else list(messages)
+        return self.stream(msgs, **kw) if stream else self.reply(msgs, **kw)
+
+    def reply(self, messages: list[dict], max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 0.9,
+              seed: int | None = None) -> str:
+        return self.reply_batch([messages], max_new_tokens, temperature, top_p, seed=seed)[0]
+
+    def _stop_ids(self) -> set[int]:
+        return set(self._gen_kwargs(1, 0.0, 1.0)["eos_token_id"])
 
     @torch.no_grad()
     def reply_batch(self, conversations: list[list[dict]], max_new_tokens: int = 128, temperature: float = 0.0,
-                    top_p: float = 0.9, batch_size: int = 16) -> list[str]:
+                    top_p: float = 0.9, batch_size: int = 16, seed: int | None = None) -> list[str]:
         """Replies for many conversations, generated `batch_size` at a time with left padding
         (one forward per new token for the whole batch instead of one per conversation)."""
-        pad = self.tokenizer.pad_token_id
         order = sorted(range(len(conversations)), key=lambda i: len(self.prompt_ids(conversations[i])[0]))
         replies: dict[int, str] = {}
         for s in range(0, len(order), batch_size):
             idx = order[s:s + batch_size]
             prompts = [self.prompt_ids(conversations[i])[0] for i in idx]
-            n = max(len(p) for p in prompts)
-            ids = torch.full((len(prompts), n), pad, dtype=torch.long)
-            mask = torch.zeros((len(prompts), n), dtype=torch.long)
-            for r, p in enumerate(prompts):
-                ids[r, n - len(p):] = p
-                mask[r, n - len(p):] = 1
-            ids, mask = ids.to(self._device), mask.to(self._device)
-            with self._autocast():
-                gen = self.model.generate(input_ids=ids, attention_mask=mask,
-                                          **self._gen_kwargs(max_new_tokens, temperature, top_p))
-            for r, i in enumerate(idx):
-                replies[i] = self._clean(self.tokenizer.decode(gen[r, n:], skip_special_tokens=True))
+            for i, new in zip(idx, self._new_tokens(prompts, max_new_tokens, temperature, top_p, seed)):
+                replies[i] = self._clean(self.tokenizer.decode(new, skip_special_tokens=True))
         return [replies[i] for i in range(len(conversations))]
 
+    def _new_tokens(self, prompts: list[torch.Tensor], max_new_tokens: int, temperature: float, top_p: float,
+                    seed: int | None) -> list[list[int]]:
+        """The generated ids of each prompt (EOS included when drawn), on the engine or transformers."""
+        eng = self.engine
+        if eng is not None:
+            from tunelab.infer.sampling import Sampler
+
+            self._check_context([len(p) for p in prompts], eng.max_context)
+            return eng.generate([p.tolist() for p in prompts], max_new_tokens, self._stop_ids(),
+                                Sampler(temperature, top_p, seed))
+        if seed is not None:
+            torch.manual_seed(seed)
+        pad = self.tokenizer.pad_token_id
+        n = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(prompts), n), dtype=torch.long)
+        for r, p in enumerate(prompts):
+            ids[r, n - len(p):] = p
+            mask[r, n - len(p):] = 1
+        ids, mask = ids.to(self._device), mask.to(self._device)
+        with self._autocast():
+            gen = self.model.generate(input_ids=ids, attention_mask=mask,
+                                      **self._gen_kwargs(max_new_tokens, temperature, top_p))
+        return [gen[r, n:].tolist() for r in range(len(prompts))]
+
+    @staticmethod
+    def _check_context(lengths: list[int], context: int) -> None:
+        if max(lengths) >= context:
+            raise TunelabError(f"the prompt is {max(lengths)} tokens, the model's context is {context}",
+                               where="prompt", hint="shorten the conversation, or /reset the chat")
+
     def stream(self, messages: list[dict], max_new_tokens: int = 256, temperature: float = 0.0,
-               top_p: float = 0.9) -> Iterator[str]:
+               top_p: float = 0.9, seed: int | None = None) -> Iterator[str]:
         """Yield text pieces as they are generated (stops at EOS / end of turn)."""
+        buf = ""
+        for piece in self._raw_stream(messages, max_new_tokens, temperature, top_p, seed):
+            buf += piece
+            stop = next((s for s in self.template.stop_strings if s and s in buf), None)
+            if stop:
+                piece = piece[: max(0, len(piece) - (len(buf) - buf.index(stop)))]
+                if piece:
+                    yield piece
+                return
+            yield piece
+
+    def _raw_stream(self, messages, max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
+        ids = self.prompt_ids(messages)
+        eng = self.engine
+        if eng is None:
+            yield from self._hf_stream(ids, max_new_tokens, temperature, top_p, seed)
+            return
+        from tunelab.infer.sampling import Sampler
+
+        self._check_context([ids.shape[1]], eng.max_context)
+        stop, new, shown = self._stop_ids(), [], ""
+        for tok in eng.stream(ids[0].tolist(), max_new_tokens, stop, Sampler(temperature, top_p, seed)):
+            if tok in stop:
+                break
+            new.append(tok)
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # a character split across tokens: wait for its last byte
+                continue
+            if len(text) > len(shown):
+                yield text[len(shown):]
+                shown = text
+
+    def _hf_stream(self, ids, max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
-        ids = self.prompt_ids(messages).to(self._device)
+        if seed is not None:
+            torch.manual_seed(seed)
+        ids = ids.to(self._device)
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
         kw = dict(input_ids=ids, attention_mask=torch.ones_like(ids), streamer=streamer,
                   **self._gen_kwargs(max_new_tokens, temperature, top_p))
@@ -115,17 +211,10 @@ class Generator:
 
         th = threading.Thread(target=work, daemon=True)
         th.start()
-        buf = ""
-        for piece in streamer:
-            buf += piece
-            stop = next((s for s in self.template.stop_strings if s and s in buf), None)
-            if stop:
-                piece = piece[: max(0, len(piece) - (len(buf) - buf.index(stop)))]
-                if piece:
-                    yield piece
-                break
-            yield piece
-        th.join()
+        try:
+            yield from streamer
+        finally:
+            th.join()
 
     @property
     def _device(self) -> torch.device:

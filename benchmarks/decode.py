@@ -1,0 +1,178 @@
+"""Decode speed: transformers' `generate` (the baseline) against tunelab's decode engine, on the same
+prompts, in one run; llama.cpp too when `llama_cpp` is importable and `--gguf` names a file.
+
+    python benchmarks/decode.py [--model smollm2-135m-instruct] [--tokens 128] [--prompts 3]
+                                [--threads 2] [--batch 1,4,8] [--run runs/quickstart] [--gguf FILE]
+
+Per engine, batch 1, greedy, EOS ignored so every engine decodes the same number of tokens:
+    prefill tok/s = prompt tokens / time to the first new token
+    decode tok/s  = (tokens - 1) / (time for the rest)
+    speedup_vs_hf_generate = tunelab fp32 decode tok/s / transformers decode tok/s
+`same_tokens_fp32` compares the first 64 greedy tokens of the fp32 engine with transformers'.
+Batched rows report aggregate decode tok/s (B x tokens / decode time). With `--run`, the run's
+adapter is decoded unmerged (A, B kept apart) and merged.
+Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+PROMPTS = [
+    "Explain what LoRA fine-tuning is in two sentences.",
+    "Write a short haiku about gradient descent.",
+    "Give three tips for writing clear Python code.",
+    "What is the difference between a list and a tuple?",
+]
+
+
+def _hf_time(model, ids: torch.Tensor, n: int) -> tuple[list[int], float, float]:
+    """(tokens, seconds to the first token, seconds for all n) of greedy `generate`."""
+    kw = dict(attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        t1 = time.perf_counter()
+        out = model.generate(ids, max_new_tokens=n, min_new_tokens=n, **kw)
+        t2 = time.perf_counter()
+    return out[0, ids.shape[1]:].tolist(), t1 - t0, t2 - t1
+
+
+def _engine_time(eng, prompts: list[list[int]], n: int) -> tuple[list[list[int]], float, float]:
+    """(tokens per row, seconds to the first token, seconds for all n) on the decode engine."""
+    out: list[list[int]] = [[] for _ in prompts]
+    t0 = time.perf_counter()
+    first = None
+    for step in eng.steps(prompts, n):
+        if first is None:
+            first = time.perf_counter() - t0
+        for r, tok in enumerate(step):
+            out[r].append(tok)
+    return out, first, time.perf_counter() - t0
+
+
+def _rates(prompt_len: int, n: int, b: int, first: float, total: float) -> dict:
+    return {"prefill_tok_s": round(b * prompt_len / first, 1),
+            "decode_tok_s": round(b * (n - 1) / max(total - first, 1e-9), 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--tokens", type=int, default=128)
+    ap.add_argument("--prompts", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch", default="4,8")
+    ap.add_argument("--run", default=None, help="a LoRA run: decode its adapter unmerged and merged")
+    ap.add_argument("--gguf", default=None, help="a .gguf for llama.cpp (when llama_cpp is importable)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from tunelab.cli.main import quiet_libraries
+    from tunelab.infer.decode import DecodeEngine
+    from tunelab.models.load import load_causal_lm
+
+    quiet_libraries()
+    model, tok, _ = load_causal_lm(args.model, dtype="fp32", device="cpu")
+    model.eval()
+    model.generation_config.eos_token_id = None  # the same number of tokens from every engine
+    n = args.tokens
+    prompts = []
+    for text in PROMPTS[: args.prompts]:
+        ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                      return_dict=True)["input_ids"]
+        prompts.append(list(ids))
+    res: dict = {"model": args.model, "tokens": n, "prompts": len(prompts), "threads": torch.get_num_threads(),
+                 "prompt_tokens": [len(p) for p in prompts]}
+
+    def per_prompt(fn) -> dict:
+        fn(prompts[0], 8)  # warm-up
+        rows = [fn(p, n) for p in prompts]
+        lens = [len(p) for p in prompts]
+        first, total = sum(r[1] for r in rows), sum(r[2] for r in rows)
+        return {"tokens": [r[0] for r in rows], **_rates(sum(lens) / len(lens), n, 1, first / len(rows),
+                                                         total / len(rows))}
+
+    hf = per_prompt(lambda p, k: _hf_time(model, torch.tensor([p]), k))
+    res["hf_generate"] = {k: v for k, v in hf.items() if k != "tokens"}
+    texts = _validation_texts(tok)
+    for name, dtype, weights in (("tunelab_fp32", torch.float32, "dense"), ("tunelab_bf16", torch.bfloat16, "dense"),
+                                 ("tunelab_int8", torch.float32, "int8")):
+        t0 = time.perf_counter()
+        eng = DecodeEngine.from_model(model, dtype=dtype, weights=weights)
+        build = time.perf_counter() - t0
+        r = per_prompt(lambda p, k: (lambda o: (o[0][0], o[1], o[2]))(_engine_time(eng, [p], k)))
+        toks = r.pop("tokens")
+        same = [a[:64] == b[:64] for a, b in zip(toks, hf["tokens"])]
+        agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(toks, hf["tokens"])]
+        res[name] = {**r, "build_s": round(build, 2), "same_first_64_as_hf": sum(same), "of": len(same),
+                     "tokens_before_first_difference": agree, "validation_ppl": _ppl(eng, texts)}
+        if dtype == torch.float32:
+            res["same_tokens_fp32"] = all(same)
+            for b in [int(x) for x in args.batch.split(",") if x]:
+                rows = [prompts[i % len(prompts)] for i in range(b)]
+                _, first, total = _engine_time(eng, rows, n)
+                res[f"tunelab_fp32_batch{b}"] = _rates(sum(map(len, rows)) / b, n, b, first, total)
+        del eng
+    res["speedup_vs_hf_generate"] = round(res["tunelab_fp32"]["decode_tok_s"] / res["hf_generate"]["decode_tok_s"], 2)
+    for name in ("bf16", "int8"):
+        res[f"speedup_{name}_vs_hf_generate"] = round(res[f"tunelab_{name}"]["decode_tok_s"]
+                                                      / res["hf_generate"]["decode_tok_s"], 2)
+    if args.run:
+        from tunelab.runs.load import load_run_model
+
+        peft_model, _, _ = load_run_model(args.run, with_adapter=True, device="cpu")
+        peft_model.eval()
+        for name, merge in (("lora_merged", True), ("lora_unmerged", False)):
+            eng = DecodeEngine.from_model(peft_model, merge=merge)
+            r = per_prompt(lambda p, k: (lambda o: (o[0][0], o[1], o[2]))(_engine_time(eng, [p], k)))
+            res[name] = {k: v for k, v in r.items() if k != "tokens"}
+    res["llama_cpp"] = _llama_cpp(args.gguf, prompts, n)
+    print(json.dumps(res, indent=2))
+
+
+def _validation_texts(tok, path: str = "examples/data/tunebot/validation.jsonl") -> list[list[int]]:
+    """The quickstart's validation conversations as token ids (the model's chat template)."""
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    return [list(tok.apply_chat_template(r["messages"], return_dict=True)["input_ids"]) for r in rows]
+
+
+def _ppl(eng, texts: list[list[int]]) -> float:
+    """exp(mean next-token NLL) over every token of the texts, teacher-forced on the engine."""
+    nll, n = 0.0, 0
+    for ids in texts:
+        logits = eng.logits(ids)[:-1].float()
+        nll += torch.nn.functional.cross_entropy(logits, torch.tensor(ids[1:]), reduction="sum").item()
+        n += len(ids) - 1
+    return round(float(torch.exp(torch.tensor(nll / n))), 4)
+
+
+def _llama_cpp(gguf: str | None, prompts: list[list[int]], n: int) -> dict | str:
+    try:
+        import llama_cpp
+    except ImportError:
+        return "not installed (pip install llama-cpp-python builds it from source, ~13 min here)"
+    if not gguf:
+        return "pass --gguf FILE (tunelab export RUN --to gguf)"
+    llm = llama_cpp.Llama(model_path=gguf, n_ctx=2048, n_threads=torch.get_num_threads(), verbose=False)
+    first = total = 0.0
+    for p in prompts:
+        llm.reset()
+        t0 = time.perf_counter()
+        k = 0
+        for _ in llm.generate(p, top_k=1, temp=0.0):
+            k += 1
+            if k == 1:
+                first += time.perf_counter() - t0
+            if k == n:
+                break
+        total += time.perf_counter() - t0
+    return _rates(sum(map(len, prompts)) / len(prompts), n, 1, first / len(prompts), total / len(prompts))
+
+
+if __name__ == "__main__":
+    main()

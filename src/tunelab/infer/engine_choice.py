@@ -1,0 +1,62 @@
+"""Whether a Generator decodes on the tunelab engine or on transformers' `generate`.
+
+The engine keeps its own copy of the weights (transposed, q/k/v and gate/up fused, a 4-bit base
+decoded), so it is used when
+
+    copy bytes = (parameters of the decoder and head) x (bytes per element of the engine dtype)
+               <= half of the memory available now
+
+and the model is one it computes exactly (infer/weights.py). The engine dtype is bf16 when the
+generator runs under bf16 autocast, else the dtype of the model's parameters; `weights="int8"`
+(1 byte per weight, fp32 activations) is asked for explicitly, never chosen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _copy_bytes(model, dtype: torch.dtype) -> int:
+    seen, n = set(), 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    for b in model.buffers():  # a 4-bit base holds its weights as uint8 buffers: 2 weights a byte
+        if b.dtype == torch.uint8:
+            n += 2 * b.numel()
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def engine_dtype(model, autocast_dtype: torch.dtype | None) -> torch.dtype:
+    if autocast_dtype is not None:
+        return autocast_dtype
+    for p in model.parameters():
+        if p.is_floating_point() and not p.requires_grad:
+            return p.dtype
+    return torch.float32
+
+
+def build_engine(model, autocast_dtype: torch.dtype | None = None, required: bool = False,
+                 weights: str = "dense"):
+    """(DecodeEngine, "") or (None, the reason transformers' generate is used). With `required`, a model
+    the engine cannot run raises TunelabError instead."""
+    from tunelab.errors import TunelabError
+    from tunelab.infer.decode import DecodeEngine, Unsupported
+    from tunelab.memory.available import detect_memory
+
+    dtype = torch.float32 if weights == "int8" else engine_dtype(model, autocast_dtype)
+    device = next(model.parameters()).device
+    need = _copy_bytes(model, torch.int8 if weights == "int8" else dtype)
+    _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
+    try:
+        if avail is not None and need > avail // 2:
+            raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
+        if weights == "int8" and device.type != "cpu":
+            raise Unsupported("int8 weights run on the CPU (fbgemm)")
+        return DecodeEngine.from_model(model, dtype=dtype, weights=weights), ""
+    except Unsupported as e:
+        if required:
+            raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",
+                               hint="use engine='auto' or 'hf' (transformers' generate)") from None
+        return None, str(e)
