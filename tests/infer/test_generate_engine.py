@@ -51,11 +51,18 @@ def test_seeded_sampling_repeats(gens):
     assert a == ours.reply(CONVS[2], max_new_tokens=16, temperature=1.0, seed=3)
 
 
-def test_prompt_longer_than_the_context_is_one_line(gens):
-    ours, _ = gens
+def test_prompt_longer_than_the_context_is_one_line(gens, tiny_model_dir, capsys):
+    from tunelab.cli.main import run
+
     long = [{"role": "user", "content": "word " * 3000}]
-    with pytest.raises(TunelabError, match="context"):
-        ours.reply(long, max_new_tokens=4)
+    for gen in gens:  # the engine and transformers' generate
+        with pytest.raises(TunelabError, match="context"):
+            gen.reply(long, max_new_tokens=4)
+    with pytest.raises(SystemExit) as e:
+        run(["generate", str(tiny_model_dir), "-p", "word " * 3000])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "context" in err[0]
 
 
 def test_unknown_engine_and_int8_on_hf_are_refused(tiny_model_dir, capsys):

@@ -139,6 +139,7 @@ class Generator:
             self._check_context([len(p) for p in prompts], eng.max_context)
             return eng.generate([p.tolist() for p in prompts], max_new_tokens, self._stop_ids(),
                                 Sampler(temperature, top_p, seed))
+        self._check_context([len(p) for p in prompts], self._hf_context())
         if seed is not None:
             torch.manual_seed(seed)
         pad = self.tokenizer.pad_token_id
@@ -154,9 +155,13 @@ class Generator:
                                       **self._gen_kwargs(max_new_tokens, temperature, top_p))
         return [gen[r, n:].tolist() for r in range(len(prompts))]
 
+    def _hf_context(self) -> int | None:
+        cfg = getattr(self.model, "config", None)
+        return getattr(cfg, "max_position_embeddings", None)
+
     @staticmethod
-    def _check_context(lengths: list[int], context: int) -> None:
-        if max(lengths) >= context:
+    def _check_context(lengths: list[int], context: int | None) -> None:
+        if context is not None and max(lengths) >= context:
             raise TunelabError(f"the prompt is {max(lengths)} tokens, the model's context is {context}",
                                where="prompt", hint="shorten the conversation, or /reset the chat")
 
@@ -198,6 +203,7 @@ class Generator:
     def _hf_stream(self, ids, max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
         from transformers import TextIteratorStreamer
 
+        self._check_context([ids.shape[1]], self._hf_context())
         if seed is not None:
             torch.manual_seed(seed)
         ids = ids.to(self._device)
