@@ -30,10 +30,12 @@ SUBAPPS = {
     "quantize": "tunelab.cli.quantize",
     "rag": "tunelab.cli.rag",
     "data": "tunelab.cli.data",
+    "serve": "tunelab.cli.serve",
 }
 # modules that register plain commands on `app` (import side effect: @app.command()).
 COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
                    "tunelab.cli.merge",
+                   "tunelab.cli.export",
                    "tunelab.cli.predict",
                    "tunelab.cli.doctor",
                    ]

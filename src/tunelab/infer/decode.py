@@ -33,11 +33,16 @@ import torch.nn.functional as F
 from tunelab.infer.sampling import Sampler
 from tunelab.infer.weights import DecoderWeights, Proj, Unsupported, read_weights
 
-__all__ = ["DecodeEngine", "Unsupported"]
+__all__ = ["DecodeEngine", "Route", "Unsupported"]
+
+# which rows of a batch each named adapter applies to: [(name, row indices [k] long, or None = all rows)]
+Route = list[tuple[str, "torch.Tensor | None"]]
 
 
-def _linear(x: torch.Tensor, p: Proj) -> torch.Tensor:
-    """x W^T (+ b) (+ (x A^T)(s B^T) for each unmerged adapter)."""
+def _linear(x: torch.Tensor, p: Proj, route: Route | None = None) -> torch.Tensor:
+    """x W^T (+ b) (+ (x A^T)(s B^T) for each unmerged adapter in `p.loras`), and for each
+    (name, rows) of `route` the named adapter `p.named[name]`'s delta on those rows only
+    (rows None: every row); a name this projection has no adapter for adds nothing."""
     if p.packed is not None:  # int8: fbgemm quantizes x per tensor (u8, reduced range) and adds the bias
         y = torch.ops.quantized.linear_dynamic(x, p.packed, True)
     else:
@@ -46,6 +51,14 @@ def _linear(x: torch.Tensor, p: Proj) -> torch.Tensor:
             y = y + p.bias
     for lo in p.loras:
         y = y + (x @ lo.at) @ lo.bt
+    for name, rows in route or ():
+        lo = p.named.get(name)
+        if lo is None:
+            continue
+        if rows is None:
+            y = y + (x @ lo.at) @ lo.bt
+        else:  # y[rows] += (x[rows] A^T)(s B^T): one adapter's rows of a mixed batch
+            y = y.index_add(0, rows, (x.index_select(0, rows) @ lo.at) @ lo.bt)
     return y
 
 
@@ -90,31 +103,41 @@ class DecodeEngine:
             self._cos, self._sin = cos[0].to(self.w.dtype), sin[0].to(self.w.dtype)
         return self._cos, self._sin
 
-    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list, start: int,
-                 mask: torch.Tensor | None) -> torch.Tensor:
+    def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list, start: int | torch.Tensor,
+                 mask: torch.Tensor | None, route: Route | None = None) -> torch.Tensor:
         """Hidden states [B, S, H] of `tokens` [B, S] at positions `pos` [B, S], their K, V written to
-        cache slots start..start+S-1; `mask` [B, 1, S, start+S] (True = attend) or None (causal, no padding)."""
+        cache slots start..start+S-1; `mask` [B, 1, S, start+S] (True = attend) or None (causal, no padding).
+
+        `start` may be a tensor [B] of per-row slots (S == 1, ragged rows: row r writes slot start[r]
+        and attends over slots 0..max(start) under `mask` [B, 1, 1, max(start) + 1]).
+        `route` selects the named adapters of each row (`_linear`)."""
         w = self.w
         nq, nkv, hd = w.n_heads, w.n_kv_heads, w.head_dim
         b, s = tokens.shape
-        end = start + s
+        ragged = isinstance(start, torch.Tensor)
+        rows = torch.arange(b, device=tokens.device) if ragged else None
+        end = int(start.max()) + 1 if ragged else start + s
         cos_t, sin_t = self._rope_table(int(pos.max()) + 1)
         cos, sin = cos_t[pos].unsqueeze(2), sin_t[pos].unsqueeze(2)  # [B, S, 1, hd]
         x = F.embedding(tokens, w.embed)
         causal = mask is None and s > 1
         for blk, (kc, vc) in zip(w.blocks, cache):
             h = _rmsnorm(x, blk.attn_norm, w.eps)
-            qkv = _linear(h, blk.qkv)
+            qkv = _linear(h, blk.qkv, route)
             qk = qkv[..., : (nq + nkv) * hd].view(b, s, nq + nkv, hd)
             qk = qk * cos + _rotate_half(qk) * sin  # one rotation for q and k heads together
-            kc[:, :, start:end] = qk[:, :, nq:].transpose(1, 2)
-            vc[:, :, start:end] = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd).transpose(1, 2)
+            if ragged:  # kc[r, :, start[r]] = k[r] for every row r
+                kc[rows, :, start] = qk[:, 0, nq:]
+                vc[rows, :, start] = qkv[:, 0, (nq + nkv) * hd:].view(b, nkv, hd)
+            else:
+                kc[:, :, start:end] = qk[:, :, nq:].transpose(1, 2)
+                vc[:, :, start:end] = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd).transpose(1, 2)
             a = F.scaled_dot_product_attention(qk[:, :, :nq].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
                                                attn_mask=mask, is_causal=causal, enable_gqa=nq != nkv)
-            x = x + _linear(a.transpose(1, 2).reshape(b, s, nq * hd), blk.o)
+            x = x + _linear(a.transpose(1, 2).reshape(b, s, nq * hd), blk.o, route)
             h = _rmsnorm(x, blk.mlp_norm, w.eps)
-            g, u = _linear(h, blk.gate_up).chunk(2, dim=-1)
-            x = x + _linear(F.silu(g) * u, blk.down)
+            g, u = _linear(h, blk.gate_up, route).chunk(2, dim=-1)
+            x = x + _linear(F.silu(g) * u, blk.down, route)
         return _rmsnorm(x, w.norm, w.eps)
 
     def _new_cache(self, b: int, n: int) -> list:
@@ -130,6 +153,37 @@ class DecodeEngine:
         cache = self._new_cache(1, len(ids))
         hidden = self._forward(tokens, torch.arange(len(ids), device=self.device).unsqueeze(0), cache, 0, None)
         return _linear(hidden[0], self.w.head)
+
+    def new_cache(self, b: int, n: int) -> list:
+        """An empty K, V cache for b rows of n slots: [(K, V) per block], each [b, n_kv_heads, n, head_dim]."""
+        return self._new_cache(b, n)
+
+    # ---- ragged rows (the server's continuous batching: serve/batcher.py) -----------------------------------
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], cache: list, route: Route | None = None) -> torch.Tensor:
+        """Write each prompt's K, V to slots 0..len-1 of its row of `cache` (a view of k rows of a
+        batch cache) and return the next-token logits [k, V] after each prompt's last token.
+
+        Prompts are right-padded to the longest: under the causal mask a real token never sees
+        the pads after it, and a pad's slots are masked (step_ragged: slot <= len) until the row's
+        own tokens overwrite them."""
+        n = max(len(p) for p in prompts)
+        tokens = torch.tensor([list(p) + [0] * (n - len(p)) for p in prompts], device=self.device)
+        pos = torch.arange(n, device=self.device).unsqueeze(0).expand(len(prompts), n)
+        hidden = self._forward(tokens, pos, cache, 0, None, route)
+        last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
+        return _linear(hidden[torch.arange(len(prompts), device=self.device), last], self.w.head)
+
+    @torch.inference_mode()
+    def step_ragged(self, tokens: torch.Tensor, slots: torch.Tensor, cache: list,
+                    route: Route | None = None) -> torch.Tensor:
+        """One new token per row, rows of different lengths: row r holds its sequence in slots
+        0..slots[r]-1, so `tokens[r]` sits at position = slot = slots[r] and attends to slots
+        0..slots[r] (mask [B, 1, 1, max(slots) + 1]). Returns the next-token logits [B, V]."""
+        end = int(slots.max()) + 1
+        mask = (torch.arange(end, device=self.device).unsqueeze(0) <= slots.unsqueeze(1))[:, None, None]
+        hidden = self._forward(tokens.unsqueeze(1), slots.unsqueeze(1), cache, slots, mask, route)[:, -1]
+        return _linear(hidden, self.w.head)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def check_prompt(self, n: int, max_new_tokens: int) -> int:

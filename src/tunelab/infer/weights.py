@@ -47,13 +47,15 @@ class Lora:
 @dataclass
 class Proj:
     """y = x @ w (transposed) or F.linear(x, w) (+ bias) (+ every lora's delta); or, int8, fbgemm's
-    dynamic-quantized linear of the prepacked weight (the bias inside it)."""
+    dynamic-quantized linear of the prepacked weight (the bias inside it). `named` holds adapters
+    that only some rows of a batch use (several LoRA adapters over one base: decode.py `_linear`)."""
 
     w: torch.Tensor | None  # [in, out] when transposed, else [out, in]; None when packed
     bias: torch.Tensor | None = None
     loras: list[Lora] = field(default_factory=list)
     transposed: bool = True
     packed: object = None  # torch.ops.quantized.linear_prepack(...) for int8
+    named: dict[str, Lora] = field(default_factory=dict)  # adapters applied to the rows a route gives them
 
 
 @dataclass
@@ -152,27 +154,28 @@ def _proj(parts: list[tuple], dtype: torch.dtype, bias_ok: bool, weights: str = 
     if any(b is not None for b in biases):
         bias = torch.cat([b.detach().float() if b is not None else torch.zeros(w.shape[0])
                           for (w, _, _), b in zip(parts, biases)]).to(dtype)
-    loras = []
-    if any(lo for _, _, lo in parts):
-        # one adapter over the stacked output: A stacked on the rank axis, B block-diagonal, so
-        # x @ [A1; A2].T @ blockdiag(s1 B1, s2 B2).T = [x A1.T (s1 B1).T, x A2.T (s2 B2).T]
-        outs = [w.shape[0] for w, _, _ in parts]
-        a_rows, b_blocks = [], []
-        for (w, _, lo), n in zip(parts, outs):
-            for a, b in lo:
-                a_rows.append(a)
-                b_blocks.append((b, n))
-        at = torch.cat(a_rows, 0).t().contiguous()
-        bt = torch.zeros(at.shape[1], sum(outs))
-        r0 = 0
-        for (w, _, lo), col0 in zip(parts, [sum(outs[:i]) for i in range(len(outs))]):
-            for a, b in lo:
-                bt[r0:r0 + a.shape[0], col0:col0 + w.shape[0]] = b.t()
-                r0 += a.shape[0]
-        loras.append(Lora(at.to(dtype), bt.to(dtype)))
+    fused = fuse_loras([w.shape[0] for w, _, _ in parts], [lo for _, _, lo in parts], dtype)
+    loras = [fused] if fused is not None else []
     if weights == "int8":
         return Proj(None, None, loras, packed=_pack_int8(full, bias))
     return Proj(wt, bias, loras, transposed=transposed)
+
+
+def fuse_loras(outs: list[int], parts: list[list[tuple]], dtype: torch.dtype) -> Lora | None:
+    """One Lora over the stacked outputs of several projections (fused qkv, gate_up), from each
+    projection's [(A [r, in], s B [out, r])] (an empty list: no adapter on that one); None if none.
+    A stacked on the rank axis, B block-diagonal, so
+    x @ [A1; A2].T @ blockdiag(s1 B1, s2 B2).T = [x A1.T (s1 B1).T, x A2.T (s2 B2).T]."""
+    if not any(parts):
+        return None
+    at = torch.cat([a for lo in parts for a, _ in lo], 0).t().contiguous()
+    bt = torch.zeros(at.shape[1], sum(outs))
+    r0 = 0
+    for lo, col0, n in zip(parts, [sum(outs[:i]) for i in range(len(outs))], outs):
+        for a, b in lo:
+            bt[r0:r0 + a.shape[0], col0:col0 + n] = b.t()
+            r0 += a.shape[0]
+    return Lora(at.to(dtype), bt.to(dtype))
 
 
 WEIGHTS = ("dense", "int8")

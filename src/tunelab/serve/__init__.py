@@ -1,0 +1,1 @@
+"""`tunelab serve`: an OpenAI-compatible server (inference, files, fine-tuning jobs) on one machine."""

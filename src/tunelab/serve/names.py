@@ -1,0 +1,38 @@
+"""Names that come from requests (file names, run names, suffixes, knowledge bases) and become paths.
+
+    NAME  = [A-Za-z0-9][A-Za-z0-9._-]{0,63}, and not containing ".."
+
+so a name is one path component that can never be "..", absolute, hidden or contain a separator;
+`inside(root, *names)` also checks that the joined path resolves under `root`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from tunelab.serve.errors import APIError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def check_name(value: str, param: str) -> str:
+    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+        raise APIError(400, f"invalid {param} '{value}': use 1-64 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit", param=param, code="invalid_name")
+    return value
+
+
+def inside(root: Path, *names: str) -> Path:
+    """root / names..., refused unless it resolves inside root."""
+    path = root.joinpath(*names)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise APIError(400, "path outside the server's folders", code="invalid_name")
+    return path
+
+
+def safe_filename(name: str) -> str:
+    """An uploaded file's display name reduced to its last component, checked (the bytes are stored
+    under the file id, never under this name)."""
+    base = Path(str(name).replace("\\", "/")).name
+    return check_name(base, "file")
