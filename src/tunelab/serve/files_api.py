@@ -1,0 +1,220 @@
+"""`/v1/files`: training files, shaped like OpenAI's Files API.
+
+    POST   /v1/files                 multipart: file, purpose=fine-tune -> the file object
+    GET    /v1/files                 ?purpose, limit (10000), order (desc | asc), after
+    GET    /v1/files/{id}            the file object
+    GET    /v1/files/{id}/content    the bytes as uploaded
+    DELETE /v1/files/{id}            {id, object: "file", deleted: true}
+
+An upload is copied to `files_dir/.tmp-<id><suffix>` (at most `state.upload_limit` bytes, else
+413), read by the data layer exactly as `tunelab train` reads a data file, then renamed to
+`files_dir/<id>` (atomic) and recorded. What the data layer reads decides the file's `kind`:
+
+    sft         chat examples (messages, sharegpt, prompt/completion, alpaca)  -> supervised jobs
+    preference  {"prompt", "chosen", "rejected"}                              -> dpo jobs
+    openai_dpo  OpenAI's DPO lines {"input": {"messages"}, "preferred_output",
+                "non_preferred_output"}, read as preference pairs             -> dpo jobs
+
+A file the data layer refuses is kept with `status: error` and `status_details` = the data
+layer's message with the upload's name for the server's path ("train.jsonl:3: invalid JSON ...");
+a job refuses it. The file name is a display name: `..` anywhere is refused, a directory part is
+dropped (names.safe_filename), and the suffix must be a data file's (.jsonl, .json, .csv, .tsv,
+.parquet).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from tunelab.data.formats import to_examples
+from tunelab.data.sources import DATA_SUFFIXES, Record, read_records
+from tunelab.errors import TunelabError
+from tunelab.serve import jobs_db
+from tunelab.serve.auth import current_tenant
+from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.names import safe_filename
+
+router = APIRouter()
+PURPOSES = ("fine-tune",)
+_CHUNK = 1 << 20
+
+
+def startup(state) -> None:
+    """Create the files folder and tables; drop uploads a killed server left half-copied."""
+    state.files_dir.mkdir(parents=True, exist_ok=True)
+    jobs_db.conn(state.db_path)
+    for p in state.files_dir.glob(".tmp-*"):
+        p.unlink(missing_ok=True)
+
+
+# ---- what the data layer reads -----------------------------------------------------------------------------
+def openai_dpo_record(rec: Record) -> Record:
+    """OpenAI's DPO line as tunelab's preference record: input.messages -> prompt,
+    preferred_output -> chosen, non_preferred_output -> rejected (replies: one assistant message)."""
+    d = rec.data
+    msgs = d.get("input", {}).get("messages") if isinstance(d.get("input"), dict) else None
+    if msgs is None:
+        raise TunelabError("field 'input' must be an object with 'messages'", where=rec.where)
+    return Record({"prompt": msgs, "chosen": d.get("preferred_output"), "rejected": d.get("non_preferred_output")},
+                  rec.where)
+
+
+def file_kind(data: dict) -> str:
+    """sft | preference | openai_dpo, from the first record's fields."""
+    if "preferred_output" in data or "non_preferred_output" in data:
+        return "openai_dpo"
+    if "chosen" in data or "rejected" in data:
+        return "preference"
+    return "sft"
+
+
+def check_training_file(path: Path, display: str) -> tuple[str | None, str | None]:
+    """(kind, None) when every record of `path` is an example of one kind; (None, message) else,
+    the message naming `display` (and the line) where the data layer named `path`."""
+    try:
+        records = read_records(path, field="file")
+        kind = file_kind(records[0].data)
+        if kind == "openai_dpo":
+            records = [openai_dpo_record(r) for r in records]
+        to_examples(records, "auto", "sft" if kind == "sft" else "dpo")
+    except TunelabError as e:
+        return None, e.one_line().replace(str(path), display)
+    return kind, None
+
+
+def materialize(state, file_row: dict, dest_stem: Path) -> Path:
+    """The file's bytes where the data layer reads them, `dest_stem` + its suffix (a hard link, or a
+    copy); an openai_dpo file is written as preference lines (.jsonl). Returns the path."""
+    src = state.files_dir / file_row["id"]
+    if not src.is_file():
+        raise TunelabError(f"the bytes of file {file_row['id']} are gone", where=file_row["id"])
+    suffix = Path(file_row["filename"]).suffix.lower()
+    if file_row["kind"] == "openai_dpo":
+        dest = dest_stem.with_suffix(".jsonl")
+        tmp_in = dest_stem.with_name(dest_stem.name + ".openai" + suffix)
+        shutil.copyfile(src, tmp_in)
+        recs = [openai_dpo_record(r) for r in read_records(tmp_in, field="file")]
+        tmp_in.unlink()
+        dest.write_text("".join(json.dumps(r.data) + "\n" for r in recs), encoding="utf-8")
+        return dest
+    dest = dest_stem.with_suffix(suffix)
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+    return dest
+
+
+# ---- storing an upload -------------------------------------------------------------------------------------
+def display_name(raw) -> str:
+    if not isinstance(raw, str) or not raw:
+        raise APIError(400, "the uploaded file has no name", param="file", code="invalid_name")
+    if ".." in raw:
+        raise APIError(400, f"invalid file name '{raw}': '..' is not allowed", param="file", code="invalid_name")
+    name = safe_filename(raw)
+    if Path(name).suffix.lower() not in DATA_SUFFIXES:
+        raise APIError(400, f"invalid file name '{name}': a training file is {', '.join(DATA_SUFFIXES)}",
+                       param="file", code="invalid_file_format")
+    return name
+
+
+def store_upload(state, tenant: str, stream, raw_name, purpose) -> dict:
+    """Copy, check, rename and record one upload (see the module docstring); returns the file object."""
+    if not purpose:
+        raise APIError(400, "Missing required parameter: 'purpose'", param="purpose", code="missing_required_parameter")
+    if purpose not in PURPOSES:
+        raise APIError(400, f"purpose '{purpose}' is not served here: use {', '.join(PURPOSES)}", param="purpose",
+                       code="invalid_value")
+    name = display_name(raw_name)
+    fid = jobs_db.new_id("file")
+    state.files_dir.mkdir(parents=True, exist_ok=True)
+    tmp = state.files_dir / f".tmp-{fid}{Path(name).suffix.lower()}"
+    try:
+        size = 0
+        with open(tmp, "wb") as out:
+            while chunk := stream.read(_CHUNK):
+                size += len(chunk)
+                if size > state.upload_limit:
+                    raise APIError(413, f"the file is larger than the server's limit of {state.upload_limit} bytes",
+                                   param="file", code="file_too_large")
+                out.write(chunk)
+        kind, details = check_training_file(tmp, name)
+        os.replace(tmp, state.files_dir / fid)
+    finally:
+        tmp.unlink(missing_ok=True)
+    row = {"id": fid, "tenant": tenant, "bytes": size, "created_at": jobs_db.now(), "filename": name,
+           "purpose": purpose, "status": "processed" if kind else "error", "status_details": details, "kind": kind}
+    try:
+        jobs_db.insert_file(jobs_db.conn(state.db_path), row)
+    except Exception:
+        (state.files_dir / fid).unlink(missing_ok=True)
+        raise
+    return jobs_db.file_object(row)
+
+
+# ---- routes ------------------------------------------------------------------------------------------------
+@router.post("/v1/files")
+async def create_file(request: Request, tenant: str = Depends(current_tenant)):
+    state = request.app.state.tl
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > state.upload_limit + _CHUNK:  # the multipart framing
+        raise APIError(413, f"the upload is larger than the server's limit of {state.upload_limit} bytes",
+                       param="file", code="file_too_large")
+    try:
+        form = await request.form()
+    except Exception as e:  # not multipart, a broken body: python-multipart's errors vary
+        raise APIError(400, f"could not read the multipart form: {e}", code="invalid_body") from None
+    try:
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            raise APIError(400, "Missing required parameter: 'file' (a multipart file part)", param="file",
+                           code="missing_required_parameter")
+        return await run_in_threadpool(store_upload, state, tenant, upload.file, upload.filename, form.get("purpose"))
+    finally:
+        await form.close()
+
+
+@router.get("/v1/files")
+def list_files(request: Request, purpose: str | None = None, limit: int = 10000, order: str = "desc",
+               after: str | None = None, tenant: str = Depends(current_tenant)):
+    if order not in ("asc", "desc"):
+        raise APIError(400, f"order must be 'asc' or 'desc', got '{order}'", param="order")
+    where, args = "tenant = ?", (tenant,)
+    if purpose:
+        where, args = where + " AND purpose = ?", (tenant, purpose)
+    c = jobs_db.conn(request.app.state.tl.db_path)
+    rows, more = jobs_db.page(c, "files", where, args, after, limit, order == "desc", kind="file")
+    return jobs_db.list_object([jobs_db.file_object(r) for r in rows], more)
+
+
+@router.get("/v1/files/{file_id}")
+def retrieve_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
+    return jobs_db.file_object(jobs_db.get_file(jobs_db.conn(request.app.state.tl.db_path), tenant, file_id))
+
+
+@router.get("/v1/files/{file_id}/content")
+def file_content(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
+    state = request.app.state.tl
+    row = jobs_db.get_file(jobs_db.conn(state.db_path), tenant, file_id)
+    path = state.files_dir / row["id"]
+    if not path.is_file():
+        raise not_found("file", file_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=row["filename"])
+
+
+@router.delete("/v1/files/{file_id}")
+def delete_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
+    state = request.app.state.tl
+    c = jobs_db.conn(state.db_path)
+    jobs_db.get_file(c, tenant, file_id)
+    jobs_db.delete_file(c, tenant, file_id)  # the row first: no row ever names missing bytes
+    (state.files_dir / file_id).unlink(missing_ok=True)
+    return {"id": file_id, "object": "file", "deleted": True}

@@ -1,0 +1,209 @@
+"""The worker of one fine-tuning job, a subprocess of the server (serve/job_runner.py):
+
+    python -m tunelab.serve.job_worker --db DB --job ID --config home/jobs/ID/config.json --parent PID
+
+It runs the recipe of the config exactly as `tunelab train` does (task sft -> run_sft, dpo ->
+run_dpo) into the run folder the config names, while a monitor thread turns what the recipe
+writes into the job's records, every 0.25 s and once more at the end:
+
+    run/metrics.jsonl rows      -> `metrics` events; data: step, train_loss (loss), valid_loss
+                                   (val_loss), learning_rate (lr), and the row's other keys ('/' -> '_')
+    run/checkpoints/step-N/     -> a checkpoint object (step N, the metrics of step N) + an event
+    (state.json, complete)
+
+Steps that already have an event (a resumed job retrains the steps after its checkpoint) are not
+reported twice. A checkpoint the recipe pruned (it keeps the last 2) before a sweep saw it is not
+recorded. The worker dies with its server: PR_SET_PDEATHSIG on Linux, and a watchdog thread that
+exits when the parent process is no longer `--parent`.
+
+Exit codes: 0 the run is DONE; 2 a TunelabError, 1 any other error (both recorded as the job's
+`error` for the runner to fail it with; the traceback goes to the worker's log); 3 interrupted
+(SIGINT; the engine saved a checkpoint): the runner queues the job again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from tunelab.config import from_dict
+from tunelab.errors import TunelabError
+from tunelab.serve import jobs_db
+from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps
+
+_KEYS = {"loss": "train_loss", "val_loss": "valid_loss", "lr": "learning_rate"}
+
+
+def metrics_event(row: dict) -> tuple[str, str, dict] | None:
+    """(kind "train" | "valid", message, data) of one metrics.jsonl row; None for other rows."""
+    if "step" not in row or ("loss" not in row and "val_loss" not in row):
+        return None
+    kind = "train" if "loss" in row else "valid"
+    data = {"step": int(row["step"])}
+    data.update({_KEYS.get(k, k.replace("/", "_")): v for k, v in row.items() if k != "step"})
+    key = "train_loss" if kind == "train" else "valid_loss"
+    val = data[key]
+    shown = f"{val:.4f}" if isinstance(val, (int, float)) else str(val)
+    return kind, f"Step {data['step']}: {'training' if kind == 'train' else 'validation'} loss={shown}", data
+
+
+class Monitor:
+    """Reads the run folder into the job's events and checkpoints (see the module docstring)."""
+
+    def __init__(self, db_path: str, job: dict, run: Path, interval: float = 0.25):
+        self.db_path, self.job, self.run, self.interval = db_path, job, run, interval
+        c = jobs_db.conn(db_path)
+        self.seen = jobs_db.metric_steps(c, job["id"])
+        self.ckpts = jobs_db.checkpoint_steps_recorded(c, job["id"])
+        self.by_step: dict[int, dict] = {}  # step -> train_loss / valid_loss, for checkpoint objects
+        self.inode, self.offset = None, 0
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="tunelab-job-monitor", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread, then one last sweep."""
+        self.stop_event.set()
+        self.thread.join(timeout=10)
+        self.sweep()
+
+    def _loop(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                self.sweep()
+            except Exception:  # a half-written line, a folder pruned mid-read: the next sweep sees it whole
+                traceback.print_exc()
+
+    def _new_rows(self) -> list[dict]:
+        """Complete lines of metrics.jsonl not read yet (from the start when the file was replaced)."""
+        path = self.run / "metrics.jsonl"
+        try:
+            st = path.stat()
+        except OSError:
+            return []
+        if st.st_ino != self.inode or st.st_size < self.offset:
+            self.inode, self.offset = st.st_ino, 0
+        with open(path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        end = chunk.rfind(b"\n") + 1
+        self.offset += end
+        return [json.loads(x) for x in chunk[:end].decode("utf-8").splitlines() if x.strip()]
+
+    def sweep(self) -> None:
+        c = jobs_db.conn(self.db_path)
+        for row in self._new_rows():
+            ev = metrics_event(row)
+            if ev is None:
+                continue
+            kind, message, data = ev
+            step = data["step"]
+            keep = "train_loss" if kind == "train" else "valid_loss"
+            self.by_step.setdefault(step, {})[keep] = data[keep]
+            if (step, kind) not in self.seen:
+                self.seen.add((step, kind))
+                jobs_db.add_event(c, self.job, message, type="metrics", data=data)
+        for step in checkpoint_steps(self.run / "checkpoints"):
+            if step not in self.ckpts:
+                self.ckpts.add(step)
+                if jobs_db.add_checkpoint(c, self.job, step, self.by_step.get(step, {})):
+                    jobs_db.add_event(c, self.job, f"Checkpoint created at step {step}")
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit when the server process `parent` is gone (see the module docstring)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="tunelab-job-watchdog", daemon=True).start()
+
+
+def _recipe(task: str):
+    if task == "dpo":
+        from tunelab.train.recipes.dpo import run_dpo
+
+        return run_dpo
+    from tunelab.train.recipes.sft import run_sft
+
+    return run_sft
+
+
+def run_job(db_path: str, job_id: str, config: Path) -> int:
+    """Train the job's run; returns the exit code (see the module docstring)."""
+    c = jobs_db.conn(db_path)
+    job = jobs_db.job_by_id(c, job_id)
+    if job is None:
+        return 1
+    monitor = None
+    try:
+        cfg = from_dict(json.loads(Path(config).read_text(encoding="utf-8")), source=str(config))
+        run = cfg.run_dir()
+        resumes = cfg.train.resume != "no" and not (run / "DONE").exists()
+        steps = checkpoint_steps(run / "checkpoints") if resumes else []
+        jobs_db.add_event(c, job, f"Training resumes from the checkpoint at step {steps[-1]}" if steps else
+                          f"Training {cfg.model.name} ({cfg.task}, {cfg.method.name}) into run {run.name}")
+        monitor = Monitor(db_path, job, run)
+        monitor.start()
+        outcome = _recipe(cfg.task)(cfg, quiet=True)
+        monitor.stop()
+        tokens = getattr(getattr(outcome, "result", None), "trained_tokens", None)
+        jobs_db.set_job(c, job_id, trained_tokens=tokens)
+        return 0 if (run / "DONE").exists() else INTERRUPTED
+    except KeyboardInterrupt:
+        return INTERRUPTED
+    except TunelabError as e:
+        _record_error(c, job_id, "invalid_training_data" if _is_data(e) else "training_failed", e.one_line())
+        return 2
+    except Exception as e:  # a fault of the server, not of the request: the traceback goes to the log
+        traceback.print_exc()
+        _record_error(c, job_id, "server_error", f"internal error: {type(e).__name__}: {e}")
+        return 1
+    finally:
+        if monitor is not None and not monitor.stop_event.is_set():
+            monitor.stop()
+
+
+def _is_data(e: TunelabError) -> bool:
+    return bool(e.where) and e.where.startswith("data.")
+
+
+def _record_error(c, job_id: str, code: str, message: str) -> None:
+    jobs_db.set_job(c, job_id, only_if=("running",), error={"code": code, "message": message, "param": None})
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tunelab.serve.job_worker")
+    ap.add_argument("--db", required=True)
+    ap.add_argument("--job", required=True)
+    ap.add_argument("--config", required=True, type=Path)
+    ap.add_argument("--parent", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.parent is not None:
+        die_with_parent(args.parent)
+    return run_job(args.db, args.job, args.config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
