@@ -71,7 +71,7 @@ def serve(
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
     engine: str = typer.Option("tunelab", "--engine", help="tunelab (this process decodes) or vllm (GPUs)."),
     vllm_port: int = typer.Option(0, "--vllm-port", help="vLLM's loopback port (default: --port + 1)."),
-    vllm_arg: list[str] = typer.Option([], "--vllm-arg", help="One more argument for vLLM (repeatable)."),
+    vllm_arg: list[str] = typer.Option(None, "--vllm-arg", help="One more argument for vLLM (repeatable)."),
 ):
     """Serve the base and the finished runs under --runs through an OpenAI-compatible API."""
     if ctx.invoked_subcommand is not None:
@@ -87,7 +87,7 @@ def serve(
         raise TunelabError(f"unknown engine '{engine}'", where="--engine", hint="use tunelab or vllm")
     if engine == "vllm":
         return _serve_vllm(host, port, base, runs, max_adapters, no_auth, log_level, vllm_port or port + 1,
-                           vllm_arg)
+                           vllm_arg or [])
     import uvicorn
 
     from tunelab.serve.app import create_app
