@@ -1,0 +1,162 @@
+"""Export a transformers model folder as one GGUF file (llama.cpp's format), in pure Python.
+
+No llama.cpp checkout and no compiler: the `gguf` package's writer and its numpy quantizers. The
+file has the keys and tensor layout llama.cpp's convert_hf_to_gguf.py writes for the Llama family
+(LlamaForCausalLM, MistralForCausalLM -> architecture "llama") and Qwen2ForCausalLM ("qwen2"):
+
+  metadata  general.{architecture, type=model, name, file_type, quantization_version}
+            <arch>.{context_length, embedding_length, block_count, feed_forward_length,
+                    attention.head_count, attention.head_count_kv, rope.freq_base,
+                    attention.layer_norm_rms_epsilon, vocab_size, rope.dimension_count}
+            tokenizer.* (gguf_vocab.py: vocabulary, merges, token types, special ids, chat template)
+  tensors   (gguf_tensors.py) token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
+            ffn_up, ffn_down}, output_norm, output (absent when the embeddings are tied);
+            rope_freqs for Llama 3 style rope scaling
+
+Llama's q/k rows are permuted per head (`gguf_tensors.permute_qk`) because ggml's llama rope rotates adjacent
+pairs (x[2i], x[2i+1]) where transformers' rotate_half rotates (x[i], x[i + d/2]); transformers'
+GGUF loader undoes the same permutation. Qwen2 uses the NeoX rope in llama.cpp: no permutation.
+
+Type per tensor (what the converter and llama-quantize choose):
+  1-D tensors, norms, biases                  F32
+  f32 / f16 / bf16                            everything else in that type
+  q8_0                                        Q8_0: blocks of 32 weights, fp16 scale + 32 int8
+                                              = 34 bytes / 32 weights = 8.5 bits/weight
+  q4_0                                        Q4_0: blocks of 32, fp16 scale + 16 bytes of nibbles
+                                              = 18 bytes / 32 weights = 4.5 bits/weight;
+                                              the output matrix (output, or token_embd when tied)
+                                              Q8_0, as llama-quantize keeps it at 6 bits (Q6_K,
+                                              which gguf-py cannot quantize)
+  q8_0 / q4_0 on a row not a multiple of 32   F16 (listed in GGUFInfo.f16_fallback, logged)
+
+The tensors are streamed: infos first (shapes and byte sizes are known from the safetensors
+headers), then each tensor is read, converted and written, so peak memory is about one tensor in
+fp32. The file is written to a temporary sibling and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.export.gguf_tensors import (  # noqa: F401  (re-exported: lora_gguf, tests, benchmarks)
+    ARCHES,
+    Arch,
+    arch_of,
+    choose_type,
+    nbytes,
+    permute_qk,
+    plan,
+    read_config,
+    rope_params,
+    tensor_name_map,
+    unpermute_qk,
+    weight_files,
+)
+from tunelab.export.gguf_tensors import tensor_data as _tensor_data
+
+log = logging.getLogger(__name__)
+
+GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0")
+
+
+@dataclass
+class GGUFInfo:
+    """A written GGUF: its path, the quant asked for (lora: "f32"), tensor count, file size in bytes,
+    general.architecture, and the tensors kept in F16 instead of a block quant."""
+
+    path: Path
+    quant: str
+    tensors: int
+    bytes: int
+    arch: str
+    f16_fallback: tuple[str, ...] = ()  # tensors kept in F16: rows not a multiple of the 32-weight block
+
+
+def _add_hparams(writer, cfg: dict, ftype: int) -> None:
+    try:
+        hidden, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
+        theta, _ = rope_params(cfg)
+        writer.add_context_length(cfg["max_position_embeddings"])
+        writer.add_embedding_length(hidden)
+        writer.add_block_count(cfg["num_hidden_layers"])
+        writer.add_feed_forward_length(cfg["intermediate_size"])
+        writer.add_head_count(n_head)
+        writer.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
+        writer.add_rope_freq_base(theta)
+        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+        writer.add_vocab_size(cfg["vocab_size"])
+    except KeyError as e:
+        raise TunelabError(f"config.json lacks {e.args[0]}", where="GGUF export") from None
+    head_dim = cfg.get("head_dim") or hidden // n_head
+    writer.add_rope_dimension_count(head_dim)
+    if cfg.get("head_dim"):
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+    writer.add_file_type(ftype)
+
+
+def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GGUFInfo:
+    """Write the transformers folder `model_dir` (config.json, safetensors weights, tokenizer.json,
+    chat template: what `tunelab merge` writes) as one complete GGUF file at `out` (replacing it).
+
+    Raises:
+        TunelabError: unknown quant, unsupported architecture or tokenizer, missing files.
+    """
+    from contextlib import ExitStack
+
+    import gguf
+    import numpy as np
+    from safetensors import safe_open
+
+    from tunelab.export.gguf_vocab import add_tokenizer
+
+    if quant not in GGUF_QUANTS:
+        raise TunelabError(f"unknown GGUF quant '{quant}'", where="--quant", hint=f"one of: {', '.join(GGUF_QUANTS)}")
+    model_dir, out = Path(model_dir), Path(out)
+    if not model_dir.is_dir():
+        raise TunelabError(f"{model_dir} is not a folder", where="GGUF export", hint="give a transformers model folder")
+    if out.is_dir():
+        raise TunelabError(f"{out} is a folder", where="--out", hint="give a file name ending in .gguf")
+    cfg = read_config(model_dir)
+    arch = arch_of(cfg)
+    files = weight_files(model_dir)
+    items = plan(files, cfg, arch, quant)
+    fallback = tuple(i.name for i in items if i.fallback)
+    if fallback:
+        log.warning("GGUF %s: %d tensors kept in F16 (rows not a multiple of 32): %s", quant, len(fallback),
+                    ", ".join(fallback[:4]))
+    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
+             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
+
+    writer = gguf.GGUFWriter(path=None, arch=arch.gguf)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(model_dir.resolve().name)
+    _add_hparams(writer, cfg, int(ftype))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    add_tokenizer(writer, model_dir, cfg["vocab_size"])
+    for it in items:  # a float dtype means "logical shape" (not byte shape) to the writer
+        writer.add_tensor_info(it.name, it.shape, np.dtype(np.float32), nbytes(it.shape, it.qtype),
+                               raw_dtype=it.qtype)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        with ExitStack() as stack:
+            opened = {p: stack.enter_context(safe_open(str(p), framework="pt")) for p in dict.fromkeys(files.values())}
+            writer.write_header_to_file(path=tmp)
+            writer.write_kv_data_to_file()
+            writer.write_ti_data_to_file()
+            for it in items:  # same order as the infos: the writer pairs them one by one
+                writer.write_tensor_data(_tensor_data(opened[files[it.hf]] if it.hf else None, it))
+        writer.close()
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback)

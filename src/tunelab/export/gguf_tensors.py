@@ -1,0 +1,206 @@
+"""The tensor side of the GGUF export: which HF tensor becomes which GGUF tensor, in which type.
+
+    HF name (model.layers.3.self_attn.q_proj.weight) -> GGUF name (blk.3.attn_q.weight): gguf-py's
+    TensorNameMap, the table llama.cpp's converter uses.
+    q/k rows of Llama-family models are permuted per head (`permute_qk`, see its docstring).
+    `choose_type` picks the storage type per tensor (the rules are in tunelab/export/gguf.py).
+    `plan` lists every tensor with its shape and type from the safetensors headers alone, so the
+    writer can lay out the file before a single weight is read.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class Arch:
+    gguf: str  # general.architecture
+    permute_qk: bool  # llama rope (adjacent pairs): q/k rows interleaved per head
+
+
+ARCHES = {
+    "LlamaForCausalLM": Arch("llama", True),
+    "MistralForCausalLM": Arch("llama", True),  # llama.cpp runs Mistral as llama (no sliding window)
+    "Qwen2ForCausalLM": Arch("qwen2", False),
+}
+
+
+def read_config(model_dir: Path, where: str = "GGUF export") -> dict:
+    path = Path(model_dir) / "config.json"
+    if not path.is_file():
+        raise TunelabError(f"{model_dir} has no config.json", where=where, hint="give a transformers model folder")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def arch_of(cfg: dict, where: str = "GGUF export") -> Arch:
+    names = cfg.get("architectures") or []
+    for name in names:
+        if name in ARCHES:
+            return ARCHES[name]
+    raise TunelabError(f"architecture {names[0] if names else cfg.get('model_type')} is not supported for GGUF",
+                       where=where, hint=f"supported: {', '.join(ARCHES)}")
+
+
+def rope_params(cfg: dict) -> tuple[float, dict]:
+    """(rope theta, scaling dict) from either config spelling (rope_parameters or rope_theta/rope_scaling)."""
+    rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
+    return float(theta), rp
+
+
+def permute_qk(w, n_head: int):
+    """HF -> llama.cpp row order of a q or k projection (weight rows or bias), per head of d rows:
+    [0, 1, ..., d/2-1 | d/2, ..., d-1] -> [0, d/2, 1, d/2+1, ...]; convert_hf_to_gguf's
+    LlamaModel.permute. `n_head` is the number of heads this matrix holds (the kv heads for k)."""
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def unpermute_qk(w, n_head: int):
+    """The inverse of permute_qk (what transformers' GGUF loader applies)."""
+    return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def tensor_name_map(arch: Arch, n_layers: int):
+    import gguf
+
+    kind = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf)
+    return gguf.get_tensor_name_map(kind, n_layers)
+
+
+def choose_type(name: str, shape: tuple[int, ...], quant: str, tied: bool):
+    """(GGMLQuantizationType, fell_back_to_f16) for tensor `name` (GGUF name) of numpy `shape`."""
+    from gguf import GGML_QUANT_SIZES
+    from gguf import GGMLQuantizationType as T
+
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
+        return T.F32, False
+    qtype = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[quant]
+    if qtype == T.Q4_0 and (name == "output.weight" or (tied and name == "token_embd.weight")):
+        qtype = T.Q8_0
+    block = GGML_QUANT_SIZES[qtype][0]
+    if shape[-1] % block:
+        return T.F16, True
+    return qtype, False
+
+
+def nbytes(shape: tuple[int, ...], qtype) -> int:
+    from gguf import GGML_QUANT_SIZES
+
+    block, size = GGML_QUANT_SIZES[qtype]
+    rows = 1
+    for n in shape[:-1]:
+        rows *= n
+    return rows * (shape[-1] // block) * size
+
+
+def weight_files(model_dir: Path) -> dict[str, Path]:
+    """HF tensor name -> safetensors file holding it (one file or an index of shards)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        wm = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return {k: model_dir / v for k, v in wm.items()}
+    single = model_dir / "model.safetensors"
+    if not single.is_file():
+        raise TunelabError(f"{model_dir} has no model.safetensors", where="GGUF export",
+                           hint="export a folder written by `tunelab merge` (safetensors weights)")
+    from safetensors import safe_open
+
+    with safe_open(str(single), framework="pt") as f:
+        return {k: single for k in f.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+
+
+@dataclass
+class Item:
+    name: str  # GGUF name
+    hf: str | None  # HF tensor name (None: generated, see `data`)
+    shape: tuple[int, ...]
+    qtype: object
+    permute_heads: int = 0  # >0: permute_qk with this many heads
+    fallback: bool = False  # F16 instead of the requested block quant
+    data: object = None  # a generated numpy array (rope_freqs)
+
+
+def llama3_rope_freqs(cfg: dict, rp: dict, theta: float):
+    """Per-frequency rope factors of Llama 3.1 scaling (LlamaModel.generate_extra_tensors)."""
+    import math
+
+    import numpy as np
+
+    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
+    old_ctx = rp.get("original_max_position_embeddings", 8192)
+    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
+    out = []
+    for f in freqs:
+        wavelen = 2 * math.pi / f
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (old_ctx / wavelen - low) / (high - low)
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(out, dtype=np.float32)
+
+
+def plan(files: dict[str, Path], cfg: dict, arch: Arch, quant: str) -> list[Item]:
+    from safetensors import safe_open
+
+    n_layers, tied = cfg["num_hidden_layers"], bool(cfg.get("tie_word_embeddings", False))
+    n_head = cfg["num_attention_heads"]
+    n_kv = cfg.get("num_key_value_heads") or n_head
+    names = tensor_name_map(arch, n_layers)
+    items = []
+    for path in dict.fromkeys(files.values()):
+        with safe_open(str(path), framework="pt") as f:
+            for hf in f.keys():  # noqa: SIM118 (a safe_open handle, not a dict)
+                if hf.endswith(".rotary_emb.inv_freq") or (tied and hf == "lm_head.weight"):
+                    continue
+                name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+                if name is None:
+                    raise TunelabError(f"tensor {hf} has no GGUF name for {arch.gguf}", where="GGUF export")
+                shape = tuple(f.get_slice(hf).get_shape())
+                qtype, fell_back = choose_type(name, shape, quant, tied)
+                heads = 0
+                if arch.permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
+                    heads = n_head
+                elif arch.permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
+                    heads = n_kv
+                items.append(Item(name, hf, shape, qtype, heads, fallback=fell_back))
+    if not tied and not any(i.name == "output.weight" for i in items):
+        raise TunelabError("untied model without lm_head.weight", where="GGUF export")
+    theta, rp = rope_params(cfg)
+    rtype = rp.get("rope_type", rp.get("type", "default"))
+    if rtype == "llama3":
+        import gguf
+
+        data = llama3_rope_freqs(cfg, rp, theta)
+        items.append(Item(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, data.shape,
+                           gguf.GGMLQuantizationType.F32, data=data))
+    elif rtype not in (None, "default"):
+        raise TunelabError(f"rope scaling '{rtype}' is not supported for GGUF", where="GGUF export")
+
+    def order(it: Item):  # token_embd, blocks in order, then the rest (as llama.cpp files are laid out)
+        parts = it.name.split(".")
+        return (0, 0) if parts[0] == "token_embd" else (1, int(parts[1])) if parts[0] == "blk" else (2, 0)
+
+    return sorted(items, key=order)
+
+
+def tensor_data(f, item: Item):
+    """The tensor as written: fp32 numpy, permuted if needed, then encoded to item.qtype."""
+    import torch
+    from gguf import quants
+
+    if item.data is not None:
+        return item.data
+    arr = f.get_tensor(item.hf).to(torch.float32).numpy()
+    if item.permute_heads:
+        arr = permute_qk(arr, item.permute_heads)
+    return quants.quantize(arr, item.qtype)

@@ -1,0 +1,356 @@
+"""An Ollama Modelfile whose TEMPLATE formats chats exactly as the run was trained.
+
+    FROM ./<run>-<quant>.gguf
+    TEMPLATE \"\"\"<a Go template over .System and .Messages>\"\"\"
+    SYSTEM \"\"\"<data.system>\"\"\"                (when the run has one)
+    PARAMETER stop "<|im_end|>"                 (every end-of-turn text: the format's stop, the EOS text)
+    PARAMETER temperature 0
+    PARAMETER num_ctx 2048
+
+How Ollama fills the template (server/routes.go, template/template.go): a chat request gets the
+Modelfile's SYSTEM as a first system message when it has none of its own; `.System` is all system
+messages joined by a blank line, `.Messages` every message (system ones included, consecutive
+messages of one role merged with "\\n\\n"); the template itself must write the assistant prefix after
+the last user message. `render_chat` reproduces exactly that, on our Go-template interpreter.
+
+Built-in and custom formats are translated from their TurnFormat (as `chat_template_jinja` does for
+Jinja): a conversation ending with a user turn renders as `template.prompt_text(messages)`, one ending
+with an assistant turn as the training text `"".join(template.segments(messages))`. An `auto` template
+(the model's own Jinja) is exported as the built-in format that renders identically on the probe
+conversations (system + user, user alone, multi-turn, with and without a final reply; a default system
+prompt of the Jinja, like SmolLM2's, is found and kept); when none does, `--to ollama` is refused.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from tunelab.data.templates import BUILTIN, Template, TurnFormat
+from tunelab.errors import TunelabError
+from tunelab.export.gotemplate import GoTemplate, GoTemplateError, Struct, go_quote
+
+OLLAMA_DEFAULT_CTX = 2048  # Ollama's long-standing default num_ctx
+
+_SYS = "You are a careful assistant. Answer briefly."
+_U1, _A1 = 'Say "{{ .System }}" in braces {', "} Done: {{ .Prompt }}\n- a list\n"
+_U2, _A2 = "  And now?\n\nTwo lines.", "Fine."
+
+
+def probe_conversations() -> list[list[dict]]:
+    """Conversations a chat template must render identically: with and without a system turn, one and
+    two user turns, ending on a user turn (the generation prompt) or on a reply (the training text).
+    The contents hold quotes, braces, Go actions and white space at both ends."""
+    s, u1, a1, u2, a2 = ({"role": r, "content": c} for r, c in
+                         [("system", _SYS), ("user", _U1), ("assistant", _A1), ("user", _U2), ("assistant", _A2)])
+    prompts = [[u1], [s, u1], [u1, a1, u2], [s, u1, a1, u2]]
+    return prompts + [p + [a2] for p in prompts]
+
+
+def _text(template: Template, conv: list[dict]) -> str:
+    """What the run's template renders: the generation prompt, or the full training text."""
+    if conv[-1]["role"] == "user":
+        return template.prompt_text(conv)
+    return "".join(t for t, _ in template.segments(conv))
+
+
+def _renders_alike(a: Template, b: Template) -> bool:
+    try:
+        return all(_text(a, c) == _text(b, c) for c in probe_conversations())
+    except Exception:  # a Jinja template that refuses a probe (e.g. no system role) matches nothing
+        return False
+
+
+def match_builtin(template: Template) -> Template | None:
+    """The built-in format that renders like `template` (an `auto` Jinja) on every probe conversation,
+    as a Template with the same system and EOS; None when no built-in does.
+
+    A default system prompt the Jinja writes when the chat has none is found by rendering a user-only
+    prompt and cutting it around where the built-in puts the system text."""
+    for name, f in BUILTIN.items():
+        candidates = [f.default_system, ""]
+        if template.system is None:
+            sentinel = "\x00SYSTEM\x00"
+            probe = [{"role": "user", "content": _U1}]
+            pre, _, post = Template(name, system=sentinel, fmt=f, eos=template.eos).prompt_text(probe).partition(sentinel)
+            try:
+                got = template.prompt_text(probe)
+            except Exception:
+                continue
+            if got.startswith(pre) and got.endswith(post) and len(got) > len(pre) + len(post):
+                candidates.append(got[len(pre):len(got) - len(post)])
+        for default in dict.fromkeys(candidates):
+            cand = Template(name, system=template.system, fmt=replace(f, default_system=default), eos=template.eos,
+                            extra={"matched_from": template.name})
+            if _renders_alike(template, cand):
+                return cand
+    return None
+
+
+# ---- the Go template -----------------------------------------------------------------------------------------
+def _pieces(fmt: str, slots: dict[str, list]) -> list:
+    """Tokens for `fmt.format(**slots)`: ("lit", text) and each slot's tokens; '{{'/'}}' are literal braces."""
+    out, pos = [], 0
+    for m in re.finditer(r"\{\{|\}\}|\{(\w+)\}", fmt):
+        if m.group(1) is None:
+            continue
+        if m.group(1) not in slots:
+            raise TunelabError(f"unknown placeholder {m.group(0)} in {fmt!r}", where="data.custom_template",
+                               hint=f"use {', '.join('{' + k + '}' for k in slots)}")
+        out += [("lit", fmt[pos:m.start()].replace("{{", "{").replace("}}", "}")), *slots[m.group(1)]]
+        pos = m.end()
+    return out + [("lit", fmt[pos:].replace("{{", "{").replace("}}", "}"))]
+
+
+def _raw_ok(s: str) -> bool:
+    """Can `s` stand as template text? Not when Go would read an action in it ('{{', or '{' just before
+    one), or a Modelfile \"\"\" string could end in it ('"'), or Ollama's parser would drop a character
+    (it keeps only printable runes, tabs and newlines)."""
+    return "{{" not in s and not s.endswith("{") and '"' not in s and all(c.isprintable() or c in "\n\t" for c in s)
+
+
+def _serialize(tokens: list) -> str:
+    """Go template source. A control action goes on its own line as `{{- ...` (the trim eats only that
+    layout newline), except right after text ending in white space, which the trim would eat too."""
+    merged: list = []
+    for kind, s in tokens:  # join neighbouring literals (so "{" + "{" can never form an action)
+        if kind == "lit" and merged and merged[-1][0] == "lit":
+            merged[-1] = ("lit", merged[-1][1] + s)
+        elif kind != "lit" or s:
+            merged.append((kind, s))
+    out, ends_ws = [], False
+    for kind, s in merged:
+        if kind == "lit" and _raw_ok(s):
+            out.append(s)
+            ends_ws = s[-1] in " \t\n"
+            continue
+        if kind == "lit":
+            out.append("{{ " + go_quote(s) + " }}")
+        elif kind == "val":
+            out.append("{{ " + s + " }}")
+        else:
+            out.append(("{{ " if ends_ws else "\n{{- " if out else "{{- ") + s + " }}")
+        ends_ws = False
+    return "".join(out)
+
+
+def go_template(fmt: TurnFormat, default_system: str, eos: str) -> str:
+    """The Go template of a TurnFormat, for Ollama's chat values (.System, .Messages).
+
+    `default_system` is written into the template (used when the chat has no system message), so the
+    template alone reproduces the run's system prompt even where no SYSTEM line can be written."""
+    stop = fmt.stop.replace("<eos>", eos)
+    sys_v, content = [("val", "$system")], [("val", ".Content")]
+    t: list = [("ctl", "$system := .System")]
+    if default_system:
+        t += [("ctl", "if not $system"), ("ctl", f"$system = {go_quote(default_system)}"), ("ctl", "end")]
+    t.append(("lit", fmt.bos))
+    if fmt.system_in_user is None:
+        t += [("ctl", "if $system"), *_pieces(fmt.system, {"content": sys_v}), ("ctl", "end")]
+    t += [("ctl", "range .Messages"), ("ctl", 'if eq .Role "user"')]
+    if fmt.system_in_user is not None:  # the first user turn carries the system text, then it is spent
+        first = _pieces(fmt.system_in_user, {"system": sys_v, "user": content})
+        t += [("ctl", "if $system"), *_pieces(fmt.user, {"content": first}), ("ctl", '$system = ""'),
+              ("ctl", "else"), *_pieces(fmt.user, {"content": content}), ("ctl", "end")]
+    else:
+        t += _pieces(fmt.user, {"content": content})
+    t += [("lit", fmt.assistant_prefix), ("ctl", 'else if eq .Role "assistant"'),
+          *_pieces(fmt.assistant, {"content": content}), ("lit", stop), ("ctl", "end"), ("ctl", "end")]
+    return _serialize(t)
+
+
+@dataclass
+class OllamaTemplate:
+    text: str  # the TEMPLATE (Go)
+    system: str | None  # the SYSTEM line (None: no system prompt, or one the Modelfile cannot quote)
+    stops: list[str]  # PARAMETER stop values
+    format: str  # the format it reproduces: "chatml", or "chatml (matched from auto)"
+    source: Template  # the run's template, what `check_modelfile` compares against
+
+
+def ollama_template(template: Template) -> OllamaTemplate:
+    """The Ollama TEMPLATE, SYSTEM and stop strings of a run's template.
+
+    Raises:
+        TunelabError: an `auto` template that no built-in format reproduces, or a template with no format."""
+    fmt_t = template
+    label = template.name
+    if template.fmt is None:
+        fmt_t = match_builtin(template) if template.jinja is not None else None
+        if fmt_t is None:
+            raise TunelabError(f"the run's `{template.name}` chat template matches no built-in format, so no "
+                               "Ollama TEMPLATE equivalent to it can be written", where="--to ollama",
+                               hint="train with data.template: chatml (or llama2, mistral, gemma, alpaca, qa, "
+                                    "custom), or export --to gguf and write the TEMPLATE yourself")
+        label = f"{fmt_t.name} (matched from {template.name})"
+    f = fmt_t.fmt
+    default = template.system if template.system is not None else f.default_system
+    system = template.system if template.system and _quotable(template.system) else None
+    return OllamaTemplate(go_template(f, default, template.eos), system, fmt_t.stop_strings, label, template)
+
+
+# ---- the Modelfile -------------------------------------------------------------------------------------------
+def _quotable(s: str) -> bool:
+    """Can `s` be written as \"\"\"s\"\"\" and read back whole by Ollama's Modelfile parser?"""
+    return '"""' not in s and not s.startswith('"') and all(c.isprintable() or c in "\n\t" for c in s)
+
+
+def _value(s: str) -> str | None:
+    """A PARAMETER value as Ollama reads it back: in double quotes, or triple ones; None when neither works."""
+    if s and '"' not in s and s.isprintable():
+        return f'"{s}"'
+    return f'"""{s}"""' if s and _quotable(s) and "\n" not in s else None
+
+
+def context_length(model_config: dict) -> int | None:
+    """The positions a model supports, from its config.json (max_position_embeddings and its aliases)."""
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx"):
+        v = model_config.get(key) or (model_config.get("text_config") or {}).get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def choose_num_ctx(max_length: int | None, model_ctx: int | None) -> int:
+    """num_ctx = min(model context, max(data.max_length, 2048)).
+
+    Every training sequence fit in data.max_length tokens, so the context must hold at least that;
+    going below Ollama's default 2048 would only make the export forget chat history sooner than any
+    other Ollama model (Ollama drops the oldest messages to fit num_ctx). Going up to the model's full
+    context (8192 for SmolLM2, 131072 for Llama 3.1) would make Ollama reserve a KV cache for it on
+    every load (2 x layers x kv_heads x head_dim x num_ctx x 2 bytes: 96 MiB at 2048 but 384 MiB at
+    8192 for SmolLM2-135M) for lengths the tuning never saw; and never beyond the positions the model
+    has. E.g. max_length 512 and an 8192-position model: min(8192, max(512, 2048)) = 2048."""
+    want = max(max_length or 0, OLLAMA_DEFAULT_CTX)
+    return min(want, model_ctx) if model_ctx else want
+
+
+def modelfile_text(gguf_name: str, ot: OllamaTemplate, num_ctx: int, temperature: float = 0.0,
+                   run_name: str = "") -> str:
+    """The Modelfile. temperature 0 (greedy) is what `tunelab generate`/`chat` default to and how the run's
+    report sampled its base-vs-tuned replies, so `ollama run` answers as the report showed."""
+    if not _quotable(ot.text) or not ot.text.startswith("{{"):
+        raise TunelabError("the generated TEMPLATE cannot be quoted in a Modelfile", where="--to ollama")
+    lines = [f"# written by tunelab{f' from run {run_name}' if run_name else ''}: ollama create NAME -f Modelfile",
+             f"# TEMPLATE reproduces the run's prompt format: {ot.format}",
+             f"FROM ./{gguf_name}", f'TEMPLATE """{ot.text}"""']
+    if ot.system is not None:
+        lines.append(f'SYSTEM """{ot.system}"""')
+    elif ot.source.system:
+        lines.append("# SYSTEM not written (the text cannot be quoted here): the TEMPLATE holds it as its default")
+    for s in ot.stops:
+        v = _value(s)
+        lines.append(f"PARAMETER stop {v}" if v else f"# PARAMETER stop {s!r} cannot be written in a Modelfile")
+    lines += [f"PARAMETER temperature {temperature:g}", f"PARAMETER num_ctx {num_ctx}"]
+    return "\n".join(lines) + "\n"
+
+
+def ollama_name(run_name: str) -> str:
+    """A model name for `ollama create`: lower case, letters, digits, '.', '_' and '-'."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", run_name.lower()).strip("-._")
+    return name or "tuned"
+
+
+# ---- what Ollama does with it (for the check and the tests) --------------------------------------------------
+_COMMANDS = {"from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter",
+             "message", "requires"}
+
+
+def _unquote(s: str) -> tuple[str, bool]:
+    if s[:3] == '"""':
+        return (s[3:-3], True) if len(s) >= 6 and s[-3:] == '"""' else ("", False)
+    if s[:1] == '"':
+        return (s[1:-1], True) if len(s) >= 2 and s[-1] == '"' else ("", False)
+    return s, True
+
+
+def parse_modelfile(text: str) -> list[tuple[str, str]]:
+    """(command, value) pairs as Ollama's parser reads them (parser/parser.go ParseFile): FROM is
+    "model", PARAMETER gives (its name, value). Raises ValueError where Ollama would fail."""
+    cmds: list[tuple[str, str]] = []
+    state, buf, name = "nil", [], ""
+    for ch in text:
+        space, newline = ch in " \t", ch in "\r\n"
+        if state == "nil":
+            nxt, keep = ("comment", False) if ch == "#" else ("nil", False) if space or newline else ("name", True)
+        elif state == "name":
+            if not (ch.isascii() and ch.isalpha()) and not space:
+                raise ValueError("invalid command")
+            nxt, keep = ("name", True) if not space else ("value", False)
+        elif state == "parameter":
+            if not (ch.isascii() and (ch.isalnum() or ch == "_")) and not space:
+                raise ValueError("unexpected EOF")
+            nxt, keep = ("parameter", True) if not space else ("value", False)
+        elif state == "value":
+            nxt, keep = ("nil", True) if space or newline else ("value", True)
+        else:  # comment
+            nxt, keep = ("nil", False) if newline else ("comment", False)
+        if nxt != state:
+            word = "".join(buf)
+            if state == "name":
+                if word.lower() not in _COMMANDS:
+                    raise ValueError(f"invalid command {word!r}")
+                if word.lower() == "parameter":
+                    nxt = "parameter"
+                name = "model" if word.lower() == "from" else word.lower()
+            elif state == "parameter":
+                name = word
+            elif state == "value":
+                s, ok = _unquote(word.strip())
+                if not ok or space:
+                    buf.append(ch)
+                    continue
+                cmds.append((name, s))
+            buf, state = [], nxt
+        if keep and ch.isprintable():  # Go: strconv.IsPrint (a zeroed rune, keep=False, is never written)
+            buf.append(ch)
+    if state == "value":
+        s, ok = _unquote("".join(buf).strip())
+        if not ok:
+            raise ValueError("unexpected EOF in a quoted value")
+        cmds.append((name, s))
+    elif state not in ("nil", "comment"):
+        raise ValueError("unexpected EOF")
+    if not any(c == "model" for c, _ in cmds):
+        raise ValueError("no FROM line")
+    return cmds
+
+
+def render_chat(template_text: str, messages: list[dict], system: str | None = None) -> str:
+    """The prompt Ollama's /api/chat builds from `messages` with this TEMPLATE and a Modelfile SYSTEM."""
+    t = GoTemplate(template_text)
+    if "messages" not in t.identifiers():
+        raise ValueError("only .Messages templates are emulated (not the legacy .Prompt/.Response form)")
+    msgs = [dict(m) for m in messages]
+    if msgs and msgs[0]["role"] != "system" and system:  # routes.go: the model's SYSTEM leads a chat without one
+        msgs.insert(0, {"role": "system", "content": system})
+    collated: list[dict] = []
+    for m in msgs:  # template.go collate: consecutive messages of one role are merged
+        if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
+            collated[-1]["content"] += "\n\n" + m["content"]
+        else:
+            collated.append(dict(m))
+    values = {
+        "System": "\n\n".join(m["content"] for m in msgs if m["role"] == "system"),
+        "Messages": [Struct(Role=m["role"], Content=m["content"], Thinking="", Images=None, ToolCalls=None,
+                            ToolName="", ToolCallID="") for m in collated],
+        "Tools": None, "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False,
+    }
+    return t.execute(values)
+
+
+def check_modelfile(text: str, template: Template) -> int:
+    """Read the Modelfile as Ollama does and render every probe conversation through its TEMPLATE and
+    SYSTEM; returns how many matched the run's `template`. TunelabError at the first that differs."""
+    try:
+        cmds = dict(parse_modelfile(text))
+        convs = probe_conversations()
+        for conv in convs:
+            got, want = render_chat(cmds["template"], conv, cmds.get("system")), _text(template, conv)
+            if got != want:
+                raise TunelabError(f"the Modelfile TEMPLATE renders {got[:60]!r}..., the run's template "
+                                   f"{want[:60]!r}... ({len(conv)} messages)", where="Modelfile",
+                                   hint="please report this: the export would format prompts unlike training")
+    except (ValueError, GoTemplateError, KeyError) as e:
+        raise TunelabError(f"the Modelfile does not read back: {e}", where="Modelfile") from e
+    return len(convs)
