@@ -111,7 +111,7 @@ def main() -> None:
         agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(toks, hf["tokens"])]
         res[name] = {**r, "build_s": round(build, 2), "same_first_64_as_hf": sum(same), "of": len(same),
                      "tokens_before_first_difference": agree, "validation_ppl": _ppl(eng, texts)}
-        if dtype == torch.float32:
+        if name == "tunelab_fp32":
             res["same_tokens_fp32"] = all(same)
             for b in [int(x) for x in args.batch.split(",") if x]:
                 rows = [prompts[i % len(prompts)] for i in range(b)]

@@ -65,13 +65,23 @@ def test_prompt_longer_than_the_context_is_one_line(gens, tiny_model_dir, capsys
     assert len(err) == 1 and "context" in err[0]
 
 
-def test_unknown_engine_and_int8_on_hf_are_refused(tiny_model_dir, capsys):
+def test_unknown_engine_and_weights_on_hf_are_refused(tiny_model_dir, capsys):
     from tunelab.cli.main import run
 
     with pytest.raises(TunelabError, match="unknown decode engine"):
         Generator(None, None, None, engine="vllm")
     with pytest.raises(SystemExit) as e:
-        run(["generate", str(tiny_model_dir), "-p", "hi", "--engine", "hf", "--int8"])
+        run(["generate", str(tiny_model_dir), "-p", "hi", "--engine", "hf", "--weights", "int8"])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--int8" in err[0]
+    assert len(err) == 1 and "--weights" in err[0]
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_other_weights_decode_on_the_engine(gens, weights):
+    ours, _ = gens
+    gen = Generator(ours.model, ours.tokenizer, ours.template, weights=weights)
+    assert gen.engine_name == "tunelab"
+    assert gen.engine.w.dtype == (torch.bfloat16 if weights == "bf16" else torch.float32)
+    assert (gen.engine.w.blocks[0].qkv.packed is not None) == (weights == "int8")
+    assert isinstance(gen.reply(CONVS[0], max_new_tokens=8), str)

@@ -11,24 +11,29 @@ from rich.console import Console
 from tunelab.cli.main import app
 
 
-INT8_HELP = ("Decode with int8 weights (fbgemm, CPU): a quarter of fp32's bytes per token, several times "
-             "faster; tokens can differ from fp32 (docs/inference.md).")
+WEIGHTS_HELP = ("The decode engine's weights: auto (the model's dtype: fp32 gives transformers' tokens) | bf16 "
+                "(half the bytes, ~1.9x faster on CPU, tokens can differ) | int8 (fbgemm, faster still, loses "
+                "quality: docs/inference.md).")
 ENGINE_HELP = "auto (tunelab's decode engine when it runs the model) | engine | hf (transformers' generate)."
 
 
-def _generator(run: str, base: bool, command: str, engine: str = "auto", int8: bool = False):
+def _generator(run: str, base: bool, command: str, engine: str = "auto", weights: str = "auto"):
     """The Generator of a finished sft/pretrain/dpo run, or of a model (alias, folder, .gguf, hub id);
     TunelabError, before anything loads, for anything else (rundir.run_or_model)."""
     from tunelab.errors import TunelabError
     from tunelab.infer.generate import Generator
     from tunelab.runs.kinds import GENERATIVE_TASKS, run_or_model
 
-    kw = dict(engine=engine, weights="int8" if int8 else "dense")
-    if int8 and engine == "hf":
-        raise TunelabError("--int8 runs on tunelab's engine, not transformers' generate", where="--engine",
-                           hint="drop --engine hf, or drop --int8")
+    from tunelab.infer.engine_choice import WEIGHTS
+
+    kw = dict(engine=engine, weights=weights)
     if engine not in ("auto", "engine", "hf"):
         raise TunelabError(f"unknown engine '{engine}'", where="--engine", hint="auto, engine or hf")
+    if weights not in WEIGHTS:
+        raise TunelabError(f"unknown weights '{weights}'", where="--weights", hint=", ".join(WEIGHTS))
+    if weights != "auto" and engine == "hf":
+        raise TunelabError(f"--weights {weights} is for tunelab's engine, not transformers' generate",
+                           where="--weights", hint="drop --engine hf, or drop --weights")
     if run_or_model(run, GENERATIVE_TASKS, command) is not None:
         return Generator.from_run(run, base=base, **kw)
     if base:
@@ -47,7 +52,7 @@ def generate_cmd(
     temperature: float = typer.Option(0.0, "--temperature", help="0 = greedy."),
     seed: int = typer.Option(None, "--seed", help="Sampling seed (same seed, same reply)."),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
-    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+    weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP),
 ) -> None:
     """Generate replies for one or more prompts, using the template the run was trained with."""
     from tunelab.errors import TunelabError
@@ -56,7 +61,7 @@ def generate_cmd(
     items = list(prompt or []) + (read_prompts(prompts) if prompts else [])
     if not items:
         raise TunelabError("no prompt given", where="--prompt", hint='pass --prompt "..." or --prompts FILE')
-    gen = _generator(run, base, "generate", engine, int8)
+    gen = _generator(run, base, "generate", engine, weights)
     for p in items:
         reply = gen.reply([{"role": "user", "content": p}], max_new_tokens=max_new_tokens, temperature=temperature,
                           seed=seed)
@@ -73,13 +78,13 @@ def chat_cmd(
     max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
     temperature: float = typer.Option(0.0, "--temperature"),
     engine: str = typer.Option("auto", "--engine", help=ENGINE_HELP),
-    int8: bool = typer.Option(False, "--int8", help=INT8_HELP),
+    weights: str = typer.Option("auto", "--weights", help=WEIGHTS_HELP),
 ) -> None:
     """Multi-turn chat with streaming. /reset clears the history, /quit leaves."""
     from tunelab.errors import TunelabError
 
     console = Console()
-    gen = _generator(run, base, "chat", engine, int8)
+    gen = _generator(run, base, "chat", engine, weights)
     history: list[dict] = [{"role": "system", "content": system}] if system else []
     console.print("[dim]chat: /reset clears the history, /quit (or Ctrl-D) leaves[/dim]")
     while True:

@@ -7,13 +7,16 @@ decoded), so it is used when
                <= half of the memory available now
 
 and the model is one it computes exactly (infer/weights.py). The engine dtype is bf16 when the
-generator runs under bf16 autocast, else the dtype of the model's parameters; `weights="int8"`
-(1 byte per weight, fp32 activations) is asked for explicitly, never chosen.
+generator runs under bf16 autocast, else the dtype of the model's parameters (`weights="auto"`);
+`weights` "fp32", "bf16" or "int8" (fbgemm, activations quantized per tensor) ask for one, and
+are never chosen automatically (docs/inference.md measures what each costs in tokens and perplexity).
 """
 
 from __future__ import annotations
 
 import torch
+
+WEIGHTS = ("auto", "fp32", "bf16", "int8")
 
 
 def _copy_bytes(model, dtype: torch.dtype) -> int:
@@ -38,14 +41,15 @@ def engine_dtype(model, autocast_dtype: torch.dtype | None) -> torch.dtype:
 
 
 def build_engine(model, autocast_dtype: torch.dtype | None = None, required: bool = False,
-                 weights: str = "dense"):
+                 weights: str = "auto"):
     """(DecodeEngine, "") or (None, the reason transformers' generate is used). With `required`, a model
     the engine cannot run raises TunelabError instead."""
     from tunelab.errors import TunelabError
     from tunelab.infer.decode import DecodeEngine, Unsupported
     from tunelab.memory.available import detect_memory
 
-    dtype = torch.float32 if weights == "int8" else engine_dtype(model, autocast_dtype)
+    dtype = {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16}.get(weights) \
+        or engine_dtype(model, autocast_dtype)
     device = next(model.parameters()).device
     need = _copy_bytes(model, torch.int8 if weights == "int8" else dtype)
     _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
@@ -54,7 +58,7 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
             raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
         if weights == "int8" and device.type != "cpu":
             raise Unsupported("int8 weights run on the CPU (fbgemm)")
-        return DecodeEngine.from_model(model, dtype=dtype, weights=weights), ""
+        return DecodeEngine.from_model(model, dtype=dtype, weights="int8" if weights == "int8" else "dense"), ""
     except Unsupported as e:
         if required:
             raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",

@@ -29,16 +29,21 @@ from tunelab.errors import TunelabError
 
 class Generator:
     def __init__(self, model, tokenizer, template: Template, autocast_dtype: torch.dtype | None = None,
-                 engine: str = "auto", weights: str = "dense"):
+                 engine: str = "auto", weights: str = "auto"):
         if engine not in ("auto", "engine", "hf"):
             raise TunelabError(f"unknown decode engine '{engine}'", where="engine", hint="auto, engine or hf")
         self.model = model
         self.tokenizer = tokenizer
         self.template = template
         self.autocast_dtype = autocast_dtype
-        if weights not in ("dense", "int8"):
-            raise TunelabError(f"unknown engine weights '{weights}'", where="weights", hint="dense or int8")
-        self._engine_choice = engine if weights == "dense" else "engine"  # int8 exists on the engine only
+        from tunelab.infer.engine_choice import WEIGHTS
+
+        if weights not in WEIGHTS:
+            raise TunelabError(f"unknown engine weights '{weights}'", where="weights", hint=", ".join(WEIGHTS))
+        if weights != "auto" and engine == "hf":
+            raise TunelabError(f"weights '{weights}' are the decode engine's, not transformers' generate",
+                               where="engine", hint="use engine auto, or weights auto")
+        self._engine_choice = engine if weights == "auto" else "engine"  # a weights choice exists on the engine only
         self.weights = weights
         self._engine = None
         self.engine_reason = ""  # why transformers' generate is used, when it is
@@ -64,7 +69,7 @@ class Generator:
     @classmethod
     def from_model(cls, name: str, template: str = "auto", system: str | None = None, dtype: str = "auto",
                    device: str = "auto", **engine) -> "Generator":
-        """`engine` keywords: engine ("auto" | "engine" | "hf") and weights ("dense" | "int8")."""
+        """`engine` keywords: engine ("auto" | "engine" | "hf") and weights ("auto" | "fp32" | "bf16" | "int8")."""
         from tunelab.models.load import load_causal_lm
 
         model, tok, _ = load_causal_lm(name, dtype=dtype, device=device)
