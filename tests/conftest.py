@@ -12,6 +12,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One intra-op thread for the tests and every process they start: on tensors as small as the tiny
+# models' an OpenMP barrier costs more than the second core gives back, and on 2 shared cores two
+# threads ran the tiny trainings up to 7x slower (slow tests on the real model are not affected:
+# they run with -m slow, where this default applies too unless OMP_NUM_THREADS is set).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -143,7 +143,8 @@ class DecodeEngine:
     def _new_cache(self, b: int, n: int) -> list:
         shape = (b, self.w.n_kv_heads, n, self.w.head_dim)
         kw = dict(dtype=self.w.dtype, device=self.device)
-        return [(torch.empty(shape, **kw), torch.empty(shape, **kw))
+        # zeros, not empty: a masked slot still multiplies its V by a probability of 0, and 0 x NaN garbage = NaN
+        return [(torch.zeros(shape, **kw), torch.zeros(shape, **kw))
                 for _ in self.w.blocks]
 
     @torch.inference_mode()
