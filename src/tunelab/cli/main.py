@@ -34,6 +34,7 @@ SUBAPPS = {
 }
 # modules that register plain commands on `app` (import side effect: @app.command()).
 COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
+                   "tunelab.cli.eval",
                    "tunelab.cli.merge",
                    "tunelab.cli.export",
                    "tunelab.cli.predict",

@@ -1,0 +1,129 @@
+"""`tunelab eval MODEL [MODEL ...] --data FILE`: evaluate and compare runs and models on one file.
+
+MODEL: a run directory, a model alias, folder or hub id; `--base` adds each run's base, `--kb NAME`
+adds a "+rag" variant of every model (retrieval from tunelab.rag, wired in here: rag sits above eval,
+so eval's code receives the prompt rewrite as a function). Classify runs take a classification file.
+Writes results.json, report.md and report.html to --out (default eval/), prints the table (or the
+results as JSON with --json). Bad input is one line, exit 2 (the root command prints TunelabError).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from tunelab.cli.main import app
+from tunelab.errors import TunelabError
+
+
+def retrieval(kb, run_dir: str | None, k: int):
+    """prompt turns -> the same turns with the last user turn replaced by `rag ask`'s prompt (the top `k`
+    passages of the opened knowledge base `kb` for that turn, in the run's RAG prompt if it has one)."""
+    from tunelab.rag.ask import build_messages, run_prompt
+    from tunelab.rag.retrieve import query
+
+    template = run_prompt(run_dir)
+
+    def rewrite(turns: list[dict]) -> list[dict]:
+        last = max(i for i, t in enumerate(turns) if t["role"] == "user")
+        hits = query(kb, turns[last]["content"], k=k)
+        return turns[:last] + build_messages(turns[last]["content"], hits, template) + turns[last + 1:]
+
+    return rewrite
+
+
+def _is_classify(name: str) -> bool:
+    from tunelab.runs.kinds import run_task
+
+    p = Path(name).expanduser()
+    return p.is_dir() and run_task(p) == "classify"
+
+
+@app.command("eval")
+def eval_cmd(
+    models: List[str] = typer.Argument(..., help="Runs (runs/<name>) and models (alias, folder, hub id) to compare."),
+    data: Path = typer.Option(..., "--data", "-d", help="Examples whose last assistant turn is the reference "
+                                                         "(a classification file for classify runs)."),
+    base: bool = typer.Option(False, "--base", help="Add each run's base model."),
+    kb: Optional[str] = typer.Option(None, "--kb", help="Add a '+rag' variant of each model, retrieving from this KB."),
+    kb_dir: Optional[Path] = typer.Option(None, "--kb-dir", help="Knowledge base folder (default $TUNELAB_HOME/kb/NAME)."),
+    k: int = typer.Option(3, "-k", help="Passages retrieved per question (--kb)."),
+    contains: Optional[str] = typer.Option(None, "--contains", help="Score replies containing this text."),
+    regex: Optional[str] = typer.Option(None, "--regex", help="Score replies matching this regular expression."),
+    metrics: Optional[List[str]] = typer.Option(
+        None, "--metrics", help="nll perplexity exact contains regex rouge_l chrf length "
+                                "(repeatable or comma-separated; default all)."),
+    max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
+                                                  help="Default: a run's eval.max_new_tokens (its report's), else 128."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1),
+    judge: Optional[str] = typer.Option(None, "--judge", help="OpenAI-compatible base URL of a judge (e.g. http://127.0.0.1:8000/v1)."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="The judge's model name."),
+    out: Path = typer.Option(Path("eval"), "--out", "-o", help="Folder for results.json, report.md, report.html."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Result cache (default OUT/cache)."),
+    as_json: bool = typer.Option(False, "--json", help="Print results.json instead of the table."),
+) -> None:
+    """Evaluate and compare models: reply NLL, generated-reply scores, an optional judge; HTML report."""
+    from tunelab.eval.outputs import write_outputs
+    from tunelab.eval.report_files import markdown
+
+    log = (lambda s: None) if as_json else typer.echo
+    if not data.is_file():
+        raise TunelabError(f"file not found: {data}", where="--data")
+    classify = [_is_classify(m) for m in models]
+    if any(classify):
+        if not all(classify):
+            raise TunelabError("classify runs compare only with classify runs", where="MODEL",
+                               hint="evaluate classify runs and generative models in separate commands")
+        if kb or judge or base:
+            raise TunelabError("--kb, --judge and --base apply to generative models, not classify runs", where="MODEL")
+        from tunelab.eval.classify_compare import evaluate_classify
+        from tunelab.runs.kinds import require_run
+
+        for m in models:
+            require_run(m, ("classify",), "eval", where="MODEL")
+        results = evaluate_classify(models, data, batch_size=batch_size, log=log)
+    else:
+        results = _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens,
+                              batch_size, judge, judge_model, out, cache_dir, log)
+    paths = write_outputs(results, out)
+    if as_json:
+        typer.echo(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8")), indent=1, ensure_ascii=False))
+        return
+    typer.echo(markdown(results).split("\n\n", 1)[1].split("\n\nPer-example")[0])
+    typer.echo(f"written: {paths['json']}, {paths['md']}, {paths['html']}")
+
+
+def _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens, batch_size,
+                judge, judge_model, out, cache_dir, log) -> dict:
+    from tunelab.eval import text_metrics
+    from tunelab.eval.compare import Cache, contenders_for, default_cache_dir, evaluate, load_items
+
+    chosen = text_metrics.select([x.strip() for m in metrics or [] for x in m.split(",") if x.strip()],
+                                 contains, regex)
+    text_metrics.compile_regex(regex)
+    contenders = [c for m in models for c in contenders_for(m, base)]
+    items = load_items(data)
+    if kb is not None:
+        from tunelab.rag.retrieve import open_kb
+
+        opened = open_kb(None if kb_dir else kb, directory=kb_dir)  # an unknown KB fails here, before any model loads
+        contenders = [v for c in contenders
+                      for v in (c, c.with_prompt(retrieval(opened, c.run_dir, k), f"rag:{kb_dir or kb}:{k}", "+rag"))]
+    jd = None
+    if judge is not None or judge_model is not None:
+        if not (judge and judge_model):
+            raise TunelabError("--judge needs --judge-model (and --judge-model needs --judge)", where="--judge")
+        if len(contenders) < 2:
+            raise TunelabError("the judge compares two models or more", where="--judge", hint="add a MODEL or --base")
+        from tunelab.eval.judge import Judge
+
+        jd = Judge(judge, judge_model)
+        jd.check()  # before anything is generated
+    cache = Cache(cache_dir or default_cache_dir(out))
+    results = evaluate(contenders, items, chosen, contains=contains, regex=regex, max_new_tokens=max_new_tokens,
+                       batch_size=batch_size, cache=cache, judge=jd, data=str(data), log=log)
+    log(f"cache: {cache.hits} hits, {cache.misses} misses ({cache.dir})")
+    return results
