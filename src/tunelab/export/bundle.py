@@ -14,13 +14,13 @@ refused cheaply (the run, --to, --quant, the Ollama template, DIR) is refused be
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.export.gguf import GGUF_QUANTS
+from tunelab.export.staging import check_out, publish, staging
 
 TARGETS = ("hf", "gguf", "ollama", "lora-gguf")
 HF_DTYPES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16"}  # --quant -> merge_run dtype
@@ -63,31 +63,6 @@ def check_quant(to: str, quant: str | None) -> str:
 
 def default_out(run: Path, to: str, quant: str) -> Path:
     return Path(run) / "export" / ("lora-gguf" if to == "lora-gguf" else f"{to}-{quant}")
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise TunelabError(f"{out} exists and is not empty", where="--out",
-                           hint="choose another folder, or pass --overwrite")
-
-
-def _staging(out: Path) -> Path:
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Rename the finished `tmp` to `out`, replacing what was there (only then is it removed)."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, out)
 
 
 def _listing(out: Path) -> list[tuple[Path, int]]:
@@ -158,14 +133,14 @@ def export_run(run: str | Path, to: str, quant: str | None = None, out: str | Pa
         gguf_name = f"{rd.path.name}-{quant}.gguf"
         res.modelfile, res.checked = _modelfile(rd, cfg, ot, gguf_name, Path(base) if base else None, temperature)
         return res
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     if to == "hf":
         from tunelab.export.merge import merge_run
 
         res.merge = merge_run(rd.path, out, dtype=HF_DTYPES[quant], overwrite=overwrite)
         res.files = _listing(out)
         return res
-    tmp = _staging(out)
+    tmp = staging(out)
     try:
         if to == "lora-gguf":
             from tunelab.export.lora_gguf import write_lora_gguf
@@ -186,7 +161,7 @@ def export_run(run: str | Path, to: str, quant: str | None = None, out: str | Pa
                     res.notes.append("the GGUF says add_bos_token, so Ollama puts a BOS token before each prompt "
                                      "that training did not have (and a second one where the format writes BOS)")
             shutil.rmtree(merged)
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -37,11 +37,11 @@ fp32. The file is written to a temporary sibling and renamed into place when com
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.export.staging import staged_file
 from tunelab.export.gguf_tensors import (  # noqa: F401  (re-exported: lora_gguf, tests, benchmarks)
     ARCHES,
     Arch,
@@ -143,20 +143,11 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
         writer.add_tensor_info(it.name, it.shape, np.dtype(np.float32), nbytes(it.shape, it.qtype),
                                raw_dtype=it.qtype)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        with ExitStack() as stack:
-            opened = {p: stack.enter_context(safe_open(str(p), framework="pt")) for p in dict.fromkeys(files.values())}
-            writer.write_header_to_file(path=tmp)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for it in items:  # same order as the infos: the writer pairs them one by one
-                writer.write_tensor_data(_tensor_data(opened[files[it.hf]] if it.hf else None, it))
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with staged_file(out, writer.close) as tmp, ExitStack() as stack:
+        opened = {p: stack.enter_context(safe_open(str(p), framework="pt")) for p in dict.fromkeys(files.values())}
+        writer.write_header_to_file(path=tmp)
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        for it in items:  # same order as the infos: the writer pairs them one by one
+            writer.write_tensor_data(_tensor_data(opened[files[it.hf]] if it.hf else None, it))
     return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback)

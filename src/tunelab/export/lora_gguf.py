@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.export.staging import staged_file
 from tunelab.export.gguf import (
     GGUFInfo,
     arch_of,
@@ -160,16 +160,8 @@ def write_lora_gguf(run_dir: str | Path, out: str | Path) -> GGUFInfo:
         writer.add_tensor(f"{name}.lora_a", a)
         writer.add_tensor(f"{name}.lora_b", b)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
+    with staged_file(out, writer.close) as tmp:
         writer.write_header_to_file(path=tmp)
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        writer.close()
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return GGUFInfo(out, "f32", 2 * len(tensors), out.stat().st_size, arch.gguf)

@@ -24,7 +24,6 @@ so a crash never leaves a half-written model under the requested name.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import nn
 
 from tunelab.errors import TunelabError
+from tunelab.export.staging import check_out, publish, staging
 from tunelab.quant import bnb_compat
 
 bnb_compat.defer_bitsandbytes_import()  # merge_run imports peft: keep it from importing bitsandbytes
@@ -87,29 +87,6 @@ def _drop_quantization_config(model: nn.Module) -> None:
         model.is_quantized = False
 
 
-def _prepare_out(out: Path, overwrite: bool) -> Path:
-    """Check the destination; return the temporary sibling folder to write into."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise TunelabError(f"{out} exists and is not empty", where="--out",
-                           hint="choose another folder, or pass --overwrite")
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    return tmp
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished `tmp` folder to `out`, replacing what was there."""
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old) if old.is_dir() else old.unlink()
-    else:
-        os.replace(tmp, out)
-
-
 def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> MergeResult:
     """Merge (or export) a finished run into `out`: a folder `AutoModelForCausalLM.from_pretrained`
     loads without tunelab, with the tokenizer and the run's chat template.
@@ -126,7 +103,8 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
     rd, cfg = load_run(run)
     out = Path(out)
     method = cfg.get("method", {}).get("name", "lora")
-    tmp = _prepare_out(out, overwrite)
+    check_out(out, overwrite)
+    tmp = staging(out)
     dequantized = merged = 0
     try:
         if (rd.path / "model").exists():  # full / freeze: already one model
@@ -162,7 +140,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
         info = {"run": str(rd.path.resolve()), "method": method, "dtype": dtype, "params": params,
                 "dequantized_layers": dequantized, "merged_layers": merged}
         (tmp / "tunelab_merge.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        _publish(tmp, out)
+        publish(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
