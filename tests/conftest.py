@@ -54,6 +54,47 @@ def tiny_lora(tiny_model_dir):
     return make
 
 
+TUNEBOT_TRAIN = "examples/data/tunebot/train.jsonl"
+TUNEBOT_VAL = "examples/data/tunebot/validation.jsonl"
+
+
+def _first_lines(path: str, n: int) -> str:
+    return "".join(Path(path).read_text(encoding="utf-8").splitlines(keepends=True)[:n])
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_model_dir):
+    """tiny_run(tmp, name, ...) -> the run folder of a short LoRA run of the tiny Llama on the first
+    `n_train` / `n_val` TuneBot examples (r=4, alpha=16, lr 2e-2, batch 4, fp32, no evaluation passes).
+
+    fp32, not auto: every comparison made on these runs is without autocast, and pinning it keeps the
+    trained adapter the same on every CPU kind. The data goes to tmp/data, the run to tmp/<runs>/<name>.
+    """
+    from tunelab.config import from_dict
+    from tunelab.train.recipes.sft import run_sft
+
+    def make(tmp: Path, name: str, *, n_train: int = 16, n_val: int = 1, steps: int = 3, method: str = "lora",
+             system: str | None = "You are TuneBot.", runs: str = "runs", eval_extra: dict | None = None) -> Path:
+        data = tmp / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        (data / "train.jsonl").write_text(_first_lines(TUNEBOT_TRAIN, n_train))
+        (data / "val.jsonl").write_text(_first_lines(TUNEBOT_VAL, n_val))
+        data_cfg = {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl")}
+        if system is not None:
+            data_cfg["system"] = system
+        cfg = from_dict({
+            "model": {"name": str(tiny_model_dir)},
+            "data": data_cfg,
+            "method": {"name": method, "r": 4, "alpha": 16},
+            "train": {"lr": 2e-2, "max_steps": steps, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
+            "output": {"dir": str(tmp / runs), "name": name},
+            "eval": {"from_validation": 0, **(eval_extra or {})},
+        })
+        return run_sft(cfg, quiet=True).run_dir
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def load_benchmark():
     """load_benchmark("sentiment") -> benchmarks/sentiment.py imported as a module (slow tests reuse them)."""

@@ -9,32 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import from_dict
 
-TRAIN = "examples/data/tunebot/train.jsonl"
-VAL = "examples/data/tunebot/validation.jsonl"
 LLAMA3 = ("{{ bos_token }}{% for m in messages %}{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\\n\\n' "
           "+ m['content'] + '<|eot_id|>' }}{% endfor %}{% if add_generation_prompt %}"
           "{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+def run_dir(tmp_path_factory, tiny_run) -> Path:
     """A 2-step LoRA run of the tiny Llama with template auto (its ChatML Jinja) and a system prompt."""
-    from tunelab.train.recipes.sft import run_sft
-
-    tmp = tmp_path_factory.mktemp("export")
-    (tmp / "train.jsonl").write_text("".join(open(TRAIN).readlines()[:8]))
-    (tmp / "val.jsonl").write_text("".join(open(VAL).readlines()[:1]))
-    cfg = from_dict({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "val.jsonl"), "system": "You are TuneBot."},
-        "method": {"name": "lora", "r": 4, "alpha": 16},
-        "train": {"lr": 2e-2, "max_steps": 2, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-        "output": {"dir": str(tmp / "runs"), "name": "tunebot"},
-        "eval": {"from_validation": 0},
-    })
-    return run_sft(cfg, quiet=True).run_dir
+    return tiny_run(tmp_path_factory.mktemp("export"), "tunebot", n_train=8, n_val=1, steps=2)
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:

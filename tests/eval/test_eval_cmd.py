@@ -12,7 +12,6 @@ import pytest
 
 from tunelab.cli.main import run as tunelab
 
-VAL = "examples/data/tunebot/validation.jsonl"
 SIG = "—TuneBot"
 
 
@@ -28,26 +27,14 @@ def one_line_error(capsys, fragment: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, tiny_model_dir):
-    from tunelab.config import from_dict
-    from tunelab.train.recipes.sft import run_sft
-
+def setup(tmp_path_factory, tiny_model_dir, tiny_run):
     tmp = tmp_path_factory.mktemp("evalcmd")
-    lines = open(VAL, encoding="utf-8").readlines()
-    (tmp / "train.jsonl").write_text("".join(open("examples/data/tunebot/train.jsonl").readlines()[:8]))
-    (tmp / "data.jsonl").write_text("".join(lines[:5]))
-    cfg = from_dict({"model": {"name": str(tiny_model_dir)},
-                     "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "data.jsonl"),
-                              "system": "You are TuneBot."},
-                     "method": {"name": "lora", "r": 4, "alpha": 16},
-                     "train": {"lr": 2e-2, "max_steps": 2, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-                     "output": {"dir": str(tmp / "runs"), "name": "tiny"},
-                     "eval": {"from_validation": 0, "max_new_tokens": 6}})
-    run_dir = run_sft(cfg, quiet=True).run_dir
+    run_dir = tiny_run(tmp, "tiny", n_train=8, n_val=5, steps=2, eval_extra={"max_new_tokens": 6})
+    data = tmp / "data" / "val.jsonl"  # the run's 5 validation examples are the evaluation data
     out = tmp / "out"
-    assert cli(run_dir, "--base", "--data", tmp / "data.jsonl", "--contains", "e", "--regex", r"\w+",
+    assert cli(run_dir, "--base", "--data", data, "--contains", "e", "--regex", r"\w+",
                "--out", out) == 0
-    return {"tmp": tmp, "run": run_dir, "data": tmp / "data.jsonl", "out": out, "model": tiny_model_dir}
+    return {"tmp": tmp, "run": run_dir, "data": data, "out": out, "model": tiny_model_dir}
 
 
 def test_results_shape_and_values(setup):

@@ -11,30 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import from_dict
 from tunelab.errors import TunelabError
 
-TRAIN = "examples/data/tunebot/train.jsonl"
-VAL = "examples/data/tunebot/validation.jsonl"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, tiny_model_dir) -> Path:
+def run_dir(tmp_path_factory, tiny_run) -> Path:
     """A 2-step LoRA run on 12 train / 2 validation examples (report.md has base and tuned val loss)."""
-    from tunelab.train.recipes.sft import run_sft
-
-    tmp = tmp_path_factory.mktemp("hub")
-    (tmp / "train.jsonl").write_text("".join(open(TRAIN).readlines()[:12]))
-    (tmp / "val.jsonl").write_text("".join(open(VAL).readlines()[:2]))
-    cfg = from_dict({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "val.jsonl"), "system": "You are TuneBot."},
-        "method": {"name": "lora", "r": 4, "alpha": 16},
-        "train": {"lr": 2e-2, "max_steps": 2, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-        "output": {"dir": str(tmp / "runs"), "name": "tunebot"},
-        "eval": {"from_validation": 0},
-    })
-    return run_sft(cfg, quiet=True).run_dir
+    return tiny_run(tmp_path_factory.mktemp("hub"), "tunebot", n_train=12, n_val=2, steps=2)
 
 
 class FakeApi:

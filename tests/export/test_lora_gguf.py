@@ -6,38 +6,21 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tunelab.config import from_dict
 from tunelab.errors import TunelabError
 
-TRAIN = "examples/data/tunebot/train.jsonl"
-VAL = "examples/data/tunebot/validation.jsonl"
 PROJ = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
         "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_model_dir):
+def run(tmp_path_factory, tiny_run):
     """A 2-step LoRA run (r=4, alpha=16, every linear layer) on 8 examples of the tiny Llama."""
-    from tunelab.train.recipes.sft import run_sft
-
-    tmp = tmp_path_factory.mktemp("lora_gguf")
-    (tmp / "train.jsonl").write_text("".join(Path(TRAIN).read_text().splitlines(keepends=True)[:8]))
-    (tmp / "val.jsonl").write_text("".join(Path(VAL).read_text().splitlines(keepends=True)[:1]))
-    cfg = from_dict({
-        "model": {"name": str(tiny_model_dir)},
-        "data": {"train": str(tmp / "train.jsonl"), "validation": str(tmp / "val.jsonl")},
-        "method": {"name": "lora", "r": 4, "alpha": 16},
-        "train": {"lr": 2e-2, "max_steps": 2, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-        "output": {"dir": str(tmp / "runs"), "name": "lora"},
-        "eval": {"from_validation": 0},
-    })
-    return run_sft(cfg, quiet=True).run_dir
+    return tiny_run(tmp_path_factory.mktemp("lora_gguf"), "lora", n_train=8, n_val=1, steps=2, system=None)
 
 
 def _peft(run):

@@ -8,40 +8,15 @@ import json
 import pytest
 import torch
 
-from tunelab.config import from_dict
 from tunelab.errors import TunelabError
 
-TRAIN = "examples/data/tunebot/train.jsonl"
-VAL = "examples/data/tunebot/validation.jsonl"
-
-
-def _train(tmp, model_dir, method: str, name: str, steps: int = 3):
-    """A short run on 16 train / 1 validation examples (the validation passes dominate the time)."""
-    from tunelab.train.recipes.sft import run_sft
-
-    data = tmp / "data"
-    data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_text("".join(open(TRAIN).readlines()[:16]))
-    (data / "val.jsonl").write_text("".join(open(VAL).readlines()[:1]))
-    cfg = from_dict({
-        "model": {"name": str(model_dir)},
-        "data": {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl"),
-                 "system": "You are TuneBot."},
-        "method": {"name": method, "r": 4, "alpha": 16},
-        # fp32, not auto: the merge arithmetic is what is tested here, and both sides of every parity
-        # check below run in fp32 without autocast whatever the training precision was (the adapter is
-        # fp32 parameters either way); pinned so the trained adapter is the same on every CPU kind
-        "train": {"lr": 2e-2, "max_steps": steps, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-        "output": {"dir": str(tmp / "runs"), "name": name},
-        "eval": {"from_validation": 0},
-    })
-    return run_sft(cfg, quiet=True).run_dir
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
+def runs(tmp_path_factory, tiny_run):
+    """A 3-step run per method on 16 train / 1 validation examples (the validation passes dominate the time)."""
     tmp = tmp_path_factory.mktemp("merge")
-    return {m: _train(tmp, tiny_model_dir, m, m) for m in ("lora", "qlora")}
+    return {m: tiny_run(tmp, m, method=m) for m in ("lora", "qlora")}
 
 
 def _ids():

@@ -14,33 +14,10 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-TRAIN = "examples/data/tunebot/train.jsonl"
-VAL = "examples/data/tunebot/validation.jsonl"
 
-
-def train_run(tmp: Path, model_dir: Path, name: str, steps: int = 3) -> Path:
-    """A short LoRA run (16 train / 1 validation examples; tests/export/test_merge.py's recipe)."""
-    from tunelab.config import from_dict
-    from tunelab.train.recipes.sft import run_sft
-
-    data = tmp / "data"
-    data.mkdir(exist_ok=True)
-    (data / "train.jsonl").write_text("".join(Path(TRAIN).read_text().splitlines(True)[:16]))
-    (data / "val.jsonl").write_text("".join(Path(VAL).read_text().splitlines(True)[:1]))
-    cfg = from_dict({
-        "model": {"name": str(model_dir)},
-        "data": {"train": str(data / "train.jsonl"), "validation": str(data / "val.jsonl"),
-                 "system": "You are TuneBot."},
-        "method": {"name": "lora", "r": 4, "alpha": 16},
-        "train": {"lr": 2e-2, "max_steps": steps, "batch_size": 4, "eval_every": "never", "precision": "fp32"},
-        "output": {"dir": str(tmp / "trained"), "name": name},
-        "eval": {"from_validation": 0},
-    })
-    return run_sft(cfg, quiet=True).run_dir
 
 
 @dataclass
@@ -88,13 +65,13 @@ def start_server(state, pool=None, extra_modules=(), keys=None):
 
 
 @pytest.fixture(scope="session")
-def serve_env(tmp_path_factory, tiny_model_dir):
+def serve_env(tmp_path_factory, tiny_model_dir, tiny_run):
     """home/ (keys db), runs/ with alice's run 'tuned' (and bob's own 'bobs'), the keys."""
     from tunelab.serve.auth import create_key
     from tunelab.serve.state import ServeState
 
     tmp = tmp_path_factory.mktemp("serve")
-    trained = train_run(tmp, tiny_model_dir, "tuned")
+    trained = tiny_run(tmp, "tuned", runs="trained")  # 3 steps, 16 train / 1 validation examples
     state = ServeState(home=tmp / "home", runs=tmp / "runs", base=str(tiny_model_dir), max_adapters=2,
                        kb=tmp / "kb")
     alice, bob = state.tenant_runs("alice"), state.tenant_runs("bob")
