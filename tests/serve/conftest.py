@@ -41,27 +41,35 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def start_server(state, pool=None, extra_modules=(), keys=None):
-    """Run create_app(state) under uvicorn in a thread until the block ends (bounded waits)."""
+def uvicorn_thread(app, what: str = "the test server", start_s: float = 60, stop_s: float = 15):
+    """Serve the ASGI `app` on 127.0.0.1 at a free port in a thread; yields the port. Waits at most
+    `start_s` for it to start and `stop_s` for it to stop."""
     import uvicorn
 
-    from tunelab.serve.app import create_app
-
-    app = create_app(state, extra_modules=list(extra_modules), pool=pool)
     port = free_port()
     srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     th = threading.Thread(target=srv.run, daemon=True)
     th.start()
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + start_s
     while not srv.started:
         if not th.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the test server did not start")
+            raise RuntimeError(f"{what} did not start")
         time.sleep(0.02)
     try:
-        yield Server(f"http://127.0.0.1:{port}/v1", port, state, state.extra.get("pool"), keys or {})
+        yield port
     finally:
         srv.should_exit = True
-        th.join(15)
+        th.join(stop_s)
+
+
+@contextlib.contextmanager
+def start_server(state, pool=None, extra_modules=(), keys=None):
+    """Run create_app(state) under uvicorn in a thread until the block ends (bounded waits)."""
+    from tunelab.serve.app import create_app
+
+    app = create_app(state, extra_modules=list(extra_modules), pool=pool)
+    with uvicorn_thread(app) as port:
+        yield Server(f"http://127.0.0.1:{port}/v1", port, state, state.extra.get("pool"), keys or {})
 
 
 @pytest.fixture(scope="session")

@@ -5,17 +5,16 @@ tenants, and every malformed request a 4xx in OpenAI's error shape that writes n
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import socket
-import threading
 import time
 
 import httpx2 as httpx
 import openai
 import pytest
 import yaml
+
+from tests.serve.conftest import uvicorn_thread
 
 TRAIN = "examples/data/tunebot/train.jsonl"
 VAL = "examples/data/tunebot/validation.jsonl"
@@ -24,27 +23,6 @@ PREF = "examples/data/preference/train.jsonl"
 
 def _lines(path: str, n: int) -> bytes:
     return "".join(open(path).readlines()[:n]).encode()
-
-
-@contextlib.contextmanager
-def _uvicorn(app):
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 60
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() < deadline, "the test server did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        srv.should_exit = True
-        th.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +38,7 @@ def jobs_server(tmp_path_factory, tiny_model_dir):
     state.extra["job_overrides"] = ["train.precision=fp32", "train.threads=1"]
     keys = {t: create_key(state.db_path, t)[1] for t in ("alice", "bob")}
     app = create_app(state, extra_modules=["tunelab.serve.files_api", "tunelab.serve.jobs_api"])
-    with _uvicorn(app) as port:
+    with uvicorn_thread(app, stop_s=30) as port:
         clients = {t: openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=k, max_retries=0, timeout=60)
                    for t, k in keys.items()}
         files = {t: c.files.create(file=("train.jsonl", _lines(TRAIN, 16)), purpose="fine-tune").id

@@ -3,17 +3,14 @@ proxy (auth, tenancy, model names, streaming, errors) against a scripted OpenAI 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
-import threading
-import time
 
 import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tests.serve.conftest import free_port, start_server
+from tests.serve.conftest import free_port, start_server, uvicorn_thread
 
 
 @pytest.fixture(scope="module")
@@ -105,32 +102,14 @@ def scripted_upstream(seen: list):
     return app
 
 
-@contextlib.contextmanager
-def run_uvicorn(app):
-    import uvicorn
-
-    port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    th = threading.Thread(target=srv.run, daemon=True)
-    th.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert th.is_alive() and time.monotonic() < deadline, "the scripted upstream did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        th.join(15)
-
-
 @pytest.fixture(scope="module")
 def proxy(venv):
     from tunelab.serve.vllm import Upstream, servable_runs
 
     seen: list = []
     state = venv["state"]
-    with run_uvicorn(scripted_upstream(seen)) as url:
+    with uvicorn_thread(scripted_upstream(seen), "the scripted upstream", start_s=30) as port:
+        url = f"http://127.0.0.1:{port}"
         state.extra["upstream"] = Upstream(url, servable_runs(state))
         with start_server(state, keys=venv["keys"]) as srv:
             yield srv, seen
