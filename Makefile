@@ -24,8 +24,9 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/tunelab quickstart
 
+# Two workers, one per core; tests run single-threaded (tests/conftest.py), a module stays on one worker.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow

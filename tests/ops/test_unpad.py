@@ -55,8 +55,6 @@ def test_mlps_see_only_real_rows_and_results_match(tiny_lora, monkeypatch):
 
 
 def test_no_hooks_without_padding_with_checkpointing_or_after_the_context(tiny_lora):
-    from tunelab.train.activation_ckpt import enable
-
     model = tiny_lora().train()
     decoder = decoder_and_head(model)[0]
     mlps = [b.mlp for b in blocks_list(decoder)]

@@ -51,16 +51,15 @@ def run(val_losses, log=None, **cfg):
 
 
 def test_eval_every_n_steps_logs_extra_metrics():
-    res, obj, rows, _ = run([1.0], eval_every=2)  # 4 steps/epoch x 4 epochs = 16 steps, an eval every 2
+    _, obj, rows, _ = run([1.0], eval_every=2)  # 4 steps/epoch x 4 epochs = 16 steps, an eval every 2
     evals = [r for r in rows if "val_loss" in r]
     assert [r["step"] for r in evals] == [2, 4, 6, 8, 10, 12, 14, 16]
     assert obj.calls == 8 and evals[-1]["marker"] == 8.0
 
 
 def test_early_stopping_stops_after_patience_and_restores_best():
-    snapshots = []
     losses = [3.0, 2.0, 2.5, 2.4, 2.6, 1.0]  # best at eval 2; evals 3, 4, 5 do not improve
-    res, obj, rows, model = run(losses, eval_every=2, early_stopping_patience=3)
+    res, obj, rows, _ = run(losses, eval_every=2, early_stopping_patience=3)
     assert res.stopped_early.startswith("early stopping")
     assert obj.calls == 5 and res.steps == 10  # stopped at the 5th evaluation, never saw the 1.0
     assert res.best_val == 2.0 and res.best_epoch == rows[[r.get("val_loss") for r in rows].index(2.0)]["epoch"]
@@ -100,8 +99,8 @@ def test_tensorboard_logger_writes_event_files(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from tunelab.train.loggers import MetricsLogger
     from tunelab.runs.rundir import RunDir
+    from tunelab.train.loggers import MetricsLogger
 
     rd = RunDir(tmp_path / "r")
     rd.path.mkdir()
