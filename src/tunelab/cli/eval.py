@@ -45,8 +45,8 @@ def _is_classify(name: str) -> bool:
 @app.command("eval")
 def eval_cmd(
     models: List[str] = typer.Argument(..., help="Runs (runs/<name>) and models (alias, folder, hub id) to compare."),
-    data: Path = typer.Option(..., "--data", "-d", help="Examples whose last assistant turn is the reference "
-                                                         "(a classification file for classify runs)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="Examples whose last assistant turn is the "
+                                                                    "reference (a classification file for classify runs)."),
     base: bool = typer.Option(False, "--base", help="Add each run's base model."),
     kb: Optional[str] = typer.Option(None, "--kb", help="Add a '+rag' variant of each model, retrieving from this KB."),
     kb_dir: Optional[Path] = typer.Option(None, "--kb-dir", help="Knowledge base folder (default $TUNELAB_HOME/kb/NAME)."),
@@ -54,7 +54,7 @@ def eval_cmd(
     contains: Optional[str] = typer.Option(None, "--contains", help="Score replies containing this text."),
     regex: Optional[str] = typer.Option(None, "--regex", help="Score replies matching this regular expression."),
     metrics: Optional[List[str]] = typer.Option(
-        None, "--metrics", help="nll perplexity exact contains regex rouge_l chrf length "
+        None, "--metrics", help="nll perplexity exact contains regex keywords rouge_l chrf length "
                                 "(repeatable or comma-separated; default all)."),
     max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1,
                                                   help="Default: a run's eval.max_new_tokens (its report's), else 128."),
@@ -64,12 +64,26 @@ def eval_cmd(
     out: Path = typer.Option(Path("eval"), "--out", "-o", help="Folder for results.json, report.md, report.html."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache", help="Result cache (default OUT/cache)."),
     as_json: bool = typer.Option(False, "--json", help="Print results.json instead of the table."),
+    lm_eval: Optional[List[str]] = typer.Option(None, "--lm-eval", help="lm-evaluation-harness tasks (comma-separated) "
+                                                                        "instead of --data; needs tunelab[lmeval]."),
+    lm_eval_include: Optional[Path] = typer.Option(None, "--lm-eval-include", help="Folder of lm-eval task YAMLs."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="--lm-eval: at most N examples per task."),
+    num_fewshot: Optional[int] = typer.Option(None, "--num-fewshot", min=0, help="--lm-eval: few-shot examples."),
 ) -> None:
     """Evaluate and compare models: reply NLL, generated-reply scores, an optional judge; HTML report."""
     from tunelab.eval.outputs import write_outputs
     from tunelab.eval.report_files import markdown
 
     log = (lambda s: None) if as_json else typer.echo
+    if lm_eval:
+        others = [n for n, v in (("--data", data), ("--kb", kb), ("--judge", judge), ("--contains", contains),
+                                 ("--regex", regex), ("--metrics", metrics)) if v]
+        if others:
+            raise TunelabError(f"--lm-eval runs lm-eval's tasks alone, not with {others[0]}", where="--lm-eval",
+                               hint="run the --data comparison in a separate command")
+        return _lm_eval(models, base, lm_eval, lm_eval_include, limit, num_fewshot, batch_size, out, as_json, log)
+    if data is None:
+        raise TunelabError("give --data FILE (or --lm-eval TASKS)", where="--data")
     if not data.is_file():
         raise TunelabError(f"file not found: {data}", where="--data")
     classify = [_is_classify(m) for m in models]
@@ -101,11 +115,12 @@ def _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max
     from tunelab.eval import text_metrics
     from tunelab.eval.compare import Cache, contenders_for, default_cache_dir, evaluate, load_items
 
-    chosen = text_metrics.select([x.strip() for m in metrics or [] for x in m.split(",") if x.strip()],
-                                 contains, regex)
+    asked = [x.strip() for m in metrics or [] for x in m.split(",") if x.strip()]
+    chosen = text_metrics.select(asked, contains, regex)
     text_metrics.compile_regex(regex)
     contenders = [c for m in models for c in contenders_for(m, base)]
     items = load_items(data)
+    chosen = text_metrics.drop_keywords(chosen, asked, bool(items and items[0].keywords), str(data))
     if kb is not None:
         from tunelab.rag.retrieve import open_kb
 
@@ -127,3 +142,27 @@ def _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max
                        batch_size=batch_size, cache=cache, judge=jd, data=str(data), log=log)
     log(f"cache: {cache.hits} hits, {cache.misses} misses ({cache.dir})")
     return results
+
+
+def _lm_eval(models, base, tasks, include, limit, num_fewshot, batch_size, out, as_json, log) -> None:
+    """`--lm-eval TASKS`: lm-eval's tasks on each run (adapter applied) / base / model -> OUT/lm_eval.json + .md."""
+    from tunelab.eval import lm_eval_tasks
+    from tunelab.eval.compare import contenders_for
+    from tunelab.eval.report_files import write_atomic
+
+    lm_eval_tasks.import_lm_eval()  # before anything else: absent is one line
+    names = lm_eval_tasks.parse_tasks(tasks)
+    if any(_is_classify(m) for m in models):
+        raise TunelabError("--lm-eval evaluates generative runs and models, not classify runs", where="MODEL")
+    contenders = [c for m in models for c in contenders_for(m, base)]
+    results = lm_eval_tasks.run_tasks(contenders, names, include=str(include) if include else None, limit=limit,
+                                      num_fewshot=num_fewshot, batch_size=min(batch_size, 64), log=log)
+    text = json.dumps(results, indent=1, ensure_ascii=False)
+    write_atomic(out / "lm_eval.json", text + "\n")
+    table = lm_eval_tasks.markdown(results)
+    write_atomic(out / "lm_eval.md", f"# lm-evaluation-harness ({results['lm_eval_version']})\n\n{table}\n")
+    if as_json:
+        typer.echo(text)
+        return
+    typer.echo(table)
+    typer.echo(f"written: {out / 'lm_eval.json'}, {out / 'lm_eval.md'}")

@@ -115,6 +115,7 @@ class Item:
     reference: str
     where: str
     meta: dict = field(default_factory=dict)
+    keywords: list[str] | None = None  # the record's `keywords` field (metric keywords)
 
 
 def load_items(path: str | Path) -> list[Item]:
@@ -132,7 +133,16 @@ def load_items(path: str | Path) -> list[Item]:
                            hint="give conversations ending with the assistant turn to compare against "
                                 "(messages, prompt/completion, instruction/output), or a classification "
                                 "file for classify runs") from None
-    return [Item(ex.messages[:-1], ex.messages[-1]["content"], ex.where) for ex in examples]
+    items = [Item(ex.messages[:-1], ex.messages[-1]["content"], ex.where) for ex in examples]
+    with_kw = [r for r in records if r.data.get("keywords") is not None]
+    if with_kw and len(with_kw) < len(records):
+        missing = next(r for r in records if r.data.get("keywords") is None)
+        raise TunelabError("an example has no 'keywords' while others have", where=missing.where,
+                           hint="give every example its keywords, or none")
+    for it, r in zip(items, records):
+        if with_kw:
+            it.keywords = text_metrics.keywords_field(r.data["keywords"], r.where)
+    return items
 
 
 # ---- the cache -----------------------------------------------------------------------------------------------
@@ -273,13 +283,16 @@ def evaluate(contenders: list[Contender], items: list[Item], metrics: list[str],
     if len(set(labels)) != len(labels):
         raise TunelabError(f"a model is named twice: {', '.join(sorted({x for x in labels if labels.count(x) > 1}))}",
                            where="MODEL", hint="pass each model once")
+    if "keywords" in metrics and not all(it.keywords for it in items):
+        raise TunelabError("metric keywords needs a 'keywords' field in every example", where=data or "--data")
     cache = cache or Cache(None)
     pattern = text_metrics.compile_regex(regex)
     per_model = {}
     for c in contenders:
         rows = run_contender(c, items, metrics, cache, max_new_tokens, batch_size, log)
         for r, it in zip(rows, items):
-            r["scores"] = text_metrics.score(r["reply"], it.reference, metrics, contains, pattern) if "reply" in r else {}
+            r["scores"] = text_metrics.score(r["reply"], it.reference, metrics, contains, pattern,
+                                            it.keywords) if "reply" in r else {}
             if r.get("tokens"):
                 r["scores"]["nll"] = r["nll_sum"] / r["tokens"]
         per_model[c.label] = rows

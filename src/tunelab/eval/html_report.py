@@ -18,7 +18,7 @@ text-align:left;white-space:pre-wrap}th{background:#f4f4f4}tr.agree.hide{display
 .bad{background:#fbeaea}.small{color:#666;font-size:12px}"""
 JS = """function f(){var on=document.getElementById('dis').checked;
 document.querySelectorAll('tr.agree').forEach(function(r){r.classList.toggle('hide',on)});}"""
-BINARY = ("exact", "contains", "regex", "accuracy")
+BINARY = ("exact", "contains", "regex", "keywords", "accuracy")
 
 
 def e(s) -> str:

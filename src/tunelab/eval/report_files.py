@@ -7,9 +7,9 @@ import math
 import os
 from pathlib import Path
 
-PERCENT = {"exact", "contains", "regex", "rouge_l", "chrf", "accuracy", "macro_f1", "win", "tie", "loss"}
+PERCENT = {"exact", "contains", "regex", "keywords", "rouge_l", "chrf", "accuracy", "macro_f1", "win", "tie", "loss"}
 NAMES = {"nll": "reply NLL", "perplexity": "perplexity", "exact": "exact match", "contains": "contains",
-         "regex": "regex match", "rouge_l": "ROUGE-L", "chrf": "chrF", "length": "length (words)",
+         "regex": "regex match", "keywords": "keywords", "rouge_l": "ROUGE-L", "chrf": "chrF", "length": "length (words)",
          "accuracy": "accuracy", "macro_f1": "macro-F1"}
 
 
