@@ -98,7 +98,7 @@ def serve(
                        max_adapters=max_adapters, max_batch=max_batch)
     pool = ModelPool(state)  # load before binding: a bad --base fails here, as one line
     typer.echo(f"tunelab serve: {base} ({pool.engine.w.dtype}, {pool.engine.device}), runs in {state.runs}, "
-               f"{'no auth' if no_auth else 'API keys required'}; http://{host}:{port}/v1")
+               f"{'no auth' if no_auth else 'API keys required'}; http://{host}:{port}/v1, Studio at http://{host}:{port}/")
     try:
         uvicorn.run(create_app(state, pool=pool), host=host, port=port, log_level=log_level,
                     server_header=False)

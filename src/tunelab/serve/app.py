@@ -6,7 +6,8 @@ Every error is `{"error": {"message", "type", "param", "code"}}` (serve/errors.p
     APIError                          its own status (400, 401, 404, 413, 429, ...)
     request validation, invalid JSON  400 invalid_request_error, `param` = the field's path
     unknown route / method            404 / 405
-    body over the limit               413: `state.upload_limit` (64 MiB) for POST /v1/files,
+    body over the limit               413: `state.upload_limit` (64 MiB) for POST /v1/files and
+                                      /studio/api/kbs (UPLOAD_PATHS),
                                       `state.body_limit` (1 MiB) otherwise; Content-Length is
                                       checked before the body is read, a chunked body as it streams
     anything else                     500 server_error, "internal server error" (the traceback
@@ -35,7 +36,7 @@ from tunelab.serve import db
 from tunelab.serve.auth import SCHEMA as KEYS_SCHEMA
 from tunelab.serve.errors import APIError
 
-EXTRA_MODULES = ["tunelab.serve.files_api", "tunelab.serve.jobs_api"]
+EXTRA_MODULES = ["tunelab.serve.files_api", "tunelab.serve.jobs_api", "tunelab.serve.studio"]  # studio: the web UI at /
 log = logging.getLogger("tunelab.serve")
 
 
@@ -46,8 +47,12 @@ class BodyTooLarge(HTTPException):
         super().__init__(413, f"request body over the limit of {limit} bytes")
 
 
+# The routes that take uploaded files (a dataset, a knowledge base's documents).
+UPLOAD_PATHS = ("/v1/files", "/studio/api/kbs")
+
+
 def _limit(state, scope) -> int:
-    upload = scope["method"] == "POST" and scope["path"].rstrip("/") == "/v1/files"
+    upload = scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS
     return state.upload_limit if upload else state.body_limit
 
 

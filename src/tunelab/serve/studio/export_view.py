@@ -1,0 +1,69 @@
+"""Export buttons: a finished run as GGUF, Ollama (GGUF + Modelfile) or a merged transformers folder.
+
+    POST /studio/api/runs/NAME/export   {"to": "gguf" | "ollama" | "hf"} -> tunelab.export.export_run
+                                        into RUN/export/<to>-<quant> (replaced if there), then
+                                        {"to", "quant", "out", "files": [{"name", "bytes", "url"}], "notes"}
+    GET  /studio/api/runs/NAME/download/FOLDER/FILE    one file of RUN/export/FOLDER (with the key)
+
+Only one export runs at a time per process (a lock): merging loads the whole model. A run that
+cannot be exported (not finished, a classifier, a template Ollama cannot express) is a 400 with
+the exporter's own line.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from tunelab.errors import TunelabError
+from tunelab.serve.auth import current_tenant
+from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.names import check_name, inside
+from tunelab.serve.studio.runs_view import run_dir
+
+router = APIRouter()
+TARGETS = ("gguf", "ollama", "hf")
+_lock = threading.Lock()
+
+
+def export(state, tenant: str, name: str, to: str) -> dict:
+    from tunelab.export.bundle import export_run
+
+    if to not in TARGETS:
+        raise APIError(400, f"export target '{to}' is not offered here: use gguf, ollama or hf", param="to")
+    path = run_dir(state, tenant, name)
+    with _lock:
+        try:
+            res = export_run(path, to, overwrite=True)
+        except TunelabError as e:
+            raise APIError(400, e.one_line(), param="to", code="export_failed") from None
+    folder = res.out.name
+    files = [{"name": str(p.relative_to(res.out)), "bytes": n,
+              "url": f"/studio/api/runs/{name}/download/{folder}/{p.relative_to(res.out).as_posix()}"}
+             for p, n in res.files]
+    return {"to": to, "quant": res.quant, "out": str(res.out), "files": files, "notes": list(res.notes),
+            "ollama_name": res.ollama_name}
+
+
+@router.post("/studio/api/runs/{name}/export")
+async def export_route(request: Request, name: str, tenant: str = Depends(current_tenant)):
+    try:
+        body = await request.json()
+    except ValueError:
+        raise APIError(400, "the request body is not valid JSON", code="invalid_body") from None
+    to = body.get("to") if isinstance(body, dict) else None
+    return await run_in_threadpool(export, request.app.state.tl, tenant, name, to)
+
+
+@router.get("/studio/api/runs/{name}/download/{folder}/{file:path}")
+def download(request: Request, name: str, folder: str, file: str, tenant: str = Depends(current_tenant)):
+    root = run_dir(request.app.state.tl, tenant, name) / "export"
+    check_name(folder, "folder")
+    parts = [check_name(p, "file") for p in file.split("/")]
+    path = inside(root, folder, *parts) if root.exists() else root / folder
+    if not path.is_file():
+        raise not_found("file", file)
+    return FileResponse(path, media_type="application/octet-stream", filename=parts[-1])
