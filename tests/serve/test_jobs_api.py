@@ -209,6 +209,8 @@ def test_malformed_jobs_are_refused_and_write_nothing(jobs_server, tiny_model_di
         (dict(hyperparameters={"learning_rate_multiplier": -1}), 400, "hyperparameters.learning_rate_multiplier"),
         (dict(hyperparameters={"lr": 1e-3}), 400, "hyperparameters.lr"),
         (dict(hyperparameters={"beta": 0.2}), 400, "hyperparameters.beta"),  # beta is for dpo
+        (dict(hyperparameters={"finetuning_type": "freeze"}), 400, "hyperparameters.finetuning_type"),
+        (dict(hyperparameters={"finetuning_type": 1}), 400, "hyperparameters.finetuning_type"),
         (dict(seed=-1), 400, "seed"),
         (dict(metadata={"k": 1}), 400, "metadata"),
         (dict(extra_body={"n_gpus": 8}), 400, "n_gpus"),
@@ -273,3 +275,20 @@ def test_dpo_job_end_to_end(jobs_server, tiny_model_dir):
     assert [e["data"]["step"] for e in events if e["type"] == "metrics" and "train_loss" in e["data"]] == [1, 2]
     cfg = yaml.safe_load((state.tenant_runs("alice") / done.fine_tuned_model / "config.yaml").read_text())
     assert cfg["task"] == "dpo" and cfg["preference"]["beta"] == 0.1 and cfg["train"]["resume"] == "no"
+
+
+def test_finetuning_type_sets_the_runs_method_and_a_server_override_still_wins(tmp_path):
+    from tunelab.config import default_lr
+    from tunelab.serve.job_runner import job_config
+    from tunelab.serve.jobs_api import hyperparameters
+
+    assert hyperparameters({}, "supervised")["finetuning_type"] == "lora"
+    hp = hyperparameters({"finetuning_type": "qlora"}, "supervised")
+    job = {"hyperparameters": hp, "method": {"type": "supervised"}, "model": "m", "seed": 1, "run_name": "ft-x"}
+    train = tmp_path / "t.jsonl"
+    cfg = job_config(job, train, None, tmp_path / "runs", [])
+    assert cfg["method"]["name"] == "qlora"
+    assert cfg["train"]["lr"] == pytest.approx(default_lr("qlora"))
+    assert job_config(job, train, None, tmp_path / "runs", ["method.name=full"])["method"]["name"] == "full"
+    old = {**job, "hyperparameters": {k: v for k, v in hp.items() if k != "finetuning_type"}}  # a job made before
+    assert job_config(old, train, None, tmp_path / "runs", [])["method"]["name"] == "lora"

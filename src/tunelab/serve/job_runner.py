@@ -68,7 +68,7 @@ def job_config(job: dict, train: Path, validation: Path | None, runs: Path, over
     override sets train.lr), then the server's `key=value` overrides (state.extra["job_overrides"])."""
     hp, dpo = job["hyperparameters"], job["method"]["type"] == "dpo"
     cfg = {"task": "dpo" if dpo else "sft", "model": {"name": job["model"]},
-           "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": "lora"},
+           "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": hp.get("finetuning_type", "lora")},
            "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"], "seed": job["seed"],
                      "resume": "no" if dpo else "auto", "eval_every": "epoch" if validation else "never"},
            "output": {"dir": str(runs), "name": job["run_name"]}, "base_dir": str(train.parent)}

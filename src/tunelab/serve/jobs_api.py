@@ -18,6 +18,7 @@ is made:
     batch_size                int 1..1024      auto: train.batch_size (8)
     learning_rate_multiplier  number (0, 100]  auto: 1; lr = default_lr(method) x multiplier
     beta (dpo)                number (0, 10]   auto: preference.beta (0.1)
+    finetuning_type           lora|qlora|full  auto: lora (method.name; a server job override still wins)
 
 Every refusal is a 4xx in OpenAI's shape and writes nothing: an unknown key or model, another
 tenant's or an unknown file (404), a file that is not `processed`, a file whose kind does not
@@ -50,11 +51,13 @@ from tunelab.serve.names import check_name
 router = APIRouter()
 FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata",
           "integrations"}
-# name: (kind, low (exclusive for floats), high, auto)
+FINETUNING_TYPES = ("lora", "qlora", "full")  # method.name of the job's run
+# name: (kind, low (exclusive for floats), high, auto); a str kind: (str, choices, None, auto)
 HYPER = {"n_epochs": (int, 1, 100, lambda: int(TrainConfig.model_fields["epochs"].default)),
          "batch_size": (int, 1, 1024, lambda: TrainConfig.model_fields["batch_size"].default),
          "learning_rate_multiplier": (float, 0.0, 100.0, lambda: 1.0),
-         "beta": (float, 0.0, 10.0, lambda: PreferenceConfig.model_fields["beta"].default)}
+         "beta": (float, 0.0, 10.0, lambda: PreferenceConfig.model_fields["beta"].default),
+         "finetuning_type": (str, FINETUNING_TYPES, None, lambda: "lora")}
 KINDS = {"supervised": ("sft",), "dpo": ("preference", "openai_dpo")}
 KIND_TEXT = {"supervised": "chat examples (messages, prompt/completion, ...)",
              "dpo": "preference pairs (prompt, chosen, rejected; or OpenAI's input / preferred_output)"}
@@ -117,6 +120,12 @@ def hyperparameters(given, method: str) -> dict:
         value = given.get(key, "auto")
         if value == "auto":
             out[key] = auto()
+            continue
+        if kind is str:
+            if value not in lo:
+                raise _bad(f"invalid hyperparameter {key}={value!r}: use 'auto' or one of {', '.join(lo)}",
+                           f"hyperparameters.{key}")
+            out[key] = value
             continue
         number = isinstance(value, int) if kind is int else isinstance(value, (int, float))
         ok = number and not isinstance(value, bool)
