@@ -98,9 +98,19 @@ def memory_cmd(
     c.print(f"{e.params:,} params, {e.trainable:,} trainable")
     c.print(e.block_text)
     c.print(f"per param (no activations): {e.bytes_per_param_text}")
+    if e.process:
+        c.print(f"process peak: {_gb(e.rss)} = tensors {_gb(e.total)} + {_gb(e.process)} for the interpreter and "
+                f"libraries (what RSS shows)")
     if e.available is None:
         c.print(f"{e.device} memory: unknown")
     else:
         verdict = "[green]fits[/green]" if e.fits else "[red]does not fit[/red]"
         c.print(f"{e.device}: {_gb(e.available)} available of {_gb(e.device_total or 0)} -> {verdict} "
-                f"({e.total / e.available:.0%} of available)")
+                f"({e.rss / e.available:.0%} of available)")
+        from tunelab.memory.ladder import largest_fitting
+
+        best = largest_fitting(e.available, batch=batch, seq=seq, grad_checkpointing=grad_checkpointing, r=r,
+                               optimizer=optimizer, device=e.device, autocast=_autocast(precision, device),
+                               layers=layers if layers == "all" else int(layers), grad_accum=grad_accum)
+        c.print(f"largest that fits in {_gb(e.available)} at these settings: "
+                + ", ".join(f"{m} {label or 'none'}" for m, label in best.items()))

@@ -37,6 +37,22 @@ def _skip_list(skip: Optional[List[str]]) -> tuple[str, ...]:
     return tuple(skip) if skip else ("lm_head",)
 
 
+def _quantized(model: str, fmt: str, double_quant: bool, skip: tuple[str, ...], blocksize: int,
+               calibrate: str | None, rest_dtype):
+    """(quantized model, tokenizer): streamed from a local safetensors folder (one weight in memory at a
+    time, `ptq.stream_quantize`), else loaded whole in fp32 and quantized (a hub id, a .bin checkpoint)."""
+    from tunelab.models.load import load_causal_lm, load_tokenizer
+    from tunelab.models.registry import resolve
+    from tunelab.quant import ptq
+    from tunelab.quant.stream_load import is_streamable
+
+    rm = resolve(model)
+    if rm.source != "hub" and is_streamable(rm.path):
+        return ptq.stream_quantize(rm.path, fmt, double_quant, skip, blocksize, calibrate, rest_dtype), load_tokenizer(rm)
+    m, tok, _ = load_causal_lm(model, dtype="fp32", device="cpu")
+    return ptq.quantize(m, fmt, double_quant, skip, blocksize, calibrate, rest_dtype), tok
+
+
 @app.command("run")
 def run_cmd(
     model: str = typer.Argument(..., help="Model alias, local folder or .gguf."),
@@ -50,14 +66,13 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ):
     """Quantize every Linear layer of MODEL and save a packed safetensors checkpoint + manifest.json."""
-    from tunelab.models.load import DTYPES, load_causal_lm
+    from tunelab.models.load import DTYPES
     from tunelab.quant import ptq
     from tunelab.runs.kinds import refuse_run
 
     refuse_run(model, "quantize")
     ptq.check_options(fmt, rest_dtype, blocksize, out, where=("--format", "--rest-dtype", "--blocksize", "--out"))
-    m, tok, resolved = load_causal_lm(model, dtype="fp32", device="cpu")
-    ptq.quantize(m, fmt, double_quant, _skip_list(skip), blocksize, calibrate, DTYPES[rest_dtype])
+    m, tok = _quantized(model, fmt, double_quant, _skip_list(skip), blocksize, calibrate, DTYPES[rest_dtype])
     manifest = ptq.save(m, out, tok, source=model,
                         extra={"format": fmt, "double_quant": double_quant, "skip": list(_skip_list(skip)),
                                "calibrate": calibrate, "blocksize": blocksize, "rest_dtype": rest_dtype})

@@ -15,7 +15,9 @@ docs/quantization.md) and never imports bitsandbytes.
 
 The sum is formed in fp32 and cast once to the export dtype: bf16(W0 + delta) rounds once, where
 bf16(bf16(W0) + bf16(delta)) would round three times. Peak memory is therefore one fp32 copy of the
-model (4 bytes/param: 0.54 GB for SmolLM2-135M, 27 GB for a 7B model).
+model (4 bytes/param: 0.54 GB for SmolLM2-135M, 27 GB for a 7B model) on the whole-model path; a QLoRA
+run whose base is a local safetensors folder is merged streamed instead (`export.merge_stream`: the
+4-bit base + one shard, layer by layer).
 
 The output folder is written to a sibling temporary folder and renamed into place when complete,
 so a crash never leaves a half-written model under the requested name.
@@ -87,6 +89,27 @@ def _drop_quantization_config(model: nn.Module) -> None:
         model.is_quantized = False
 
 
+def _streamable_base(cfg: dict) -> str | None:
+    """The run's base as a local safetensors folder (what the streamed QLoRA merge reads), else None."""
+    from tunelab.models.registry import resolve
+    from tunelab.quant.stream_load import is_streamable
+
+    rm = resolve(cfg["model"]["name"], where="RUN: config.yaml model.name")
+    return rm.path if rm.source != "hub" and is_streamable(rm.path) else None
+
+
+def _run_tokenizer(rd, cfg: dict):
+    """The run's own tokenizer/ when it saved one, else the base's."""
+    from transformers import AutoTokenizer
+
+    from tunelab.models.load import load_tokenizer
+    from tunelab.models.registry import resolve
+
+    if (rd.path / "tokenizer").exists():
+        return AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
+    return load_tokenizer(resolve(cfg["model"]["name"], where="RUN: config.yaml model.name"))
+
+
 def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> MergeResult:
     """Merge (or export) a finished run into `out`: a folder `AutoModelForCausalLM.from_pretrained`
     loads without tunelab, with the tokenizer and the run's chat template.
@@ -106,8 +129,23 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
     check_out(out, overwrite)
     tmp = staging(out)
     dequantized = merged = 0
+    streamed = None
     try:
-        if (rd.path / "model").exists():  # full / freeze: already one model
+        quant_type = cfg.get("method", {}).get("quant_type", "nf4")
+        quant_type = "nf4" if quant_type == "auto" else quant_type
+        # streamed for an NF4/FP4 base (a GGUF-blocks base is merged whole: its weights are the blocks' decode)
+        base_dir = _streamable_base(cfg) if method == "qlora" and quant_type in ("nf4", "fp4") \
+            and not (rd.path / "model").exists() else None
+        if base_dir is not None and (rd.path / "adapter" / "adapter_config.json").exists():
+            # layer by layer into shards: neither the full-precision base nor the merged model is held
+            from tunelab.export.merge_stream import stream_merge_qlora
+
+            m = cfg.get("method", {})
+            streamed, params, dequantized, merged = stream_merge_qlora(
+                base_dir, rd.path / "adapter", tmp, EXPORT_DTYPES[dtype], quant_type, m.get("double_quant", True))
+            tok = _run_tokenizer(rd, cfg)
+            model = streamed.base_model.model
+        elif (rd.path / "model").exists():  # full / freeze: already one model
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             model = AutoModelForCausalLM.from_pretrained(str(rd.path / "model"), dtype=torch.float32)
@@ -127,16 +165,22 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
             merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)
             model = peft_model.merge_and_unload()  # W0 + (alpha/r) B A, in fp32
         _drop_quantization_config(model)
-        _cast(model, EXPORT_DTYPES[dtype])
-        model.config.dtype = EXPORT_DTYPES[dtype]
-        for p in model.parameters():
-            p.requires_grad_(False)
+        if streamed is not None:  # the weights are written: the config (and generation config) only
+            model.config.dtype = EXPORT_DTYPES[dtype]
+            model.config.save_pretrained(str(tmp))
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(str(tmp))
+        else:
+            _cast(model, EXPORT_DTYPES[dtype])
+            model.config.dtype = EXPORT_DTYPES[dtype]
+            for p in model.parameters():
+                p.requires_grad_(False)
+            model.save_pretrained(str(tmp), safe_serialization=True)
+            params = sum(p.numel() for p in model.parameters())
         template_path = rd.path / "template.json"
-        model.save_pretrained(str(tmp), safe_serialization=True)
         save_tokenizer_with_template(tok, tmp, template_path)
         if template_path.exists():
             shutil.copy(template_path, tmp / "tunelab_template.json")
-        params = sum(p.numel() for p in model.parameters())
         info = {"run": str(rd.path.resolve()), "method": method, "dtype": dtype, "params": params,
                 "dequantized_layers": dequantized, "merged_layers": merged}
         (tmp / "tunelab_merge.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")

@@ -122,6 +122,9 @@ QLORA_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (NF
 ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable param (8-bit: + fp32 absmax per 256)
 METHODS = ("full", "lora", "qlora")
 GB = 1024**3
+# what a CPU training process holds beside its tensors: the interpreter with torch, transformers, peft and
+# tunelab imported (VmRSS before the load in benchmarks/big_model.py: 0.43 GB, torch 2.13 CPU, Linux)
+PROCESS_BYTES = 430 * 10**6
 
 
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
@@ -304,13 +307,23 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     largest = max(s.vocab * h, *(a * b for _, a, b in s.linears())) if method == "full" \
         else max(r * max(a, b) for _, a, b in s.linears())
     step_temp = int(2 * largest * 4) if dev == "cpu" else int(t * 4 * 2)
+    # qlora: each 4-bit layer decodes its weight when it runs (forward, recompute, backward), one at a time:
+    # the int32 copy of the codes (n/2 x 4), the gathered code values and their product with the block
+    # constants (n x act each) for the largest block Linear (n = in x out)
+    decode = 0
+    if method == "qlora":
+        big = max(a * b for _, a, b in s.linears())
+        decode = 2 * big + 2 * act * big
+        how = f"largest block Linear {fmt_bytes(big)} x (2 + 2 x {act}): codes as int32, code values, values x absmax"
+        rows.append(("4-bit decode (transient)", decode, how))
     rows.append(("optimizer step temporaries", step_temp,
                  ("2 x largest trainable tensor" if dev == "cpu" else "2 x T") + " x 4 (AdamW's sqrt(v), denominator)"))
     est = MemoryEstimate(name, method, batch, seq, grad_checkpointing, r, optimizer, dev, wb, n, t,
                          weights, grads, opt, master, adapters, activations, workspace, transient, rows,
                          available=avail, device_total=total_mem, step_temporaries=step_temp,
                          recompute=tokens * block if grad_checkpointing else 0,
-                         grad_accum=max(1, grad_accum), head_cast=head_cast, cast_cache=cast_cache)
+                         grad_accum=max(1, grad_accum), head_cast=head_cast, cast_cache=cast_cache, decode=decode,
+                         process=PROCESS_BYTES if dev == "cpu" else 0)
     est.bytes_per_param_text = f"{bpp} = {est.bytes_per_param:.2f} bytes/param"
     est.block_text = f"block = {block_how} = {block:,} bytes per layer per token"
     return est

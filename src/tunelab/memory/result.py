@@ -38,6 +38,8 @@ class MemoryEstimate:
     grad_accum: int = 1
     head_cast: int = 0  # bf16 autocast, fp32 head: the head weight's bf16 cast(s) while the loss runs
     cast_cache: int = 0  # bf16 autocast + checkpointing: autocast's cached bf16 copies of the trainable weights
+    decode: int = 0  # qlora: one 4-bit layer's decode buffers (the largest block Linear), while it runs
+    process: int = 0  # CPU: the process beside its tensors (interpreter, libraries); 0 on CUDA (VRAM compared)
 
     @property
     def static(self) -> int:
@@ -53,14 +55,15 @@ class MemoryEstimate:
 
     @property
     def forward_phase(self) -> int:
-        """Memory that lives from the forward pass into backward: activations, weight copies, logits.
+        """Memory that lives from the forward pass into backward: activations, weight copies, logits (and
+        qlora's decode of one layer, which never runs while the loss does).
 
         With checkpointing, the recomputed block (its activations and weight copies) exists only in
         backward and the loss's logits (and autocast's cache) only in the forward: the larger counts.
         """
         if self.grad_checkpointing:
-            return self.activations - self.recompute + max(self.recompute + self.workspace, self.at_loss)
-        return self.activations + self.workspace + self.at_loss
+            return self.activations - self.recompute + max(self.recompute + self.workspace + self.decode, self.at_loss)
+        return self.activations + self.workspace + max(self.at_loss, self.decode)
 
     @property
     def update_phase(self) -> int:
@@ -86,8 +89,13 @@ class MemoryEstimate:
         return self.static / self.params
 
     @property
+    def rss(self) -> int:
+        """The process's peak resident memory: the tensors' peak + `process` (CPU)."""
+        return self.total + self.process
+
+    @property
     def fits(self) -> bool | None:
-        return None if self.available is None else self.total <= self.available
+        return None if self.available is None else self.rss <= self.available
 
 
 def fmt_bytes(n: float) -> str:

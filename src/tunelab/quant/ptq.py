@@ -53,24 +53,10 @@ def quantize(model: nn.Module, fmt: str, double_quant: bool = False, skip: tuple
     calibrate (int8 only): "minmax" | "percentile" | "mse" chooses each output row's clipping value
     (`tunelab.quant.calibrate`). rest_dtype casts the remaining floating tensors (None = keep).
     """
-    if fmt not in PTQ_FORMATS:
-        raise TunelabError(f"unknown format '{fmt}'", where="--format", hint=f"one of: {', '.join(PTQ_FORMATS)}")
-    if calibrate is not None and fmt != "int8":
-        raise TunelabError(f"--calibrate applies to int8 (per-row clipping), not {fmt}", where="--calibrate",
-                           hint="4-bit and ternary formats use their own absmax/absmean scales")
-    if double_quant and fmt not in ("nf4", "fp4", "int4"):
-        raise TunelabError(f"--double-quant applies to the 4-bit formats, not {fmt}", where="--double-quant")
+    check_quantize(fmt, double_quant, calibrate)
 
     def make(_name: str, lin: nn.Linear) -> QuantLinear:
-        clip = None
-        if calibrate is not None:
-            from tunelab.quant.calibrate import clip_value
-
-            try:
-                clip = clip_value(lin.weight.detach().float(), calibrate, bits=8, per_channel=True)
-            except ValueError as e:
-                raise TunelabError(str(e), where="--calibrate") from e
-        return QuantLinear.from_weight(lin.weight, lin.bias, fmt, blocksize, double_quant, clip=clip)
+        return _quant_layer(lin.weight, lin.bias, fmt, double_quant, blocksize, calibrate)
 
     names = replace_linears(model, make, skip)
     if not names:
@@ -82,6 +68,54 @@ def quantize(model: nn.Module, fmt: str, double_quant: bool = False, skip: tuple
             for p in mod.parameters(recurse=False):
                 if p.is_floating_point():
                     p.data = p.data.to(rest_dtype)
+    return model
+
+
+def check_quantize(fmt: str, double_quant: bool, calibrate: str | None) -> None:
+    """Refuse an unknown format, --calibrate off int8, --double-quant off the 4-bit formats."""
+    if fmt not in PTQ_FORMATS:
+        raise TunelabError(f"unknown format '{fmt}'", where="--format", hint=f"one of: {', '.join(PTQ_FORMATS)}")
+    if calibrate is not None and fmt != "int8":
+        raise TunelabError(f"--calibrate applies to int8 (per-row clipping), not {fmt}", where="--calibrate",
+                           hint="4-bit and ternary formats use their own absmax/absmean scales")
+    if double_quant and fmt not in ("nf4", "fp4", "int4"):
+        raise TunelabError(f"--double-quant applies to the 4-bit formats, not {fmt}", where="--double-quant")
+
+
+def _quant_layer(weight: torch.Tensor, bias, fmt: str, double_quant: bool, blocksize: int,
+                 calibrate: str | None) -> QuantLinear:
+    clip = None
+    if calibrate is not None:
+        from tunelab.quant.calibrate import clip_value
+
+        try:
+            clip = clip_value(weight.detach().float(), calibrate, bits=8, per_channel=True)
+        except ValueError as e:
+            raise TunelabError(str(e), where="--calibrate") from e
+    return QuantLinear.from_weight(weight, bias, fmt, blocksize, double_quant, clip=clip)
+
+
+def stream_quantize(path: str | Path, fmt: str, double_quant: bool = False, skip: tuple[str, ...] = ("lm_head",),
+                    blocksize: int = 64, calibrate: str | None = None,
+                    rest_dtype: torch.dtype = torch.bfloat16) -> nn.Module:
+    """`quantize` of the safetensors checkpoint in `path` without loading it whole (`stream_load`): each
+    Linear is quantized as its weight is read (4-bit formats by the chunked codec, the others from an
+    fp32 copy of that one weight), biases kept in fp32 and every other tensor read as `rest_dtype`, so
+    the result equals `quantize(load_causal_lm(path, fp32), ..., rest_dtype)` tensor for tensor."""
+    from tunelab.quant.codecs import FORMATS_4BIT
+    from tunelab.quant.stream_load import quant_linear_4bit, stream_quantized
+
+    check_quantize(fmt, double_quant, calibrate)
+    workers = torch.get_num_threads()
+
+    def make(_name: str, w: torch.Tensor, b: torch.Tensor | None) -> QuantLinear:
+        if fmt in FORMATS_4BIT:
+            return quant_linear_4bit(w, b, fmt, blocksize, double_quant, workers=workers)
+        return _quant_layer(w.float(), b, fmt, double_quant, blocksize, calibrate)
+
+    model = stream_quantized(path, make, dtype=rest_dtype, skip=skip, bias_dtype=torch.float32)
+    if not any(isinstance(m, QuantLinear) for m in model.modules()):
+        raise TunelabError("no Linear layer left to quantize", where="--skip", hint="skip fewer layer names")
     return model
 
 
