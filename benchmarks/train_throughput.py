@@ -1,6 +1,7 @@
 """Training throughput: the widely copied Trainer+PEFT recipe vs tunelab, same model, data and examples.
 
-    python benchmarks/train_throughput.py [--train 64] [--val 24] [--runs baseline,tunelab,tunelab-qlora] [--repeat 3]
+    python benchmarks/train_throughput.py [--train 64] [--val 24] [--repeat 3]
+        [--runs baseline,tunelab,tunelab-qlora,trl-same-lora] [--before-src DIR (adds the run tunelab-before)]
 
 Model: the embedded SmolLM2-135M-Instruct. Data: Python FAQ question -> answer pairs from Debian's
 python3.11-doc (fetched into ~/.cache/tunelab/datasets, see shared/DATA.md), split by seed.
@@ -20,6 +21,19 @@ Each run is a fresh subprocess (so peak RSS is its own) that trains one epoch ov
                    Linears fold scale and sum into the matmuls (adapters/fused.py); the process
                    runs with glibc's tcache and fastbins off, as `tunelab train` re-executes itself
                    (runtime/allocator.py: training_env)
+    trl-same-lora  TRL's SFTTrainer with exactly tunelab's defaults: PEFT LoRA r=16, alpha=32, dropout 0
+                   on the same targets (all linear layers) of the last 8 blocks (`layers_to_transform`,
+                   the LoraConfig tunelab builds: adapters/lora.py lora_config), lr 4e-4, batch 8,
+                   accumulation 1, cosine with 5% warmup, no weight decay, clipping at 1.0, the same
+                   precision (bf16 autocast only with AVX-512-BF16), length-grouped sampling, and the
+                   same token ids (tunelab's tokenization, truncation and chat template) handed over
+                   pre-tokenized with a completion mask, so the loss is on reply tokens only
+                   (completion-only loss); padding-free batches (TRL's `padding_free`: the batch
+                   concatenated into one row with position_ids; transformers' sdpa mask keeps each
+                   sequence to itself on CPU, no flash-attention needed; max_length None: the ids
+                   come truncated to --max-length by tunelab)
+    tunelab-before `tunelab` run from the source tree given by --before-src (e.g. a copy of src/ taken
+                   before a change): the same script, the same invocation, round-robin with the others
     tunelab-qlora  the same with method qlora (NF4 + double quantization, tunelab's CPU backend) and
                    gradient checkpointing (train.gradient_checkpointing auto: on for qlora), which keeps
                    the shared opening and the MLP unpadding (checkpoint replays them)
@@ -172,6 +186,54 @@ def run_tunelab(train, val, args, method: str) -> dict:
             "lr": cfg.lr, "layers": m.layers, "dropout": m.dropout, "gradient_checkpointing": checkpointing}
 
 
+def run_trl_same_lora(train, val, args) -> dict:
+    """TRL SFTTrainer + PEFT with tunelab's defaults (the module docstring, `trl-same-lora`)."""
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model
+    from trl import SFTConfig, SFTTrainer
+
+    from tunelab.adapters.lora import lora_config
+    from tunelab.config import from_dict
+    from tunelab.data.tokenize import IGNORE
+    from tunelab.losses import reply_nll
+    from tunelab.models.load import load_causal_lm
+    from tunelab.runtime.precision import autocast_dtype
+    from tunelab.train.recipes.preference import warmup_args
+
+    model, tok, _ = load_causal_lm(MODEL, dtype="auto", device="cpu")
+    run_cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": args.max_length},
+                         "method": {"name": "lora", **json.loads(args.tunelab_method)},
+                         "train": {"epochs": 1, "seed": args.seed, "eval_every": "never",
+                                   **json.loads(args.tunelab_train)}})
+    t, m = run_cfg.train, run_cfg.method
+    amp = autocast_dtype(t.precision, torch.device("cpu"))
+    train_tok = tokenized(train, tok, args.max_length)
+    val_tok = tokenized(val, tok, args.max_length)
+    ds = Dataset.from_list([{"input_ids": x.input_ids, "completion_mask": [int(lbl != IGNORE) for lbl in x.labels]}
+                            for x in train_tok])
+    model = get_peft_model(model, lora_config(model, m))  # peft's own LoRA layers (tunelab's fused ones not registered)
+    targs = SFTConfig(output_dir=str(args.tmp / "trl"), per_device_train_batch_size=t.batch_size,
+                      gradient_accumulation_steps=t.grad_accum, num_train_epochs=1, learning_rate=t.lr,
+                      lr_scheduler_type=t.scheduler, **warmup_args(t.warmup_ratio), weight_decay=t.weight_decay,
+                      max_grad_norm=t.max_grad_norm, bf16=amp == torch.bfloat16, completion_only_loss=True,
+                      padding_free=True, max_length=None, train_sampling_strategy="group_by_length",
+                      logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, seed=args.seed,
+                      dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True)
+    trainer = SFTTrainer(model=model, args=targs, train_dataset=ds, processing_class=tok)
+    reset_peak_rss()
+    t0 = time.perf_counter()
+    out = trainer.train()
+    secs = time.perf_counter() - t0
+    peak = status_mb("VmHWM")
+    v = reply_nll(model, val_tok, tok.pad_token_id, 8, amp)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"train_seconds": secs, "trained_tokens": sum(len(x.input_ids) for x in train_tok), "steps": out.global_step,
+            "val_loss": v, "peak_rss_train_mb": peak, "trainable_params": trainable, "train_loss": out.training_loss,
+            "precision": "bf16" if amp is not None else "fp32", "lr": t.lr, "layers": m.layers,
+            "padding_free": True}
+
+
 def child(args) -> None:
     import torch
 
@@ -179,6 +241,8 @@ def child(args) -> None:
     train, val = split(args.train, args.val, args.seed)
     if args.one == "baseline":
         out = run_baseline(train, val, args)
+    elif args.one == "trl-same-lora":
+        out = run_trl_same_lora(train, val, args)
     else:
         out = run_tunelab(train, val, args, "qlora" if args.one == "tunelab-qlora" else "lora")
     import resource
@@ -203,6 +267,7 @@ def main() -> None:
                                                           "report the median by tokens/s")
     ap.add_argument("--tunelab-train", default="{}", help="JSON overrides of tunelab's TrainConfig")
     ap.add_argument("--tunelab-method", default="{}", help="JSON overrides of tunelab's MethodConfig")
+    ap.add_argument("--before-src", help="a source tree (a copy of src/) to run as `tunelab-before`")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--tmp", type=Path, default=Path("/tmp/tunelab-throughput"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -210,15 +275,19 @@ def main() -> None:
         return child(args)
     split(args.train, args.val, args.seed)  # fetch once, fail early
     passthrough = [a for a in sys.argv[1:]]
-    for flag in ("--runs", "--repeat"):  # the child runs one configuration once
+    for flag in ("--runs", "--repeat", "--before-src"):  # the child runs one configuration once
         if flag in passthrough:
             i = passthrough.index(flag)
             del passthrough[i:i + 2]
     tries: dict[str, list[dict]] = {}
+    names = args.runs.split(",") + (["tunelab-before"] if args.before_src else [])
     for rep in range(args.repeat):  # round-robin, so a slow spell of the machine hits every run alike
-        for name in args.runs.split(","):
+        for name in names:
             env = training_env() if name.startswith("tunelab") else None  # as `tunelab train` runs
-            p = subprocess.run([sys.executable, __file__, "--one", name] + passthrough, capture_output=True, text=True,
+            one = name
+            if name == "tunelab-before":  # the same `tunelab` run, importing tunelab from --before-src
+                env, one = {**env, "PYTHONPATH": str(Path(args.before_src).resolve())}, "tunelab"
+            p = subprocess.run([sys.executable, __file__, "--one", one] + passthrough, capture_output=True, text=True,
                                env=env)
             line = [x for x in p.stdout.splitlines() if x.startswith("RESULT ")]
             if p.returncode != 0 or not line:
@@ -246,6 +315,17 @@ def main() -> None:
                 summary[f"{name}_speedup_per_round"] = rounds
                 summary[f"{name}_speedup_median_of_rounds"] = sorted(rounds)[len(rounds) // 2]
                 summary[f"{name}_val_loss_le_baseline"] = r["val_loss"] <= b["val_loss"]
+    if "tunelab" in results and "trl-same-lora" in results:  # the peer with the same LoRA: engine vs engine
+        t, p = results["tunelab"], results["trl-same-lora"]
+        summary["tunelab_over_trl_same_lora_tokens_per_s"] = round(t["tokens_per_s"] / p["tokens_per_s"], 2)
+        summary["tunelab_over_trl_same_lora_per_round"] = [
+            round(x["tokens_per_s"] / y["tokens_per_s"], 2) for x, y in zip(tries["tunelab"], tries["trl-same-lora"])]
+        summary["tunelab_val_loss_le_trl_same_lora"] = t["val_loss"] <= p["val_loss"]
+    if "tunelab" in results and "tunelab-before" in results:  # the change under test against the tree before it
+        t, b = results["tunelab"], results["tunelab-before"]
+        summary["tunelab_over_before_tokens_per_s"] = round(t["tokens_per_s"] / b["tokens_per_s"], 2)
+        summary["tunelab_over_before_per_round"] = [
+            round(x["tokens_per_s"] / y["tokens_per_s"], 2) for x, y in zip(tries["tunelab"], tries["tunelab-before"])]
     if "tunelab" in results and "tunelab-qlora" in results:
         t, q = results["tunelab"], results["tunelab-qlora"]
         summary["qlora_step_time_ratio"] = round(q["seconds_per_step"] / t["seconds_per_step"], 2)

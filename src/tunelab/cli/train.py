@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import typer
@@ -57,10 +58,22 @@ def train_cmd(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished run of the same name."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or status lines."),
     resume: bool = typer.Option(False, "--resume", help="Continue an unfinished run from its last checkpoint."),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="Train on N local processes (torch.distributed: gloo on CPU, nccl on CUDA, "
+                                   "one GPU each); see docs/distributed.md."),
 ) -> None:
     """Fine-tune a model as described by CONFIG; writes runs/<name>/."""
+    from tunelab.train import distributed
+
+    if nproc > 1 and distributed.world_size() == 1:  # the launcher: N copies of this command, without --nproc
+        argv = ["train", str(config), *(overrides or [])]
+        argv += [flag for flag, on in (("--overwrite", overwrite), ("--quiet", quiet), ("--resume", resume)) if on]
+        code = distributed.launch_local(nproc, (["--debug"] if "--debug" in sys.argv else []) + argv)
+        raise typer.Exit(code)
+    distributed.die_with_launcher()
     out = _train(config, overrides or [], overwrite, quiet, resume)
-    _summary(out)
+    if distributed.is_main():
+        _summary(out)
 
 
 @app.command("quickstart")

@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from tunelab.errors import TunelabError
@@ -16,11 +18,14 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat1
 
 
 def pick_device(pref: str = "auto") -> torch.device:
-    """auto -> cuda if available, else mps, else cpu."""
+    """auto -> cuda if available, else mps, else cpu. Under a launcher (torchrun, accelerate launch,
+    `tunelab train --nproc`) each process takes its own GPU: "auto" and a bare "cuda" mean
+    cuda:LOCAL_RANK (e.g. 4 processes on one machine: cuda:0 .. cuda:3); "cuda:1" stays cuda:1."""
+    local = os.environ.get("LOCAL_RANK")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(local)) if local is not None else torch.device("cuda")
     if pref != "auto":
         return torch.device(pref)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

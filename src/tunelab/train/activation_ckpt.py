@@ -32,6 +32,7 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     from tunelab.runtime.precision import autocast_dtype
     from tunelab.memory.available import detect_memory
     from tunelab.memory.estimator import estimate
+    from tunelab.train.optim import memory_optimizer
 
     method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
     device = next(model.parameters()).device
@@ -39,6 +40,7 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
         est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
                        r=cfg.method.r, lora_dropout=cfg.method.dropout, layers=cfg.method.layers, detect=False,
                        grad_accum=cfg.train.grad_accum, device=device.type,
+                       optimizer=memory_optimizer(cfg.train.optim),
                        autocast=autocast_dtype(cfg.train.precision, device) is not None)
     except (TunelabError, KeyError, TypeError):
         return None

@@ -9,11 +9,14 @@
       .evaluate(at, final) validation, best tracking, early stopping
       .checkpoint(group)   save the position (next micro-batch group of this epoch) and state
 
-One optimizer step = grad_accum micro-batches of batch_size examples, so an epoch of n examples is
-ceil(ceil(n / batch_size) / grad_accum) steps (`total_steps`); e.g. the quickstart: 84 examples,
-batch 8, accumulation 1 -> ceil(84 / 8) = 11 steps per epoch x 3 epochs = 33 steps.
+One optimizer step = grad_accum x W micro-batches of batch_size examples (W processes: train/
+distributed.py; 1 without a launcher), so an epoch of n examples is
+ceil(ceil(n / batch_size) / (grad_accum x W)) steps (`total_steps`); e.g. the quickstart: 84 examples,
+batch 8, accumulation 1, one process -> ceil(84 / 8) = 11 steps per epoch x 3 epochs = 33 steps.
 Loss per micro-batch = the objective's summed loss / its count (for causal LM: sum of reply-token
-NLL / reply tokens in the micro-batch), divided by the micro-batches in the group.
+NLL / reply tokens in the micro-batch), divided by the micro-batches in the (global) group; with
+W > 1 each rank trains its share of the group and the gradients are summed once per step.
+Only rank 0 logs and writes checkpoints; every rank resumes from the same one.
 bf16 autocast on CPUs with AVX-512-BF16 and on CUDA with bf16 (master weights and adapters stay
 fp32). Evaluation = the objective's `evaluate` on the validation set each epoch (or every
 `cfg.eval_every` steps); with keep_best the best evaluation's trainable weights are restored at
@@ -38,7 +41,9 @@ from tunelab.data.tokenize import make_batches
 from tunelab.errors import TunelabError
 from tunelab.runtime.allocator import keep_freed_memory, peak_rss_mb, start_peak_rss
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train import distributed as dist
 from tunelab.train.objective import CausalLMObjective, Objective
+from tunelab.train.optim import make_optimizer
 from tunelab.train.state import (
     latest_checkpoint,
     load_checkpoint,
@@ -93,8 +98,8 @@ class Progress:
             self.p.stop()
 
 
-def total_steps(n_examples: int, cfg: TrainConfig) -> int:
-    per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / cfg.grad_accum)
+def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
+    per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / (cfg.grad_accum * world))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
 
 
@@ -124,6 +129,14 @@ class Trainer:
         self.model, self.train_data, self.val_data, self.cfg, self.objective = model, train, val, cfg, objective
         self.log, self.quiet, self.before_step, self.ckpt_dir = log, quiet, before_step, ckpt_dir
         self.device = next(model.parameters()).device
+        # W processes: a step's group is `accum` = grad_accum x W micro-batches, rank r trains group[r::W]
+        self.world, self.rank = dist.world_size(), dist.rank()
+        self.accum, self.main = cfg.grad_accum * self.world, self.rank == 0
+        if dist.accelerate_kind():
+            raise TunelabError(f"the tunelab engine trains with DDP semantics; accelerate's "
+                               f"{dist.accelerate_kind()} config applies to the TRL tasks (reward, dpo)",
+                               where="accelerate config", hint="launch with examples/accelerate/ddp.yaml "
+                               "(see docs/distributed.md)")
         if cfg.keep_freed_memory and self.device.type == "cpu":  # true or auto
             keep_freed_memory()
         start_peak_rss()  # record the training phase's peak, not loading's
@@ -133,8 +146,11 @@ class Trainer:
             raise TunelabError("nothing to train: no parameter requires grad", where="method")
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         torch.manual_seed(cfg.seed)
-        self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.total = total_steps(len(train), cfg)
+        if self.world > 1:
+            dist.init(self.device)
+            dist.broadcast_params(self.params)
+        self.opt = make_optimizer(self.params, cfg.optim, cfg.lr, cfg.weight_decay, self.device)
+        self.total = total_steps(len(train), cfg, self.world)
         self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                    self.opt, num_warmup_steps=int(cfg.warmup_ratio * self.total),
                                    num_training_steps=self.total)
@@ -151,6 +167,9 @@ class Trainer:
             return
         saved = load_checkpoint(last, self.model, self.opt, self.sched)
         pos, r, res = saved["position"], saved["result"], self.res
+        if pos.get("world", 1) != self.world:
+            raise TunelabError(f"{last} was trained on {pos.get('world', 1)} processes, this run has {self.world}",
+                               where="--nproc", hint=f"resume with --nproc {pos.get('world', 1)}")
         res.steps, self.epoch, self.start_group = pos["step"], pos["epoch"], pos["group"]
         res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
         res.best_val, res.best_epoch, self.best_state = r["best_val"], r["best_epoch"], r.get("best_state")
@@ -162,21 +181,28 @@ class Trainer:
         """Save the state with the data position (this epoch, next micro-batch group `group`)."""
         if self.ckpt_dir is None:
             return
+        if not self.main:  # rank 0 writes; the others wait so none runs ahead of a checkpoint being written
+            dist.barrier()
+            return
         res = self.res
-        save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched,
-                        {"step": res.steps, "epoch": self.epoch, "group": group},
+        position = {"step": res.steps, "epoch": self.epoch, "group": group}
+        if self.world > 1:
+            position["world"] = self.world
+        save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched, position,
                         {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
                          "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": self.best_state,
                          "bad_evals": self.bad_evals})
+        if self.world > 1:
+            dist.barrier()
 
     # ---- one optimizer step ----------------------------------------------------------------------------------
     def step(self, group: list) -> tuple[float, float, int]:
-        """One optimizer step over `group` (micro-batches of example indices); returns
+        """One optimizer step over `group` (micro-batches of example indices, all ranks'); returns
         (loss summed over the micro-batches, gradient norm before clipping, trained tokens)."""
         if self.before_step is not None:
             self.before_step(self.model)
         loss_val, ntok = 0.0, 0
-        for idx in group:
+        for idx in (group if self.world == 1 else dist.shard(group, self.world, self.rank)):
             batch = {k: v.to(self.device) for k, v in self.objective.collate([self.train_data[i] for i in idx]).items()}
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 total, n = self.objective.loss_sum(self.model, batch)
@@ -184,6 +210,10 @@ class Trainer:
             loss.backward()
             loss_val += float(loss.detach())
             ntok += self.objective.trained_tokens(batch, n)
+        if self.world > 1:  # the accumulation boundary: the one gradient sync of the step
+            dist.sync_grads(self.params)
+            loss_val, ntok = dist.sum_floats(loss_val, ntok, device=self.device)
+            ntok = int(ntok)
         if not math.isfinite(loss_val):
             raise TunelabError(f"loss became {loss_val} at step {self.res.steps + 1}", where="train",
                                hint="lower train.lr or use train.precision=fp32")
@@ -214,7 +244,7 @@ class Trainer:
     def evaluate(self, at: float, final: bool) -> bool:
         """Validate, track the best, return True when early stopping says stop."""
         cfg, res = self.cfg, self.res
-        metrics = self.objective.evaluate(self.model, self.val_data, self.amp)
+        metrics = self.validate()
         v = metrics["val_loss"]
         res.val_history.append((at, v))
         self.log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
@@ -228,26 +258,40 @@ class Trainer:
         self.model.train()
         return bool(cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience)
 
+    def validate(self) -> dict:
+        """The objective's validation metrics; with W > 1 reduced over the ranks: each evaluates
+        val[r::W] and the summed (NLL, tokens) give the exact mean (`evaluate_sums`), or, for an
+        objective without sums, rank 0 evaluates everything and sends the metrics to the others."""
+        if self.world == 1:
+            return self.objective.evaluate(self.model, self.val_data, self.amp)
+        if hasattr(self.objective, "evaluate_sums"):
+            mine = dist.shard(self.val_data, self.world, self.rank)
+            total, count = self.objective.evaluate_sums(self.model, mine, self.amp) if mine else (0.0, 0)
+            total, count = dist.sum_floats(total, count, device=self.device)
+            return {"val_loss": total / count if count else float("nan")}
+        metrics = self.objective.evaluate(self.model, self.val_data, self.amp) if self.main else None
+        return dist.broadcast_object(metrics)
+
     # ---- epochs and the whole run ----------------------------------------------------------------------------
     def run_epoch(self) -> None:
         """The steps of epoch `epoch` from `start_group` on, then its end (`end_epoch`)."""
         cfg, res = self.cfg, self.res
         batches = make_batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch, length=self.objective.length)
-        for g in range(self.start_group, len(batches), cfg.grad_accum):
+        for g in range(self.start_group, len(batches), self.accum):
             self.group = g
             if res.steps >= self.total:
                 break
-            group = batches[g:g + cfg.grad_accum]
+            group = batches[g:g + self.accum]
             loss_val, gnorm, ntok = self.step(group)
             at = round(self.epoch + (g + len(group)) / len(batches), 3)
             self.report_step(at, loss_val, gnorm, ntok)
-            epoch_end = g + cfg.grad_accum >= len(batches)
+            epoch_end = g + self.accum >= len(batches)
             if self.val_data and not epoch_end and _should_eval(cfg, res.steps, False):
                 if self.evaluate(at, final=res.steps >= self.total):
                     self.stop = True
                     break
             if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < self.total:
-                self.checkpoint(g + cfg.grad_accum)
+                self.checkpoint(g + self.accum)
         self.start_group = 0
         self.end_epoch()
 
@@ -266,7 +310,7 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train to the end (or early stop, or Ctrl-C: then a checkpoint of the current group)."""
-        self.bar = Progress(self.total, self.quiet, done=self.res.steps)
+        self.bar = Progress(self.total, self.quiet or not self.main, done=self.res.steps)
         self.t0 = time.perf_counter()
         self.tokens_window, self.t_window = 0, time.perf_counter()
         try:

@@ -1,8 +1,15 @@
-"""Where training metrics go: metrics.jsonl and trainer_state.json always, TensorBoard when
-`train.report_to: tensorboard`.
+"""Where training metrics go: metrics.jsonl and trainer_state.json always, and the tracker of
+`train.report_to` through accelerate's trackers (accelerate.tracking):
 
-Each record is a flat dict with a "step"; every other numeric value becomes a TensorBoard scalar
-named by its key under the `train/` (loss, lr, ...) or `eval/` (val_*, accuracy, ...) group.
+    tensorboard   TensorBoardTracker, event files in runs/<name>/tensorboard/
+    wandb         WandBTracker, project "tunelab", run = output.name (offline: WANDB_MODE=offline,
+                  files under WANDB_DIR, default runs/<name>/wandb/)
+    mlflow        MLflowTracker, experiment = output.name; the store is MLFLOW_TRACKING_URI (default:
+                  a local file store, runs/<name>/mlruns/; mlflow 3 wants MLFLOW_ALLOW_FILE_STORE=true for it)
+
+Each record is a flat dict with a "step"; every other numeric value becomes a scalar named by its
+key under the `train/` (loss, lr, ...) or `eval/` (val_*, accuracy, ...) group.
+Under N processes only rank 0 writes (train/distributed.py); the others' logger does nothing.
 
 trainer_state.json, beside metrics.jsonl, is the summary transformers' Trainer writes, so tools
 that read HF runs read tunelab's:
@@ -23,24 +30,70 @@ from __future__ import annotations
 import json
 import math
 import os
+from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.train.distributed import is_main
+
+TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+_SET_BY_US: set[str] = set()  # tracker variables this process set (a later run may set them again)
+
+
+def tracker_env(report_to: str, run_path) -> None:
+    """Where the tracker writes, as the environment variables both accelerate's trackers and
+    transformers' callbacks (TRL tasks) read; a variable the user set is left as it is:
+    TENSORBOARD_LOGGING_DIR = <run>/tensorboard, WANDB_DIR = <run>, WANDB_PROJECT = tunelab,
+    MLFLOW_TRACKING_URI = file:<run>/mlruns (+ MLFLOW_ALLOW_FILE_STORE), MLFLOW_EXPERIMENT_NAME = the run's name.
+    Set MLFLOW_TRACKING_URI yourself for a server or a database store."""
+    if report_to == "none":
+        return
+    import importlib.util
+
+    package = TRACKER_PACKAGES[report_to]
+    if importlib.util.find_spec(package) is None:
+        raise TunelabError(f"train.report_to is '{report_to}' but the {package} package is missing",
+                           where="train.report_to", hint=f"pip install {package} (or tunelab[track])")
+    values = {"tensorboard": {"TENSORBOARD_LOGGING_DIR": str(run_path / "tensorboard")},
+              "wandb": {"WANDB_DIR": str(run_path), "WANDB_PROJECT": "tunelab"},
+              "mlflow": {"MLFLOW_TRACKING_URI": (run_path / "mlruns").resolve().as_uri(),
+                         "MLFLOW_EXPERIMENT_NAME": run_path.name,
+                         "MLFLOW_ALLOW_FILE_STORE": "true"}}[report_to]  # mlflow 3 asks before a file store
+    for key, value in values.items():
+        if key not in os.environ or key in _SET_BY_US:
+            os.environ[key] = value
+            _SET_BY_US.add(key)
+
+
+def make_tracker(report_to: str, run_path, run_name: str):
+    """accelerate's tracker for `report_to`, started (None for none); TunelabError when its package is missing."""
+    if report_to == "none":
+        return None
+    tracker_env(report_to, run_path)
+    from accelerate import PartialState, tracking
+
+    PartialState()  # the trackers log through accelerate's logger, which needs the (here: existing or 1-process) state
+
+    if report_to == "tensorboard":  # event files in TENSORBOARD_LOGGING_DIR (the tracker's <logging_dir>/<run_name>)
+        tb = Path(os.environ["TENSORBOARD_LOGGING_DIR"])
+        tracker = tracking.TensorBoardTracker(tb.name, str(tb.parent))
+    elif report_to == "wandb":
+        tracker = tracking.WandBTracker(os.environ["WANDB_PROJECT"], name=run_name, dir=os.environ["WANDB_DIR"])
+    else:
+        tracker = tracking.MLflowTracker(experiment_name=os.environ["MLFLOW_EXPERIMENT_NAME"], run_name=run_name)
+    tracker.start()
+    return tracker
 
 
 class MetricsLogger:
     def __init__(self, run, report_to: str = "none"):
         self.run = run
-        self.history = list(run.metrics())  # a resumed run continues the rows it kept
-        self.writer = None
-        if report_to == "tensorboard":
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise TunelabError("train.report_to is 'tensorboard' but the tensorboard package is missing",
-                                   where="train.report_to", hint="pip install tensorboard (or tunelab[tensorboard])") from None
-            self.writer = SummaryWriter(log_dir=str(run.path / "tensorboard"))
+        self.active = is_main()
+        self.history = list(run.metrics()) if self.active else []  # a resumed run continues the rows it kept
+        self.writer = make_tracker(report_to, run.path, run.path.name) if self.active else None
 
     def __call__(self, record: dict) -> None:
+        if not self.active:
+            return
         self.run.log(record)
         self.history.append(record)
         if "val_loss" in record:
@@ -48,11 +101,16 @@ class MetricsLogger:
         if self.writer is None:
             return
         step = int(record.get("step", 0))
+        scalars = {}
         for key, val in record.items():
             if key in ("step", "epoch") or isinstance(val, bool) or not isinstance(val, (int, float)):
                 continue
+            if isinstance(val, float) and not math.isfinite(val):
+                continue
             group = "train" if key in ("loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s", "peak_rss_mb") else "eval"
-            self.writer.add_scalar(f"{group}/{key}", val, step)
+            scalars[f"{group}/{key}"] = val
+        if scalars:
+            self.writer.log(scalars, step=step)
 
     def trainer_state(self) -> dict:
         """The trainer_state.json document for the records logged so far (see the module docstring)."""
@@ -92,7 +150,9 @@ class MetricsLogger:
         return train if isinstance(train, dict) else {}
 
     def close(self) -> None:
+        if not self.active:
+            return
         self.write_trainer_state()
         if self.writer is not None:
-            self.writer.close()
+            self.writer.finish()
             self.writer = None

@@ -7,6 +7,8 @@ The loop (`train_loop`) is task-agnostic; each task supplies one Objective:
     evaluate(model, examples, amp) -> {"val_loss": float, ...extra metrics}; lower val_loss is better
     length(example)          -> tokens of the example (length grouping of batches)
     trained_tokens(batch, n) -> tokens the step trained on, for tokens/s (default: the count n)
+    evaluate_sums(model, examples, amp) -> (summed loss, count), optional: lets N processes reduce
+                             val_loss exactly (without it rank 0 evaluates the whole validation set)
 
 `CausalLMObjective` is the default: NLL summed over target tokens (labels != -100), so the loss
 of a micro-batch is the mean NLL per reply token.
@@ -18,7 +20,7 @@ from typing import Protocol
 
 import torch
 
-from tunelab.data.tokenize import TokenizedExample, collate
+from tunelab.data.tokenize import IGNORE, TokenizedExample, collate
 from tunelab.losses import reply_loss_sum, reply_nll
 
 
@@ -49,6 +51,12 @@ class CausalLMObjective:
 
     def evaluate(self, model, examples, amp):
         return {"val_loss": reply_nll(model, examples, self.pad_id, self.eval_batch_size, amp)}
+
+    def evaluate_sums(self, model, examples, amp) -> tuple[float, int]:
+        """(summed NLL, target tokens) over `examples`: the parts of val_loss that add up over ranks
+        (targets: labels[1:] != -100 of each example, the positions `reply_loss_sum` counts)."""
+        count = sum(sum(t != IGNORE for t in ex.labels[1:]) for ex in examples)
+        return reply_nll(model, examples, self.pad_id, self.eval_batch_size, amp) * count, count
 
     def length(self, example: TokenizedExample) -> int:
         return len(example.input_ids)

@@ -2,7 +2,8 @@
 
     runs/<name>/checkpoints/step-N/
       trainable.safetensors  {param name: tensor}          the adapter (or every trainable weight)
-      optimizer.safetensors  {"<param index>.<key>": tensor} AdamW exp_avg, exp_avg_sq, step
+      optimizer.safetensors  {"<param index>.<key>": tensor} AdamW exp_avg, exp_avg_sq, step (a nested
+                             state, bitsandbytes' 8-bit one: "<param index>.<key>/<sub key>")
       rng.safetensors        {"torch": uint8, "cuda.<i>": uint8}  dropout continues identically
       best.safetensors       {param name: tensor}          the best evaluation's weights (only when held)
       state.json             written last: format + version; position {step, epoch, group} (the next
@@ -12,7 +13,8 @@
                              hold (nan, inf) are written as {"__float__": "nan"}.
 
 Batches are a pure function of (seed, epoch) (`make_batches`), so (epoch, group) is the data
-position. A checkpoint is written to `step-N.tmp/` and renamed: a run killed mid-write leaves
+position; position["world"] is the number of processes the run trained on (group counts global
+micro-batches: train/distributed.py), and resuming on another number is refused by the engine. A checkpoint is written to `step-N.tmp/` and renamed: a run killed mid-write leaves
 no half checkpoint that looks complete (state.json, written last, marks a complete one). The
 last `keep` checkpoints are kept.
 
@@ -54,8 +56,12 @@ def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: d
     opt_state = opt.state_dict()
     opt_tensors, opt_values = {}, {}
     for i, per_param in opt_state["state"].items():
-        opt_values[str(i)] = {k: v for k, v in per_param.items() if not isinstance(v, torch.Tensor)}
+        opt_values[str(i)] = {k: _values(v) for k, v in per_param.items() if not isinstance(v, torch.Tensor)}
         opt_tensors.update({f"{i}.{k}": v for k, v in per_param.items() if isinstance(v, torch.Tensor)})
+        for k, v in per_param.items():  # bitsandbytes nests its 8-bit state: {"__bnb_..__": {"state1": ...}}
+            if isinstance(v, dict):
+                # cloned: its quantization maps (qmap1, qmap2) are one tensor shared by every parameter
+                opt_tensors.update({f"{i}.{k}/{sk}": t.clone() for sk, t in v.items() if isinstance(t, torch.Tensor)})
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
@@ -124,7 +130,11 @@ def load_checkpoint(path: Path, model, opt, sched) -> dict:
     per_param = {int(i): dict(v) for i, v in state["optimizer"]["state"].items()}
     for key, t in _load_tensors(path / "optimizer.safetensors").items():
         i, k = key.split(".", 1)
-        per_param.setdefault(int(i), {})[k] = t
+        if "/" in k:  # a nested state (bitsandbytes): "<i>.<key>/<sub key>"
+            k, sub = k.split("/", 1)
+            per_param.setdefault(int(i), {}).setdefault(k, {})[sub] = t
+        else:
+            per_param.setdefault(int(i), {})[k] = t
     groups = [{**g, "betas": tuple(g["betas"])} if "betas" in g else g for g in state["optimizer"]["param_groups"]]
     opt.load_state_dict({"state": per_param, "param_groups": groups})
     sched.load_state_dict(state["scheduler"])
@@ -136,6 +146,11 @@ def load_checkpoint(path: Path, model, opt, sched) -> dict:
     result = dict(state["result"])
     result["best_state"] = _load_tensors(path / "best.safetensors") if state["best_state"] else None
     return {"position": state["position"], "result": result}
+
+
+def _values(v):
+    """The non-tensor part of an optimizer state value (a nested dict keeps its non-tensor entries)."""
+    return {k: x for k, x in v.items() if not isinstance(x, torch.Tensor)} if isinstance(v, dict) else v
 
 
 # ---- files -------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from tunelab.eval.classification import classification_metrics, flat_metrics
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, begin_run, finish_run, setup_run, train_engine
@@ -221,10 +222,12 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
     # ---- after + save --------------------------------------------------------------------------------------
     after = objective.measure(model, val_tok, amp) if val_tok else {}
-    model.save_pretrained(str(run.path / ("adapter" if cfg.method.name == "lora" else "model")))
+    if is_main():
+        model.save_pretrained(str(run.path / ("adapter" if cfg.method.name == "lora" else "model")))
     outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
                               count_params(model)[0])
-    write_classify_report(run, cfg, outcome)
+    if is_main():
+        write_classify_report(run, cfg, outcome)
     finish_run(run, result)
     return outcome
 
@@ -234,6 +237,8 @@ def begin_classify_run(run: RunDir, cfg: RunConfig, tok, labels: list[str], head
     from tunelab.models.registry import resolve
 
     resume_step = begin_run(run, cfg, resolve(cfg.model.name).path, console=console)
+    if not is_main():  # rank 0 writes the run folder (train/distributed.py)
+        return resume_step
     run.write_text("labels.json", json.dumps({"labels": labels, "head": head}, indent=2) + "\n")
     tok.save_pretrained(str(run.path / "tokenizer"))
     return resume_step

@@ -27,9 +27,10 @@ from rich.console import Console
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, load_base, quantize_for_training, setup_run
-from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
+from tunelab.train.recipes.preference import (begin_on_main, load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_dpo_report
@@ -118,7 +119,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    run.begin(cfg, base.rm.path, template)
+    begin_on_main(run, cfg, base.rm.path, template)
     amp = autocast_dtype(cfg.train.precision, base.device)
 
     # ---- before: greedy replies of the base to held-out prompts ----------------------------------------------
@@ -126,8 +127,9 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     convs = [[{"role": "user", "content": p}] for p in cfg.eval.prompts]
     convs += [ex.prompt for ex in val_ex[: cfg.eval.from_validation]]
     t = time.perf_counter()
-    base_replies = sample(base.model, tok, template, convs, cfg.eval.max_new_tokens, amp)
-    if convs:
+    main = is_main()  # under a launcher, rank 0 alone samples and writes the run folder
+    base_replies = sample(base.model, tok, template, convs, cfg.eval.max_new_tokens, amp) if main else []
+    if main and convs:
         console.print(f"base replies sampled in {time.perf_counter() - t:.0f}s")
 
     # ---- train (TRL): the policy and its reference -----------------------------------------------------------
@@ -135,7 +137,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     p = cfg.preference
     args = trainer_args(DPOConfig, cfg, run, base.device, quiet, bool(val_rows), beta=p.beta,
                         loss_type=loss_types(p.loss_type), max_length=d.max_length)
-    logger = MetricsLogger(run, cfg.train.report_to)
+    logger = MetricsLogger(run)  # metrics.jsonl; the tracker of train.report_to is TRL's (trainer_args)
     trainer = _trainer_class()(model=base.model, ref_model=ref_model, args=args,
                                train_dataset=Dataset.from_list(train_rows),
                                eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tok,
@@ -148,14 +150,16 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     # ---- after + save ----------------------------------------------------------------------------------------
     policy = trainer.model
     policy.eval()
-    tuned_replies = sample(policy, tok, template, convs, cfg.eval.max_new_tokens, amp)
-    run.save_weights(policy, cfg.method.name, tok)
+    tuned_replies = sample(policy, tok, template, convs, cfg.eval.max_new_tokens, amp) if main else []
+    if main:
+        run.save_weights(policy, cfg.method.name, tok)
     samples = [{"prompt": c[-1]["content"], "base": b, "tuned": a} for c, b, a in zip(convs, base_replies, tuned_replies)]
     out = DpoOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows), len(val_rows),
                      cut_train + cut_val, cfg.eval.expect_suffix, samples)
-    write_dpo_report(run, cfg, out)
-    remove_empty_checkpoints(run)
-    run.mark_done()
+    if main:
+        write_dpo_report(run, cfg, out)
+        remove_empty_checkpoints(run)
+        run.mark_done()
     return out
 
 

@@ -13,8 +13,11 @@ Lengths: the prompt keeps its last `preference.max_prompt_length` tokens (the en
 generation prompt), then the reply is cut so prompt + reply <= `data.max_length`.
 
 Training runs in TRL (`RewardTrainer`, `DPOTrainer`), the reference implementations; `train.*`
-maps onto their TrainingArguments (`trainer_args`), and `MetricsCallback` writes every TRL log row
-into metrics.jsonl through `MetricsLogger` (eval_* keys become val_*). TRL tasks end with the final
+maps onto their TrainingArguments (`trainer_args`: train.optim by its transformers name, train.report_to
+as TrainingArguments.report_to, writing where the engine's tracker would: loggers.tracker_env), and
+`MetricsCallback` writes every TRL log row into metrics.jsonl through `MetricsLogger` (eval_* keys
+become val_*). Under `accelerate launch` / `tunelab train --nproc N` the Trainer runs DDP (or the
+config's FSDP / DeepSpeed) itself; rank 0 alone writes the run folder. TRL tasks end with the final
 weights: keep_best, early stopping and resume belong to the engine and are refused here.
 """
 
@@ -73,6 +76,16 @@ def refuse_engine_only_options(cfg: RunConfig) -> None:
                            where="train.early_stopping_patience", hint="set it to 0 and choose train.epochs")
 
 
+def begin_on_main(run, cfg: RunConfig, model_path, template) -> None:
+    """`run.begin` by rank 0 alone, every rank waiting for it (under a launcher; else just `run.begin`)."""
+    from tunelab.train.distributed import barrier, is_main
+
+    barrier()
+    if is_main():
+        run.begin(cfg, model_path, template)
+    barrier()
+
+
 def warmup_args(ratio: float) -> dict:
     """`train.warmup_ratio` as the TrainingArguments keyword that means a fraction of the optimizer steps.
 
@@ -93,11 +106,15 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
 
     e.g. 36 pairs, batch_size 4, grad_accum 1, epochs 2 -> 9 steps/epoch x 2 = 18 optimizer steps.
     """
-    from tunelab.train.activation_ckpt import wants_checkpointing
     from tunelab.runtime.precision import autocast_dtype
+    from tunelab.train.activation_ckpt import wants_checkpointing
+    from tunelab.train.loggers import tracker_env
+    from tunelab.train.optim import HF_NAMES, check_optim
 
     t = cfg.train
     amp = autocast_dtype(t.precision, device)
+    check_optim(t.optim, device)
+    tracker_env(t.report_to, run.path)  # transformers' callbacks read where to write from the environment
     if t.eval_every == "never" or not has_val:
         ev = {"eval_strategy": "no"}
     elif t.eval_every == "epoch":
@@ -105,11 +122,11 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
     else:
         ev = {"eval_strategy": "steps", "eval_steps": int(t.eval_every)}
     return config_cls(
-        output_dir=str(run.path / "checkpoints"), save_strategy="no", report_to="none", disable_tqdm=quiet,
+        output_dir=str(run.path / "checkpoints"), save_strategy="no", report_to=t.report_to, disable_tqdm=quiet,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         **warmup_args(t.warmup_ratio), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optim="adamw_torch",
+        lr_scheduler_type="constant_with_warmup" if t.scheduler == "constant" else t.scheduler, optim=HF_NAMES[t.optim],
         bf16=amp == torch.bfloat16, fp16=amp == torch.float16, gradient_checkpointing=wants_checkpointing(cfg),
         seed=t.seed, data_seed=t.seed, logging_steps=t.logging_steps, use_cpu=device.type == "cpu",
         dataloader_pin_memory=False, **ev, **extra)

@@ -29,6 +29,7 @@ from tunelab.data.templates import build_template
 from tunelab.eval.metrics import perplexity
 from tunelab.losses import reply_nll
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
@@ -117,12 +118,14 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
     # ---- after + save --------------------------------------------------------------------------------------
     val_after, tuned_text = measure(model, tok, val_blk, cfg, amp)
-    run.save_weights(model, cfg.method.name, tok)
+    if is_main():  # rank 0 writes the run folder (train/distributed.py)
+        run.save_weights(model, cfg.method.name, tok)
     prompts = cfg.eval.prompts
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_text, tuned_text)]
     out = PretrainOutcome(run.path, result, val_before, val_after, trainable, len(train_docs), n_tokens,
                           len(train_blk), len(val_blk), d.max_length, samples)
-    write_pretrain_report(run, cfg, out)
+    if is_main():
+        write_pretrain_report(run, cfg, out)
     finish_run(run, result)
     return out
 

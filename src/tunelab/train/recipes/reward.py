@@ -22,9 +22,10 @@ from rich.console import Console
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
+from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, setup_run
-from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
+from tunelab.train.recipes.preference import (begin_on_main, load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_reward_report
@@ -100,7 +101,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    run.begin(cfg, rm.path, template)  # template.json: how pairs were rendered, to score new text the same way
+    begin_on_main(run, cfg, rm.path, template)  # template.json: how pairs were rendered, to score new text the same way
 
     # ---- adapt -----------------------------------------------------------------------------------------------
     model = adapt(model, cfg)
@@ -108,7 +109,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     console.print(trainable)
 
     # ---- before, train, after (TRL) --------------------------------------------------------------------------
-    logger = MetricsLogger(run, cfg.train.report_to)
+    logger = MetricsLogger(run)  # metrics.jsonl; the tracker of train.report_to is TRL's (trainer_args)
     args = trainer_args(RewardConfig, cfg, run, device, quiet, bool(val_rows), max_length=None)
     trainer = RewardTrainer(model=model, args=args, train_dataset=scored_sequences(train_rows),
                             eval_dataset=scored_sequences(val_rows) if val_rows else None, processing_class=tok,
@@ -117,12 +118,13 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger)
 
     # ---- save ------------------------------------------------------------------------------------------------
-    run.save_weights(trainer.model, cfg.method.name, tok)
     out = RewardOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows),
                         len(val_rows), cut_train + cut_val)
-    write_reward_report(run, cfg, out)
-    remove_empty_checkpoints(run)
-    run.mark_done()
+    if is_main():  # under a launcher, rank 0 alone writes the run folder
+        run.save_weights(trainer.model, cfg.method.name, tok)
+        write_reward_report(run, cfg, out)
+        remove_empty_checkpoints(run)
+        run.mark_done()
     return out
 
 

@@ -24,6 +24,7 @@ from tunelab.losses import reply_nll
 from tunelab.runs.report import suffix_rate
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
@@ -91,8 +92,9 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
         m = cfg.method
         console.print(f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
     t = time.perf_counter()
-    val_before, base_replies = measure(base.model, tok, template, data, cfg, amp)
-    if data.prompts or data.val:
+    main = is_main()  # under N processes rank 0 alone measures, samples and writes (train/distributed.py)
+    val_before, base_replies = measure(base.model, tok, template, data, cfg, amp) if main else (float("nan"), [])
+    if main and (data.prompts or data.val):
         console.print(f"base model evaluated in {time.perf_counter() - t:.0f}s (val loss {val_before:.3f})")
 
     # ---- train ---------------------------------------------------------------------------------------------
@@ -106,12 +108,14 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
         console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
     # ---- after + save --------------------------------------------------------------------------------------
-    val_after, tuned_replies = measure(model, tok, template, data, cfg, amp)
-    save_weights(run, model, cfg, tok)
+    val_after, tuned_replies = measure(model, tok, template, data, cfg, amp) if main else (float("nan"), [])
+    if main:
+        save_weights(run, model, cfg, tok)
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(data.prompts, base_replies, tuned_replies)]
     outcome = SftOutcome(run.path, result, val_before, val_after, trainable, samples, len(data.train),
                          len(data.val), data.dropped, cfg.eval.expect_suffix)
-    write_sft_report(run, cfg, outcome)
+    if main:
+        write_sft_report(run, cfg, outcome)
     finish_run(run, result)
     return outcome
 
