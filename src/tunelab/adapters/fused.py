@@ -6,6 +6,7 @@ peft's `tuners/lora/bnb.py` adds one layer class per base type:
 
     torch.nn.Linear (exactly)   -> FusedLoraLinear        (a peft `lora.Linear`)
     quant.nn.QuantLinear        -> FusedLoraQuantLinear   (the QLoRA layer of adapters/qlora.py)
+      (and its subclass quant.gguf_linear.GGUFBlockLinear: a GGUF file's blocks kept as stored)
 
 Every other base (bitsandbytes' Linear4bit, which subclasses nn.Linear, Conv1D, ...), and an
 nn.Linear targeted by parameter name or with fan_in_fan_out, falls through to peft's own dispatch.
@@ -34,6 +35,7 @@ from torch import nn
 from tunelab.adapters.qlora import lora_quant_linear_cls  # first: installs the bitsandbytes import deferral
 from tunelab.ops.lora_linear import lora_linear
 from tunelab.quant.codecs import FORMATS_4BIT
+from tunelab.quant.gguf_linear import GGUFBlockLinear
 from tunelab.quant.nn import QuantLinear
 
 from peft.tuners.lora.layer import Linear as _PeftLoraLinear  # noqa: E402  (after the deferral above)
@@ -47,6 +49,8 @@ def _plain_base(base, x: torch.Tensor) -> bool:
     if type(base) is QuantLinear:
         return (base.fmt in FORMATS_4BIT and not base.act_quant and base.compute_dtype in (None, x.dtype)
                 and x.dtype == torch.float32)
+    if type(base) is GGUFBlockLinear:  # decodes in fp32
+        return base.compute_dtype in (None, x.dtype) and x.dtype == torch.float32
     return False
 
 
@@ -77,7 +81,7 @@ class _FoldedForward:
         if name is None:
             return super().forward(x, *args, **kwargs)
         base = self.base_layer
-        quant = base if type(base) is QuantLinear else None
+        quant = base if type(base) in (QuantLinear, GGUFBlockLinear) else None
         return lora_linear(x, None if quant is not None else base.weight, base.bias, self.lora_A[name].weight,
                            self.lora_B[name].weight, self.scaling[name], quant)
 
