@@ -107,7 +107,9 @@ class MethodConfig(_Section):
     # base runs without autograd: no activations kept, no backward through those blocks.
     # Why 8: docs/performance.md, "Adapted blocks and learning rate".
     layers: Literal["all"] | int = 8
-    quant_type: Literal["nf4", "fp4"] = "nf4"
+    # qlora's base: auto = the GGUF's own blocks (gguf) when model.name is a GGUF (or the embedded alias)
+    # whose block Linears are all Q4_0/Q4_1/Q8_0/Q4_K/Q6_K, else nf4 (quant/gguf_load.py; docs/quantization.md)
+    quant_type: Literal["auto", "nf4", "fp4", "gguf"] = "auto"
     double_quant: bool = True
     quant_backend: Literal["auto", "tunelab", "bitsandbytes"] = "auto"
     freeze_layers: int = Field(2, ge=0)  # method freeze: train the last N blocks (+ lm_head)
@@ -151,7 +153,9 @@ class TrainConfig(_Section):
     threads: int = 0  # 0 = all cores
     early_stopping_patience: int = Field(0, ge=0)  # stop after N evaluations without improvement (0 = off)
     early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must beat the best by more than this
-    report_to: Literal["none", "tensorboard"] = "none"  # metrics.jsonl is always written
+    report_to: Literal["none", "tensorboard", "wandb", "mlflow"] = "none"  # metrics.jsonl is always written
+    # adamw | adamw_fused (torch's fused kernel) | adamw8bit | paged_adamw8bit (bitsandbytes; paged: CUDA)
+    optim: Literal["adamw", "adamw_fused", "adamw8bit", "paged_adamw8bit"] = "adamw"
     # CPU: glibc keeps freed activation buffers for the next step (runtime/allocator.py); auto = on;
     # false = smaller RSS, slower (measured: docs/design.md, "glibc keeps freed buffers")
     keep_freed_memory: bool | Literal["auto"] = "auto"

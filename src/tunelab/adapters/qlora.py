@@ -105,17 +105,29 @@ def choose_backend(pref: str, device: torch.device) -> str:
 
 def quantize_base(model: nn.Module, quant_type: str = "nf4", double_quant: bool = True,
                   compute_dtype: torch.dtype | None = None, skip=("lm_head",)) -> nn.Module:
-    """Replace every Linear except `skip` with a frozen 4-bit QuantLinear, in place."""
-    from tunelab.quant.nn import QuantLinear, quantize_model
+    """Replace every Linear except `skip` with a frozen 4-bit QuantLinear, in place (a model loaded whole;
+    `tunelab.quant.stream_load` builds the same model without holding the full-precision one)."""
+    from tunelab.quant.nn import quantize_model
 
+    if quant_type == "gguf":  # a GGUF-trained run loaded whole: its weights are the blocks' exact decode
+        return freeze_quantized_base(model, compute_dtype)
+    quant_type = "nf4" if quant_type == "auto" else quant_type  # auto on a model loaded whole: nf4
     quantize_model(model, quant_type, skip=tuple(skip), blocksize=64, double_quant=double_quant)
+    freeze_quantized_base(model, compute_dtype)
+    _own_storage(model)
+    return model
+
+
+def freeze_quantized_base(model: nn.Module, compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Freeze every parameter and set each QuantLinear's compute dtype (None: the input's), in place."""
+    from tunelab.quant.nn import QuantLinear
+
     if compute_dtype is not None:
         for m in model.modules():
             if isinstance(m, QuantLinear):
                 m.compute_dtype = compute_dtype
     for p in model.parameters():
         p.requires_grad_(False)
-    _own_storage(model)
     return model
 
 
@@ -138,6 +150,7 @@ def bnb_quantization_config(quant_type: str, double_quant: bool, compute_dtype: 
     from transformers import BitsAndBytesConfig
 
     bnb_compat.route_unaligned_cpu_dequantize()
+    quant_type = "fp4" if quant_type == "fp4" else "nf4"  # auto (and gguf, refused before) -> nf4
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type=quant_type,
                               bnb_4bit_use_double_quant=double_quant, bnb_4bit_compute_dtype=compute_dtype)
 

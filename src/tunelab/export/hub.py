@@ -173,7 +173,8 @@ def model_card(run_dir: str | Path, cfg: dict, what: str, repo_id: str, quant: s
         m += (f" (r={method.get('r')}, alpha={method.get('alpha'):g}, targets {method.get('target_modules')}, "
               f"last {method.get('layers')} layers)")
         if mname == "qlora":
-            m += f" on a 4-bit {method.get('quant_type', 'nf4')} base"
+            qt = method.get("quant_type", "nf4")
+            m += " on its GGUF base's own quantized blocks" if qt == "gguf" else f" on a 4-bit {qt} base"
     lines.append(m)
     lines.append(f"- prompt template: `{data.get('template', 'auto')}`"
                  + (f"; system prompt: \"{data['system']}\"" if data.get("system") else ""))

@@ -86,9 +86,15 @@ def resume_point(run: RunDir, cfg: RunConfig) -> int | None:
 
 
 def begin_run(run: RunDir, cfg: RunConfig, base_path, template=None, console=None) -> int | None:
-    """Resolve where the run resumes (None: from the start), then write its config and template."""
+    """Resolve where the run resumes (None: from the start), then write its config and template.
+    Under N processes every rank reads the resume point before rank 0 (alone) writes the folder."""
+    from tunelab.train.distributed import barrier, is_main
+
     resume_step = resume_point(run, cfg)
-    run.begin(cfg, base_path, template, resume_step, console)
+    barrier()
+    if is_main():
+        run.begin(cfg, base_path, template, resume_step, console)
+    barrier()
     return resume_step
 
 
@@ -102,6 +108,7 @@ class Base:
     rm: object
     backend: str | None
     device: torch.device
+    quantized: bool = False  # already 4-bit as loaded (the streamed CPU QLoRA load)
 
     @property
     def before_step(self):
@@ -114,18 +121,38 @@ class Base:
 
 
 def load_base(cfg: RunConfig) -> Base:
-    """The causal LM of `model.name`: qlora on the bitsandbytes backend loads it 4-bit
-    (`load_bnb_base`); everything else loads it as `model.dtype` (quantized later, if at all)."""
+    """The causal LM of `model.name`, by method and backend:
+
+        qlora, bitsandbytes backend   loaded 4-bit by transformers (`load_bnb_base`)
+        qlora, tunelab backend, CPU   streamed: each Linear quantized to NF4 as its weight is read, the
+                                      full-precision model never held (`quant.stream_load`); a hub id or a
+                                      checkpoint without safetensors is loaded whole and quantized later
+        everything else               loaded as `model.dtype` (quantized later by `quantize_for_training`)
+    First of all, qlora on a GGUF whose Linears are in a block format tunelab decodes keeps those blocks
+    (`quant.gguf_load`, method.quant_type auto | gguf).
+    """
     from tunelab.adapters.qlora import choose_backend
     from tunelab.models.load import load_causal_lm, pick_device
+    from tunelab.quant.gguf_load import load_gguf_qlora_base
 
     m = cfg.method
     device = pick_device(cfg.model.device)
+    # qlora on a GGUF of Q4_0/Q4_1/Q8_0/Q4_K/Q6_K Linears: blocks kept (also resolves quant_type auto: gguf | nf4)
+    kept = load_gguf_qlora_base(cfg, device)
+    if kept is not None:
+        return Base(*kept, "tunelab", device, quantized=True)
     backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
     if backend == "bitsandbytes":
         model, tok, rm = load_bnb_base(cfg, device)
-    else:
-        model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
+        return Base(model, tok, rm, backend, device)
+    if backend == "tunelab" and device.type == "cpu":
+        from tunelab.quant.stream_load import load_quantized_causal_lm
+
+        streamed = load_quantized_causal_lm(cfg.model.name, dtype=cfg.model.dtype, quant_type=m.quant_type,
+                                            double_quant=m.double_quant)
+        if streamed is not None:
+            return Base(*streamed, backend, device, quantized=True)
+    model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
     return Base(model, tok, rm, backend, device)
 
 
@@ -150,13 +177,17 @@ def load_bnb_base(cfg: RunConfig, device):
 
 
 def quantize_for_training(base: Base, cfg: RunConfig, amp) -> bool:
-    """qlora on the tunelab backend: quantize the loaded base in place; True when it did."""
+    """qlora on the tunelab backend: the base in 4-bit, frozen, its layers computing in `amp`; True when
+    it is. A streamed base (`base.quantized`) is 4-bit already; any other is quantized in place here."""
     m = cfg.method
     if m.name != "qlora" or base.backend != "tunelab":
         return False
-    from tunelab.adapters.qlora import quantize_base
+    from tunelab.adapters.qlora import freeze_quantized_base, quantize_base
 
-    quantize_base(base.model, m.quant_type, m.double_quant, compute_dtype=amp)
+    if base.quantized:
+        freeze_quantized_base(base.model, compute_dtype=amp)
+    else:
+        quantize_base(base.model, m.quant_type, m.double_quant, compute_dtype=amp)
     return True
 
 
@@ -199,6 +230,8 @@ def train_engine(model, train: list, val: list, cfg: RunConfig, run: RunDir, log
 
 
 def finish_run(run: RunDir, result) -> None:
-    """Mark the run DONE (written last) unless training was interrupted: then it can be resumed."""
-    if result.stopped_early != "interrupted":
+    """Mark the run DONE (written last, by rank 0) unless training was interrupted: then it can be resumed."""
+    from tunelab.train.distributed import is_main
+
+    if result.stopped_early != "interrupted" and is_main():
         run.mark_done()

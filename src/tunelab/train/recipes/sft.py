@@ -90,7 +90,9 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     # ---- before: the base ----------------------------------------------------------------------------------
     if quantize_for_training(base, cfg, amp):
         m = cfg.method
-        console.print(f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
+        kept = m.quant_type == "gguf"  # the GGUF's own blocks, kept as stored (quant/gguf_load.py)
+        console.print("base kept in its GGUF blocks (tunelab backend)" if kept else
+                      f"base quantized to {m.quant_type.upper()}{'+DQ' if m.double_quant else ''} (tunelab backend)")
     t = time.perf_counter()
     main = is_main()  # under N processes rank 0 alone measures, samples and writes (train/distributed.py)
     val_before, base_replies = measure(base.model, tok, template, data, cfg, amp) if main else (float("nan"), [])
