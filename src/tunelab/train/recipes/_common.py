@@ -200,7 +200,8 @@ def adapt(model, cfg: RunConfig):
     through estimator); full: every weight, as loaded. Then gradient checkpointing if `wants_checkpointing`.
     """
     from tunelab.adapters.lora import apply_lora, freeze_all_but_last
-    from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
+    from tunelab.train.activation_ckpt import enable as enable_checkpointing
+    from tunelab.train.activation_ckpt import wants_checkpointing
 
     m = cfg.method
     if m.name in ("lora", "qlora"):
