@@ -132,8 +132,9 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
     return DataReport(template, splits, t_train, template_warnings(template, tokenizer), "sft", data_notes(data))
 
 
-def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
-    """Text histogram lines: '  64-127 | ######## 12'."""
+def length_bins(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
+    """(low, high, count) for `bins` equal integer bins from min(lengths):
+    step = ceil((max - min + 1) / bins); x falls in bin min((x - min) // step, bins - 1)."""
     if not lengths:
         return []
     lo, hi = min(lengths), max(lengths)
@@ -141,9 +142,16 @@ def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
     counts = [0] * bins
     for x in lengths:
         counts[min((x - lo) // step, bins - 1)] += 1
-    top = max(counts)
-    return [f"{lo + i * step:>6}-{lo + (i + 1) * step - 1:<6}| {'#' * round(width * c / top):<{width}} {c}"
-            for i, c in enumerate(counts) if c or i < bins]
+    return [(lo + i * step, lo + (i + 1) * step - 1, c) for i, c in enumerate(counts)]
+
+
+def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
+    """Text histogram lines of `length_bins`: '  64-127 | ######## 12'."""
+    rows = length_bins(lengths, bins)
+    if not rows:
+        return []
+    top = max(c for _, _, c in rows)
+    return [f"{low:>6}-{high:<6}| {'#' * round(width * c / top):<{width}} {c}" for low, high, c in rows]
 
 
 def plot_histogram(report: DataReport, path: Path) -> Path:

@@ -8,11 +8,10 @@ inside), so an interrupted conversion never looks finished.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.models.folder import building
 
 
 def gguf_to_safetensors(folder: Path, gguf_file: str, out: Path) -> Path:
@@ -37,20 +36,11 @@ def gguf_to_safetensors(folder: Path, gguf_file: str, out: Path) -> Path:
     real_missing = [k for k in missing if not (k == "lm_head.weight" and config.tie_word_embeddings)]
     if real_missing or unexpected:
         raise TunelabError(f"GGUF conversion mismatch: missing={real_missing[:3]} unexpected={unexpected[:3]}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with building(out, f"converted from {folder / gguf_file}\n") as tmp:
         model.save_pretrained(tmp)
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
         tok.save_pretrained(tmp)
-        (tmp / "DONE").write_text(f"converted from {folder / gguf_file}\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -102,6 +101,7 @@ def write_synthetic_llama(out: str | Path, preset: str | dict = "100m", *, seed:
     """
     import torch
 
+    from tunelab.models.folder import building
     from tunelab.models.shards import ShardWriter
     from tunelab.models.tiny import build_tokenizer
 
@@ -113,9 +113,7 @@ def write_synthetic_llama(out: str | Path, preset: str | dict = "100m", *, seed:
     check_disk(out.parent if out.parent != Path("") else Path("."), need)
     tok = build_tokenizer()
     cfg.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with building(out, f"synthetic llama, {param_count(cfg)} params, seed {seed}\n") as tmp:
         gen = torch.Generator().manual_seed(seed)
         writer = ShardWriter(tmp, max_shard_bytes, metadata={"producer": "tunelab.models.synthetic"})
         std = cfg["initializer_range"]
@@ -129,11 +127,4 @@ def write_synthetic_llama(out: str | Path, preset: str | dict = "100m", *, seed:
         writer.close()
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n", encoding="utf-8")
         tok.save_pretrained(tmp)
-        (tmp / "DONE").write_text(f"synthetic llama, {param_count(cfg)} params, seed {seed}\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -6,9 +6,9 @@ as a real model: 2 layers x hidden 64, vocab 512 -> ~0.1M parameters.
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
+
+from tunelab.models.folder import building
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}"
@@ -66,16 +66,7 @@ def build_tiny_llama(out: Path, *, hidden: int = 64, layers: int = 2, heads: int
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
-    try:
+    with building(out, "tiny random llama\n") as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        (tmp / "DONE").write_text("tiny random llama\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out

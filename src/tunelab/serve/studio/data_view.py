@@ -45,17 +45,6 @@ def tokenizer(model: str):
         return _tokenizers[model]
 
 
-def bins(lengths: list[int], n: int = 10) -> list[tuple[int, int, int]]:
-    """(low, high, count) for `n` equal bins over [min, max], as data.inspect.histogram counts them."""
-    if not lengths:
-        return []
-    lo, hi = min(lengths), max(lengths)
-    step = max(1, -(-(hi - lo + 1) // n))
-    counts = [0] * n
-    for x in lengths:
-        counts[min((x - lo) // step, n - 1)] += 1
-    return [(lo + i * step, lo + (i + 1) * step - 1, c) for i, c in enumerate(counts)]
-
 
 def token_pieces(tok, ids: list[int], learned: list[bool]) -> list[list]:
     """[text, learned] per token; a token that is part of a UTF-8 character (byte-level BPE splits an
@@ -75,7 +64,7 @@ def token_pieces(tok, ids: list[int], learned: list[bool]) -> list[list]:
 def inspect_file(state, tenant: str, file_id: str, model: str) -> dict:
     """The inspect report of one uploaded file (blocking)."""
     from tunelab.config import from_dict
-    from tunelab.data.inspect import inspect_config
+    from tunelab.data.inspect import inspect_config, length_bins
     from tunelab.data.tokenize import IGNORE
 
     row = jobs_db.get_file(jobs_db.conn(state.db_path), tenant, file_id)
@@ -92,7 +81,7 @@ def inspect_file(state, tenant: str, file_id: str, model: str) -> dict:
     except TunelabError as e:
         raise APIError(400, e.one_line(), param="model", code="inspect_failed") from None
     splits = [{"name": s.name, "count": s.count, "mean": round(s.mean, 1), "max": max(s.lengths, default=0),
-               "truncated": s.truncated, "learned_tokens": s.learned_tokens, "bins": bins(s.lengths)}
+               "truncated": s.truncated, "learned_tokens": s.learned_tokens, "bins": length_bins(s.lengths)}
               for s in rep.splits]
     example = None
     if rep.examples:
