@@ -202,7 +202,7 @@ class Trainer:
         if self.before_step is not None:
             self.before_step(self.model)
         loss_val, ntok = 0.0, 0
-        for idx in (group if self.world == 1 else dist.shard(group, self.world, self.rank)):
+        for idx in dist.shard(group, self.world, self.rank):  # W = 1: the whole group
             batch = {k: v.to(self.device) for k, v in self.objective.collate([self.train_data[i] for i in idx]).items()}
             with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
                 total, n = self.objective.loss_sum(self.model, batch)
