@@ -40,7 +40,7 @@ def is_hub_id(source: str) -> bool:
     """`hf:owner/name` always; `owner/name` only when no such path exists and it has no data-file suffix."""
     if source.startswith("hf:"):
         return True
-    return bool(_HUB_ID.match(source)) and not Path(source).suffix.lower() in (*DATA_SUFFIXES, *TEXT_SUFFIXES)
+    return bool(_HUB_ID.fullmatch(source)) and not Path(source).suffix.lower() in (*DATA_SUFFIXES, *TEXT_SUFFIXES)
 
 
 def read_source(source: str, base: Path | None = None, field: str = "data.train", text_files: bool = False,

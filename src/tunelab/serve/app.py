@@ -6,10 +6,8 @@ Every error is `{"error": {"message", "type", "param", "code"}}` (serve/errors.p
     APIError                          its own status (400, 401, 404, 413, 429, ...)
     request validation, invalid JSON  400 invalid_request_error, `param` = the field's path
     unknown route / method            404 / 405
-    body over the limit               413: `state.upload_limit` (64 MiB) for POST /v1/files and
-                                      /studio/api/kbs (UPLOAD_PATHS),
-                                      `state.body_limit` (1 MiB) otherwise; Content-Length is
-                                      checked before the body is read, a chunked body as it streams
+    body over the limit, bad JSON,    413 / 400 / 403 / 415 from the request guard (serve/guard.py), before
+    a foreign Host or Origin, ...     any route runs
     anything else                     500 server_error, "internal server error" (the traceback
                                       goes to the log, not to the client)
 No CORS headers are sent (browsers on other origins cannot call the server), no /docs.
@@ -27,7 +25,7 @@ import logging
 import re
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,73 +33,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tunelab.serve import db
 from tunelab.serve.auth import SCHEMA as KEYS_SCHEMA
 from tunelab.serve.errors import APIError
+from tunelab.serve.guard import RequestGuard
 
 EXTRA_MODULES = ["tunelab.serve.files_api", "tunelab.serve.jobs_api", "tunelab.serve.studio"]  # studio: the web UI at /
 log = logging.getLogger("tunelab.serve")
-
-
-class BodyTooLarge(HTTPException):
-    """Raised while a body streams in past its limit (FastAPI re-raises HTTPExceptions as they are)."""
-
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body over the limit of {limit} bytes")
-
-
-# The routes that take uploaded files (a dataset, a knowledge base's documents).
-UPLOAD_PATHS = ("/v1/files", "/studio/api/kbs")
-
-
-def _limit(state, scope) -> int:
-    upload = scope["method"] == "POST" and scope["path"].rstrip("/") in UPLOAD_PATHS
-    return state.upload_limit if upload else state.body_limit
-
-
-def _too_large(limit: int) -> JSONResponse:
-    return _error(APIError(413, f"request body over the limit of {limit} bytes", code="request_too_large"))
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for a body over its limit (module docstring)."""
-
-    def __init__(self, app, state):
-        self.app, self.state = app, state
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = _limit(self.state, scope)
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                return await _too_large(limit)(scope, receive, send)
-        seen = 0
-
-        async def limited():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise BodyTooLarge(limit)
-            return message
-
-        started = False
-
-        async def tracking_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited, tracking_send)
-        except BodyTooLarge:
-            if not started:
-                await _too_large(limit)(scope, receive, send)
 
 
 def _error(e: APIError) -> JSONResponse:
@@ -222,5 +157,5 @@ def create_app(state, extra_modules: list[str] | None = None, pool=None) -> Fast
     app.include_router(router)
     for mod in modules:
         app.include_router(mod.router)
-    app.add_middleware(BodyLimit, state=state)
+    app.add_middleware(RequestGuard, state=state)  # body limits, JSON checks, Host/Origin/Content-Type
     return app

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from tunelab.serve.errors import APIError
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # always fullmatch: `$` lets a trailing newline in
 
 
 def check_name(value: str, param: str) -> str:
-    if not isinstance(value, str) or not _NAME.match(value) or ".." in value:
+    if not isinstance(value, str) or not _NAME.fullmatch(value) or ".." in value:
         raise APIError(400, f"invalid {param} '{value}': use 1-64 letters, digits, '.', '_' or '-', "
                             "starting with a letter or digit", param=param, code="invalid_name")
     return value
