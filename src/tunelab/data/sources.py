@@ -9,7 +9,10 @@ A source is one of:
 
 `where` is `path:line` for line-based files, `path:row N` for Parquet, `path:item N` for JSON lists,
 `hf:owner/name[split]:row N` for hub rows, and the file path for a whole text file.
-Every problem is a TunelabError naming the file (and line, where there is one).
+Every problem is a TunelabError naming the file (and line, where there is one), also for what the JSON
+parser itself cannot take: nesting deeper than MAX_DEPTH, an integer over Python's int-digit limit,
+a string holding a lone surrogate (\\ud800-\\udfff, which no UTF-8 text can carry) and bytes that
+are not UTF-8. Any bytes give records or a TunelabError (tests/data/test_sources_fuzz.py).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from tunelab.errors import TunelabError
 
 DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
 TEXT_SUFFIXES = (".txt", ".md")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # fullmatch
+MAX_DEPTH = 64  # nesting of JSON lists and objects, in a record and in a server's request body
 
 
 @dataclass
@@ -41,6 +45,52 @@ def is_hub_id(source: str) -> bool:
     if source.startswith("hf:"):
         return True
     return bool(_HUB_ID.fullmatch(source)) and not Path(source).suffix.lower() in (*DATA_SUFFIXES, *TEXT_SUFFIXES)
+
+
+def json_value_problem(obj, max_depth: int = MAX_DEPTH) -> str | None:
+    """Why a parsed JSON value is refused: nesting deeper than `max_depth`, or a string (a key too) with a
+    lone surrogate; None when it is fine. Iterative: any depth is walked without recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                return f"a string holds a lone surrogate (\\u{ord(value[e.start]):04x}), which is not text"
+        elif isinstance(value, (list, dict)):
+            if depth > max_depth:
+                return f"nested deeper than {max_depth} levels"
+            if isinstance(value, dict):
+                stack.extend((k, depth) for k in value)
+                stack.extend((v, depth + 1) for v in value.values())
+            else:
+                stack.extend((v, depth + 1) for v in value)
+    return None
+
+
+def parse_json(text: str | bytes):
+    """json.loads, with every way it can fail as a ValueError whose message reads in an error line:
+    json.JSONDecodeError as it is (its position), nesting (RecursionError, or deeper than MAX_DEPTH),
+    an integer over the int-digit limit, a lone surrogate, bytes that are not UTF-8."""
+    import sys
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid UTF-8 (byte 0x{e.object[e.start]:02x})") from None
+    except ValueError as e:
+        if "integer string conversion" in str(e) or "Exceeds the limit" in str(e):
+            raise ValueError(f"an integer has more than {sys.get_int_max_str_digits()} digits") from None
+        raise ValueError(str(e).splitlines()[0] if str(e) else "invalid JSON") from None
+    problem = json_value_problem(obj)
+    if problem is not None:
+        raise ValueError(problem)
+    return obj
 
 
 def read_source(source: str, base: Path | None = None, field: str = "data.train", text_files: bool = False,
@@ -140,10 +190,13 @@ def _read_jsonl(p: Path, text: str) -> list[Record]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = parse_json(line)
         except json.JSONDecodeError as e:
             raise TunelabError(f"invalid JSON ({e.msg} at column {e.colno})", where=f"{p}:{i}",
                                hint="each line must be one JSON object") from None
+        except ValueError as e:
+            raise TunelabError(f"invalid JSON ({e})", where=f"{p}:{i}",
+                               hint="fix the line or remove it") from None
         if not isinstance(obj, dict):
             raise TunelabError(f"expected a JSON object, got {type(obj).__name__}", where=f"{p}:{i}")
         out.append(Record(obj, f"{p}:{i}"))
@@ -154,9 +207,11 @@ def _read_json(p: Path, text: str) -> list[Record]:
     if not text.strip():
         return []
     try:
-        obj = json.loads(text)
+        obj = parse_json(text)
     except json.JSONDecodeError as e:
         raise TunelabError(f"invalid JSON ({e.msg})", where=f"{p}:{e.lineno}") from None
+    except ValueError as e:
+        raise TunelabError(f"invalid JSON ({e})", where=str(p), hint="fix the item or remove it") from None
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):

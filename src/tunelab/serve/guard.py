@@ -9,10 +9,11 @@ In every mode:
                    the limit, and the reply is the 413 even when the route turned the cut-off body into
                    an error of its own (a multipart parser's 400).
     JSON bodies    a body that is not a multipart upload is read whole (at most its limit) and, when it
-                   parses as JSON, refused with a 400 `invalid_json` for nesting deeper than MAX_DEPTH,
-                   an integer over Python's int-digit limit (`sys.get_int_max_str_digits()`), or a string
+                   parses as JSON, refused with a 400 `invalid_json` for nesting deeper than MAX_DEPTH (64),
+                   an integer over Python's int-digit limit (`sys.get_int_max_str_digits()`), a string
                    holding a lone surrogate (no UTF-8 text can carry one: a tokenizer, a file name or the
-                   database would fail on it). A body that does not parse is left to the route's own 400.
+                   database would fail on it) or bytes that are not UTF-8: the data readers' own checks
+                   (data/sources.parse_json). A body that does not parse is left to the route's own 400.
 
 Browser-facing requests (`protected`): with `--no-auth` every route, with keys the Studio's (every path
 outside /v1/). A page of another site can make a browser send these, and with `--no-auth` no key
@@ -31,16 +32,15 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import sys
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from tunelab.data.sources import parse_json
 from tunelab.serve.errors import APIError
 
 # The routes that take uploaded files (a dataset, a knowledge base's documents).
 UPLOAD_PATHS = ("/v1/files", "/studio/api/kbs")
-MAX_DEPTH = 64
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
 
@@ -130,35 +130,14 @@ def content_type_problem(scope, headers: dict) -> str | None:
 
 
 def json_problem(body: bytes) -> str | None:
-    """Why a JSON body is refused (the module docstring); None when it is fine or is not JSON at all."""
+    """Why a JSON body is refused (the module docstring); None when it is fine or is not JSON at all
+    (the route's own 400 says where)."""
     try:
-        doc = json.loads(body)
-    except RecursionError:
-        return f"the request body is nested deeper than {MAX_DEPTH} levels"
-    except UnicodeDecodeError:
-        return "the request body is not UTF-8 text"
+        parse_json(body)
+    except json.JSONDecodeError:
+        return None
     except ValueError as e:
-        if isinstance(e, json.JSONDecodeError):
-            return None  # the route's own 400 says where
-        if "integer string conversion" in str(e) or "Exceeds the limit" in str(e):
-            return (f"the request body holds an integer of more than {sys.get_int_max_str_digits()} digits")
-        return f"the request body is not valid JSON ({e})"
-    stack = [(doc, 1)]
-    while stack:
-        obj, depth = stack.pop()
-        if isinstance(obj, str):
-            try:
-                obj.encode("utf-8")
-            except UnicodeEncodeError:
-                return "the request body holds a string with a lone surrogate (\\ud800-\\udfff), not text"
-        elif isinstance(obj, (list, dict)):
-            if depth > MAX_DEPTH:
-                return f"the request body is nested deeper than {MAX_DEPTH} levels"
-            items = obj.items() if isinstance(obj, dict) else ((None, v) for v in obj)
-            for k, v in items:
-                if k is not None:
-                    stack.append((k, depth))
-                stack.append((v, depth + 1))
+        return f"the request body is refused: {e}"
     return None
 
 
