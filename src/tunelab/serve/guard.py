@@ -26,12 +26,19 @@ stops them:
                    `multipart/form-data` on the upload routes: 415 otherwise (a cross-site form or a
                    `text/plain` fetch can send neither without a CORS preflight, which this server
                    never grants).
+
+Keys never reach the logs: `RedactKeys`, a filter on uvicorn's access and error loggers and on
+tunelab.serve's, replaces a key (`tl-...`) anywhere in a line, and the value of any query parameter
+whose name holds key, token, secret, password or auth, with `***` (a client that sends its key as
+`?api_key=` is refused with a 401, but its request line is logged).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import logging
+import re
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
@@ -43,6 +50,38 @@ from tunelab.serve.errors import APIError
 UPLOAD_PATHS = ("/v1/files", "/studio/api/kbs")
 STATE_CHANGING = ("POST", "PUT", "PATCH", "DELETE")
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]", "::1")
+
+
+_SECRET_PARAM = re.compile(r"(?i)((?:^|[?&;])[^=&;#\s\"]*(?:key|token|secret|password|auth)[^=&;#\s\"]*=)[^&;#\s\"]*")
+_KEY = re.compile(r"tl-[A-Za-z0-9_\-]{6,}")
+LOGGERS = ("uvicorn.access", "uvicorn.error", "tunelab.serve")
+
+
+def redact(text: str) -> str:
+    """`text` with keys and secret query values as `***` (the module docstring)."""
+    return _KEY.sub("tl-***", _SECRET_PARAM.sub(r"\1***", text))
+
+
+class RedactKeys(logging.Filter):
+    """A logging filter: every string of a record (its message and arguments) through `redact`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str):
+            record.msg = redact(record.msg)
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact(a) if isinstance(a, str) else a for a in record.args)
+        elif isinstance(record.args, dict):
+            record.args = {k: redact(v) if isinstance(v, str) else v for k, v in record.args.items()}
+        return True
+
+
+REDACT = RedactKeys()
+
+
+def install_log_filter() -> None:
+    """Put REDACT on the server's loggers (once each; uvicorn's dictConfig keeps a logger's filters)."""
+    for name in LOGGERS:
+        logging.getLogger(name).addFilter(REDACT)
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -153,6 +192,7 @@ class RequestGuard:
 
     def __init__(self, app, state):
         self.app, self.state = app, state
+        install_log_filter()
 
     def protected(self, scope) -> bool:
         return not getattr(self.state, "auth", True) or not scope["path"].startswith("/v1/")
