@@ -1,0 +1,86 @@
+"""A knowledge base's documents (serve/kb_files.py): a failed upload leaves nothing behind, and documents and
+knowledge bases can be deleted."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from tunelab.errors import TunelabError
+
+pytest.importorskip("lancedb", reason="the rag extra is not installed")
+
+
+def _tree(root) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(root.rglob("*"))} if root.exists() else {}
+
+
+def _index(docs, folder):
+    from tunelab.rag.indexer import index
+
+    return lambda: index([docs], directory=folder)
+
+
+def test_a_refused_upload_leaves_nothing_and_the_next_one_works(tmp_path):
+    from tunelab.serve.kb_files import add_documents
+
+    docs, folder = tmp_path / "home" / "kb-docs" / "default" / "notes", tmp_path / "kb" / "notes"
+    # an unreadable PDF on a new knowledge base: refused before anything is written, named by its upload name
+    with pytest.raises(TunelabError) as e:
+        add_documents(docs, folder, [("a.txt", b"Ferries leave at nine."), ("bad.pdf", b"%PDF-1.4 garbage")],
+                      _index(docs, folder))
+    assert "bad.pdf" in e.value.one_line() and str(tmp_path) not in e.value.one_line()
+    assert not (tmp_path / "home").exists() and not (tmp_path / "kb").exists()
+    rep = add_documents(docs, folder, [("a.txt", b"Ferries leave at nine.")], _index(docs, folder))
+    assert rep.files == 1 and (folder / "manifest.json").is_file()
+    assert stat.S_IMODE(os.stat(docs / "a.txt").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(docs).st_mode) == 0o700 and stat.S_IMODE(os.stat(folder.parent).st_mode) == 0o700
+    before_docs, before_kb = _tree(docs), (folder / "manifest.json").read_bytes()
+
+    # a failure while indexing (after the documents were written): they are put back as they were
+    def broken():
+        raise TunelabError("embedder exploded")
+
+    with pytest.raises(TunelabError):
+        add_documents(docs, folder, [("a.txt", b"Ferries now leave at ten."), ("b.md", b"# B\n\nbee")], broken)
+    assert _tree(docs) == before_docs and (folder / "manifest.json").read_bytes() == before_kb
+    rep = add_documents(docs, folder, [("b.md", b"# Buses\n\nBuses leave at noon.")], _index(docs, folder))
+    assert rep.files == 2 and sorted(_tree(docs)) == ["a.txt", "b.md"]
+
+
+def test_delete_a_document_then_the_last_one_takes_the_knowledge_base(tmp_path):
+    from tunelab.rag.store import KnowledgeBase
+    from tunelab.serve.kb_files import add_documents, delete_document, delete_kb
+
+    docs, folder = tmp_path / "kb-docs" / "n", tmp_path / "kb" / "n"
+    add_documents(docs, folder, [("a.txt", b"Ferries leave at nine."), ("b.txt", b"Buses leave at noon.")],
+                  _index(docs, folder))
+    assert delete_document(docs, folder, "nope.txt") is False
+    assert delete_document(docs, folder, "a.txt") is True
+    kb = KnowledgeBase.open(directory=folder)
+    assert [f["source"] for f in kb.files.values()] == ["b.txt"]
+    assert {r["source"] for r in kb.table.search().select(["source"]).limit(100).to_list()} == {"b.txt"}
+    assert sorted(p.name for p in docs.iterdir()) == ["b.txt"]
+    assert delete_document(docs, folder, "b.txt") is True
+    assert not folder.exists() and not docs.exists()
+    assert sorted(p.name for p in (tmp_path / "kb").iterdir()) == []
+    delete_kb(docs, folder)  # gone already: nothing to do
+
+
+def test_delete_a_knowledge_base_keeps_documents_outside_the_docs_folder(tmp_path):
+    from tunelab.rag.indexer import index
+    from tunelab.serve.kb_files import delete_document, delete_kb
+
+    own = tmp_path / "mine"
+    own.mkdir()
+    (own / "x.txt").write_text("Trains leave at one.")
+    (own / "y.txt").write_text("Planes leave at two.")
+    folder = tmp_path / "kb" / "cli"
+    index([own], directory=folder)  # what `tunelab rag index` makes: the documents are the user's own
+    assert delete_document(tmp_path / "kb-docs" / "cli", folder, "x.txt") is True
+    assert (own / "x.txt").is_file()  # never the user's file
+    delete_kb(tmp_path / "kb-docs" / "cli", folder)
+    assert not folder.exists() and (own / "y.txt").is_file()
