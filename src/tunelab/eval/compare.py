@@ -53,14 +53,15 @@ class Contender:
 
         if self.kind == "model":
             return Generator.from_model(self.source)
-        if self.kind == "base" and not (Path(self.source) / "adapter").is_dir():
+        from tunelab.runs.rundir import RunDir
+
+        if self.kind == "base" and not RunDir(self.source).adapter_dir.is_dir():
             # a full / freeze / qat run saved its trained model: the base is the run's model.name
-            from tunelab.data.templates import Template
             from tunelab.runs.load import load_run, load_run_base
 
-            _, cfg = load_run(self.source)
-            model, tok = load_run_base(cfg)
-            return Generator(model.eval(), tok, Template.load(Path(self.source) / "template.json"))
+            rd, _ = load_run(self.source)
+            model, tok = load_run_base(rd.config)
+            return Generator(model.eval(), tok, rd.template())
         return Generator.from_run(self.source, base=self.kind == "base")
 
     def with_prompt(self, fn, variant: str, suffix: str) -> "Contender":
@@ -96,8 +97,9 @@ def contenders_for(name: str, base: bool) -> list[Contender]:
         return [Contender(name, name, "model", fp)]
     rd, cfg = found
     data = cfg.get("data") or {}
-    run_fp = _files_digest(rd.path, ("config.yaml", "template.json", "adapter/adapter_model.safetensors",
-                                     "model/model.safetensors", "quantized/model.safetensors"))
+    files = (rd.config_path, rd.template_path, rd.adapter_dir / "adapter_model.safetensors",
+             rd.model_dir / "model.safetensors", rd.quantized_dir / "model.safetensors")
+    run_fp = _files_digest(rd.path, tuple(p.relative_to(rd.path).as_posix() for p in files))
     common = dict(max_length=int(data.get("max_length") or DEFAULT_MAX_LENGTH),
                   truncation_side=data.get("truncation_side") or "right",
                   max_new_tokens=int((cfg.get("eval") or {}).get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS))

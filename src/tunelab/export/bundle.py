@@ -123,7 +123,7 @@ def export_run(run: str | Path, to: str, quant: str | None = None, out: str | Pa
                                hint="the run's prompt format is unknown: train it again")
         ot = ollama_template(Template.load(rd.path / "template.json"))
         res.template_format, res.ollama_name = ot.format, ollama_name(rd.path.name)
-    if to == "lora-gguf" and not (rd.path / "adapter" / "adapter_config.json").is_file():
+    if to == "lora-gguf" and not rd.has_adapter:
         raise TunelabError(f"run {rd.path} has no LoRA adapter", where="--to lora-gguf",
                            hint="a full or freeze run is a whole model: export it with --to gguf")
     if check_only:

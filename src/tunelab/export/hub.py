@@ -248,7 +248,7 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
         if quant is not None:
             raise TunelabError("--quant does not apply to --what adapter", where="--quant",
                                hint="the adapter is pushed as trained; use --what merged or gguf to choose a type")
-        if not (rd.path / "adapter" / "adapter_config.json").is_file():
+        if not rd.has_adapter:
             raise TunelabError(f"run {rd.path} has no adapter (a {cfg.get('method', {}).get('name')} run)",
                                where="--what", hint="push the whole model: --what merged")
     else:
@@ -257,7 +257,7 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
     with tempfile.TemporaryDirectory(prefix=".push-", dir=rd.path) as tmp:
         folder = Path(tmp) / "upload"
         if what == "adapter":
-            shutil.copytree(rd.path / "adapter", folder, ignore=shutil.ignore_patterns("README.md"))
+            shutil.copytree(rd.adapter_dir, folder, ignore=shutil.ignore_patterns("README.md"))
         elif what == "merged":
             from tunelab.export.merge import merge_run
 

@@ -89,25 +89,26 @@ def _drop_quantization_config(model: nn.Module) -> None:
         model.is_quantized = False
 
 
-def _streamable_base(cfg: dict) -> str | None:
-    """The run's base as a local safetensors folder (what the streamed QLoRA merge reads), else None."""
+def _streamable_base(cfg) -> str | None:
+    """The run's base (`cfg`: its RunConfig) as a local safetensors folder (what the streamed QLoRA merge
+    reads), else None."""
     from tunelab.models.registry import resolve
     from tunelab.quant.stream_load import is_streamable
 
-    rm = resolve(cfg["model"]["name"], where="RUN: config.yaml model.name")
+    rm = resolve(cfg.model.name, where="RUN: config.yaml model.name")
     return rm.path if rm.source != "hub" and is_streamable(rm.path) else None
 
 
-def _run_tokenizer(rd, cfg: dict):
-    """The run's own tokenizer/ when it saved one, else the base's."""
+def _run_tokenizer(rd):
+    """The run's own tokenizer/ when it saved one (runs of earlier versions), else the base's."""
     from transformers import AutoTokenizer
 
     from tunelab.models.load import load_tokenizer
     from tunelab.models.registry import resolve
 
-    if (rd.path / "tokenizer").exists():
-        return AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
-    return load_tokenizer(resolve(cfg["model"]["name"], where="RUN: config.yaml model.name"))
+    if rd.tokenizer_dir.exists():
+        return AutoTokenizer.from_pretrained(str(rd.tokenizer_dir))
+    return load_tokenizer(resolve(rd.config.model.name, where="RUN: config.yaml model.name"))
 
 
 def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False) -> MergeResult:
@@ -123,45 +124,43 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
 
     if dtype not in EXPORT_DTYPES:
         raise TunelabError(f"unknown dtype '{dtype}'", where="--dtype", hint=f"one of: {', '.join(EXPORT_DTYPES)}")
-    rd, cfg = load_run(run)
-    out = Path(out)
-    method = cfg.get("method", {}).get("name", "lora")
+    rd, _ = load_run(run)
+    cfg, out = rd.config, Path(out)
+    method, m = cfg.method.name, cfg.method
     check_out(out, overwrite)
     tmp = staging(out)
     dequantized = merged = 0
     streamed = None
     try:
-        quant_type = cfg.get("method", {}).get("quant_type", "nf4")
-        quant_type = "nf4" if quant_type == "auto" else quant_type
+        quant_type = m.quant_type  # qlora: settled (nf4 | fp4 | gguf) when the run is read back
         # streamed for an NF4/FP4 base (a GGUF-blocks base is merged whole: its weights are the blocks' decode)
         base_dir = _streamable_base(cfg) if method == "qlora" and quant_type in ("nf4", "fp4") \
-            and not (rd.path / "model").exists() else None
-        if base_dir is not None and (rd.path / "adapter" / "adapter_config.json").exists():
+            and not rd.model_dir.exists() else None
+        if base_dir is not None and rd.has_adapter:
             # layer by layer into shards: neither the full-precision base nor the merged model is held
             from tunelab.export.merge_stream import stream_merge_qlora
 
-            m = cfg.get("method", {})
             streamed, params, dequantized, merged = stream_merge_qlora(
-                base_dir, rd.path / "adapter", tmp, EXPORT_DTYPES[dtype], quant_type, m.get("double_quant", True))
-            tok = _run_tokenizer(rd, cfg)
+                base_dir, rd.adapter_dir, tmp, EXPORT_DTYPES[dtype], quant_type, m.double_quant)
+            tok = _run_tokenizer(rd)
             model = streamed.base_model.model
-        elif (rd.path / "model").exists():  # full / freeze: already one model
+        elif rd.model_dir.exists():  # full / freeze: already one model
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            model = AutoModelForCausalLM.from_pretrained(str(rd.path / "model"), dtype=torch.float32)
-            tok = AutoTokenizer.from_pretrained(str(rd.path / "model"))
+            model = AutoModelForCausalLM.from_pretrained(str(rd.model_dir), dtype=torch.float32)
+            tok = AutoTokenizer.from_pretrained(str(rd.model_dir))
         else:
-            if not (rd.path / "adapter" / "adapter_config.json").exists():
+            if not rd.has_adapter:
                 raise TunelabError(f"run {rd.path} has neither adapter/ nor model/", where="RUN")
             # the base as trained (4-bit for qlora), on the CPU, in fp32 for the merge arithmetic
             model, tok = load_run_base(cfg, device="cpu", dtype="fp32", where="RUN: config.yaml model.name")
-            if (rd.path / "tokenizer").exists():
+            if rd.tokenizer_dir.exists():
                 from transformers import AutoTokenizer
 
-                tok = AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
+                tok = AutoTokenizer.from_pretrained(str(rd.tokenizer_dir))
             if method == "qlora":  # decode the exact 4-bit base of training: W0' = dequant(quant(W0))
                 dequantized = dequantize_linears(model, torch.float32)
-            peft_model = attach_adapter(model, rd.path / "adapter")
+            peft_model = attach_adapter(model, rd.adapter_dir)
             merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)
             model = peft_model.merge_and_unload()  # W0 + (alpha/r) B A, in fp32
         _drop_quantization_config(model)
@@ -177,7 +176,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
                 p.requires_grad_(False)
             model.save_pretrained(str(tmp), safe_serialization=True)
             params = sum(p.numel() for p in model.parameters())
-        template_path = rd.path / "template.json"
+        template_path = rd.template_path
         save_tokenizer_with_template(tok, tmp, template_path)
         if template_path.exists():
             shutil.copy(template_path, tmp / "tunelab_template.json")

@@ -140,27 +140,27 @@ class Classifier:
         from tunelab.runtime.precision import autocast_dtype
         from tunelab.runs.load import load_run
 
-        rd, cfg = load_run(run_dir)
-        if cfg.get("task") != "classify" or not (rd.path / "labels.json").exists():
-            raise TunelabError(f"{rd.path} is not a classification run (task: {cfg.get('task', 'sft')})", where="RUN",
+        rd, _ = load_run(run_dir)
+        if rd.task != "classify" or not rd.labels_path.exists():
+            raise TunelabError(f"{rd.path} is not a classification run (task: {rd.task})", where="RUN",
                                hint="give a run trained with task: classify")
-        labels = json.loads((rd.path / "labels.json").read_text(encoding="utf-8"))["labels"]
-        if (rd.path / "model").exists():  # full / freeze: the whole model was saved
+        cfg = rd.config
+        labels = json.loads(rd.labels_path.read_text(encoding="utf-8"))["labels"]
+        if rd.model_dir.exists():  # full / freeze: the whole model was saved
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-            model = AutoModelForSequenceClassification.from_pretrained(str(rd.path / "model"))
-            tok = AutoTokenizer.from_pretrained(str(rd.path / "tokenizer"))
+            model = AutoModelForSequenceClassification.from_pretrained(str(rd.model_dir))
+            tok = AutoTokenizer.from_pretrained(str(rd.tokenizer_dir))
             model.to(pick_device(device))
         else:  # lora: the base with a fresh head, then the adapter (LoRA weights + the trained head)
             from peft import PeftModel
 
-            model, tok, _ = load_sequence_classifier(cfg["model"]["name"], labels, dtype=cfg["model"].get("dtype", "auto"),
-                                                     device=device, tokenizer_dir=rd.path / "tokenizer")
-            model = PeftModel.from_pretrained(model, str(rd.path / "adapter"))
+            model, tok, _ = load_sequence_classifier(cfg.model.name, labels, dtype=cfg.model.dtype,
+                                                     device=device, tokenizer_dir=rd.tokenizer_dir)
+            model = PeftModel.from_pretrained(model, str(rd.adapter_dir))
         dev = next(model.parameters()).device
-        data = cfg.get("data", {})
-        amp = autocast_dtype(cfg.get("train", {}).get("precision", "auto"), dev)
-        return cls(model, tok, labels, data.get("max_length", 512), data.get("truncation_side", "right"), amp)
+        amp = autocast_dtype(cfg.train.precision, dev)
+        return cls(model, tok, labels, cfg.data.max_length, cfg.data.truncation_side, amp)
 
     def logits(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         ids = encode_texts(self.tokenizer, texts, self.max_length, self.truncation_side)

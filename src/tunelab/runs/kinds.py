@@ -9,10 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-
 from tunelab.errors import TunelabError
-from tunelab.runs.rundir import RunDir
+from tunelab.runs.run import Run, read_raw
 
 # ---- what kind of run a folder holds, and which commands read it ---------------------------------------------
 GENERATIVE_TASKS = ("sft", "pretrain", "dpo")  # causal LMs: generate, chat, merge, rag ask, synth --teacher
@@ -31,22 +29,14 @@ RUN_OR_MODEL_HINT = "pass runs/<name>, or a model alias (`tunelab models`), fold
 
 
 def _config(path: Path) -> dict:
-    try:
-        cfg = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise TunelabError(f"unreadable config.yaml ({type(e).__name__})", where=str(path / "config.yaml"),
-                           hint="the run folder is damaged: train it again") from e
-    if not isinstance(cfg, dict):
-        raise TunelabError("config.yaml is not a mapping", where=str(path / "config.yaml"),
-                           hint="the run folder is damaged: train it again")
-    return cfg
+    return read_raw(path)
 
 
 def run_task(path: str | Path) -> str | None:
     """The task of the run at `path` (sft, pretrain, dpo, reward, classify: config.yaml's `task`, sft when
     absent), or None when `path` is not a run directory (no config.yaml). Does not check DONE."""
     p = Path(path)
-    if not (p / "config.yaml").is_file():
+    if not Run(p).config_path.is_file():
         return None
     return str(_config(p).get("task") or "sft")
 
@@ -61,11 +51,11 @@ def _kinds(tasks) -> str:
 
 
 def require_run(path: str | Path, tasks=None, command: str | None = None,
-                where: str = "RUN") -> tuple[RunDir, dict]:
+                where: str = "RUN") -> tuple[Run, dict]:
     """Open the finished run at `path` for `command`, whose model must come from one of `tasks`.
 
-    Returns (RunDir, config dict). Raises TunelabError, as one line naming the folder, when `path` does
-    not exist, is not a run directory (no config.yaml), holds a run of another task (the hint names the
+    Returns (Run, config.yaml as a dict); `Run.config` is the RunConfig validated again (runs/run.py).
+    Raises TunelabError, as one line naming the folder, when `path` does not exist, is not a run directory (no config.yaml), holds a run of another task (the hint names the
     command that reads it), or is incomplete (no DONE). `tasks=None` accepts any task."""
     p = Path(path)
     for_cmd = f"; {command} needs a finished run" if command else ""
@@ -79,15 +69,15 @@ def require_run(path: str | Path, tasks=None, command: str | None = None,
         need = f"{command or 'this'} needs {_a(_kinds(tasks))} run"
         raise TunelabError(f"{p} is {_a(task)} run; {need}", where=where,
                            hint=USED_BY.get(task, "train a run of that task").format(run=p))
-    rd = RunDir(p)
+    rd = Run(p)
     if not rd.done:
         raise TunelabError(f"run {p} is incomplete (no DONE marker){for_cmd}", where=where,
                            hint="the training did not finish: `tunelab train CONFIG --resume` continues it, "
                                 "or train again")
-    return rd, _config(p)
+    return rd, rd.raw
 
 
-def run_or_model(name: str, tasks, command: str, where: str = "RUN") -> tuple[RunDir, dict] | None:
+def run_or_model(name: str, tasks, command: str, where: str = "RUN") -> tuple[Run, dict] | None:
     """For commands that take a run or a model: the finished run `name` names (checked by `require_run`),
     or None when `name` names a model (an alias, hub id, .gguf file or a folder with config.json).
 
@@ -96,7 +86,7 @@ def run_or_model(name: str, tasks, command: str, where: str = "RUN") -> tuple[Ru
     parent folder)."""
     p = Path(name).expanduser()
     if p.is_dir():
-        if (p / "config.yaml").exists():  # (DONE alone says nothing: converted model caches have one too)
+        if Run(p).config_path.exists():  # (DONE alone says nothing: converted model caches have one too)
             return require_run(p, tasks, command, where)
         if (p / "config.json").exists():
             return None
@@ -125,7 +115,7 @@ def _runs_hint(p: Path, otherwise: str = "pass runs/<name>, a folder written by 
     """Name the runs next to a missing path, if there are any; else `otherwise`."""
     parent = p.parent if p.parent.is_dir() else None
     try:
-        runs = sorted(d.name for d in parent.iterdir() if (d / "config.yaml").is_file()) if parent else []
+        runs = sorted(d.name for d in parent.iterdir() if Run(d).config_path.is_file()) if parent else []
     except OSError:
         runs = []
     if runs:

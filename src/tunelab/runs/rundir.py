@@ -7,11 +7,14 @@
                        + the tokenizer with the trained chat template (tokenizer_config.json, ...)
       model/           full weights (methods full / freeze) + the same tokenizer files
       quantized/       packed quantized weights + manifest.json (methods qat / bitnet)
+      checkpoints/step-N/  resumable training state (train/state.py)
       metrics.jsonl    one JSON object per log step / eval
       report.md, loss.png
+      export/          what `tunelab export` wrote
       DONE             written last: a run without it is incomplete
 
-Commands that read a run check it first, in one place: `require_run(path, tasks, command)` (the
+The names are joined here only (`RunDir`'s accessors); `runs.open(path)` (runs/run.py) reads a finished
+run back as a typed `Run`. Commands that read a run check it first, in one place: `require_run(path, tasks, command)` (the
 folder is a run, of a task the command serves, and finished) and `run_or_model` for the commands
 that also take a model name (generate, chat, synth --teacher). `run_task(path)` names a folder's task.
 """
@@ -39,13 +42,95 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# ---- the layout: these names are joined here and nowhere else (tests/test_run_layout.py) -----------------------
+CONFIG = "config.yaml"
+TEMPLATE = "template.json"
+ADAPTER = "adapter"
+MODEL = "model"
+QUANTIZED = "quantized"
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+REPORT = "report.md"
+EXPORT = "export"
+DONE = "DONE"
+ADAPTER_CONFIG = "adapter_config.json"
+TOKENIZER = "tokenizer"
+LABELS = "labels.json"
+
+
 class RunDir:
+    """A run folder, finished or not: where each part of it lives, and the atomic writes of training.
+    The accessors only name paths; they do not check that the part exists."""
+
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     @property
+    def config_path(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def template_path(self) -> Path:
+        return self.path / TEMPLATE
+
+    @property
+    def adapter_dir(self) -> Path:
+        """adapter/: the PEFT adapter of a lora / qlora run (+ tokenizer files)."""
+        return self.path / ADAPTER
+
+    @property
+    def has_adapter(self) -> bool:
+        """adapter/ holds a PEFT adapter (its adapter_config.json)."""
+        return (self.adapter_dir / ADAPTER_CONFIG).is_file()
+
+    @property
+    def model_dir(self) -> Path:
+        """model/: the whole model of a full / freeze run (and classify's non-lora run)."""
+        return self.path / MODEL
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        """tokenizer/: where runs of earlier versions saved their tokenizer (now beside the weights)."""
+        return self.path / TOKENIZER
+
+    @property
+    def labels_path(self) -> Path:
+        """labels.json: a classify run's labels, in the head's order."""
+        return self.path / LABELS
+
+    @property
+    def quantized_dir(self) -> Path:
+        """quantized/: the packed quantized model of a qat / bitnet run."""
+        return self.path / QUANTIZED
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    def checkpoint(self, step: int) -> Path:
+        """checkpoints/step-N/ (train/state.py writes and lists them)."""
+        return self.checkpoints_dir / f"step-{int(step)}"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def export_dir(self) -> Path:
+        """export/: where `tunelab export` writes, one folder per target and quant."""
+        return self.path / EXPORT
+
+    @property
+    def done_path(self) -> Path:
+        return self.path / DONE
+
+    @property
     def done(self) -> bool:
-        return (self.path / "DONE").exists()
+        return self.done_path.exists()
 
     def refuse_if_done(self, overwrite: bool = False) -> None:
         """TunelabError when this run is finished and `overwrite` is not set."""
@@ -68,7 +153,7 @@ class RunDir:
         return p
 
     def log(self, record: dict) -> None:
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
     def truncate_metrics(self, step: int) -> None:
@@ -77,13 +162,13 @@ class RunDir:
         self.write_text("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     def metrics(self) -> list[dict]:
-        p = self.path / "metrics.jsonl"
+        p = self.metrics_path
         if not p.exists():
             return []
         return [json.loads(x) for x in p.read_text().splitlines() if x.strip()]
 
     def mark_done(self) -> None:
-        self.write_text("DONE", time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        self.write_text(DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
 
     def begin(self, cfg, model_path: str, template=None, resume_step: int | None = None, console=None) -> None:
         """Start a fresh run (folder, config.yaml with library versions, template.json) or, when
@@ -92,9 +177,9 @@ class RunDir:
 
         if resume_step is None:
             self.prepare(cfg.output.overwrite)
-            self.write_text("config.yaml", dump_config(cfg, {**library_versions(), "model_path": model_path}))
+            self.write_text(CONFIG, dump_config(cfg, {**library_versions(), "model_path": model_path}))
             if template is not None:
-                template.save(self.path / "template.json")
+                template.save(self.template_path)
         else:
             self.truncate_metrics(resume_step)
             if console is not None:
@@ -106,10 +191,10 @@ class RunDir:
         The tokenizer, when given, is saved beside the weights with `chat_template` set to the run's
         template (template.json, rendered by `chat_template_jinja`), so transformers, vLLM and Ollama
         format prompts the way the run was trained. The caller's tokenizer object is left unchanged."""
-        out = self.path / ("adapter" if method in ("lora", "qlora") else "model")
+        out = self.adapter_dir if method in ("lora", "qlora") else self.model_dir
         model.save_pretrained(str(out))
         if tokenizer is not None:
-            save_tokenizer_with_template(tokenizer, out, self.path / "template.json")
+            save_tokenizer_with_template(tokenizer, out, self.template_path)
 
 
 def save_tokenizer_with_template(tokenizer, out: Path, template_path: Path) -> None:

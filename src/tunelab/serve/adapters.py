@@ -7,7 +7,8 @@ on the q, k, v, o, gate, up, down projections of the served base. Refused, each 
     full / freeze runs (model/)     their own weights: serve them with `--base runs/NAME/model`
     qat / bitnet runs (quantized/)  a packed quantized model, not an adapter
     another base                    config.yaml's model.name resolves to another folder than --base
-    DoRA, modules_to_save, LoRA on embed_tokens / lm_head, biases, fan_in_fan_out, a .bin file
+    what every reader of adapter files refuses (adapters/peft_files.py: DoRA, modules_to_save, LoRA on
+    embed_tokens / lm_head, biases, fan_in_fan_out, trainable tokens, a .bin file), LoRA on other modules
 A qlora run's adapter is applied to the full-precision base (what vLLM and Ollama do too); its
 outputs differ slightly from the 4-bit model it trained on (`tunelab merge` writes that one).
 
@@ -18,8 +19,6 @@ engine keeps A.T and s B.T (infer/weights.py `Lora`), q/k/v and gate/up fused li
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from tunelab.serve.errors import APIError
 FUSED = {"self_attn": [("qkv", ("q_proj", "k_proj", "v_proj")), ("o", ("o_proj",))],
          "mlp": [("gate_up", ("gate_proj", "up_proj")), ("down", ("down_proj",))]}
 PROJS = {name for groups in FUSED.values() for _, names in groups for name in names}
-_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)\.lora_([AB])\.weight$")
+_MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 
 
 def refuse(run: str, why: str) -> APIError:
@@ -50,9 +49,17 @@ class RunInfo:
     template: object  # tunelab.data.templates.Template
 
     @property
+    def adapter_dir(self) -> Path:
+        from tunelab.runs.rundir import RunDir
+
+        return RunDir(self.path).adapter_dir
+
+    @property
     def key(self) -> str:
         """The adapter's name in the engine: its folder and when it finished (a retrained run reloads)."""
-        return f"{self.path.resolve()}@{(self.path / 'DONE').stat().st_mtime_ns}"
+        from tunelab.runs.rundir import RunDir
+
+        return f"{self.path.resolve()}@{RunDir(self.path).done_path.stat().st_mtime_ns}"
 
 
 def same_model(a: str, b: str) -> bool:
@@ -70,94 +77,72 @@ def same_model(a: str, b: str) -> bool:
 
 def open_run(name: str, path: Path, base: str) -> RunInfo:
     """The run at `path` as served on `base`, or the 400 that says why it is not (module docstring)."""
-    from tunelab.data.templates import Template
     from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
     try:
-        _, cfg = require_run(path)
+        run, cfg = require_run(path)
     except TunelabError as e:
         raise refuse(name, e.message.replace(str(path), name)) from None  # no server paths to clients
-    task = str(cfg.get("task") or "sft")
+    task = run.task
     if task not in GENERATIVE_TASKS:
         raise refuse(name, f"it is a {task} run (a classifier head, not a text generator); "
                            "use `tunelab predict` on it")
-    if (path / "quantized").exists():
+    if run.quantized_dir.exists():
         raise refuse(name, "it saved a packed quantized model (qat / bitnet), not an adapter")
-    if not (path / "adapter").is_dir():
-        if (path / "model").is_dir():
+    if not run.adapter_dir.is_dir():
+        if run.model_dir.is_dir():
             raise refuse(name, "it is a full fine-tune (its own weights in model/, no adapter); "
-                               f"serve it with `tunelab serve --base {path / 'model'}`")
+                               f"serve it with `tunelab serve --base {run.model_dir}`")
         raise refuse(name, "it has no adapter/ folder")
-    run_base = str((cfg.get("model") or {}).get("name", ""))
+    try:
+        run_base = run.config.model.name
+    except TunelabError as e:
+        raise refuse(name, e.message.replace(str(path), name)) from None
     if not same_model(run_base, base):
         raise refuse(name, f"it was trained on base '{run_base}'; this server serves '{base}' "
                            "(one base per server: start another with --base)")
-    check_adapter_config(name, path / "adapter")
+    check_adapter_config(name, run.adapter_dir)
     try:
-        template = Template.load(path / "template.json")
+        template = run.template()
     except (OSError, ValueError, TypeError, TunelabError) as e:
         raise refuse(name, f"unreadable template.json ({type(e).__name__})") from None
     return RunInfo(name, path, cfg, template)
 
 
-def _adapter_config(name: str, adapter_dir: Path) -> dict:
-    try:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise refuse(name, f"unreadable adapter_config.json ({type(e).__name__})") from None
-    return cfg if isinstance(cfg, dict) else {}
-
-
 def check_adapter_config(name: str, adapter_dir: Path) -> dict:
-    """adapter_config.json of a plain LoRA the engine computes, else the 400 naming what is not."""
-    cfg = _adapter_config(name, adapter_dir)
-    if str(cfg.get("peft_type", "LORA")).upper() != "LORA":
-        raise refuse(name, f"a {cfg.get('peft_type')} adapter (only LoRA is served)")
-    if cfg.get("use_dora"):
-        raise refuse(name, "a DoRA adapter (its magnitude vectors are not computed by the engine)")
-    if cfg.get("modules_to_save"):
-        raise refuse(name, f"the adapter saves whole modules ({', '.join(cfg['modules_to_save'])}), "
-                           "e.g. a classification head or an embedding")
-    if cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
-        raise refuse(name, "the adapter trains biases")
-    if cfg.get("fan_in_fan_out"):
-        raise refuse(name, "fan_in_fan_out adapters (GPT-2 style Conv1D) are not served")
+    """adapter_config.json of a plain LoRA the engine computes, else the 400 naming what is not: the
+    refusals every reader makes (adapters/peft_files.py) and LoRA on modules other than the projections."""
+    from tunelab.adapters.peft_files import read_adapter_config
+
+    try:
+        cfg = read_adapter_config(adapter_dir)
+    except TunelabError as e:
+        raise refuse(name, e.message) from None
     targets = cfg.get("target_modules")
     if isinstance(targets, list):
         other = sorted(set(targets) - PROJS)
         if other:
             raise refuse(name, f"LoRA on {', '.join(other)} (served: the attention and MLP projections)")
-    if not (adapter_dir / "adapter_model.safetensors").is_file():
-        raise refuse(name, "no adapter_model.safetensors (only safetensors files are loaded)")
     return cfg
-
-
-def _pattern(patterns: dict, module: str, default):
-    """PEFT's rank_pattern / alpha_pattern lookup: the first key matching the end of the module's name."""
-    for key, value in (patterns or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
 
 
 def read_adapter(name: str, adapter_dir: Path, w: DecoderWeights) -> dict[tuple[int, str], Lora]:
     """{(block index, "qkv" | "o" | "gate_up" | "down"): fused Lora in the engine's dtype and device}.
 
     Shapes are checked against the base: A [r, in], B [out, r] of the projection."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from tunelab.adapters.peft_files import read_adapter as read_files
 
-    cfg = check_adapter_config(name, adapter_dir)
+    check_adapter_config(name, adapter_dir)
     try:
-        tensors = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    except (OSError, SafetensorError) as e:
-        raise refuse(name, f"unreadable adapter_model.safetensors ({type(e).__name__})") from None
+        files = read_files(adapter_dir)
+    except TunelabError as e:
+        raise refuse(name, e.message) from None
     found: dict[tuple[int, str, str], dict[str, torch.Tensor]] = {}
-    for key, t in tensors.items():
-        m = _KEY.match(key)
+    for module, (a, b) in files.modules.items():
+        m = _MODULE.match(module)
         if m is None or m.group(3) not in PROJS or m.group(2) not in FUSED:
-            raise refuse(name, f"unexpected adapter tensor '{key}'")
-        found.setdefault((int(m.group(1)), m.group(2), m.group(3)), {})[m.group(4)] = t.float()
+            raise refuse(name, f"unexpected adapter tensor '{module}'")
+        found[(int(m.group(1)), m.group(2), m.group(3))] = {"A": a.float(), "B": b.float(), "module": module}
     nq, nkv, hd = w.n_heads, w.n_kv_heads, w.head_dim
     inter = w.blocks[0].down.w.shape[0 if w.blocks[0].down.transposed else 1] if w.blocks else 0
     shapes = {"q_proj": (w.hidden, nq * hd), "k_proj": (w.hidden, nkv * hd), "v_proj": (w.hidden, nkv * hd),
@@ -177,11 +162,7 @@ def read_adapter(name: str, adapter_dir: Path, w: DecoderWeights) -> dict[tuple[
                     n_in, n_out = shapes[proj]
                     if a is None or b is None or a.shape[1] != n_in or b.shape[0] != n_out or a.shape[0] != b.shape[1]:
                         raise refuse(name, f"the adapter does not fit the base (layer {i} {proj})")
-                    module = f"model.layers.{i}.{group}.{proj}"
-                    r = a.shape[0]
-                    alpha = float(_pattern(cfg.get("alpha_pattern"), module, cfg.get("lora_alpha", r)))
-                    s = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
-                    parts.append([(a, b * s)])
+                    parts.append([(a, b * files.scaling(ab["module"]))])
                 lo = fuse_loras([shapes[p][1] for p in names], parts, w.dtype)
                 if lo is not None:
                     out[(i, slot)] = Lora(lo.at.to(w.embed.device), lo.bt.to(w.embed.device))

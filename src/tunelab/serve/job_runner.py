@@ -39,6 +39,7 @@ from pathlib import Path
 
 from tunelab.config import apply_overrides, default_lr, from_dict
 from tunelab.errors import TunelabError
+from tunelab.runs.rundir import RunDir
 from tunelab.serve import jobs_db
 
 log = logging.getLogger("tunelab.serve.jobs")
@@ -54,8 +55,10 @@ def run_dir(state, job: dict) -> Path:
     return (state.tenant_runs(job["tenant"]) / job["run_name"]).resolve()
 
 
-def checkpoint_steps(ckpt_dir: Path) -> list[int]:
-    """Steps of the complete checkpoints (step-N/state.json, train/state.py), ascending."""
+def checkpoint_steps(run: Path) -> list[int]:
+    """Steps of the complete checkpoints of the run folder `run` (checkpoints/step-N/state.json,
+    train/state.py), ascending."""
+    ckpt_dir = RunDir(run).checkpoints_dir
     if not ckpt_dir.is_dir():
         return []
     return sorted(int(p.name[5:]) for p in ckpt_dir.iterdir()
@@ -132,10 +135,10 @@ class JobRunner:
         for job in jobs_db.jobs_with_status(c, "running"):
             _kill_stale(job.get("worker_pid"), job["id"])
             run = run_dir(self.state, job)
-            if (run / "DONE").exists():
+            if RunDir(run).done:
                 self._succeed(job)
                 continue
-            steps = checkpoint_steps(run / "checkpoints") if job["method"]["type"] != "dpo" else []
+            steps = checkpoint_steps(run) if job["method"]["type"] != "dpo" else []
             where = f"resumes from its checkpoint at step {steps[-1]}" if steps else "starts again"
             jobs_db.transition(c, job, "queued", ("running",), f"The server restarted: the job is queued and {where}",
                                worker_pid=None)
@@ -265,7 +268,7 @@ class JobRunner:
         job = jobs_db.job_by_id(self.db, job_id)
         if job is None or job["status"] != "running" or self.stopping:
             return  # cancelled (the cancel said so), or shutting down: the next start resumes it
-        if rc == 0 and (run_dir(self.state, job) / "DONE").exists():
+        if rc == 0 and RunDir(run_dir(self.state, job)).done:
             self._succeed(job)
         elif rc == INTERRUPTED:
             jobs_db.transition(self.db, job, "queued", ("running",), "The worker was interrupted: the job is queued "

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from tunelab.config import from_dict
 from tunelab.errors import TunelabError
+from tunelab.runs.rundir import RunDir
 from tunelab.serve import jobs_db
 from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps
 
@@ -85,7 +86,7 @@ class Monitor:
 
     def _new_rows(self) -> list[dict]:
         """Complete lines of metrics.jsonl not read yet (from the start when the file was replaced)."""
-        path = self.run / "metrics.jsonl"
+        path = RunDir(self.run).metrics_path
         try:
             st = path.stat()
         except OSError:
@@ -112,7 +113,7 @@ class Monitor:
             if (step, kind) not in self.seen:
                 self.seen.add((step, kind))
                 jobs_db.add_event(c, self.job, message, type="metrics", data=data)
-        for step in checkpoint_steps(self.run / "checkpoints"):
+        for step in checkpoint_steps(self.run):
             if step not in self.ckpts:
                 self.ckpts.add(step)
                 if jobs_db.add_checkpoint(c, self.job, step, self.by_step.get(step, {})):
@@ -160,8 +161,8 @@ def run_job(db_path: str, job_id: str, config: Path) -> int:
     try:
         cfg = from_dict(json.loads(Path(config).read_text(encoding="utf-8")), source=str(config))
         run = cfg.run_dir()
-        resumes = cfg.train.resume != "no" and not (run / "DONE").exists()
-        steps = checkpoint_steps(run / "checkpoints") if resumes else []
+        resumes = cfg.train.resume != "no" and not RunDir(run).done
+        steps = checkpoint_steps(run) if resumes else []
         jobs_db.add_event(c, job, f"Training resumes from the checkpoint at step {steps[-1]}" if steps else
                           f"Training {cfg.model.name} ({cfg.task}, {cfg.method.name}) into run {run.name}")
         monitor = Monitor(db_path, job, run)
@@ -170,7 +171,7 @@ def run_job(db_path: str, job_id: str, config: Path) -> int:
         monitor.stop()
         tokens = getattr(getattr(outcome, "result", None), "trained_tokens", None)
         jobs_db.set_job(c, job_id, trained_tokens=tokens)
-        return 0 if (run / "DONE").exists() else INTERRUPTED
+        return 0 if RunDir(run).done else INTERRUPTED
     except KeyboardInterrupt:
         return INTERRUPTED
     except TunelabError as e:

@@ -152,7 +152,7 @@ class ModelPool:
                     raise APIError(429, f"all {self.state.max_adapters} adapter slots are in use; retry soon",
                                    param="model", code="adapter_slots_busy")
                 self._cond.wait(left)
-            loras = ad.read_adapter(target.model, target.run.path / "adapter", self.engine.w)
+            loras = ad.read_adapter(target.model, target.run.adapter_dir, self.engine.w)
             ad.attach(self.engine.w, key, loras)
             self._adapters[key] = 1
             self.loads += 1

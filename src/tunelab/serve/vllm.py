@@ -69,7 +69,7 @@ def servable_runs(state) -> dict[str, Path]:
             except (APIError, TunelabError) as e:
                 log.info("not served by vLLM: %s/%s: %s", tenant, d.name, getattr(e, "message", e))
                 continue
-            out[lora_name(tenant, d.name)] = (run.path / "adapter").resolve()
+            out[lora_name(tenant, d.name)] = run.adapter_dir.resolve()
     return out
 
 

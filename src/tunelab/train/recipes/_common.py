@@ -72,7 +72,7 @@ def resume_point(run: RunDir, cfg: RunConfig) -> int | None:
     from tunelab.train.state import list_checkpoints
 
     mode = cfg.train.resume
-    steps = list_checkpoints(run.path / "checkpoints") if not run.done else []
+    steps = list_checkpoints(run.checkpoints_dir) if not run.done else []
     if mode == "yes" and not steps:
         raise TunelabError(f"nothing to resume: {run.path} has no checkpoint", where="train.resume",
                            hint="drop --resume to start a new run")
@@ -224,7 +224,7 @@ def train_engine(model, train: list, val: list, cfg: RunConfig, run: RunDir, log
     from tunelab.train.engine import train_loop
 
     try:
-        return train_loop(model, train, val, cfg.train, log=logger, quiet=quiet, ckpt_dir=run.path / "checkpoints",
+        return train_loop(model, train, val, cfg.train, log=logger, quiet=quiet, ckpt_dir=run.checkpoints_dir,
                           resume=resume_step is not None, **kwargs)
     finally:
         logger.close()

@@ -109,7 +109,7 @@ class ClassifyOutcome(Outcome):
             lines.append(f"validation accuracy: untrained head {b['accuracy']:.3f} -> tuned {a['accuracy']:.3f}; "
                          f"macro-F1 {b['macro_f1']:.3f} -> {a['macro_f1']:.3f} ({self.n_val} examples)")
         lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s; {self.trainable}")
-        weights = "model/" if (self.run_dir / "model").exists() else "adapter/"
+        weights = "model/" if RunDir(self.run_dir).model_dir.exists() else "adapter/"
         lines.append(f"run saved to {self.run_dir} (report.md, confusion.png, {weights}); "
                      f"predict with: tunelab predict {self.run_dir} --text \"...\"")
         return lines
@@ -223,7 +223,7 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     # ---- after + save --------------------------------------------------------------------------------------
     after = objective.measure(model, val_tok, amp) if val_tok else {}
     if is_main():
-        model.save_pretrained(str(run.path / ("adapter" if cfg.method.name == "lora" else "model")))
+        model.save_pretrained(str(run.adapter_dir if cfg.method.name == "lora" else run.model_dir))
     outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
                               count_params(model)[0])
     if is_main():

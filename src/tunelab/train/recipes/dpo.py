@@ -26,6 +26,7 @@ from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
+from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
@@ -80,7 +81,7 @@ class DpoOutcome(Outcome):
                          f"({len(self.samples)} held-out prompts)")
         lines.append(f"{self.steps} steps, {self.train_seconds:.0f}s")
         lines.append(f"run saved to {self.run_dir} (report.md, template.json, "
-                     f"{'adapter/' if (self.run_dir / 'adapter').exists() else 'model/'})")
+                     f"{'adapter/' if RunDir(self.run_dir).adapter_dir.exists() else 'model/'})")
         return lines
 
 

@@ -28,6 +28,7 @@ from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.eval.metrics import perplexity
 from tunelab.losses import reply_nll
+from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
@@ -62,7 +63,7 @@ class PretrainOutcome(Outcome):
                          f"{perplexity(self.val_after):.2f} (NLL/token {self.val_before:.3f} -> {self.val_after:.3f})")
         lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s")
         lines.append(f"run saved to {self.run_dir} (report.md, loss.png, "
-                     f"{'adapter/' if (self.run_dir / 'adapter').exists() else 'model/'})")
+                     f"{'adapter/' if RunDir(self.run_dir).adapter_dir.exists() else 'model/'})")
         return lines
 
 

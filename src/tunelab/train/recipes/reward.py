@@ -22,6 +22,7 @@ from rich.console import Console
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
+from tunelab.runs.rundir import RunDir
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, setup_run
@@ -56,7 +57,7 @@ class RewardOutcome(Outcome):
                          f"tuned {a['val_margin']:+.3f}")
         lines.append(f"{self.steps} steps, {self.train_seconds:.0f}s")
         lines.append(f"run saved to {self.run_dir} (report.md, "
-                     f"{'adapter/' if (self.run_dir / 'adapter').exists() else 'model/'})")
+                     f"{'adapter/' if RunDir(self.run_dir).adapter_dir.exists() else 'model/'})")
         return lines
 
 

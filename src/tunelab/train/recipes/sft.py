@@ -163,6 +163,6 @@ def save_weights(run: RunDir, model, cfg: RunConfig, tok) -> None:
         from tunelab.quant import ptq
         from tunelab.quant.qat import convert_qat
 
-        ptq.save(convert_qat(model), run.path / "quantized", tokenizer=tok, source=cfg.model.name)
+        ptq.save(convert_qat(model), run.quantized_dir, tokenizer=tok, source=cfg.model.name)
     else:
         run.save_weights(model, cfg.method.name, tok)
