@@ -163,7 +163,7 @@ def main() -> None:
     else:
         base = "smollm2-135m-instruct"
     state = ServeState(home=tmp / "home", runs=tmp / "runs", base=base, auth=False, kb=tmp / "kb")
-    state.extra["job_overrides"] = ["train.precision=fp32", "data.max_length=256"]
+    state.job_overrides = ["train.precision=fp32", "data.max_length=256"]
     srv, url = serve(state)
     try:
         ids = recover(url) or fill(url, base, epochs=3)

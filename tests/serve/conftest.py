@@ -69,7 +69,7 @@ def start_server(state, pool=None, extra_modules=(), keys=None):
 
     app = create_app(state, extra_modules=list(extra_modules), pool=pool)
     with uvicorn_thread(app) as port:
-        yield Server(f"http://127.0.0.1:{port}/v1", port, state, state.extra.get("pool"), keys or {})
+        yield Server(f"http://127.0.0.1:{port}/v1", port, state, state.pool, keys or {})
 
 
 @pytest.fixture(scope="session")

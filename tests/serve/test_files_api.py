@@ -25,7 +25,7 @@ def files_server(tmp_path_factory, tiny_model_dir):
 
     tmp = tmp_path_factory.mktemp("files")
     state = ServeState(home=tmp / "home", runs=tmp / "runs", base=str(tiny_model_dir), auth=True)
-    state.extra["jobs.max_concurrent"] = 0  # no job runs here
+    state.jobs_max_concurrent = 0  # no job runs here
     keys = {t: create_key(state.db_path, t)[1] for t in ("alice", "bob")}
     app = create_app(state, extra_modules=["tunelab.serve.files_api", "tunelab.serve.jobs_api"])
     with TestClient(app) as tc:

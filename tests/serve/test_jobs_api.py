@@ -35,7 +35,7 @@ def jobs_server(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("jobs")
     state = ServeState(home=tmp / "home", runs=tmp / "runs", base=str(tiny_model_dir), auth=True)
     # one thread: on 2 shared cores the tiny model's steps are several times faster than with two
-    state.extra["job_overrides"] = ["train.precision=fp32", "train.threads=1"]
+    state.job_overrides = ["train.precision=fp32", "train.threads=1"]
     keys = {t: create_key(state.db_path, t)[1] for t in ("alice", "bob")}
     app = create_app(state, extra_modules=["tunelab.serve.files_api", "tunelab.serve.jobs_api"])
     with uvicorn_thread(app, stop_s=30) as port:
@@ -151,14 +151,14 @@ def test_one_job_at_a_time_and_cancel(jobs_server, tiny_model_dir):
     assert "The job was cancelled" in [e.message for e in jobs.list_events(long.id).data]
     with pytest.raises(openai.ConflictError):
         jobs.cancel(long.id)
-    runner = state.extra["jobs.runner"]
+    runner = state.jobs_runner
     assert not runner.procs
 
 
 def test_other_tenants_jobs_are_unknown(jobs_server, tiny_model_dir):
     state, _, _, clients, files = jobs_server
     alice, bob = clients["alice"].fine_tuning.jobs, clients["bob"].fine_tuning.jobs
-    state.extra["jobs.max_concurrent"] = 0  # pause the queue: alice's job only waits
+    state.jobs_max_concurrent = 0  # pause the queue: alice's job only waits
     try:
         job = alice.create(model=str(tiny_model_dir), training_file=files["alice"])
         for call in (bob.retrieve, bob.cancel, bob.list_events, bob.checkpoints.list):
@@ -176,7 +176,7 @@ def test_other_tenants_jobs_are_unknown(jobs_server, tiny_model_dir):
         assert alice.retrieve(job.id).status in ("validating_files", "queued")  # untouched
         assert alice.cancel(job.id).status == "cancelled"
     finally:
-        state.extra["jobs.max_concurrent"] = 1
+        state.jobs_max_concurrent = 1
 
 
 def test_malformed_jobs_are_refused_and_write_nothing(jobs_server, tiny_model_dir):
@@ -237,7 +237,7 @@ def test_dpo_job_is_checked_and_queued(jobs_server, tiny_model_dir):
     state, _, _, clients, _ = jobs_server
     alice = clients["alice"]
     pairs = alice.files.create(file=("pairs.jsonl", _lines(PREF, 4)), purpose="fine-tune").id
-    state.extra["jobs.max_concurrent"] = 0
+    state.jobs_max_concurrent = 0
     try:
         job = alice.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=pairs, method={
             "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.25, "n_epochs": "auto"}}})
@@ -246,7 +246,7 @@ def test_dpo_job_is_checked_and_queued(jobs_server, tiny_model_dir):
         assert job.hyperparameters.learning_rate_multiplier == 1.0
         assert alice.fine_tuning.jobs.cancel(job.id).status == "cancelled"
     finally:
-        state.extra["jobs.max_concurrent"] = 1
+        state.jobs_max_concurrent = 1
 
 
 def test_a_second_server_on_the_same_home_runs_no_jobs(jobs_server):

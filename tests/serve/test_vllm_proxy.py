@@ -110,10 +110,10 @@ def proxy(venv):
     state = venv["state"]
     with uvicorn_thread(scripted_upstream(seen), "the scripted upstream", start_s=30) as port:
         url = f"http://127.0.0.1:{port}"
-        state.extra["upstream"] = Upstream(url, servable_runs(state))
+        state.upstream = Upstream(url, servable_runs(state))
         with start_server(state, keys=venv["keys"]) as srv:
             yield srv, seen
-        state.extra.pop("upstream")
+        state.upstream = None
 
 
 def test_chat_passes_through_with_the_lora_name(proxy):
@@ -161,7 +161,7 @@ def test_upstream_errors(proxy):
     with pytest.raises(openai.BadRequestError) as e:  # an upstream 4xx keeps its status and message
         alice.chat.completions.create(model="tuned", max_tokens=9999, messages=[{"role": "user", "content": "x"}])
     assert e.value.body["message"] == "too many tokens"
-    up = srv.state.extra["upstream"]
+    up = srv.state.upstream
     url, up.url = up.url, f"http://127.0.0.1:{free_port()}"  # nothing listens there
     try:
         with pytest.raises(openai.InternalServerError) as e:

@@ -124,7 +124,7 @@ def _serve_vllm(host, port, base, runs, max_adapters, no_auth, log_level, vllm_p
     from tunelab.serve.vllm import Upstream
 
     state = ServeState(home=_home(), runs=runs.resolve(), base=base, auth=not no_auth, max_adapters=max_adapters)
-    up = state.extra["upstream"] = Upstream.for_state(state, vllm_port, vllm_args)
+    up = state.upstream = Upstream.for_state(state, vllm_port, vllm_args)
     typer.echo(f"tunelab serve: vLLM ({base}, {len(up.loras)} adapters) on {up.url}, runs in {state.runs}, "
                f"{'no auth' if no_auth else 'API keys required'}; http://{host}:{port}/v1")
     try:

@@ -1,6 +1,9 @@
 """The FastAPI application: routes, OpenAI-shaped errors, the body-size limit, startup and shutdown.
 
-    app = create_app(state)             # state: ServeState (serve/state.py); app.state.tl = state
+    app = create_app(state)             # state: AppState (serve/state.py); app.state.tl = state
+
+The routes are serve/routes.py's registry (thin functions over the serving classes, their request
+and response models in serve/protocol/).
 
 Every error is `{"error": {"message", "type", "param", "code"}}` (serve/errors.py):
     APIError                          its own status (400, 401, 404, 413, 429, ...)
@@ -12,10 +15,10 @@ Every error is `{"error": {"message", "type", "param", "code"}}` (serve/errors.p
                                       goes to the log, not to the client)
 No CORS headers are sent (browsers on other origins cannot call the server), no /docs.
 
-Lifespan: the model pool (state.extra["pool"], serve/model_pool.py) is created at startup unless
-one is there already, or unless state.extra["upstream"] is a vLLM server (serve/vllm.py): then
-its process starts and stops with the app and the inference routes are forwarded to it; each module of `extra_modules` contributes `router` and may define
-`startup(state)` / `shutdown(state)`.
+Lifespan: the model pool (state.pool, serve/model_pool.py) is created at startup unless one is
+there already, or unless state.upstream is a vLLM server (serve/vllm.py): then its process starts
+and stops with the app and the routes the registry marks `proxied` are forwarded to it. Each module
+of `extra_modules` mounts its groups of the registry and may define `startup(state)` / `shutdown(state)`.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunelab.serve import db
+from tunelab.serve import db, inference, routes
 from tunelab.serve.auth import SCHEMA as KEYS_SCHEMA
 from tunelab.serve.errors import APIError
 from tunelab.serve.guard import RequestGuard
@@ -114,7 +117,7 @@ def create_app(state, extra_modules: list[str] | None = None, pool=None) -> Fast
     """The server for `state`; `pool` injects a ready ModelPool (else one is built at startup)."""
     modules = [importlib.import_module(m) for m in (EXTRA_MODULES if extra_modules is None else extra_modules)]
     if pool is not None:
-        state.extra["pool"] = pool
+        state.pool = pool
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -122,14 +125,14 @@ def create_app(state, extra_modules: list[str] | None = None, pool=None) -> Fast
 
         state.home.mkdir(parents=True, exist_ok=True)
         db.ensure_schema(db.connect(state.db_path), KEYS_SCHEMA)
-        upstream = state.extra.get("upstream")
-        own_pool = upstream is None and state.extra.get("pool") is None
+        upstream = state.upstream
+        own_pool = upstream is None and state.pool is None
         if upstream is not None:
             await run_in_threadpool(upstream.start)
         if own_pool:
             from tunelab.serve.model_pool import ModelPool
 
-            state.extra["pool"] = await run_in_threadpool(ModelPool, state)
+            state.pool = await run_in_threadpool(ModelPool, state)
         for mod in modules:
             if hasattr(mod, "startup"):
                 mod.startup(state)
@@ -143,19 +146,17 @@ def create_app(state, extra_modules: list[str] | None = None, pool=None) -> Fast
                     except Exception:  # one module's shutdown must not keep the others from theirs
                         log.exception("shutdown of %s failed", mod.__name__)
             if own_pool:
-                state.extra.pop("pool").close()
+                pool, state.pool = state.pool, None
+                pool.close()
             if upstream is not None:
                 upstream.stop()
 
     app = FastAPI(title="tunelab serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.tl = state
     install_error_handlers(app)
-    if state.extra.get("upstream") is not None:
+    router = routes.router
+    if state.upstream is not None:
         from tunelab.serve.vllm import router
-    else:
-        from tunelab.serve.inference import router
-    app.include_router(router)
-    for mod in modules:
-        app.include_router(mod.router)
+    app.include_router(router([inference.__name__] + [m.__name__ for m in modules]))
     app.add_middleware(RequestGuard, state=state)  # body limits, JSON checks, Host/Origin/Content-Type
     return app

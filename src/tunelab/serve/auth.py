@@ -117,9 +117,9 @@ class RateLimiter:
 
 
 def _limiter(state) -> RateLimiter:
-    lim = state.extra.get("rate_limiter")
+    lim = state.rate_limiter
     if lim is None or lim.rate != state.rate_per_minute:
-        lim = state.extra["rate_limiter"] = RateLimiter(state.rate_per_minute)
+        lim = state.rate_limiter = RateLimiter(state.rate_per_minute)
     return lim
 
 

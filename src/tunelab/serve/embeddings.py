@@ -24,6 +24,8 @@ import numpy as np
 from tunelab.errors import TunelabError
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, inside
+from tunelab.serve.protocol.chat import Citation
+from tunelab.serve.protocol.embeddings import Embedding, EmbeddingResponse
 from tunelab.serve.state import DEFAULT_TENANT
 
 EMBEDDERS = ("minilm-l6", "minilm-l6-static")
@@ -43,7 +45,7 @@ def embedder(name: str):
                            code="model_not_available") from None
 
 
-def embed(name: str, texts: list[str], encoding_format: str, dimensions: int | None) -> dict:
+def embed(name: str, texts: list[str], encoding_format: str, dimensions: int | None) -> EmbeddingResponse:
     """The OpenAI embeddings response for `texts` (blocking: run it in a worker thread)."""
     emb = embedder(name)
     if dimensions is not None and dimensions != emb.dim:
@@ -55,9 +57,8 @@ def embed(name: str, texts: list[str], encoding_format: str, dimensions: int | N
     for i, v in enumerate(vectors):
         vec = np.asarray(v, dtype="<f4")
         value = base64.b64encode(vec.tobytes()).decode() if encoding_format == "base64" else vec.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": value})
-    return {"object": "list", "data": data, "model": name,
-            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+        data.append(Embedding(index=i, embedding=value))
+    return EmbeddingResponse(data=data, model=name, usage={"prompt_tokens": n_tokens, "total_tokens": n_tokens})
 
 
 # ---- knowledge bases -----------------------------------------------------------------------------------------
@@ -87,6 +88,6 @@ def retrieve(state, tenant: str, kb: str, question: str, k: int = 3, run_dir: Pa
     except TunelabError as e:
         raise APIError(400, f"knowledge base '{kb}': {e.message}", param="knowledge_base",
                        code="knowledge_base_error") from None
-    citations = [{"index": h.rank, "source": h.source, "section": h.section, "text": h.text,
-                  "similarity": round(h.similarity, 4), "start": h.start, "end": h.end} for h in hits]
+    citations = [Citation(index=h.rank, source=h.source, section=h.section, text=h.text,
+                          similarity=round(h.similarity, 4), start=h.start, end=h.end) for h in hits]
     return message, citations

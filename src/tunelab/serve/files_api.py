@@ -8,7 +8,7 @@
 
 An upload is copied to `files_dir/.tmp-<id><suffix>` (at most `state.upload_limit` bytes, else
 413), read by the data layer exactly as `tunelab train` reads a data file, then renamed to
-`files_dir/<id>` (atomic) and recorded. What the data layer reads decides the file's `kind`:
+`files_dir/<id>` (atomic) and recorded (`ServingFiles`; the routes at the end are thin). What the data layer reads decides the file's `kind`:
 
     sft         chat examples (messages, sharegpt, prompt/completion, alpaca)  -> supervised jobs
     preference  {"prompt", "chosen", "rejected"}                              -> dpo jobs
@@ -29,7 +29,7 @@ import os
 import shutil
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -40,9 +40,8 @@ from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import safe_filename
+from tunelab.serve.protocol.files import PURPOSES, FileDeleted, FileList, FileObject
 
-router = APIRouter()
-PURPOSES = ("fine-tune",)
 _CHUNK = 1 << 20
 
 
@@ -126,43 +125,86 @@ def display_name(raw) -> str:
     return name
 
 
-def store_upload(state, tenant: str, stream, raw_name, purpose) -> dict:
-    """Copy, check, rename and record one upload (see the module docstring); returns the file object."""
-    if not purpose:
-        raise APIError(400, "Missing required parameter: 'purpose'", param="purpose", code="missing_required_parameter")
-    if purpose not in PURPOSES:
-        raise APIError(400, f"purpose '{purpose}' is not served here: use {', '.join(PURPOSES)}", param="purpose",
-                       code="invalid_value")
-    name = display_name(raw_name)
-    fid = jobs_db.new_id("file")
-    state.files_dir.mkdir(parents=True, exist_ok=True)
-    tmp = state.files_dir / f".tmp-{fid}{Path(name).suffix.lower()}"
-    try:
-        size = 0
-        with open(tmp, "wb") as out:
-            while chunk := stream.read(_CHUNK):
-                size += len(chunk)
-                if size > state.upload_limit:
-                    raise APIError(413, f"the file is larger than the server's limit of {state.upload_limit} bytes",
-                                   param="file", code="file_too_large")
-                out.write(chunk)
-        kind, details = check_training_file(tmp, name)
-        os.replace(tmp, state.files_dir / fid)
-    finally:
-        tmp.unlink(missing_ok=True)
-    row = {"id": fid, "tenant": tenant, "bytes": size, "created_at": jobs_db.now(), "filename": name,
-           "purpose": purpose, "status": "processed" if kind else "error", "status_details": details, "kind": kind}
-    try:
-        jobs_db.insert_file(jobs_db.conn(state.db_path), row)
-    except Exception:
-        (state.files_dir / fid).unlink(missing_ok=True)
-        raise
-    return jobs_db.file_object(row)
+class ServingFiles:
+    """The files of one tenant: upload (copy, check, rename, record), list, retrieve, content, delete."""
+
+    def __init__(self, state, tenant: str):
+        self.state, self.tenant = state, tenant
+
+    def _db(self):
+        return jobs_db.conn(self.state.db_path)
+
+    def upload(self, stream, raw_name, purpose) -> FileObject:
+        """Copy, check, rename and record one upload (see the module docstring; blocking)."""
+        state = self.state
+        if not purpose:
+            raise APIError(400, "Missing required parameter: 'purpose'", param="purpose",
+                           code="missing_required_parameter")
+        if purpose not in PURPOSES:
+            raise APIError(400, f"purpose '{purpose}' is not served here: use {', '.join(PURPOSES)}", param="purpose",
+                           code="invalid_value")
+        name = display_name(raw_name)
+        fid = jobs_db.new_id("file")
+        state.files_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state.files_dir / f".tmp-{fid}{Path(name).suffix.lower()}"
+        try:
+            size = 0
+            with open(tmp, "wb") as out:
+                while chunk := stream.read(_CHUNK):
+                    size += len(chunk)
+                    if size > state.upload_limit:
+                        raise APIError(413, f"the file is larger than the server's limit of {state.upload_limit} "
+                                            "bytes", param="file", code="file_too_large")
+                    out.write(chunk)
+            kind, details = check_training_file(tmp, name)
+            os.replace(tmp, state.files_dir / fid)
+        finally:
+            tmp.unlink(missing_ok=True)
+        row = {"id": fid, "tenant": self.tenant, "bytes": size, "created_at": jobs_db.now(), "filename": name,
+               "purpose": purpose, "status": "processed" if kind else "error", "status_details": details,
+               "kind": kind}
+        try:
+            jobs_db.insert_file(self._db(), row)
+        except Exception:
+            (state.files_dir / fid).unlink(missing_ok=True)
+            raise
+        return FileObject.from_row(row)
+
+    def list(self, purpose: str | None, limit: int, order: str, after: str | None) -> FileList:
+        if order not in ("asc", "desc"):
+            raise APIError(400, f"order must be 'asc' or 'desc', got '{order}'", param="order")
+        where, args = "tenant = ?", (self.tenant,)
+        if purpose:
+            where, args = where + " AND purpose = ?", (self.tenant, purpose)
+        rows, more = jobs_db.page(self._db(), "files", where, args, after, limit, order == "desc", kind="file")
+        return FileList.of([FileObject.from_row(r) for r in rows], more)
+
+    def retrieve(self, file_id: str) -> FileObject:
+        return FileObject.from_row(jobs_db.get_file(self._db(), self.tenant, file_id))
+
+    def content(self, file_id: str) -> tuple[Path, str]:
+        """(the bytes' path, the display name)."""
+        row = jobs_db.get_file(self._db(), self.tenant, file_id)
+        path = self.state.files_dir / row["id"]
+        if not path.is_file():
+            raise not_found("file", file_id)
+        return path, row["filename"]
+
+    def delete(self, file_id: str) -> FileDeleted:
+        c = self._db()
+        jobs_db.get_file(c, self.tenant, file_id)
+        jobs_db.delete_file(c, self.tenant, file_id)  # the row first: no row ever names missing bytes
+        (self.state.files_dir / file_id).unlink(missing_ok=True)
+        return FileDeleted(id=file_id, deleted=True)
 
 
-# ---- routes ------------------------------------------------------------------------------------------------
-@router.post("/v1/files")
-async def create_file(request: Request, tenant: str = Depends(current_tenant)):
+# ---- routes (serve/routes.py mounts them) ------------------------------------------------------------------
+def _files(request: Request, tenant: str) -> ServingFiles:
+    return ServingFiles(request.app.state.tl, tenant)
+
+
+async def create_file(request: Request, tenant: str = Depends(current_tenant)) -> FileObject:
+    """multipart: file, purpose (a form, not JSON: read here, checked by ServingFiles.upload)."""
     state = request.app.state.tl
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > state.upload_limit + _CHUNK:  # the multipart framing
@@ -177,44 +219,25 @@ async def create_file(request: Request, tenant: str = Depends(current_tenant)):
         if upload is None or isinstance(upload, str):
             raise APIError(400, "Missing required parameter: 'file' (a multipart file part)", param="file",
                            code="missing_required_parameter")
-        return await run_in_threadpool(store_upload, state, tenant, upload.file, upload.filename, form.get("purpose"))
+        return await run_in_threadpool(_files(request, tenant).upload, upload.file, upload.filename,
+                                       form.get("purpose"))
     finally:
         await form.close()
 
 
-@router.get("/v1/files")
 def list_files(request: Request, purpose: str | None = None, limit: int = 10000, order: str = "desc",
-               after: str | None = None, tenant: str = Depends(current_tenant)):
-    if order not in ("asc", "desc"):
-        raise APIError(400, f"order must be 'asc' or 'desc', got '{order}'", param="order")
-    where, args = "tenant = ?", (tenant,)
-    if purpose:
-        where, args = where + " AND purpose = ?", (tenant, purpose)
-    c = jobs_db.conn(request.app.state.tl.db_path)
-    rows, more = jobs_db.page(c, "files", where, args, after, limit, order == "desc", kind="file")
-    return jobs_db.list_object([jobs_db.file_object(r) for r in rows], more)
+               after: str | None = None, tenant: str = Depends(current_tenant)) -> FileList:
+    return _files(request, tenant).list(purpose, limit, order, after)
 
 
-@router.get("/v1/files/{file_id}")
-def retrieve_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
-    return jobs_db.file_object(jobs_db.get_file(jobs_db.conn(request.app.state.tl.db_path), tenant, file_id))
+def retrieve_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)) -> FileObject:
+    return _files(request, tenant).retrieve(file_id)
 
 
-@router.get("/v1/files/{file_id}/content")
-def file_content(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
-    state = request.app.state.tl
-    row = jobs_db.get_file(jobs_db.conn(state.db_path), tenant, file_id)
-    path = state.files_dir / row["id"]
-    if not path.is_file():
-        raise not_found("file", file_id)
-    return FileResponse(path, media_type="application/octet-stream", filename=row["filename"])
+def file_content(request: Request, file_id: str, tenant: str = Depends(current_tenant)) -> FileResponse:
+    path, name = _files(request, tenant).content(file_id)
+    return FileResponse(path, media_type="application/octet-stream", filename=name)
 
 
-@router.delete("/v1/files/{file_id}")
-def delete_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)):
-    state = request.app.state.tl
-    c = jobs_db.conn(state.db_path)
-    jobs_db.get_file(c, tenant, file_id)
-    jobs_db.delete_file(c, tenant, file_id)  # the row first: no row ever names missing bytes
-    (state.files_dir / file_id).unlink(missing_ok=True)
-    return {"id": file_id, "object": "file", "deleted": True}
+def delete_file(request: Request, file_id: str, tenant: str = Depends(current_tenant)) -> FileDeleted:
+    return _files(request, tenant).delete(file_id)

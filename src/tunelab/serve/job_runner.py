@@ -10,7 +10,7 @@ runner thread
     2. validates each `validating_files` job: its files' bytes linked into home/jobs/<id>/ (the
        job's own copy: deleting the file later changes nothing), the RunConfig built
        (`job_config`) and checked, written to home/jobs/<id>/config.json -> queued, or failed
-    3. starts the oldest queued jobs while fewer than `state.extra["jobs.max_concurrent"]` (1; 0
+    3. starts the oldest queued jobs while fewer than `state.jobs_max_concurrent` (1; 0
        pauses the queue) workers run: `python -m tunelab.serve.job_worker --db .. --job .. --config ..`
        (its output appended to home/jobs/<id>/worker.log) -> running
 
@@ -68,7 +68,7 @@ def checkpoint_steps(run: Path) -> list[int]:
 def job_config(job: dict, train: Path, validation: Path | None, runs: Path, overrides: list[str]) -> dict:
     """The RunConfig (as a dict) of a job: the recipe of its method on its files, hyperparameters
     resolved (jobs_api), lr = default_lr(method.name) x learning_rate_multiplier (unless an
-    override sets train.lr), then the server's `key=value` overrides (state.extra["job_overrides"])."""
+    override sets train.lr), then the server's `key=value` overrides (state.job_overrides)."""
     hp, dpo = job["hyperparameters"], job["method"]["type"] == "dpo"
     cfg = {"task": "dpo" if dpo else "sft", "model": {"name": job["model"]},
            "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": hp.get("finetuning_type", "lora")},
@@ -102,7 +102,7 @@ class JobRunner:
 
     @property
     def max_concurrent(self) -> int:
-        return int(self.state.extra.get("jobs.max_concurrent", 1))
+        return int(self.state.jobs_max_concurrent)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -233,7 +233,7 @@ class JobRunner:
                         raise TunelabError(f"file {fid} was deleted before the job started", where=f"{role}_file")
                     files[role] = materialize(self.state, dict(row), d / role)
             cfg = job_config(job, files["train"], files.get("validation"), run_dir(self.state, job).parent,
-                             self.state.extra.get("job_overrides", []))
+                             self.state.job_overrides)
             from_dict(cfg, source="job")
             tmp = d / "config.json.tmp"
             tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")

@@ -11,7 +11,8 @@
 
 Create takes model, training_file, validation_file, hyperparameters, method {type: supervised |
 dpo, <type>: {hyperparameters}} (the method's hyperparameters win over the top-level ones),
-suffix, seed, metadata. Hyperparameters ("auto" = tunelab's default) are resolved when the job
+suffix, seed, metadata: `FineTuningJobCreate` (serve/protocol/jobs.py) checks its shape, then
+`ServingJobs` what it names. Hyperparameters ("auto" = tunelab's default) are resolved when the job
 is made:
 
     n_epochs                  int 1..100       auto: train.epochs (3)
@@ -20,7 +21,7 @@ is made:
     beta (dpo)                number (0, 10]   auto: preference.beta (0.1)
     finetuning_type           lora|qlora|full  auto: lora (method.name; a server job override still wins)
 
-Every refusal is a 4xx in OpenAI's shape and writes nothing: an unknown key or model, another
+Every refusal is a 4xx in OpenAI's shape and writes nothing (the shape first, then the lookups): an unknown key or model, another
 tenant's or an unknown file (404), a file that is not `processed`, a file whose kind does not
 fit the method (supervised: chat examples; dpo: preference pairs), a suffix that is not a NAME.
 `model` is an alias, the served base, a local model folder (config.json) or .gguf file of the
@@ -32,59 +33,51 @@ The run is named `ft-<suffix>-<8 hex of the id>` (or `ft-<8 hex>`); it becomes t
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.config import PreferenceConfig, TrainConfig
 from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.generation import SSE_HEADERS, sse
 from tunelab.serve.job_runner import JobRunner
 from tunelab.serve.names import check_name
+from tunelab.serve.protocol.common import json_body
+from tunelab.serve.protocol.jobs import (
+    HYPER,
+    KIND_TEXT,
+    KINDS,
+    CheckpointList,
+    EventList,
+    FineTuningJob,
+    FineTuningJobCreate,
+    JobCheckpoint,
+    JobEvent,
+    JobList,
+    bad,
+    hyperparameters,
+)
 
-router = APIRouter()
-FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata",
-          "integrations"}
-FINETUNING_TYPES = ("lora", "qlora", "full")  # method.name of the job's run
-# name: (kind, low (exclusive for floats), high, auto); a str kind: (str, choices, None, auto)
-HYPER = {"n_epochs": (int, 1, 100, lambda: int(TrainConfig.model_fields["epochs"].default)),
-         "batch_size": (int, 1, 1024, lambda: TrainConfig.model_fields["batch_size"].default),
-         "learning_rate_multiplier": (float, 0.0, 100.0, lambda: 1.0),
-         "beta": (float, 0.0, 10.0, lambda: PreferenceConfig.model_fields["beta"].default),
-         "finetuning_type": (str, FINETUNING_TYPES, None, lambda: "lora")}
-KINDS = {"supervised": ("sft",), "dpo": ("preference", "openai_dpo")}
-KIND_TEXT = {"supervised": "chat examples (messages, prompt/completion, ...)",
-             "dpo": "preference pairs (prompt, chosen, rejected; or OpenAI's input / preferred_output)"}
+__all__ = ["HYPER", "ServingJobs", "hyperparameters", "check_model"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def startup(state) -> None:
     """Tables, then the job runner (recovering the jobs a killed server left running)."""
     jobs_db.conn(state.db_path)
-    runner = JobRunner(state)
-    state.extra["jobs.runner"] = runner
-    runner.start()
+    state.jobs_runner = JobRunner(state)
+    state.jobs_runner.start()
 
 
 def shutdown(state) -> None:
-    runner = state.extra.pop("jobs.runner", None)
+    runner, state.jobs_runner = state.jobs_runner, None
     if runner is not None:
         runner.shutdown()
-
-
-def _runner(state) -> JobRunner | None:
-    return state.extra.get("jobs.runner")
-
-
-# ---- checking a create request -----------------------------------------------------------------------------
-def _bad(message: str, param: str | None, code: str = "invalid_value") -> APIError:
-    return APIError(400, message, param=param, code=code)
 
 
 def check_model(name, state) -> str:
@@ -92,223 +85,156 @@ def check_model(name, state) -> str:
     from tunelab.models.registry import ALIASES, hub_offline
 
     if not isinstance(name, str) or not name.strip():
-        raise _bad("Missing required parameter: 'model'", "model", "missing_required_parameter")
+        raise bad("Missing required parameter: 'model'", "model", "missing_required_parameter")
     p = Path(name).expanduser()
     if name in ALIASES or (name == state.base and not p.exists()):
         return name
     if (p.is_dir() and (p / "config.json").is_file()) or (p.suffix == ".gguf" and p.is_file()):
         return str(p.resolve())  # the worker runs in the job's folder: a relative path would move
-    if _HUB_ID.fullmatch(name) and not p.exists() and not hub_offline():
+    if _HUB_ID.match(name) and not p.exists() and not hub_offline():
         return name
     raise not_found("model", name, "model")
 
 
-def hyperparameters(given, method: str) -> dict:
-    """The resolved hyperparameters of `method` (see the module docstring); 400 on anything else."""
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise _bad("hyperparameters must be an object", "hyperparameters")
-    names = [k for k in HYPER if k != "beta" or method == "dpo"]
-    out = {}
-    for key in given:
-        if key not in names:
-            raise _bad(f"unknown hyperparameter '{key}' for method {method}: use {', '.join(names)}",
-                       f"hyperparameters.{key}")
-    for key in names:
-        kind, lo, hi, auto = HYPER[key]
-        value = given.get(key, "auto")
-        if value == "auto":
-            out[key] = auto()
-            continue
-        if kind is str:
-            if value not in lo:
-                raise _bad(f"invalid hyperparameter {key}={value!r}: use 'auto' or one of {', '.join(lo)}",
-                           f"hyperparameters.{key}")
-            out[key] = value
-            continue
-        number = isinstance(value, int) if kind is int else isinstance(value, (int, float))
-        ok = number and not isinstance(value, bool)
-        if not ok or not ((lo <= value <= hi) if kind is int else (lo < value <= hi)):
-            span = f"an integer in {lo}..{hi}" if kind is int else f"a number in ({lo:g}, {hi:g}]"
-            raise _bad(f"invalid hyperparameter {key}={value!r}: use 'auto' or {span}", f"hyperparameters.{key}")
-        out[key] = kind(value)
-    return out
+class ServingJobs:
+    """The jobs of one tenant: create (what the request names looked up, the job recorded), list,
+    retrieve, cancel, events (a page or a stream) and checkpoints."""
 
+    def __init__(self, state, tenant: str):
+        self.state, self.tenant = state, tenant
 
-def _method(body: dict) -> tuple[str, dict | None]:
-    method = body.get("method") or {"type": "supervised"}
-    if not isinstance(method, dict) or method.get("type", "supervised") not in KINDS:
-        kind = method.get("type") if isinstance(method, dict) else method
-        raise _bad(f"method type '{kind}' is not available: use supervised or dpo", "method.type")
-    kind = method.get("type", "supervised")
-    extra = set(method) - {"type", kind}
-    if extra:
-        raise _bad(f"unknown method field(s) {sorted(extra)} for type {kind}", "method")
-    sub = method.get(kind) or {}
-    if not isinstance(sub, dict) or set(sub) - {"hyperparameters"}:
-        raise _bad(f"method.{kind} takes only 'hyperparameters'", f"method.{kind}")
-    return kind, sub.get("hyperparameters")
+    def _db(self):
+        return jobs_db.conn(self.state.db_path)
 
+    def _training_file(self, c, fid: str, param: str, method: str) -> str:
+        row = jobs_db.get_file(c, self.tenant, fid, param)
+        if row["status"] != "processed":
+            raise bad(f"file {fid} is not a valid training file: {row['status_details']}", param, "invalid_file")
+        if row["kind"] not in KINDS[method]:
+            raise bad(f"file {fid} does not hold what a {method} job trains on: {KIND_TEXT[method]}", param,
+                      "invalid_file_format")
+        return fid
 
-def _training_file(c, tenant: str, fid, param: str, method: str) -> str:
-    if not isinstance(fid, str) or not fid:
-        raise _bad(f"Missing required parameter: '{param}'", param, "missing_required_parameter")
-    row = jobs_db.get_file(c, tenant, fid, param)
-    if row["status"] != "processed":
-        raise _bad(f"file {fid} is not a valid training file: {row['status_details']}", param, "invalid_file")
-    if row["kind"] not in KINDS[method]:
-        raise _bad(f"file {fid} does not hold what a {method} job trains on: {KIND_TEXT[method]}", param,
-                   "invalid_file_format")
-    return fid
+    def create(self, req: FineTuningJobCreate) -> FineTuningJob:
+        """Look up what a checked request names and record the job (blocking)."""
+        state, tenant, c = self.state, self.tenant, self._db()
+        model = check_model(req.model, state)
+        method, hp = req.method.type, req.resolved_hyperparameters()
+        train = self._training_file(c, req.training_file, "training_file", method)
+        val = req.validation_file
+        if val is not None:
+            val = self._training_file(c, val, "validation_file", method)
+        suffix = req.suffix
+        seed = random.randrange(2**31) if req.seed is None else req.seed
+        job_id = jobs_db.new_id("ftjob")
+        run_name = check_name(f"ft-{suffix}-{job_id[-8:]}" if suffix else f"ft-{job_id[-8:]}", "suffix")
+        if (state.tenant_runs(tenant) / run_name).exists():  # 32 random bits of the id collided: take them all
+            run_name = check_name(f"ft-{suffix}-{job_id[6:]}" if suffix else f"ft-{job_id[6:]}", "suffix")
+        row = {"id": job_id, "tenant": tenant, "model": model, "training_file": train, "validation_file": val,
+               "method": {"type": method}, "hyperparameters": hp, "suffix": suffix, "seed": seed,
+               "metadata": req.metadata, "status": "validating_files", "run_name": run_name,
+               "created_at": jobs_db.now()}
+        jobs_db.insert_job(c, row)
+        jobs_db.add_event(c, row, f"Validating training file: {train}" + (f" and validation file: {val}" if val else ""))
+        if state.jobs_runner is not None:
+            state.jobs_runner.notify()
+        return FineTuningJob.from_row(jobs_db.get_job(c, tenant, job_id))
 
+    def list(self, after: str | None, limit: int) -> JobList:
+        rows, more = jobs_db.page(self._db(), "jobs", "tenant = ?", (self.tenant,), after, limit, kind="job")
+        return JobList.of([FineTuningJob.from_row(r) for r in rows], more)
 
-def _metadata(m) -> dict | None:
-    if m is None:
-        return None
-    if not isinstance(m, dict) or len(m) > 16 or not all(
-            isinstance(k, str) and isinstance(v, str) and len(k) <= 64 and len(v) <= 512 for k, v in m.items()):
-        raise _bad("metadata is at most 16 string pairs (keys up to 64 characters, values up to 512)", "metadata")
-    return m
+    def retrieve(self, job_id: str) -> FineTuningJob:
+        return FineTuningJob.from_row(jobs_db.get_job(self._db(), self.tenant, job_id))
 
+    def cancel(self, job_id: str) -> FineTuningJob:
+        c = self._db()
+        job = jobs_db.get_job(c, self.tenant, job_id)
+        if not jobs_db.transition(c, job, "cancelled", jobs_db.ACTIVE, "The job was cancelled",
+                                  finished_at=jobs_db.now()):
+            status = jobs_db.get_job(c, self.tenant, job_id)["status"]
+            raise APIError(409, f"job {job_id} is {status} already: only a job that has not ended can be cancelled",
+                           code="job_not_cancellable")
+        if self.state.jobs_runner is not None:
+            self.state.jobs_runner.cancel(job_id)
+        return self.retrieve(job_id)
 
-def new_job(state, tenant: str, body: dict) -> dict:
-    """Check a create request (see the module docstring) and record the job; returns its row."""
-    if not isinstance(body, dict):
-        raise _bad("the request body must be a JSON object", None, "invalid_body")
-    unknown = sorted(set(body) - FIELDS)
-    if unknown:
-        raise _bad(f"Unrecognized request argument supplied: {unknown[0]}", unknown[0], "unknown_parameter")
-    if body.get("integrations"):
-        raise _bad("integrations are not available on this server", "integrations")
-    c = jobs_db.conn(state.db_path)
-    model = check_model(body.get("model"), state)
-    method, method_hp = _method(body)
-    top = body.get("hyperparameters")
-    if top is not None and not isinstance(top, dict):
-        raise _bad("hyperparameters must be an object", "hyperparameters")
-    hp = hyperparameters({**(top or {}), **(method_hp or {})}, method)
-    train = _training_file(c, tenant, body.get("training_file"), "training_file", method)
-    val = body.get("validation_file")
-    if val is not None:
-        val = _training_file(c, tenant, val, "validation_file", method)
-    suffix = body.get("suffix")
-    if suffix is not None:
-        check_name(suffix, "suffix")
-        if len(suffix) > 40:
-            raise _bad("suffix is at most 40 characters", "suffix")
-    seed = body.get("seed")
-    if seed is None:
-        seed = random.randrange(2**31)
-    elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
-        raise _bad(f"seed must be an integer in 0..{2**31 - 1}", "seed")
-    metadata = _metadata(body.get("metadata"))
-    job_id = jobs_db.new_id("ftjob")
-    run_name = check_name(f"ft-{suffix}-{job_id[-8:]}" if suffix else f"ft-{job_id[-8:]}", "suffix")
-    if (state.tenant_runs(tenant) / run_name).exists():  # 32 random bits of the id collided: take them all
-        run_name = check_name(f"ft-{suffix}-{job_id[6:]}" if suffix else f"ft-{job_id[6:]}", "suffix")
-    row = {"id": job_id, "tenant": tenant, "model": model, "training_file": train, "validation_file": val,
-           "method": {"type": method}, "hyperparameters": hp, "suffix": suffix, "seed": seed, "metadata": metadata,
-           "status": "validating_files", "run_name": run_name, "created_at": jobs_db.now()}
-    jobs_db.insert_job(c, row)
-    jobs_db.add_event(c, row, f"Validating training file: {train}" + (f" and validation file: {val}" if val else ""))
-    return jobs_db.get_job(c, tenant, job_id)
+    def job_row(self, job_id: str) -> dict:
+        return jobs_db.get_job(self._db(), self.tenant, job_id)
 
+    def events(self, job_id: str, after: str | None, limit: int) -> EventList:
+        rows, more = jobs_db.page(self._db(), "events", "job_id = ? AND tenant = ?", (job_id, self.tenant), after,
+                                  limit, kind="event")
+        return EventList.of([JobEvent.from_row(r) for r in rows], more)
 
-# ---- routes ------------------------------------------------------------------------------------------------
-async def _json(request: Request):
-    try:
-        return await request.json()
-    except ValueError:
-        raise _bad("the request body is not valid JSON", None, "invalid_body") from None
+    async def event_stream(self, request: Request, job: dict, poll: float = 0.25, keepalive: float = 15.0):
+        """The job's events, oldest first, as they are recorded; ends after the job ends (the status and
+        its last event are one transaction, so one more read after seeing the end gets everything)."""
+        seq, quiet = 0, 0.0
 
+        def read():
+            c = self._db()
+            return jobs_db.events_since(c, job["id"], seq), jobs_db.job_by_id(c, job["id"])["status"]
 
-@router.post("/v1/fine_tuning/jobs")
-async def create_job(request: Request, tenant: str = Depends(current_tenant)):
-    state = request.app.state.tl
-    row = await run_in_threadpool(new_job, state, tenant, await _json(request))
-    if (runner := _runner(state)) is not None:
-        runner.notify()
-    return jobs_db.job_object(row)
-
-
-@router.get("/v1/fine_tuning/jobs")
-def list_jobs(request: Request, after: str | None = None, limit: int = 20, tenant: str = Depends(current_tenant)):
-    c = jobs_db.conn(request.app.state.tl.db_path)
-    rows, more = jobs_db.page(c, "jobs", "tenant = ?", (tenant,), after, limit, kind="job")
-    return jobs_db.list_object([jobs_db.job_object(r) for r in rows], more)
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}")
-def retrieve_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)):
-    return jobs_db.job_object(jobs_db.get_job(jobs_db.conn(request.app.state.tl.db_path), tenant, job_id))
-
-
-@router.post("/v1/fine_tuning/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)):
-    state = request.app.state.tl
-    c = jobs_db.conn(state.db_path)
-    job = jobs_db.get_job(c, tenant, job_id)
-    if not jobs_db.transition(c, job, "cancelled", jobs_db.ACTIVE, "The job was cancelled", finished_at=jobs_db.now()):
-        status = jobs_db.get_job(c, tenant, job_id)["status"]
-        raise APIError(409, f"job {job_id} is {status} already: only a job that has not ended can be cancelled",
-                       code="job_not_cancellable")
-    if (runner := _runner(state)) is not None:
-        runner.cancel(job_id)
-    return jobs_db.job_object(jobs_db.get_job(c, tenant, job_id))
-
-
-@router.get("/v1/fine_tuning/jobs/{job_id}/events")
-async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20, stream: bool = False,
-                      tenant: str = Depends(current_tenant)):
-    state = request.app.state.tl
-    job = await run_in_threadpool(lambda: jobs_db.get_job(jobs_db.conn(state.db_path), tenant, job_id))
-    if stream:
-        return StreamingResponse(_event_stream(request, state.db_path, job), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def page():
-        c = jobs_db.conn(state.db_path)
-        return jobs_db.page(c, "events", "job_id = ? AND tenant = ?", (job_id, tenant), after, limit, kind="event")
-
-    rows, more = await run_in_threadpool(page)
-    return jobs_db.list_object([jobs_db.event_object(r) for r in rows], more)
-
-
-async def _event_stream(request: Request, db_path, job: dict, poll: float = 0.25, keepalive: float = 15.0):
-    """The job's events, oldest first, as they are recorded; ends after the job ends (the status and
-    its last event are one transaction, so one more read after seeing the end gets everything)."""
-    seq, quiet = 0, 0.0
-
-    def read():
-        c = jobs_db.conn(db_path)
-        return jobs_db.events_since(c, job["id"], seq), jobs_db.job_by_id(c, job["id"])["status"]
-
-    while True:
-        rows, status = await run_in_threadpool(read)
-        for r in rows:
-            seq = r["seq"]
-            yield f"data: {json.dumps(jobs_db.event_object(r))}\n\n"
-        if status in jobs_db.TERMINAL:
-            rows, _ = await run_in_threadpool(read)
+        while True:
+            rows, status = await run_in_threadpool(read)
             for r in rows:
-                yield f"data: {json.dumps(jobs_db.event_object(r))}\n\n"
-            yield "data: [DONE]\n\n"
-            return
-        if await request.is_disconnected():
-            return
-        quiet = 0.0 if rows else quiet + poll
-        if quiet >= keepalive:
-            quiet = 0.0
-            yield ": keep-alive\n\n"
-        await asyncio.sleep(poll)
+                seq = r["seq"]
+                yield sse(JobEvent.from_row(r))
+            if status in jobs_db.TERMINAL:
+                rows, _ = await run_in_threadpool(read)
+                for r in rows:
+                    yield sse(JobEvent.from_row(r))
+                yield "data: [DONE]\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            quiet = 0.0 if rows else quiet + poll
+            if quiet >= keepalive:
+                quiet = 0.0
+                yield ": keep-alive\n\n"
+            await asyncio.sleep(poll)
+
+    def checkpoints(self, job_id: str, after: str | None, limit: int) -> CheckpointList:
+        c = self._db()
+        jobs_db.get_job(c, self.tenant, job_id)
+        rows, more = jobs_db.page(c, "checkpoints", "job_id = ? AND tenant = ?", (job_id, self.tenant), after, limit,
+                                  kind="checkpoint")
+        return CheckpointList.of([JobCheckpoint.from_row(r) for r in rows], more)
 
 
-@router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
+# ---- routes (serve/routes.py mounts them) ------------------------------------------------------------------
+def _jobs(request: Request, tenant: str) -> ServingJobs:
+    return ServingJobs(request.app.state.tl, tenant)
+
+
+async def create_job(request: Request, tenant: str = Depends(current_tenant),  # the key first, then the body
+                     body: FineTuningJobCreate = Depends(json_body(FineTuningJobCreate))) -> FineTuningJob:
+    return await run_in_threadpool(_jobs(request, tenant).create, body)
+
+
+def list_jobs(request: Request, after: str | None = None, limit: int = 20,
+              tenant: str = Depends(current_tenant)) -> JobList:
+    return _jobs(request, tenant).list(after, limit)
+
+
+def retrieve_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)) -> FineTuningJob:
+    return _jobs(request, tenant).retrieve(job_id)
+
+
+def cancel_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)) -> FineTuningJob:
+    return _jobs(request, tenant).cancel(job_id)
+
+
+async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20, stream: bool = False,
+                      tenant: str = Depends(current_tenant)) -> EventList:  # or, with stream=true, the SSE stream
+    jobs = _jobs(request, tenant)
+    job = await run_in_threadpool(jobs.job_row, job_id)
+    if stream:
+        return StreamingResponse(jobs.event_stream(request, job), media_type="text/event-stream", headers=SSE_HEADERS)
+    return await run_in_threadpool(jobs.events, job_id, after, limit)
+
+
 def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: int = 10,
-                     tenant: str = Depends(current_tenant)):
-    c = jobs_db.conn(request.app.state.tl.db_path)
-    jobs_db.get_job(c, tenant, job_id)
-    rows, more = jobs_db.page(c, "checkpoints", "job_id = ? AND tenant = ?", (job_id, tenant), after, limit,
-                              kind="checkpoint")
-    return jobs_db.list_object([jobs_db.checkpoint_object(r) for r in rows], more)
+                     tenant: str = Depends(current_tenant)) -> CheckpointList:
+    return _jobs(request, tenant).checkpoints(job_id, after, limit)

@@ -1,7 +1,7 @@
 """`tunelab serve --engine vllm`: vLLM decodes, tunelab keeps keys, tenants, files and jobs.
 
     up = Upstream.for_state(state, port=8001)   # the vLLM command line for the base + every servable run
-    state.extra["upstream"] = up                # create_app(state) then proxies the inference routes
+    state.upstream = up                         # create_app(state) then proxies the inference routes
 
 `vllm_command(state, port)` is vLLM's OpenAI server for the base with one LoRA module per finished,
 servable run of every tenant (serve/adapters.py `open_run` decides, as for tunelab's engine):
@@ -10,8 +10,9 @@ servable run of every tenant (serve/adapters.py `open_run` decides, as for tunel
         --host 127.0.0.1 --port P --enable-lora --lora-modules TENANT/RUN=RUNS/.../RUN/adapter ...
         --max-loras min(runs, --max-adapters) --max-lora-rank max r rounded up to 8|16|32|64|128|256
 
-Inference routes (models, chat/completions, completions, embeddings) go to `up.url` after tunelab's
-auth: `model` is the base or one of the caller's runs (another tenant's: 404, nothing sent upstream),
+The routes the registry (serve/routes.py) marks `proxied` (chat/completions, completions,
+embeddings) go to `up.url` after tunelab's auth (`router` builds them from the registry);
+/v1/models lists the base and the caller's runs among `up.loras` (`Upstream.models`). `model` is the base or one of the caller's runs (another tenant's: 404, nothing sent upstream),
 sent as the LoRA module's name; replies carry the client's name. Streams pass through line by line;
 an upstream 4xx keeps its status, a 5xx is a 502, no upstream a 503 (OpenAI's error shape). vLLM's
 adapters are fixed at its start: a run finished later is a 400 `model_not_loaded` until a restart.
@@ -36,12 +37,14 @@ from tunelab.serve.adapters import open_run, refuse
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name
+from tunelab.serve.protocol.models import Model
+from tunelab.serve.routes import Route
+from tunelab.serve.routes import router as registry_router
 from tunelab.serve.state import DEFAULT_TENANT
 
 RANKS = (8, 16, 32, 64, 128, 256)  # vLLM's allowed --max-lora-rank values (up to 256 here)
 READY_TIMEOUT = 900.0  # s for vLLM to load the base and answer /v1/models
 log = logging.getLogger("tunelab.serve")
-router = APIRouter()
 STARTED = int(time.time())
 
 
@@ -143,6 +146,17 @@ class Upstream:
         self.stop()
         raise TunelabError(f"vLLM did not answer within {self.ready_timeout:.0f} s", where="serve --engine vllm")
 
+    def models(self, state, tenant: str) -> list[Model]:
+        """The base and `tenant`'s finished runs among the LoRA modules (GET /v1/models)."""
+        out = [Model(id=state.base, created=STARTED, owned_by="tunelab")]
+        root = state.tenant_runs(tenant)
+        for name in sorted(self.loras):
+            t, run = name.split("/", 1)
+            if t == tenant and (root / run / "DONE").is_file():
+                out.append(Model(id=run, created=int((root / run / "DONE").stat().st_mtime), owned_by=tenant,
+                                 parent=state.base))
+        return out
+
     def stop(self) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
@@ -158,33 +172,7 @@ class Upstream:
 # ---- the proxied routes ----------------------------------------------------------------------------------------
 def _ctx(request: Request):
     state = request.app.state.tl
-    return state, state.extra["upstream"]
-
-
-def _models(state, up: Upstream, tenant: str) -> list[dict]:
-    out = [{"id": state.base, "object": "model", "created": STARTED, "owned_by": "tunelab"}]
-    root = state.tenant_runs(tenant)
-    for name in sorted(up.loras):
-        t, run = name.split("/", 1)
-        if t == tenant and (root / run / "DONE").is_file():
-            out.append({"id": run, "object": "model", "created": int((root / run / "DONE").stat().st_mtime),
-                        "owned_by": tenant, "parent": state.base})
-    return out
-
-
-@router.get("/v1/models")
-async def list_models(request: Request, tenant: str = Depends(current_tenant)):
-    state, up = _ctx(request)
-    return {"object": "list", "data": await run_in_threadpool(_models, state, up, tenant)}
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request, tenant: str = Depends(current_tenant)):
-    state, up = _ctx(request)
-    for m in await run_in_threadpool(_models, state, up, tenant):
-        if m["id"] == model_id:
-            return m
-    raise not_found("model", model_id, param="model")
+    return state, state.upstream
 
 
 def upstream_model(state, up: Upstream, tenant: str, model) -> str:
@@ -291,12 +279,14 @@ async def forward(request: Request, tenant: str, path: str):
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-def _route(path: str):
+def proxy(route: Route):
+    """The endpoint of a proxied route: the body forwarded to vLLM's same path."""
     async def proxied(request: Request, tenant: str = Depends(current_tenant)):
-        return await forward(request, tenant, path)
+        return await forward(request, tenant, route.path)
 
     return proxied
 
 
-for _path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
-    router.add_api_route(_path, _route(_path), methods=["POST"])
+def router(modules: list[str]) -> APIRouter:
+    """The registry's routes of `modules` (serve/routes.py), the proxied ones forwarded to vLLM."""
+    return registry_router(modules, proxy)

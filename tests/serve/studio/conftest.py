@@ -42,7 +42,7 @@ def studio_server(tmp_path_factory, tiny_model_dir, tiny_run):
     state.runs.mkdir(parents=True)
     shutil.copytree(seed, state.runs / "seed")
     # one thread: on 2 shared cores the tiny model's steps are several times faster than with two
-    state.extra["job_overrides"] = ["train.precision=fp32", "train.threads=1"]
+    state.job_overrides = ["train.precision=fp32", "train.threads=1"]
     key = create_key(state.db_path, "default")[1]
     with uvicorn_thread(create_app(state), what="the studio server", stop_s=30) as port:
         yield Studio(f"http://127.0.0.1:{port}", state, key, tmp)

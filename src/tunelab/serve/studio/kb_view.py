@@ -7,6 +7,8 @@
                                     folder is indexed (tunelab.rag.indexer.index, MiniLM) into the tenant's
                                     KB folder (serve/embeddings.kb_root): what chat completions with
                                     `knowledge_base` read. Uploading again to a name adds or replaces documents.
+(the logic is serve/knowledge.py's ServingKnowledge; these routes are thin)
+
     GET  /studio/f/kbs/NAME         its documents (chunks each) and every chunk (up to 2000), each chunk
                                     with the anchor `chunk_anchor(source, start, end)` that citations link to
 """
@@ -14,21 +16,20 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.errors import TunelabError
 from tunelab.serve.auth import current_tenant
-from tunelab.serve.embeddings import kb_root
-from tunelab.serve.errors import APIError, not_found
-from tunelab.serve.names import check_name, inside, safe_filename
+from tunelab.serve.errors import APIError
+from tunelab.serve.knowledge import MAX_CHUNKS, ServingKnowledge
+from tunelab.serve.names import check_name
+from tunelab.serve.protocol.knowledge import KnowledgeBaseCreated, KnowledgeBaseList
 from tunelab.serve.studio.html import esc, table
 
 router = APIRouter()
-MAX_CHUNKS = 2000
+__all__ = ["MAX_CHUNKS", "chunk_anchor", "router"]
 
 
 def chunk_anchor(source: str, start: int, end: int) -> str:
@@ -37,71 +38,27 @@ def chunk_anchor(source: str, start: int, end: int) -> str:
     return f"c-{start}-{end}-" + re.sub(r"[^A-Za-z0-9]", "_", source)
 
 
-def kb_folder(state, tenant: str, name: str) -> Path:
-    check_name(name, "knowledge_base")
-    root = kb_root(state, tenant)
-    return inside(root, name) if root.exists() else root / name
-
-
-def list_kbs(state, tenant: str) -> list[dict]:
-    import json
-
-    root = kb_root(state, tenant)
-    out = []
-    for p in sorted(root.iterdir()) if root.is_dir() else []:
-        if p.name.startswith(".") or not (p / "manifest.json").is_file():
-            continue
-        try:
-            files = json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("files", {})
-        except (OSError, ValueError):
-            files = {}
-        out.append({"name": p.name, "files": len(files), "chunks": sum(int(f.get("chunks", 0)) for f in files.values())})
-    return out
+def _kbs(request: Request, tenant: str) -> ServingKnowledge:
+    return ServingKnowledge(request.app.state.tl, tenant)
 
 
 @router.get("/studio/api/kbs")
-def kbs_json(request: Request, tenant: str = Depends(current_tenant)):
-    return {"object": "list", "data": list_kbs(request.app.state.tl, tenant)}
+def kbs_json(request: Request, tenant: str = Depends(current_tenant)) -> KnowledgeBaseList:
+    return _kbs(request, tenant).list()
 
 
 @router.get("/studio/f/kbs", response_class=HTMLResponse)
 def kbs_fragment(request: Request, tenant: str = Depends(current_tenant)):
-    kbs = list_kbs(request.app.state.tl, tenant)
+    kbs = _kbs(request, tenant).list().data
     if not kbs:
         return '<p class="muted">No knowledge base yet: create one above.</p>'
     return table(["knowledge base", "documents", "chunks"],
-                 [[f'<a href="/kb/{esc(k["name"])}">{esc(k["name"])}</a>', str(k["files"]), str(k["chunks"])]
-                  for k in kbs])
-
-
-def build_kb(state, tenant: str, name: str, uploads: list[tuple[str, bytes]]) -> dict:
-    """Store the documents and index them (blocking)."""
-    from tunelab.rag.indexer import index
-    from tunelab.rag.ingest import format_of
-
-    folder = kb_folder(state, tenant, name)
-    docs = state.home / "kb-docs" / tenant / name
-    names = []
-    for raw, _ in uploads:
-        fname = safe_filename(raw or "")
-        if format_of(Path(fname)) is None:
-            raise APIError(400, f"{fname}: not a document tunelab reads (txt, md, rst, html, pdf)", param="files",
-                           code="invalid_file_format")
-        names.append(fname)
-    docs.mkdir(parents=True, exist_ok=True)
-    for fname, (_, data) in zip(names, uploads):
-        tmp = docs / f".{fname}.part"
-        tmp.write_bytes(data)
-        tmp.replace(docs / fname)
-    try:
-        rep = index([docs], directory=folder)
-    except TunelabError as e:
-        raise APIError(400, f"knowledge base '{name}': {e.one_line()}", param="files", code="index_failed") from None
-    return {"name": name, "files": rep.files, "chunks": rep.chunks_total, "seconds": round(rep.seconds, 2)}
+                 [[f'<a href="/kb/{esc(k.name)}">{esc(k.name)}</a>', str(k.files), str(k.chunks)] for k in kbs])
 
 
 @router.post("/studio/api/kbs")
-async def create_kb(request: Request, tenant: str = Depends(current_tenant)):
+async def create_kb(request: Request, tenant: str = Depends(current_tenant)) -> KnowledgeBaseCreated:
+    """multipart: name, files (a form, not JSON: read here, indexed by ServingKnowledge.create)."""
     try:
         form = await request.form()
     except Exception as e:  # noqa: BLE001 - not multipart, a broken body: python-multipart's errors vary
@@ -118,26 +75,12 @@ async def create_kb(request: Request, tenant: str = Depends(current_tenant)):
         uploads = [(f.filename, await f.read()) for f in files]
     finally:
         await form.close()
-    return await run_in_threadpool(build_kb, request.app.state.tl, tenant, name, uploads)
-
-
-def _chunks(folder: Path) -> list[dict]:
-    from tunelab.rag.store import KnowledgeBase
-
-    kb = KnowledgeBase.open(directory=folder)
-    if kb.table is None:
-        return []
-    cols = ["source", "section", "start", "end", "n_tokens", "text"]
-    rows = kb.table.search().select(cols).limit(MAX_CHUNKS).to_list()
-    return sorted(rows, key=lambda r: (r["source"], r["start"]))
+    return await run_in_threadpool(_kbs(request, tenant).create, name, uploads)
 
 
 @router.get("/studio/f/kbs/{name}", response_class=HTMLResponse)
 async def kb_fragment(request: Request, name: str, tenant: str = Depends(current_tenant)):
-    folder = kb_folder(request.app.state.tl, tenant, name)
-    if not (folder / "manifest.json").is_file():
-        raise not_found("knowledge_base", name, "knowledge_base")
-    chunks = await run_in_threadpool(_chunks, folder)
+    chunks = await run_in_threadpool(_kbs(request, tenant).chunks, name)
     per_doc: dict[str, int] = {}
     for c in chunks:
         per_doc[c["source"]] = per_doc.get(c["source"], 0) + 1

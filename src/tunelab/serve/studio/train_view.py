@@ -32,7 +32,7 @@ METHODS = ("lora", "qlora", "full")
 def pinned_method(state) -> str:
     """The method.name a server job override pins every job to ('' when none: the job's
     `finetuning_type` hyperparameter decides)."""
-    for o in state.extra.get("job_overrides", []):
+    for o in state.job_overrides:
         key, _, value = str(o).partition("=")
         if key.strip() == "method.name":
             return value.strip()

@@ -1,0 +1,83 @@
+"""Knowledge bases of one tenant, for the Studio's `/studio/api/kbs` routes (serve/studio/kb_view.py).
+
+A knowledge base is a folder under the tenant's KB root (serve/embeddings.kb_root), what
+`tunelab rag index` writes and chat completions with `knowledge_base` read. Creating one keeps the
+uploaded documents in <home>/kb-docs/<tenant>/<name>/ and indexes that folder (tunelab.rag.indexer,
+MiniLM); uploading again to a name adds or replaces documents.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.serve.embeddings import kb_root
+from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.names import check_name, inside, safe_filename
+from tunelab.serve.protocol.knowledge import KnowledgeBase, KnowledgeBaseCreated, KnowledgeBaseList
+
+MAX_CHUNKS = 2000
+
+
+class ServingKnowledge:
+    def __init__(self, state, tenant: str):
+        self.state, self.tenant = state, tenant
+
+    def folder(self, name: str) -> Path:
+        check_name(name, "knowledge_base")
+        root = kb_root(self.state, self.tenant)
+        return inside(root, name) if root.exists() else root / name
+
+    def list(self) -> KnowledgeBaseList:
+        root = kb_root(self.state, self.tenant)
+        out = []
+        for p in sorted(root.iterdir()) if root.is_dir() else []:
+            if p.name.startswith(".") or not (p / "manifest.json").is_file():
+                continue
+            try:
+                files = json.loads((p / "manifest.json").read_text(encoding="utf-8")).get("files", {})
+            except (OSError, ValueError):
+                files = {}
+            out.append(KnowledgeBase(name=p.name, files=len(files),
+                                     chunks=sum(int(f.get("chunks", 0)) for f in files.values())))
+        return KnowledgeBaseList(data=out)
+
+    def create(self, name: str, uploads: list[tuple[str, bytes]]) -> KnowledgeBaseCreated:
+        """Store the documents and index them (blocking)."""
+        from tunelab.rag.indexer import index
+        from tunelab.rag.ingest import format_of
+
+        folder = self.folder(name)
+        docs = self.state.home / "kb-docs" / self.tenant / name
+        names = []
+        for raw, _ in uploads:
+            fname = safe_filename(raw or "")
+            if format_of(Path(fname)) is None:
+                raise APIError(400, f"{fname}: not a document tunelab reads (txt, md, rst, html, pdf)", param="files",
+                               code="invalid_file_format")
+            names.append(fname)
+        docs.mkdir(parents=True, exist_ok=True)
+        for fname, (_, data) in zip(names, uploads):
+            tmp = docs / f".{fname}.part"
+            tmp.write_bytes(data)
+            tmp.replace(docs / fname)
+        try:
+            rep = index([docs], directory=folder)
+        except TunelabError as e:
+            raise APIError(400, f"knowledge base '{name}': {e.one_line()}", param="files", code="index_failed") from None
+        return KnowledgeBaseCreated(name=name, files=rep.files, chunks=rep.chunks_total, seconds=round(rep.seconds, 2))
+
+    def chunks(self, name: str) -> list[dict]:
+        """Every chunk (up to MAX_CHUNKS) of `name`, by source and position (blocking)."""
+        from tunelab.rag.store import KnowledgeBase as Store
+
+        folder = self.folder(name)
+        if not (folder / "manifest.json").is_file():
+            raise not_found("knowledge_base", name, "knowledge_base")
+        kb = Store.open(directory=folder)
+        if kb.table is None:
+            return []
+        cols = ["source", "section", "start", "end", "n_tokens", "text"]
+        rows = kb.table.search().select(cols).limit(MAX_CHUNKS).to_list()
+        return sorted(rows, key=lambda r: (r["source"], r["start"]))
