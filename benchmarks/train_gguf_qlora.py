@@ -44,6 +44,7 @@ def build(name: str, max_length: int, seed: int):
     from tunelab.adapters.lora import apply_lora
     from tunelab.adapters.qlora import freeze_quantized_base, quantize_base
     from tunelab.config import from_dict
+    from tunelab.methods import method_of
     from tunelab.models.load import load_causal_lm
     from tunelab.quant.gguf_load import base_nbytes, load_gguf_qlora_base
     from tunelab.runtime.precision import autocast_dtype
@@ -54,6 +55,7 @@ def build(name: str, max_length: int, seed: int):
               "qlora-nf4": {"name": "qlora", "quant_type": "nf4"}}[name]
     cfg = from_dict({"model": {"name": MODEL}, "data": {"train": "faq.jsonl", "max_length": max_length},
                      "method": method, "train": {"epochs": 1, "seed": seed, "eval_every": "never"}})
+    cfg = method_of(cfg).resolve(cfg)  # qlora: method.quant_type auto -> gguf (the embedded GGUF's blocks) | nf4
     amp = autocast_dtype(cfg.train.precision, torch.device("cpu"))
     t0 = time.perf_counter()
     if name == "qlora-gguf":

@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tunelab"
 # lowest first: each layer may import only itself and the layers above it in this list
 LAYERS = [
     "errors", "config",
-    "runtime", "models", "data", "quant", "ops", "losses", "adapters", "runs", "memory", "doctor",
+    "runtime", "models", "data", "quant", "ops", "losses", "adapters", "methods", "runs", "memory", "doctor",
     "infer", "eval", "train", "synth", "rag", "export", "serve",
     "cli", "api",
 ]

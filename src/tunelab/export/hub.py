@@ -148,9 +148,12 @@ def validation_figures(run_dir: Path) -> tuple[float | None, float | None, str]:
 
 def model_card(run_dir: str | Path, cfg: dict, what: str, repo_id: str, quant: str | None = None) -> str:
     """README.md for the pushed repo: front matter, then what was trained, on what, and how it scored."""
+    from tunelab.methods import method_of
+
     run_dir = Path(run_dir)
     model, method, data, train = (cfg.get(k) or {} for k in ("model", "method", "data", "train"))
     name, mname, task = model.get("name", "?"), method.get("name", "lora"), cfg.get("task") or "sft"
+    mo = method_of(mname)
     base = base_model_id(name)
     front = ["---"] + ([f"base_model: {base}"] if base else [])
     if what == "adapter":
@@ -164,15 +167,15 @@ def model_card(run_dir: str | Path, cfg: dict, what: str, repo_id: str, quant: s
     front += ["pipeline_tag: text-generation", "tags:", *[f"- {t}" for t in dict.fromkeys(tags)], "---", ""]
 
     base_text = f"[`{base}`](https://huggingface.co/{base})" if base else f"a local model (`{Path(name).name}`)"
-    kind = {"adapter": f"A {dict(lora='LoRA', qlora='QLoRA').get(mname, mname)} adapter for",
+    kind = {"adapter": f"A {mo.label if mo.adapters else mname} adapter for",
             "merged": "A fine-tune of", "gguf": f"A GGUF ({quant}) fine-tune of"}[what]
     lines = [f"# {repo_id.split('/')[-1]}", "", f"{kind} {base_text}, trained with tunelab ({task}, run "
              f"`{run_dir.name}`).", "", "## Training", "", f"- base model: `{base or Path(name).name}`"]
     m = f"- method: `{mname}`"
-    if mname in ("lora", "qlora"):
+    if mo.adapters:
         m += (f" (r={method.get('r')}, alpha={method.get('alpha'):g}, targets {method.get('target_modules')}, "
               f"last {method.get('layers')} layers)")
-        if mname == "qlora":
+        if mo.quantized_base:
             qt = method.get("quant_type", "nf4")
             m += " on its GGUF base's own quantized blocks" if qt == "gguf" else f" on a 4-bit {qt} base"
     lines.append(m)

@@ -119,6 +119,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
         TunelabError: `run` is not a finished run, `out` exists and is not empty (without `overwrite`),
             or `dtype` is unknown.
     """
+    from tunelab.methods import Merge, method_of
     from tunelab.runs.load import attach_adapter, load_run, load_run_base
     from tunelab.runs.rundir import save_tokenizer_with_template
 
@@ -127,6 +128,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
     rd, _ = load_run(run)
     cfg, out = rd.config, Path(out)
     method, m = cfg.method.name, cfg.method
+    decode_base = method_of(m).merge is Merge.DEQUANTIZED_ADAPTER  # qlora: its 4-bit base decoded first
     check_out(out, overwrite)
     tmp = staging(out)
     dequantized = merged = 0
@@ -134,7 +136,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
     try:
         quant_type = m.quant_type  # qlora: settled (nf4 | fp4 | gguf) when the run is read back
         # streamed for an NF4/FP4 base (a GGUF-blocks base is merged whole: its weights are the blocks' decode)
-        base_dir = _streamable_base(cfg) if method == "qlora" and quant_type in ("nf4", "fp4") \
+        base_dir = _streamable_base(cfg) if decode_base and quant_type in ("nf4", "fp4") \
             and not rd.model_dir.exists() else None
         if base_dir is not None and rd.has_adapter:
             # layer by layer into shards: neither the full-precision base nor the merged model is held
@@ -158,7 +160,7 @@ def merge_run(run: str | Path, out: str | Path, dtype: str = "fp32", overwrite: 
                 from transformers import AutoTokenizer
 
                 tok = AutoTokenizer.from_pretrained(str(rd.tokenizer_dir))
-            if method == "qlora":  # decode the exact 4-bit base of training: W0' = dequant(quant(W0))
+            if decode_base:  # decode the exact 4-bit base of training: W0' = dequant(quant(W0))
                 dequantized = dequantize_linears(model, torch.float32)
             peft_model = attach_adapter(model, rd.adapter_dir)
             merged = sum(1 for mod in peft_model.modules() if hasattr(mod, "lora_A") and mod.lora_A)

@@ -114,13 +114,16 @@ from __future__ import annotations
 
 from tunelab.errors import TunelabError
 from tunelab.memory.available import detect_memory
+from tunelab.methods import METHODS as REGISTRY
+from tunelab.methods import method_of
+from tunelab.methods.qlora import QLORA_BITS  # noqa: F401  (its value: methods/qlora.py)
 from tunelab.memory.result import MemoryEstimate, fmt_bytes
 from tunelab.memory.shape import ModelShape, read_config
 from tunelab.ops.chunking import LOSS_CHUNK, loss_chunk_rows
 
-QLORA_BITS = 4 + 8 / 64 + 32 / (64 * 256)  # 4.127 bits per quantized weight (NF4 + double-quantized absmax)
 ADAM_BYTES = {"adamw": 8.0, "adamw8bit": 2 + 8 / 256}  # m and v per trainable param (8-bit: + fp32 absmax per 256)
-METHODS = ("full", "lora", "qlora")
+# the methods with terms of their own (freeze, qat and bitnet are estimated as full: `MemoryTerms.label`)
+METHODS = tuple(sorted(name for name, m in REGISTRY.items() if m.memory.label == name))
 GB = 1024**3
 # what a CPU training process holds beside its tensors: the interpreter with torch, transformers, peft and
 # tunelab imported (VmRSS before the load in benchmarks/big_model.py: 0.43 GB, torch 2.13 CPU, Linux)
@@ -161,13 +164,18 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     wb = {"auto": 2 if dev == "cuda" else 4, "fp32": 4, "bf16": 2}[weights_dtype]
     adam = ADAM_BYTES[optimizer]
     n, lin = s.params, s.linear_params
+    # the method's terms (methods/base.py, MemoryTerms): full trains every weight; lora and qlora train
+    # adapters on a frozen base, which qlora stores in 4 bits and decodes again in backward
+    terms = method_of(method).memory
+    full, quant_bits, redecode = terms.trains_all, terms.base_bits, terms.base_recomputed
+    copies_base = not full and not redecode  # lora: the frozen base's bf16 casts are kept for backward
     # blocks that take part in backward: all for full fine-tuning, the adapted ones for lora/qlora
-    nb = s.layers if method == "full" or layers == "all" else min(int(layers), s.layers)
-    t = n if method == "full" else s.lora_params(r, nb)
+    nb = s.layers if full or layers == "all" else min(int(layers), s.layers)
+    t = n if full else s.lora_params(r, nb)
     rows: list[tuple[str, int, str]] = []
     w_name = "fp32" if wb == 4 else "bf16"
 
-    if method == "full":
+    if full:
         weights, grads = n * wb, n * wb
         master = n * 4 if wb < 4 else 0  # mixed precision keeps an fp32 copy for the update
         opt = int(n * adam)
@@ -179,16 +187,16 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
             rows.append(("fp32 master weights", master, f"{fmt_bytes(n)} x 4"))
         bpp = f"{wb} weights + {wb} grads + {adam:g} {optimizer} m,v" + (" + 4 fp32 master" if master else "")
     else:
-        if method == "lora":
+        if quant_bits is None:
             weights = n * wb
             rows.append(("weights (frozen)", weights, f"{fmt_bytes(n)} params x {wb} ({w_name})"))
             bpp = f"{wb} frozen weights"
         else:
-            quant = int(lin * QLORA_BITS / 8)
+            quant = int(lin * quant_bits / 8)
             weights = quant + (n - lin) * wb
             rows.append(("weights (frozen)", weights,
-                         f"{fmt_bytes(lin)} block-Linear x {QLORA_BITS:.3f}/8 (NF4+DQ) + {fmt_bytes(n - lin)} other x {wb} ({w_name})"))
-            bpp = f"{QLORA_BITS / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
+                         f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 (NF4+DQ) + {fmt_bytes(n - lin)} other x {wb} ({w_name})"))
+            bpp = f"{quant_bits / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
         adapters = 4 * t
         grads, opt, master = 4 * t, int(t * adam), 0
         rows += [("adapters (fp32)", adapters, f"T = {fmt_bytes(t)} = L' r sum(in+out) = {nb} x {r} x "
@@ -203,10 +211,10 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     res = 4 if (wb == 4 or not autocast) else 2  # bytes of the residual stream and the RMSNorm values
     cast32 = autocast and wb == 4  # autocast casts the fp32 weights and activations to bf16 for every matmul
     sum_in = sum(a for _, a, _ in s.linears())
-    drop = lora_dropout > 0 and method != "full"
+    drop = lora_dropout > 0 and not full
     # dropout keeps its mask: CUDA's fused dropout a 1-byte bool, CPU's the noise tensor in x's dtype
     mask = 1 if dev == "cuda" else res
-    if cast32 and method == "full":  # fp32 weights: each Linear keeps its own bf16 cast of its input
+    if cast32 and full:  # fp32 weights: each Linear keeps its own bf16 cast of its input
         block = 4 * h * res + act * (5 * h + 2 * q + 2 * kv + 4 * i)
         block_how = "4h x 4 + (5h + 2q + 2kv + 4I) x 2"
     elif cast32:
@@ -216,7 +224,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         # already-bf16 output too: + q), lora_B its A x
         block = 2 * h * res + act * (5 * h + 3 * q + 2 * kv + 4 * i + 7 * r) + (sum_in * mask if drop else 0)
         block_how = "2h x 4 + (5h + 3q + 2kv + 4I + 7r) x 2" + (f" + sum(in) x {mask} (dropout masks)" if drop else "")
-    elif method != "full" and wb == 4 and drop:
+    elif not full and wb == 4 and drop:
         # lora/qlora in plain fp32 with dropout: each adapted Linear's lora_A keeps the dropped copy of its
         # input and dropout its mask, sum(in) x (4 + mask); nothing else keeps the normed x (the norms
         # are frozen: 2h x 4 of their inputs) nor the MLP product (the frozen down_proj keeps no input)
@@ -225,7 +233,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     else:
         block = act * (4 * h + 2 * q + 2 * kv + 4 * i)
         block_how = f"(4h + 2q + 2kv + 4I) x {act}"
-        if method != "full":
+        if not full:
             # lora_A shares the base layer's input (no dropout: tunelab's fused LoRA Linear keeps it once);
             # bf16 weights (CUDA) with dropout: A's own input and 1-byte masks (the earlier formula, not
             # measured on this project's machines)
@@ -235,7 +243,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # lora/qlora, fp32 weights, no checkpointing: the lowest adapted block's input needs no gradient (the
     # embeddings are frozen, the blocks below record no graph), so its input RMSNorm keeps nothing (- h x 4)
     # and its q, k, v keep no dropout masks (- 3h x mask); with checkpointing a full block is recomputed
-    lowest = h * res + (3 * h * mask if drop else 0) if method != "full" and wb == 4 and not grad_checkpointing else 0
+    lowest = h * res + (3 * h * mask if drop else 0) if not full and wb == 4 and not grad_checkpointing else 0
     tokens = batch * seq
     kept = tokens * (nb * h * res + block) if grad_checkpointing else tokens * (nb * block - lowest)
     # tunelab's loss (ops/linear_ce.py) runs the head and the cross-entropy LOSS_CHUNK positions at a
@@ -246,7 +254,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # fine-tuning dL/dW of the head (fp32, V x h), from the loss until backward.
     positions = int(tokens * target_fraction)
     live = loss_chunk_rows(positions)
-    loss_grad = positions * h * res + (s.vocab * h * 4 if method == "full" else 0)
+    loss_grad = positions * h * res + (s.vocab * h * 4 if full else 0)
     transient = live * s.vocab * (act + 4 if autocast else 4)
     # Under autocast an fp32 head is cast to bf16 by both of the loss's matmuls: z = h_c W^T casts W^T (a
     # view, which autocast's cache skips) and frees it when the matmul returns; dz W casts W, a new cast per
@@ -256,14 +264,14 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     head_cast = 0
     if cast32 and positions:
         head_cast = s.vocab * h * 2
-        if method == "full" and -(-positions // LOSS_CHUNK) > 1:
+        if full and -(-positions // LOSS_CHUNK) > 1:
             head_cast += max(0, s.vocab * h * 2 - live * s.vocab * 4)
     activations = kept + loss_grad
     how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L' block = {tokens:,} x {nb} x {block:,}" + (f" - B S x {lowest:,} (lowest block)" if lowest else ""))
     rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
     rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
-                 + (" + V h x 4 (the head's dL/dW)" if method == "full" else "")))
+                 + (" + V h x 4 (the head's dL/dW)" if full else "")))
     rows.append(("logits (transient)", transient,
                  f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
                  + ("(2 + 4): bf16 and fp32 logits" if autocast else "4")
@@ -279,39 +287,39 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     # loss uses its cast inside the forward). The lowest adapted block's q, k, v (input without gradient)
     # record no graph and keep none.
     block_lin = sum(a * b for _, a, b in s.linears())
-    base = 0 if method == "qlora" else block_lin  # per block
-    adapt = 0 if method == "full" else r * sum(a + b for _, a, b in s.linears())  # T / L', per block
+    base = 0 if redecode else block_lin  # per block
+    adapt = 0 if full else r * sum(a + b for _, a, b in s.linears())  # T / L', per block
     workspace = cast_cache = 0
     if cast32:
         if grad_checkpointing:  # one block is recomputed (and cast) at a time in backward ...
             workspace = 2 * (base + adapt)
             # ... but the forward's casts of the trainable weights stay in autocast's cache until the
             # forward (and so the loss) ends: full L sum(in x out) x 2, lora/qlora T x 2
-            cast_cache = 2 * (s.layers * block_lin if method == "full" else t)
+            cast_cache = 2 * (s.layers * block_lin if full else t)
         else:
-            workspace = 2 * (nb * (base + adapt) - (h * q + 2 * h * kv if method == "lora" else 0))
+            workspace = 2 * (nb * (base + adapt) - (h * q + 2 * h * kv if copies_base else 0))
     if workspace:
         what = "one block's" if grad_checkpointing else f"{nb} blocks'"
         parts = ([f"Linears {fmt_bytes(base * (1 if grad_checkpointing else nb))}"] if base else []) \
             + ([f"adapters {fmt_bytes(adapt * (1 if grad_checkpointing else nb))}"] if adapt else [])
         rows.append(("weight copies for backward", workspace, f"({what} {' + '.join(parts)}) x 2 (bf16)"
-                     + (" - the lowest block's q, k, v" if method == "lora" and not grad_checkpointing else "")))
+                     + (" - the lowest block's q, k, v" if copies_base and not grad_checkpointing else "")))
     if cast_cache:
         rows.append(("autocast cast cache (transient)", cast_cache,
-                     ("L sum(in x out)" if method == "full" else "T") + " x 2: bf16 copies of the trainable weights, "
+                     ("L sum(in x out)" if full else "T") + " x 2: bf16 copies of the trainable weights, "
                      "cached by autocast until the forward ends"))
 
     # AdamW's step on CPU walks the parameters one at a time (torch uses foreach kernels on CUDA only):
     # exp_avg_sq.sqrt() / bias_correction2_sqrt makes two temporaries the size of the largest trainable
     # tensor (full: the embedding matrix, V h). On CUDA the foreach step makes them for all at once.
-    largest = max(s.vocab * h, *(a * b for _, a, b in s.linears())) if method == "full" \
+    largest = max(s.vocab * h, *(a * b for _, a, b in s.linears())) if full \
         else max(r * max(a, b) for _, a, b in s.linears())
     step_temp = int(2 * largest * 4) if dev == "cpu" else int(t * 4 * 2)
     # qlora: each 4-bit layer decodes its weight when it runs (forward, recompute, backward), one at a time:
     # the int32 copy of the codes (n/2 x 4), the gathered code values and their product with the block
     # constants (n x act each) for the largest block Linear (n = in x out)
     decode = 0
-    if method == "qlora":
+    if redecode:
         big = max(a * b for _, a, b in s.linears())
         decode = 2 * big + 2 * act * big
         how = f"largest block Linear {fmt_bytes(big)} x (2 + 2 x {act}): codes as int32, code values, values x absmax"

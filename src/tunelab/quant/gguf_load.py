@@ -218,10 +218,11 @@ def base_nbytes(model: nn.Module) -> dict[str, int]:
 
 
 def wants_gguf_blocks(cfg, where: str = "method.quant_type"):
-    """(GGUF path, its reader) to train as stored for this run config, or None (then
-    method.quant_type auto means nf4). Refuses quant_type gguf where it cannot apply, with the reason."""
+    """(GGUF path, its reader) to train as stored for this qlora run config (methods/qlora.py asks), or
+    None (then method.quant_type auto means nf4). Refuses quant_type gguf where it cannot apply, with
+    the reason."""
     m = cfg.method
-    if m.name != "qlora" or m.quant_type in ("nf4", "fp4"):
+    if m.quant_type in ("nf4", "fp4"):
         return None
     explicit = m.quant_type == "gguf"
     if m.quant_backend == "bitsandbytes":
@@ -246,15 +247,14 @@ def wants_gguf_blocks(cfg, where: str = "method.quant_type"):
 
 
 def load_gguf_qlora_base(cfg, device: torch.device | None = None):
-    """(model, tokenizer, ResolvedModel) for qlora on a GGUF trained as stored, or None when the run
-    is not that case (`wants_gguf_blocks`). Resolves method.quant_type auto in place (to gguf or
-    nf4), so the run's config.yaml records the base it trained on."""
+    """(model, tokenizer, ResolvedModel) for a qlora run config on a GGUF trained as stored, or None
+    when the run is not that case (`wants_gguf_blocks`). `cfg` is left unchanged: method.quant_type
+    auto is settled by the qlora method's `resolve` (methods/qlora.py), which the recipe calls first,
+    so the run's config.yaml records the base it trained on."""
     from tunelab.models.load import pick_dtype
     from tunelab.models.registry import ResolvedModel
 
     found = wants_gguf_blocks(cfg)
-    if cfg.method.name == "qlora" and cfg.method.quant_type == "auto":
-        cfg.method.quant_type = "gguf" if found is not None else "nf4"
     if found is None:
         return None
     path, reader = found

@@ -46,16 +46,14 @@ def load_run_base(cfg: RunConfig | dict, device: str = "auto", dtype: str | None
     """(model, tokenizer): the base of an adapter run as it was trained (4-bit for qlora, in the run's
     `method.quant_type`). `cfg` is the run's RunConfig (`Run.config`); a config.yaml dict is validated
     first. `dtype` overrides the run's `model.dtype` (e.g. fp32 for merging)."""
+    from tunelab.methods import method_of
     from tunelab.models.load import load_causal_lm
 
     if isinstance(cfg, dict):
         cfg = validate_raw(cfg, "config.yaml")
     m = cfg.method
     model, tok, _ = load_causal_lm(cfg.model.name, dtype=dtype or cfg.model.dtype, device=device, where=where)
-    if m.name == "qlora":
-        from tunelab.adapters.qlora import quantize_base
-
-        quantize_base(model, m.quant_type, m.double_quant)
+    model = method_of(m).inference_base(model, m)  # qlora: the 4-bit base it trained on
     return model, tok
 
 

@@ -185,15 +185,20 @@ class RunDir:
             if console is not None:
                 console.print(f"resuming {self.path} from step {resume_step}")
 
-    def save_weights(self, model, method: str, tokenizer=None) -> None:
-        """lora / qlora -> adapter/ (plain PEFT); any other method -> model/.
+    def save_weights(self, model, method, tokenizer=None, source: str = "") -> None:
+        """The weights where the method saves them (`Method.saves`, written by `Method.save`): lora /
+        qlora -> adapter/ (plain PEFT); qat / bitnet -> quantized/ (packed, with the tokenizer); any
+        other method -> model/. `method`: a name or a `Method`; `source`: the base model's name.
 
         The tokenizer, when given, is saved beside the weights with `chat_template` set to the run's
         template (template.json, rendered by `chat_template_jinja`), so transformers, vLLM and Ollama
         format prompts the way the run was trained. The caller's tokenizer object is left unchanged."""
-        out = self.adapter_dir if method in ("lora", "qlora") else self.model_dir
-        model.save_pretrained(str(out))
-        if tokenizer is not None:
+        from tunelab.methods import Saved, method_of
+
+        m = method_of(method)
+        out = {Saved.ADAPTER: self.adapter_dir, Saved.MODEL: self.model_dir, Saved.QUANTIZED: self.quantized_dir}[m.saves]
+        m.save(model, out, tokenizer=tokenizer, source=source)
+        if tokenizer is not None and not m.save_writes_tokenizer:
             save_tokenizer_with_template(tokenizer, out, self.template_path)
 
 

@@ -22,6 +22,7 @@ under checkpointing (`replays_per_call_state`).
 from __future__ import annotations
 
 from tunelab.config import RunConfig
+from tunelab.methods import method_of
 
 FIT_SHARE = 0.8  # leave 20% of the available memory to the rest of the process and the OS
 
@@ -34,7 +35,7 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     from tunelab.memory.estimator import estimate
     from tunelab.train.optim import memory_optimizer
 
-    method = cfg.method.name if cfg.method.name in ("lora", "qlora") else "full"
+    method = method_of(cfg).memory.label  # freeze, qat, bitnet: estimated as full fine-tuning
     device = next(model.parameters()).device
     try:
         est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
@@ -53,7 +54,7 @@ def wants_checkpointing(cfg: RunConfig, model=None) -> bool:
     setting = cfg.train.gradient_checkpointing
     if setting != "auto":
         return bool(setting)
-    if cfg.method.name == "qlora":
+    if method_of(cfg).checkpointing_by_default:  # qlora
         return True
     return model is not None and estimate_fits(model, cfg) is False
 

@@ -18,6 +18,7 @@ import math
 from tunelab.config import RunConfig
 from tunelab.eval.classification import metrics_table, plot_confusion
 from tunelab.eval.metrics import perplexity
+from tunelab.methods import method_of
 from tunelab.runs.report import cell, plot_loss, suffix_rate
 from tunelab.runs.rundir import RunDir
 
@@ -28,14 +29,13 @@ def _samples_table(samples: list[dict], first: str = "prompt") -> list[str]:
     return lines + [""]
 
 
-def _model_line(cfg: RunConfig, lora_methods: tuple[str, ...], freeze_detail: bool = False) -> str:
-    """e.g. "- model: `smollm2-135m-instruct`, method: `lora` (r=16, alpha=32, targets=all-linear)"."""
-    m = cfg.method
+def _model_line(cfg: RunConfig, every_detail: bool = False) -> str:
+    """e.g. "- model: `smollm2-135m-instruct`, method: `lora` (r=16, alpha=32, targets=all-linear)": the
+    method's `detail` for adapter methods, and for every method when `every_detail` (freeze: its blocks)."""
+    m, method = cfg.method, method_of(cfg)
     line = f"- model: `{cfg.model.name}`, method: `{m.name}`"
-    if m.name in lora_methods:
-        line += f" (r={m.r}, alpha={m.alpha:g}, targets={m.target_modules})"
-    if freeze_detail and m.name == "freeze":
-        line += f" (last {m.freeze_layers} layers + head)"
+    if method.adapters or every_detail:
+        line += method.detail(m)
     return line
 
 
@@ -56,7 +56,7 @@ def write_sft_report(run: RunDir, cfg: RunConfig, outcome) -> None:
     res = outcome.result
     has_plot = plot_loss(run)
     lines = [f"# Run `{run.path.name}`", "",
-             _model_line(cfg, ("lora", "qlora")),
+             _model_line(cfg),
              f"- {outcome.trainable}",
              f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, template `{cfg.data.template}`",
              _steps_line(res), ""]
@@ -105,7 +105,7 @@ def write_classify_report(run: RunDir, cfg: RunConfig, outcome) -> None:
     res = outcome.result
     has_loss = plot_loss(run)
     lines = [f"# Classification run `{run.path.name}`", "",
-             _model_line(cfg, ("lora",), freeze_detail=True),
+             _model_line(cfg, every_detail=True),
              f"- labels: {', '.join(f'`{x}`' for x in outcome.labels)}",
              f"- {outcome.trainable}",
              f"- data: {outcome.n_train} train / {outcome.n_val} validation examples, max_length {cfg.data.max_length}",
@@ -147,7 +147,7 @@ def write_dpo_report(run: RunDir, cfg: RunConfig, out) -> None:
     p = cfg.preference
     lines = [f"# Run `{run.path.name}` (DPO)", "",
              f"- model: `{cfg.model.name}`, method: `{cfg.method.name}`, reference: "
-             + ("the same model with the adapter disabled" if cfg.method.name != "full" else "a frozen copy"),
+             + ("the same model with the adapter disabled" if method_of(cfg).adapters else "a frozen copy"),
              f"- {out.trainable}",
              f"- data: {out.n_train} train / {out.n_val} validation pairs ({out.truncated} truncated), "
              f"template `{cfg.data.template}`, max_length {cfg.data.max_length}, max_prompt_length {p.max_prompt_length}",

@@ -18,13 +18,12 @@ Every outcome is an `Outcome`: `run_dir`, `summary_lines()` (what `tunelab train
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
+from tunelab.methods import Base, method_of
 from tunelab.runs.rundir import RunDir
 
 
@@ -99,119 +98,38 @@ def begin_run(run: RunDir, cfg: RunConfig, base_path, template=None, console=Non
 
 
 # ---- the base model ------------------------------------------------------------------------------------------
-@dataclass
-class Base:
-    """A loaded causal LM with its tokenizer, resolved model and 4-bit backend (None: not qlora)."""
-
-    model: object
-    tok: object
-    rm: object
-    backend: str | None
-    device: torch.device
-    quantized: bool = False  # already 4-bit as loaded (the streamed CPU QLoRA load)
-
-    @property
-    def before_step(self):
-        """The engine's `before_step`: bitsandbytes' CPU inference repacking undone before training steps."""
-        if self.backend != "bitsandbytes":
-            return None
-        from tunelab.adapters.qlora import restore_bnb_training_layout
-
-        return restore_bnb_training_layout
-
-
 def load_base(cfg: RunConfig) -> Base:
-    """The causal LM of `model.name`, by method and backend:
+    """The causal LM of `model.name`, as the run's method loads it (`Method.load_base`):
 
-        qlora, bitsandbytes backend   loaded 4-bit by transformers (`load_bnb_base`)
+        qlora, bitsandbytes backend   loaded 4-bit by transformers (methods/qlora.py, `load_bnb_base`)
         qlora, tunelab backend, CPU   streamed: each Linear quantized to NF4 as its weight is read, the
                                       full-precision model never held (`quant.stream_load`); a hub id or a
                                       checkpoint without safetensors is loaded whole and quantized later
+        qlora on a GGUF of blocks     those blocks kept (`quant.gguf_load`, method.quant_type auto | gguf)
         everything else               loaded as `model.dtype` (quantized later by `quantize_for_training`)
-    First of all, qlora on a GGUF whose Linears are in a block format tunelab decodes keeps those blocks
-    (`quant.gguf_load`, method.quant_type auto | gguf).
     """
-    from tunelab.adapters.qlora import choose_backend
-    from tunelab.models.load import load_causal_lm, pick_device
-    from tunelab.quant.gguf_load import load_gguf_qlora_base
-
-    m = cfg.method
-    device = pick_device(cfg.model.device)
-    # qlora on a GGUF of Q4_0/Q4_1/Q8_0/Q4_K/Q6_K Linears: blocks kept (also resolves quant_type auto: gguf | nf4)
-    kept = load_gguf_qlora_base(cfg, device)
-    if kept is not None:
-        return Base(*kept, "tunelab", device, quantized=True)
-    backend = choose_backend(m.quant_backend, device) if m.name == "qlora" else None
-    if backend == "bitsandbytes":
-        model, tok, rm = load_bnb_base(cfg, device)
-        return Base(model, tok, rm, backend, device)
-    if backend == "tunelab" and device.type == "cpu":
-        from tunelab.quant.stream_load import load_quantized_causal_lm
-
-        streamed = load_quantized_causal_lm(cfg.model.name, dtype=cfg.model.dtype, quant_type=m.quant_type,
-                                            double_quant=m.double_quant)
-        if streamed is not None:
-            return Base(*streamed, backend, device, quantized=True)
-    model, tok, rm = load_causal_lm(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device)
-    return Base(model, tok, rm, backend, device)
-
-
-def load_bnb_base(cfg: RunConfig, device):
-    """CUDA path: load the base 4-bit through transformers + bitsandbytes."""
-    from transformers import AutoModelForCausalLM
-
-    from tunelab.adapters.qlora import bnb_quantization_config
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.registry import resolve
-
-    rm = resolve(cfg.model.name)
-    tok = load_tokenizer(rm)
-    compute = torch.bfloat16 if device.type != "cuda" or torch.cuda.is_bf16_supported() else torch.float16
-    qc = bnb_quantization_config(cfg.method.quant_type, cfg.method.double_quant, compute)
-    model = AutoModelForCausalLM.from_pretrained(rm.path, quantization_config=qc, device_map={"": str(device)})
-    from peft import prepare_model_for_kbit_training
-
-    # checkpointing is switched on after the adapters (`adapt`), as for every other method
-    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return model, tok, rm
+    return method_of(cfg).load_base(cfg)
 
 
 def quantize_for_training(base: Base, cfg: RunConfig, amp) -> bool:
     """qlora on the tunelab backend: the base in 4-bit, frozen, its layers computing in `amp`; True when
-    it is. A streamed base (`base.quantized`) is 4-bit already; any other is quantized in place here."""
-    m = cfg.method
-    if m.name != "qlora" or base.backend != "tunelab":
-        return False
-    from tunelab.adapters.qlora import freeze_quantized_base, quantize_base
-
-    if base.quantized:
-        freeze_quantized_base(base.model, compute_dtype=amp)
-    else:
-        quantize_base(base.model, m.quant_type, m.double_quant, compute_dtype=amp)
-    return True
+    it is (`Method.prepare_base`). A streamed base (`base.quantized`) is 4-bit already; any other is
+    quantized in place here."""
+    return method_of(cfg).prepare_base(base, cfg, amp)
 
 
 # ---- adapting and training -----------------------------------------------------------------------------------
 def adapt(model, cfg: RunConfig):
-    """Apply `method` to a causal LM; returns the model to train.
+    """Apply `method` to a causal LM (`Method.adapt`); returns the model to train.
 
     lora / qlora: LoRA adapters (`apply_lora`); freeze: only the last `method.freeze_layers` blocks
     train; qat / bitnet: every weight trains as an fp32 latent and the forward sees Q(W) (straight-
     through estimator); full: every weight, as loaded. Then gradient checkpointing if `wants_checkpointing`.
     """
-    from tunelab.adapters.lora import apply_lora, freeze_all_but_last
     from tunelab.train.activation_ckpt import enable as enable_checkpointing
     from tunelab.train.activation_ckpt import wants_checkpointing
 
-    m = cfg.method
-    if m.name in ("lora", "qlora"):
-        model = apply_lora(model, m)
-    elif m.name == "freeze":
-        freeze_all_but_last(model, m.freeze_layers)
-    elif m.name in ("qat", "bitnet"):
-        from tunelab.quant.qat import prepare_qat, to_bitnet
-
-        prepare_qat(model, m.qat_format) if m.name == "qat" else to_bitnet(model)
+    model = method_of(cfg).adapt(model, cfg.method)
     if wants_checkpointing(cfg, model):
         enable_checkpointing(model)
     return model

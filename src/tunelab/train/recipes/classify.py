@@ -30,6 +30,7 @@ from tunelab.data.formats import ClassifyExample
 from tunelab.errors import TunelabError
 from tunelab.eval.classification import classification_metrics, flat_metrics
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
+from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
@@ -161,23 +162,24 @@ def trainable_head(model, head: list[str]) -> list[str]:
 
 
 def adapt(model, cfg: RunConfig, head: list[str]):
-    """Apply `method` (lora | full | freeze); returns the model to train."""
-    from tunelab.adapters.lora import apply_lora, freeze_all_but_last, target_modules
+    """Apply `method` (lora | full | freeze, `Method.adapt`); returns the model to train. An adapter
+    method trains the head whole (peft's modules_to_save); any other makes the head (and a pooler) train."""
+    from tunelab.adapters.lora import target_modules
     from tunelab.train.activation_ckpt import enable as enable_checkpointing, wants_checkpointing
 
-    m = cfg.method
+    m, method = cfg.method, method_of(cfg)
     checkpointing = wants_checkpointing(cfg, model)
-    if m.name == "lora":
+    if method.adapters:
         # the head is trained whole (modules_to_save), so it is no LoRA target
         leaves = {h.split(".")[-1] for h in head}
         targets = target_modules(model, m.target_modules)
         targets = [t for t in targets if t not in leaves] if isinstance(targets, list) else targets
-        model = apply_lora(model, m.model_copy(update={"target_modules": targets}), task_type="SEQ_CLS",
-                           modules_to_save=head)
-    elif m.name == "freeze":
-        freeze_all_but_last(model, m.freeze_layers)
+        model = method.adapt(model, m.model_copy(update={"target_modules": targets}), task_type="SEQ_CLS",
+                             modules_to_save=head)
+    else:
+        model = method.adapt(model, m, task_type="SEQ_CLS")  # full: as is; freeze: the last blocks only
         mods = dict(model.named_modules())
-        for name in trainable_head(model, head):
+        for name in trainable_head(model, head):  # (full: these train already)
             for p in mods[name].parameters():
                 p.requires_grad_(True)
     if checkpointing:
@@ -223,7 +225,7 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     # ---- after + save --------------------------------------------------------------------------------------
     after = objective.measure(model, val_tok, amp) if val_tok else {}
     if is_main():
-        model.save_pretrained(str(run.adapter_dir if cfg.method.name == "lora" else run.model_dir))
+        model.save_pretrained(str(run.adapter_dir if method_of(cfg).adapters else run.model_dir))
     outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
                               count_params(model)[0])
     if is_main():

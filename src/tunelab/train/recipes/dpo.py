@@ -26,6 +26,7 @@ from rich.console import Console
 
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
+from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
@@ -112,6 +113,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     # ---- setup: data first -----------------------------------------------------------------------------------
     console, run = setup_run(cfg, quiet, console, METHODS, checks=(refuse_engine_only_options,))
+    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
     d = cfg.data
     train_ex, val_ex = load_pairs(cfg)
     base = load_base(cfg)
@@ -178,7 +180,7 @@ def policy_and_reference(model, cfg: RunConfig):
     from tunelab.adapters.qlora import register_quant_linear
     from tunelab.models.load import load_causal_lm
 
-    if cfg.method.name in ("lora", "qlora"):
+    if method_of(cfg).adapters:
         peft_config = lora_config(model, cfg.method)
         if any(isinstance(x, quant_linear_types()) for x in model.modules()):
             register_quant_linear(peft_config)

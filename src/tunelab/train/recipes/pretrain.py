@@ -28,6 +28,7 @@ from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.eval.metrics import perplexity
 from tunelab.losses import reply_nll
+from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
@@ -89,6 +90,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
     # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
     console, run = setup_run(cfg, quiet, console, METHODS)
+    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
     d = cfg.data
     train_docs, val_docs = load_splits(cfg)  # TextExample lists
     base = load_base(cfg)

@@ -22,6 +22,7 @@ from rich.console import Console
 from tunelab.config import RunConfig
 from tunelab.data.templates import build_template
 from tunelab.errors import TunelabError
+from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
@@ -133,24 +134,21 @@ def refuse_other_backends(cfg: RunConfig, device) -> None:
     from tunelab.adapters.qlora import choose_backend
 
     m = cfg.method
-    if m.name == "qlora" and choose_backend(m.quant_backend, device) != "tunelab":
+    if method_of(cfg).quantized_base and choose_backend(m.quant_backend, device) != "tunelab":
         raise TunelabError("task reward quantizes with the tunelab backend only", where="method.quant_backend",
                            hint="set method.quant_backend=tunelab")
 
 
 def adapt(model, cfg: RunConfig):
     """qlora: the base to 4-bit, the head kept full precision; lora / qlora: LoRA with the head trained
-    whole (saved in the adapter as a peft `modules_to_save`); full: every weight."""
-    from tunelab.adapters.lora import apply_lora
+    whole (saved in the adapter as a peft `modules_to_save`); full: every weight (`Method.adapt`)."""
     from tunelab.adapters.qlora import quantize_base
 
-    m = cfg.method
+    m, method = cfg.method, method_of(cfg)
     head = head_name(model)
-    if m.name == "qlora":
+    if method.quantized_base:
         quantize_base(model, m.quant_type, m.double_quant, skip=("lm_head", head))
-    if m.name in ("lora", "qlora"):
-        model = apply_lora(model, m, task_type="SEQ_CLS", modules_to_save=[head])
-    return model
+    return method.adapt(model, m, task_type="SEQ_CLS", modules_to_save=[head])
 
 
 def scored_sequences(rows):

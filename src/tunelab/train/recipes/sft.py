@@ -21,6 +21,7 @@ from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
 from tunelab.losses import reply_nll
+from tunelab.methods import method_of
 from tunelab.runs.report import suffix_rate
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
@@ -79,6 +80,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
     console, run = setup_run(cfg, quiet, console)
+    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
     train_ex, val_ex = load_splits(cfg)
     base = load_base(cfg)
     tok = base.tok
@@ -157,12 +159,6 @@ def measure(model, tok, template, data: SftData, cfg: RunConfig, amp) -> tuple[f
 
 
 def save_weights(run: RunDir, model, cfg: RunConfig, tok) -> None:
-    """adapter/ or model/ (`RunDir.save_weights`); qat / bitnet: the real quantized model, packed, in
-    quantized/ (it computes what the fake-quantized one computed in training)."""
-    if cfg.method.name in ("qat", "bitnet"):
-        from tunelab.quant import ptq
-        from tunelab.quant.qat import convert_qat
-
-        ptq.save(convert_qat(model), run.quantized_dir, tokenizer=tok, source=cfg.model.name)
-    else:
-        run.save_weights(model, cfg.method.name, tok)
+    """adapter/, model/ or quantized/, as the method saves (`RunDir.save_weights`, `Method.save`); qat /
+    bitnet: the real quantized model, packed (it computes what the fake-quantized one computed in training)."""
+    run.save_weights(model, cfg.method.name, tok, source=cfg.model.name)
