@@ -55,7 +55,8 @@ def require_run(path: str | Path, tasks=None, command: str | None = None,
     """Open the finished run at `path` for `command`, whose model must come from one of `tasks`.
 
     Returns (Run, config.yaml as a dict); `Run.config` is the RunConfig validated again (runs/run.py).
-    Raises TunelabError, as one line naming the folder, when `path` does not exist, is not a run directory (no config.yaml), holds a run of another task (the hint names the
+    Raises TunelabError, as one line naming the folder, when `path` does not exist, is not a run
+    directory (no config.yaml), holds a run of another task (the hint names the
     command that reads it), or is incomplete (no DONE). `tasks=None` accepts any task."""
     p = Path(path)
     for_cmd = f"; {command} needs a finished run" if command else ""

@@ -1,7 +1,8 @@
 """A run, read back: `runs.open(path) -> Run`, the finished run's folder with its `RunConfig` validated again.
 
-`runs.open` is in runs/__init__.py. `Run` is a `RunDir` (every part of the folder by accessor: `adapter_dir`, `model_dir`, `quantized_dir`,
-`checkpoints_dir`, `checkpoint(step)`, `template_path`, `metrics_path`, `export_dir`, `done`, ...) plus:
+`runs.open` is in runs/__init__.py. `Run` is a `RunDir` (every part of the folder by accessor: `adapter_dir`,
+`model_dir`, `quantized_dir`, `checkpoints_dir`, `checkpoint(step)`, `template_path`, `metrics_path`,
+`export_dir`, `done`, ...) plus:
 
     raw        config.yaml as written (a dict; `versions` included)
     config     the same validated as a `RunConfig` (TunelabError, one line, when it does not validate),
