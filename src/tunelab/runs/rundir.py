@@ -16,7 +16,8 @@
 The names are joined here only (`RunDir`'s accessors); `runs.open(path)` (runs/run.py) reads a finished
 run back as a typed `Run`. Commands that read a run check it first, in one place:
 `require_run(path, tasks, command)` (the folder is a run, of a task the command serves, and finished)
-and `run_or_model` for the commands that also take a model name (generate, chat, synth --teacher). `run_task(path)` names a folder's task.
+and `run_or_model` for the commands that also take a model name (generate, chat, synth --teacher).
+`run_task(path)` names a folder's task.
 """
 
 from __future__ import annotations
@@ -185,15 +186,20 @@ class RunDir:
             if console is not None:
                 console.print(f"resuming {self.path} from step {resume_step}")
 
-    def save_weights(self, model, method: str, tokenizer=None) -> None:
-        """lora / qlora -> adapter/ (plain PEFT); any other method -> model/.
+    def save_weights(self, model, method, tokenizer=None, source: str = "") -> None:
+        """The weights where the method saves them (`Method.saves`, written by `Method.save`): lora /
+        qlora -> adapter/ (plain PEFT); qat / bitnet -> quantized/ (packed, with the tokenizer); any
+        other method -> model/. `method`: a name or a `Method`; `source`: the base model's name.
 
         The tokenizer, when given, is saved beside the weights with `chat_template` set to the run's
         template (template.json, rendered by `chat_template_jinja`), so transformers, vLLM and Ollama
         format prompts the way the run was trained. The caller's tokenizer object is left unchanged."""
-        out = self.adapter_dir if method in ("lora", "qlora") else self.model_dir
-        model.save_pretrained(str(out))
-        if tokenizer is not None:
+        from tunelab.methods import Saved, method_of
+
+        m = method_of(method)
+        out = {Saved.ADAPTER: self.adapter_dir, Saved.MODEL: self.model_dir, Saved.QUANTIZED: self.quantized_dir}[m.saves]
+        m.save(model, out, tokenizer=tokenizer, source=source)
+        if tokenizer is not None and not m.save_writes_tokenizer:
             save_tokenizer_with_template(tokenizer, out, self.template_path)
 
 
