@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
-
 from tunelab.serve.protocol.common import Response
 
 
@@ -36,11 +34,6 @@ class Metrics(Response):
     name: str
     train: list[list[int | float]]
     valid: list[list[int | float]]
-
-
-class ExportRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    to: Any = None  # the target's name; checked against the offered targets (export_view)
 
 
 class ExportedFile(Response):

@@ -26,6 +26,7 @@ from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.files_api import materialize
+from tunelab.serve.protocol.studio import InspectReport
 from tunelab.serve.studio.html import esc, fmt_bytes, table
 
 router = APIRouter()
@@ -95,7 +96,8 @@ def inspect_file(state, tenant: str, file_id: str, model: str) -> dict:
 
 
 @router.get("/studio/api/files/{file_id}/inspect")
-async def inspect_json(request: Request, file_id: str, model: str | None = None, tenant: str = Depends(current_tenant)):
+async def inspect_json(request: Request, file_id: str, model: str | None = None,
+                       tenant: str = Depends(current_tenant)) -> InspectReport:
     state = request.app.state.tl
     return await run_in_threadpool(inspect_file, state, tenant, file_id, model or state.base)
 

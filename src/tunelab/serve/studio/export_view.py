@@ -22,6 +22,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, inside
+from tunelab.serve.protocol.studio import ExportResult
 from tunelab.serve.studio.runs_view import run_dir
 
 router = APIRouter()
@@ -49,7 +50,7 @@ def export(state, tenant: str, name: str, to: str) -> dict:
 
 
 @router.post("/studio/api/runs/{name}/export")
-async def export_route(request: Request, name: str, tenant: str = Depends(current_tenant)):
+async def export_route(request: Request, name: str, tenant: str = Depends(current_tenant)) -> ExportResult:
     try:
         body = await request.json()
     except ValueError:

@@ -22,6 +22,7 @@ from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import not_found
 from tunelab.serve.names import check_name, inside
+from tunelab.serve.protocol.studio import Metrics, RunList, WhoAmI
 from tunelab.serve.studio.html import esc, fmt_loss, markdown, table
 from tunelab.serve.studio.runs_data import (
     list_runs,
@@ -75,12 +76,12 @@ def runs_table(runs: list[dict], jobs: dict[str, dict], pick: bool = True) -> st
 
 
 @router.get("/studio/api/whoami")
-def whoami(request: Request, tenant: str = Depends(current_tenant)):
+def whoami(request: Request, tenant: str = Depends(current_tenant)) -> WhoAmI:
     return {"tenant": tenant, "auth": request.app.state.tl.auth}
 
 
 @router.get("/studio/api/runs")
-def runs_json(request: Request, tenant: str = Depends(current_tenant)):
+def runs_json(request: Request, tenant: str = Depends(current_tenant)) -> RunList:
     return {"object": "list", "data": list_runs(request.app.state.tl.tenant_runs(tenant))}
 
 
@@ -96,7 +97,7 @@ def runs_fragment(request: Request, limit: int = 0, tenant: str = Depends(curren
 
 
 @router.get("/studio/api/runs/{name}/metrics")
-def metrics(request: Request, name: str, tenant: str = Depends(current_tenant)):
+def metrics(request: Request, name: str, tenant: str = Depends(current_tenant)) -> Metrics:
     return {"name": name, **read_metrics(run_dir(request.app.state.tl, tenant, name))}
 
 

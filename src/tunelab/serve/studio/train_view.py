@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
+from tunelab.serve.protocol.studio import MemoryEstimate
 from tunelab.serve.studio.html import esc, table
 
 router = APIRouter()
@@ -55,7 +56,7 @@ def memory_estimate(model: str, method: str, batch: int, seq: int, r: int) -> di
 
 @router.get("/studio/api/memory")
 async def memory(model: str, method: str = "lora", batch: int = 8, seq: int = 512, r: int = 16,
-                 tenant: str = Depends(current_tenant)):
+                 tenant: str = Depends(current_tenant)) -> MemoryEstimate:
     if not (1 <= batch <= 1024 and 8 <= seq <= 1 << 20 and 1 <= r <= 1024):
         raise APIError(400, "batch must be 1..1024, seq 8..1048576 and r 1..1024", param="batch")
     return await run_in_threadpool(memory_estimate, model, method, batch, seq, r)
