@@ -153,7 +153,7 @@ def test_failed_export_leaves_nothing_that_looks_complete(run_dir, tmp_path, mon
 def test_reads_whether_the_gguf_adds_bos(tmp_path, flag):
     """Ollama puts BOS before each prompt when the GGUF says so: the export notes it (training did not)."""
     gguf = pytest.importorskip("gguf")
-    from tunelab.export.bundle import _adds_bos
+    from tunelab.export.targets.ollama import adds_bos
 
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     w.add_add_bos_token(flag)
@@ -161,4 +161,4 @@ def test_reads_whether_the_gguf_adds_bos(tmp_path, flag):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    assert _adds_bos(tmp_path / "m.gguf") is flag
+    assert adds_bos(tmp_path / "m.gguf") is flag

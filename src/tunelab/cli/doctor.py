@@ -6,7 +6,7 @@ import json
 
 import typer
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 
 
 def _gib(n: int | None) -> str:

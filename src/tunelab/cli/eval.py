@@ -15,7 +15,7 @@ from typing import List, Optional
 
 import typer
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 from tunelab.errors import TunelabError
 
 

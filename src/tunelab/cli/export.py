@@ -1,15 +1,19 @@
-"""`tunelab export RUN --to gguf|ollama|hf|lora-gguf` and `tunelab push RUN owner/name`."""
+"""`tunelab export RUN --to TARGET` and `tunelab push RUN owner/name`.
+
+The targets, their quants and default quants, and push's --what choices come from the export target
+registry (`tunelab.export.targets.REGISTRY`): what is printed comes from the target's result.
+"""
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
+from tunelab.export.targets import REGISTRY, push_targets
 
 
 def _size(n: int) -> str:
@@ -19,13 +23,23 @@ def _size(n: int) -> str:
     return f"{n / 1024**2:,.1f} MiB" if n >= 1024**2 else f"{n / 1024:,.1f} KiB"
 
 
+def _quants(t) -> str:
+    """"f16 (default) | f32 | bf16 | ...": a target's quants, its default first."""
+    rest = [q for q in t.quants if q != t.default_quant]
+    return " | ".join([f"{t.default_quant} (default)", *rest])
+
+
+TO_HELP = " | ".join(f"{t.name} ({t.about})" for t in REGISTRY.values())
+QUANT_HELP = "; ".join(f"{t.name}: {_quants(t)}" for t in REGISTRY.values())
+WHAT_HELP = "adapter (as trained, PEFT) | " + " | ".join(f"{w} ({t.about})" for w, t in push_targets().items())
+PUSH_QUANT_HELP = "; ".join(f"{w}: {_quants(t)}" for w, t in push_targets().items())
+
+
 @app.command("export")
 def export_cmd(
     run: Path = typer.Argument(..., help="A finished run folder (runs/<name>)."),
-    to: str = typer.Option(..., "--to", help="gguf | ollama (a GGUF + Modelfile) | hf (merged transformers "
-                                             "folder) | lora-gguf (the adapter alone, for llama.cpp --lora)."),
-    quant: str = typer.Option(None, "--quant", help="gguf/ollama: f16 (default) | bf16 | q8_0 | q4_0 | f32; "
-                                                    "hf: f32 (default, the exact merge) | bf16 | f16."),
+    to: str = typer.Option(..., "--to", help=TO_HELP + "."),
+    quant: str = typer.Option(None, "--quant", help=QUANT_HELP + "."),
     out: Path = typer.Option(None, "--out", "-o", help="Folder to write (default: RUN/export/<to>-<quant>, "
                                                        "RUN/export/lora-gguf)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty --out folder."),
@@ -40,18 +54,11 @@ def export_cmd(
 
     c = Console(highlight=False, soft_wrap=True)
     res = export_run(run, to, quant, out, overwrite=overwrite, temperature=temperature, check_only=check)
-    if res.template_format:
-        c.print(f"Modelfile TEMPLATE: the run's {escape(res.template_format)} format, checked on {res.checked} "
-                f"conversations read back as Ollama reads them")
+    for line in res.summary():  # the target's own lines (export/targets/<target>.py)
+        c.print(escape(line))
     if check:
-        c.print(escape(res.modelfile or ""), end="")
+        c.print(escape(res.checked_text()), end="")
         return
-    if res.merge is not None:
-        c.print(f"{res.merge.method} run merged: {res.merge.params:,} params in {res.merge.dtype}")
-    if res.gguf is not None:
-        g = res.gguf
-        fb = f", {len(g.f16_fallback)} tensors kept in f16" if getattr(g, "f16_fallback", ()) else ""
-        c.print(f"GGUF {g.quant} ({g.arch}): {g.tensors} tensors{fb}")
     total = sum(n for _, n in res.files)
     n_files = f"{len(res.files)} file" + ("s" if len(res.files) != 1 else "")
     c.print(f"wrote [bold]{escape(str(res.out))}[/bold] ({n_files}, {_size(total)}):")
@@ -59,14 +66,8 @@ def export_cmd(
         c.print(f"  {escape(str(p.relative_to(res.out)))}  {_size(n)}")
     for note in res.notes:
         c.print(f"[yellow]note[/yellow]: {escape(note)}")
-    if res.to == "ollama":
-        c.print(f"next: [bold]ollama create {res.ollama_name} -f {escape(shlex.quote(str(res.out / 'Modelfile')))}"
-                f"[/bold] && ollama run {res.ollama_name}")
-    elif res.to == "lora-gguf":
-        c.print("use: llama-cli -m BASE.gguf --lora " + escape(shlex.quote(str(res.gguf.path)))
-                + " (BASE.gguf: the run's base model as GGUF, unquantized or q8_0)")
-    elif res.to == "gguf":
-        c.print("use: llama-cli -m " + escape(shlex.quote(str(res.gguf.path))) + " -cnv")
+    for line in res.usage():
+        c.print(escape(line))
 
 
 @app.command("push")
@@ -74,10 +75,8 @@ def push_cmd(
     run: Path = typer.Argument(..., help="A finished run folder (runs/<name>)."),
     repo: str = typer.Argument(..., help="The Hugging Face model repo, owner/name (created if missing)."),
     private: bool = typer.Option(False, "--private", help="Create the repo private."),
-    what: str = typer.Option("adapter", "--what", help="adapter (as trained, PEFT) | merged (a transformers "
-                                                       "model) | gguf (one .gguf file)."),
-    quant: str = typer.Option(None, "--quant", help="merged: f32 (default) | bf16 | f16; gguf: f16 (default) | "
-                                                    "bf16 | q8_0 | q4_0 | f32."),
+    what: str = typer.Option("adapter", "--what", help=WHAT_HELP + "."),
+    quant: str = typer.Option(None, "--quant", help=PUSH_QUANT_HELP + "."),
 ) -> None:
     """Upload a run to the Hugging Face Hub with a model card (base, method, data, validation loss).
     Token: HF_TOKEN, or the one `hf auth login` saved. Fails in one line when offline or unreachable."""

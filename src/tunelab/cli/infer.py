@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 
 
 WEIGHTS_HELP = ("The decode engine's weights: auto (the model's dtype: fp32 gives transformers' tokens) | bf16 "

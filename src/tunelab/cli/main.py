@@ -2,8 +2,9 @@
 
 Every command raises `TunelabError` for bad input; `run()` prints it as one line
 (`error: <where>: <what> - <hint>`) and exits 2. `--debug` shows the traceback instead.
-Commands live in their own modules (COMMAND_MODULES) and groups are mounted from SUBAPPS; a module
-that does not import is an error, never a silently absent command. `tunelab --install-completion`
+Commands live in their own modules, which register on `cli.app.app`; `load_command_modules()` imports
+them plainly (tests/test_layers.py reads those imports) and `load_groups()` names the groups it mounts.
+A module that does not import is an error, never a silently absent command. `tunelab --install-completion`
 installs shell completion. The commands in TRAINING_COMMANDS re-execute once with the training
 malloc tunables (`trains(argv)` decides; runtime/allocator.py).
 """
@@ -14,54 +15,53 @@ import importlib
 import os
 import sys
 
-import typer
-
+from tunelab.cli.app import app  # noqa: F401  (re-exported: tests and tools mount on it)
 from tunelab.errors import TunelabError
 
-app = typer.Typer(
-    name="tunelab",
-    help="Adapt an open LLM to your use case on the machine you have.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-
-# name -> module defining `app = typer.Typer(...)`, mounted as a command group.
-SUBAPPS = {
-    "quantize": "tunelab.cli.quantize",
-    "rag": "tunelab.cli.rag",
-    "data": "tunelab.cli.data",
-    "serve": "tunelab.cli.serve",
-}
-# modules that register plain commands on `app` (import side effect: @app.command()).
-COMMAND_MODULES = ["tunelab.cli.models", "tunelab.cli.train", "tunelab.cli.infer",
-                   "tunelab.cli.eval",
-                   "tunelab.cli.merge",
-                   "tunelab.cli.export",
-                   "tunelab.cli.predict",
-                   "tunelab.cli.doctor",
-                   ]
 # commands that train: they run under the glibc malloc tunables of runtime/allocator.py (re-executed once).
 TRAINING_COMMANDS = ("train", "quickstart")
 
 
-@app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
-    """Adapt an open LLM to your use case on the machine you have."""
-    # --debug is declared here for parsing and --help; run() reads it from argv (errors raise after parsing)
+def load_command_modules() -> list:
+    """The modules that register plain commands on `app` (import side effect: @app.command()), imported
+    here as plain statements, inside the function so that importing cli.main stays cheap. The import
+    order is the order of `tunelab --help`."""
+    import tunelab.cli.models
+    import tunelab.cli.train
+    import tunelab.cli.infer
+    import tunelab.cli.eval
+    import tunelab.cli.merge
+    import tunelab.cli.export
+    import tunelab.cli.predict
+    import tunelab.cli.doctor
+
+    cli = tunelab.cli
+    return [cli.models, cli.train, cli.infer, cli.eval, cli.merge, cli.export, cli.predict, cli.doctor]
+
+
+def load_groups() -> dict:
+    """Group name -> the module defining its `app = typer.Typer(...)`, mounted as a command group."""
+    from tunelab.cli import data, quantize, rag, serve
+
+    return {"quantize": quantize, "rag": rag, "data": data, "serve": serve}
 
 
 _mounted: set[str] = set()
 
 
 def _mount(command_modules: list[str] | None = None, subapps: dict[str, str] | None = None) -> None:
-    """Import the command modules and mount the groups (default: COMMAND_MODULES, SUBAPPS), each once.
+    """Import the command modules and mount the groups, each once (default: `load_command_modules()`,
+    `load_groups()`; modules given by dotted name are imported by name).
 
     A module that cannot be imported is an error (ModuleNotFoundError propagates): a command never
     goes missing silently."""
-    for mod in COMMAND_MODULES if command_modules is None else command_modules:
+    for mod in command_modules or []:
         importlib.import_module(mod)
-    for name, mod in (SUBAPPS if subapps is None else subapps).items():
-        sub = importlib.import_module(mod)
+    if command_modules is None:
+        load_command_modules()
+    groups = load_groups() if subapps is None else subapps
+    for name, mod in groups.items():
+        sub = importlib.import_module(mod) if isinstance(mod, str) else mod
         if name not in _mounted:
             app.add_typer(sub.app, name=name)
             _mounted.add(name)

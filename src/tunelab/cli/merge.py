@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 from tunelab.config import MethodConfig
 
 

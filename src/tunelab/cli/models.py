@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 from tunelab.models.registry import ALIASES, model_cache_dir, package_dir
 
 

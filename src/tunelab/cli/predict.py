@@ -14,7 +14,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.main import app
+from tunelab.cli.app import app
 from tunelab.errors import TunelabError
 
 

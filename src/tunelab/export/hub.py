@@ -1,8 +1,11 @@
 """`push_run`: a finished run to a Hugging Face model repo, with a model card (README.md).
 
     adapter   RUN/adapter/ as it is (plain PEFT + the tokenizer with the trained chat template)
-    merged    `merge_run` of the run (a plain transformers model), dtype from --quant (default f32)
+    merged    `export_run(..., "hf")`: the merged run (a plain transformers model), dtype from --quant (default f32)
     gguf      `export_run(..., "gguf")`: one <run>-<quant>.gguf (default f16)
+
+Every --what but adapter is the folder of the export target whose `push_as` it is (export/targets/,
+`push_targets()`): its quants, default quant and writer are that target's.
 
 The card's front matter names the base model (a hub id: an alias is resolved to its hub id, a local
 folder is left out), `library_name: peft` for adapters (transformers for merged models) and the tag
@@ -25,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.export.targets import push_targets
 
-WHAT = ("adapter", "merged", "gguf")
+WHAT = ("adapter", *push_targets())  # adapter, then the export targets' `push_as` names (merged, gguf)
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
 
@@ -239,7 +243,7 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
     Raises:
         TunelabError: not a finished generative run, a bad repo id / --what / --quant, offline, no token,
             the hub unreachable or refusing (checked before anything heavy), or the upload failing."""
-    from tunelab.export.bundle import HF_DTYPES, check_quant, export_run
+    from tunelab.export.bundle import export_run
     from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
     rd, cfg = require_run(run, GENERATIVE_TASKS, "push")
@@ -255,18 +259,14 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
             raise TunelabError(f"run {rd.path} has no adapter (a {cfg.get('method', {}).get('name')} run)",
                                where="--what", hint="push the whole model: --what merged")
     else:
-        quant = check_quant("hf" if what == "merged" else "gguf", quant)
+        quant = push_targets()[what].check_quant(quant)
     api, _user = connect(token, api)
     with tempfile.TemporaryDirectory(prefix=".push-", dir=rd.path) as tmp:
         folder = Path(tmp) / "upload"
         if what == "adapter":
             shutil.copytree(rd.adapter_dir, folder, ignore=shutil.ignore_patterns("README.md"))
-        elif what == "merged":
-            from tunelab.export.merge import merge_run
-
-            merge_run(rd.path, folder, dtype=HF_DTYPES[quant])
         else:
-            export_run(rd.path, "gguf", quant, out=folder)
+            export_run(rd.path, push_targets()[what].name, quant, out=folder)
         (folder / "README.md").write_text(model_card(rd.path, cfg, what, repo_id, quant), encoding="utf-8")
         files = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
         try:

@@ -202,3 +202,17 @@ def test_kb_upload_takes_the_upload_limit_not_the_body_limit(studio):
         state.upload_limit = limit
     r = post()
     assert r.status_code == 400 and r.json()["error"]["param"] == "name"
+
+
+def test_kb_page_states_the_servers_upload_limit(studio):
+    """The knowledge-base form names the limit the request guard applies to its upload (state.upload_limit)."""
+    from tunelab.serve.studio.html import fmt_bytes
+
+    client, state, _ = studio
+    text = client.get("/kb").text
+    assert f"{fmt_bytes(state.upload_limit)} in all" in text and "1 MiB" not in text
+    limit, state.upload_limit = state.upload_limit, 3 * 2**20
+    try:
+        assert "3.0 MiB in all" in client.get("/kb").text
+    finally:
+        state.upload_limit = limit

@@ -1,8 +1,10 @@
-"""Export buttons: a finished run as GGUF, Ollama (GGUF + Modelfile) or a merged transformers folder.
+"""Export buttons: a finished run as one of the export targets the Studio offers (`Target.studio` in
+tunelab.export.targets.REGISTRY: gguf, ollama (GGUF + Modelfile), hf (a merged transformers folder)).
 
-    POST /studio/api/runs/NAME/export   {"to": "gguf" | "ollama" | "hf"} -> tunelab.export.export_run
-                                        into RUN/export/<to>-<quant> (replaced if there), then
-                                        {"to", "quant", "out", "files": [{"name", "bytes", "url"}], "notes"}
+    POST /studio/api/runs/NAME/export   {"to": TARGET} -> tunelab.export.export_run into the target's
+                                        default folder (RUN/export/<to>-<quant>, replaced if there), then
+                                        {"to", "quant", "out", "files": [{"name", "bytes", "url"}], "notes",
+                                         + the target's own fields (ollama: "ollama_name")}
     GET  /studio/api/runs/NAME/download/FOLDER/FILE    one file of RUN/export/FOLDER (with the key)
 
 Only one export runs at a time per process (a lock): merging loads the whole model. A run that
@@ -19,6 +21,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from tunelab.errors import TunelabError
+from tunelab.export.targets import studio_targets
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, inside
@@ -26,15 +29,16 @@ from tunelab.serve.protocol.studio import ExportResult
 from tunelab.serve.studio.runs_view import run_dir
 
 router = APIRouter()
-TARGETS = ("gguf", "ollama", "hf")
 _lock = threading.Lock()
 
 
 def export(state, tenant: str, name: str, to: str) -> dict:
     from tunelab.export.bundle import export_run
 
-    if to not in TARGETS:
-        raise APIError(400, f"export target '{to}' is not offered here: use gguf, ollama or hf", param="to")
+    offered = [t.name for t in studio_targets()]
+    if to not in offered:
+        choices = ", ".join(offered[:-1]) + f" or {offered[-1]}" if len(offered) > 1 else offered[0]
+        raise APIError(400, f"export target '{to}' is not offered here: use {choices}", param="to")
     path = run_dir(state, tenant, name)
     with _lock:
         try:
@@ -46,7 +50,7 @@ def export(state, tenant: str, name: str, to: str) -> dict:
               "url": f"/studio/api/runs/{name}/download/{folder}/{p.relative_to(res.out).as_posix()}"}
              for p, n in res.files]
     return {"to": to, "quant": res.quant, "out": str(res.out), "files": files, "notes": list(res.notes),
-            "ollama_name": res.ollama_name}
+            **res.details()}
 
 
 @router.post("/studio/api/runs/{name}/export")

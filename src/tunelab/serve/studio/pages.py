@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from tunelab.serve.errors import not_found
 from tunelab.serve.names import check_name
-from tunelab.serve.studio.html import esc, fragment, page
+from tunelab.serve.studio.html import esc, fmt_bytes, fragment, page
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -141,9 +141,10 @@ def chat(request: Request):
 
 @router.get("/kb", response_class=HTMLResponse)
 def kbs(request: Request):
+    limit = fmt_bytes(request.app.state.tl.upload_limit)  # what the request guard lets through (serve/guard.py)
     body = f"""<form id="kb-create" class="panel"><h2>New knowledge base</h2>
 <label for="kb-name">Name</label><input id="kb-name" name="name" required pattern="[A-Za-z0-9][A-Za-z0-9._-]*">
-<label for="kb-files">Documents (.md, .txt, .rst, .html, .pdf; 1 MiB in all)</label>
+<label for="kb-files">Documents (.md, .txt, .rst, .html, .pdf; {esc(limit)} in all)</label>
 <input id="kb-files" name="files" type="file" multiple required accept=".md,.txt,.rst,.html,.htm,.pdf">
 <button type="submit">Create and index</button> <span class="err" role="alert" id="kb-err"></span></form>
 <section aria-labelledby="h-kbs"><h2 id="h-kbs">Knowledge bases</h2>{fragment("/studio/f/kbs")}</section>"""

@@ -18,6 +18,7 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
+from tunelab.export.targets import studio_targets
 from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import not_found
@@ -110,7 +111,10 @@ def _config_rows(cfg: dict) -> list[list[str]]:
     return rows
 
 
-EXPORTS = [("gguf", "GGUF (llama.cpp)"), ("ollama", "Ollama (GGUF + Modelfile)"), ("hf", "Merged (transformers)")]
+def export_buttons() -> str:
+    """One button per export target the Studio offers (`Target.studio` in tunelab.export.targets.REGISTRY)."""
+    return "".join(f'<button type="button" data-export="{esc(t.name)}">{esc(t.label)}</button> '
+                   for t in studio_targets())
 
 
 @router.get("/studio/f/runs/{name}", response_class=HTMLResponse)
@@ -128,7 +132,7 @@ def run_fragment(request: Request, name: str, tenant: str = Depends(current_tena
              f'<p class="err" role="alert"></p><p><a href="/compare?runs={n}">Overlay with other runs</a></p></section>')
     report = path / "report.md"
     rep = markdown(report.read_text(encoding="utf-8")) if report.is_file() else '<p class="muted">No report yet.</p>'
-    buttons = "".join(f'<button type="button" data-export="{to}">{esc(label)}</button> ' for to, label in EXPORTS)
+    buttons = export_buttons()
     export = ('<section aria-labelledby="h-export"><h2 id="h-export">Export</h2>'
               + (f'<div data-export-run="{n}">{buttons}<span class="err" role="alert"></span>'
                  '<div class="export-out" aria-live="polite"></div></div>' if s["status"] == "finished"

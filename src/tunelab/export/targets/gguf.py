@@ -1,0 +1,62 @@
+"""`--to gguf`: the run merged (fp32) into a scratch folder, then one `<run>-<quant>.gguf` (`write_gguf`).
+
+    DIR/<run>-<quant>.gguf      quants: export.gguf.GGUF_QUANTS, default f16 (llama.cpp's conversion type)
+"""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.export.gguf import GGUF_QUANTS
+from tunelab.export.targets.base import Export, ExportResult, Target
+
+
+@dataclass
+class GgufResult(ExportResult):
+    gguf: object | None = None  # GGUFInfo of the .gguf written
+
+    def summary(self) -> list[str]:
+        g = self.gguf
+        if g is None:
+            return []
+        fb = f", {len(g.f16_fallback)} tensors kept in f16" if getattr(g, "f16_fallback", ()) else ""
+        return [f"GGUF {g.quant} ({g.arch}): {g.tensors} tensors{fb}"]
+
+    def usage(self) -> list[str]:
+        return [f"use: llama-cli -m {shlex.quote(str(self.gguf.path))} -cnv"] if self.gguf is not None else []
+
+
+class GgufTarget(Target):
+    """A merged model as one GGUF file. Subclasses add files beside it (`beside`)."""
+
+    name = "gguf"
+    label = "GGUF (llama.cpp)"
+    about = "one .gguf file, for llama.cpp"
+    quants = GGUF_QUANTS
+    default_quant = "f16"
+    studio = True
+    push_as = "gguf"
+    result_type = GgufResult
+
+    def gguf_name(self, job: Export) -> str:
+        return f"{job.run.path.name}-{job.quant}.gguf"
+
+    def write_into(self, job: Export, res: GgufResult, tmp: Path) -> None:
+        from tunelab.export.gguf import write_gguf
+        from tunelab.export.merge import merge_run
+
+        merged = tmp / ".merged"
+        merge_run(job.run.path, merged, dtype="fp32")  # fp32: the GGUF rounds once, to `quant`
+        res.gguf = write_gguf(merged, tmp / self.gguf_name(job), job.quant)
+        self.beside(job, res, tmp, merged)
+        shutil.rmtree(merged)
+
+    def beside(self, job: Export, res: GgufResult, tmp: Path, merged: Path) -> None:
+        """More files next to the GGUF in `tmp`, written while the merged folder `merged` exists."""
+
+    def published(self, res: GgufResult) -> None:
+        if res.gguf is not None:
+            res.gguf.path = res.out / Path(res.gguf.path).name
