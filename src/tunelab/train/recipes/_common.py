@@ -149,8 +149,10 @@ def train_engine(model, train: list, val: list, cfg: RunConfig, run: RunDir, log
 
 
 def finish_run(run: RunDir, result) -> None:
-    """Mark the run DONE (written last, by rank 0) unless training was interrupted: then it can be resumed."""
+    """Mark the run DONE (written last, by rank 0) unless training was interrupted: then it can be resumed.
+    `result`: the engine's TrainResult, or None for a task TRL trains (dpo, reward: a Ctrl-C there raises
+    before the recipe gets here, so the run is left unfinished)."""
     from tunelab.train.distributed import is_main
 
-    if result.stopped_early != "interrupted" and is_main():
+    if (result is None or result.stopped_early != "interrupted") and is_main():
         run.mark_done()

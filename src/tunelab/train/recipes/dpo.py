@@ -31,8 +31,8 @@ from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.recipes._common import Outcome, load_base, quantize_for_training, setup_run
-from tunelab.train.recipes.preference import (begin_on_main, load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
+from tunelab.train.recipes._common import Outcome, begin_run, finish_run, load_base, quantize_for_training, setup_run
+from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_dpo_report
@@ -122,7 +122,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    begin_on_main(run, cfg, base.rm.path, template)
+    begin_run(run, cfg, base.rm.path, template, console)  # config.yaml, template.json (rank 0)
     amp = autocast_dtype(cfg.train.precision, base.device)
 
     # ---- before: greedy replies of the base to held-out prompts ----------------------------------------------
@@ -162,7 +162,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     if main:
         write_dpo_report(run, cfg, out)
         remove_empty_checkpoints(run)
-        run.mark_done()
+    finish_run(run, None)  # DONE last; a Ctrl-C in TRL raised before here
     return out
 
 

@@ -76,16 +76,6 @@ def refuse_engine_only_options(cfg: RunConfig) -> None:
                            where="train.early_stopping_patience", hint="set it to 0 and choose train.epochs")
 
 
-def begin_on_main(run, cfg: RunConfig, model_path, template) -> None:
-    """`run.begin` by rank 0 alone, every rank waiting for it (under a launcher; else just `run.begin`)."""
-    from tunelab.train.distributed import barrier, is_main
-
-    barrier()
-    if is_main():
-        run.begin(cfg, model_path, template)
-    barrier()
-
-
 def warmup_args(ratio: float) -> dict:
     """`train.warmup_ratio` as the TrainingArguments keyword that means a fraction of the optimizer steps.
 

@@ -106,8 +106,9 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     # ---- before: the base ----------------------------------------------------------------------------------
     quantize_for_training(base, cfg, amp)
     t = time.perf_counter()
-    val_before, base_text = measure(base.model, tok, val_blk, cfg, amp)
-    if val_blk:
+    main = is_main()  # under N processes rank 0 alone measures, samples and writes (train/distributed.py)
+    val_before, base_text = measure(base.model, tok, val_blk, cfg, amp) if main else (float("nan"), [])
+    if main and val_blk:
         console.print(f"base perplexity {perplexity(val_before):.2f} on held-out blocks "
                       f"({time.perf_counter() - t:.0f}s)")
 
@@ -120,14 +121,14 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
                           pad_id=tok.pad_token_id, before_step=base.before_step)
 
     # ---- after + save --------------------------------------------------------------------------------------
-    val_after, tuned_text = measure(model, tok, val_blk, cfg, amp)
-    if is_main():  # rank 0 writes the run folder (train/distributed.py)
+    val_after, tuned_text = measure(model, tok, val_blk, cfg, amp) if main else (float("nan"), [])
+    if main:
         run.save_weights(model, cfg.method.name, tok)
     prompts = cfg.eval.prompts
     samples = [{"prompt": p, "base": b, "tuned": a} for p, b, a in zip(prompts, base_text, tuned_text)]
     out = PretrainOutcome(run.path, result, val_before, val_after, trainable, len(train_docs), n_tokens,
                           len(train_blk), len(val_blk), d.max_length, samples)
-    if is_main():
+    if main:
         write_pretrain_report(run, cfg, out)
     finish_run(run, result)
     return out

@@ -26,8 +26,8 @@ from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
-from tunelab.train.recipes._common import Outcome, setup_run
-from tunelab.train.recipes.preference import (begin_on_main, load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
+from tunelab.train.recipes._common import Outcome, begin_run, finish_run, setup_run
+from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_reward_report
@@ -103,7 +103,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    begin_on_main(run, cfg, rm.path, template)  # template.json: how pairs were rendered, to score new text the same way
+    begin_run(run, cfg, rm.path, template, console)  # template.json: how pairs were rendered, to score new text the same way
 
     # ---- adapt -----------------------------------------------------------------------------------------------
     model = adapt(model, cfg)
@@ -126,7 +126,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
         run.save_weights(trainer.model, cfg.method.name, tok)
         write_reward_report(run, cfg, out)
         remove_empty_checkpoints(run)
-        run.mark_done()
+    finish_run(run, None)  # DONE last; a Ctrl-C in TRL raised before here
     return out
 
 
