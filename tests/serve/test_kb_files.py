@@ -84,3 +84,41 @@ def test_delete_a_knowledge_base_keeps_documents_outside_the_docs_folder(tmp_pat
     assert (own / "x.txt").is_file()  # never the user's file
     delete_kb(tmp_path / "kb-docs" / "cli", folder)
     assert not folder.exists() and (own / "y.txt").is_file()
+
+
+def test_kb_routes_refuse_a_bad_upload_whole_and_delete_per_tenant(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tests.serve.test_guard import FakePool, _state
+    from tunelab.serve.app import create_app
+    from tunelab.serve.auth import create_key
+
+    state = _state(tmp_path, auth=True)
+    h = {t: {"Authorization": f"Bearer {create_key(state.db_path, t)[1]}"} for t in ("alice", "bob")}
+    with TestClient(create_app(state, extra_modules=["tunelab.serve.studio"], pool=FakePool())) as c:
+        def post(who, name, files):
+            return c.post("/studio/api/kbs", headers=h[who], data={"name": name},
+                          files=[("files", f) for f in files])
+
+        r = post("alice", "notes", [("a.txt", b"Ferries leave at nine."), ("bad.pdf", b"%PDF-1.4 not really")])
+        assert r.status_code == 400 and "bad.pdf" in r.json()["error"]["message"], r.text
+        assert str(tmp_path) not in r.json()["error"]["message"]
+        assert not (state.home / "kb-docs").exists() and c.get("/studio/api/kbs", headers=h["alice"]).json()["data"] == []
+        r = post("alice", "notes", [("a.txt", b"Ferries leave at nine."), ("b.txt", b"Buses leave at noon.")])
+        assert r.status_code == 200 and r.json()["files"] == 2, r.text
+        # the next upload to the same knowledge base is not blocked by the refused one
+        assert post("alice", "notes", [("c.md", b"# Trains\n\nTrains leave at one.")]).json()["files"] == 3
+        # bob sees none of it: 404 for his deletes, and alice's knowledge base stays whole
+        assert c.delete("/studio/api/kbs/notes/documents/a.txt", headers=h["bob"]).status_code == 404
+        assert c.delete("/studio/api/kbs/notes", headers=h["bob"]).status_code == 404
+        assert c.delete("/studio/api/kbs/notes/documents/nope.txt", headers=h["alice"]).status_code == 404
+        assert c.delete("/studio/api/kbs/..%2Fx", headers=h["alice"]).status_code in (400, 404)
+        r = c.delete("/studio/api/kbs/notes/documents/a.txt", headers=h["alice"])
+        assert r.status_code == 200 and r.json() == {"id": "a.txt", "object": "knowledge_base.document",
+                                                     "deleted": True, "knowledge_base_deleted": False}
+        assert c.get("/studio/api/kbs", headers=h["alice"]).json()["data"][0]["files"] == 2
+        r = c.delete("/studio/api/kbs/notes", headers=h["alice"])
+        assert r.status_code == 200 and r.json() == {"id": "notes", "object": "knowledge_base", "deleted": True}
+        assert c.get("/studio/api/kbs", headers=h["alice"]).json()["data"] == []
+        assert not (state.home / "kb-docs" / "alice" / "notes").exists()
+        assert c.delete("/studio/api/kbs/notes", headers=h["alice"]).status_code == 404

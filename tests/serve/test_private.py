@@ -41,7 +41,7 @@ def test_private_dir_and_files(tmp_path):
         os.umask(old)
 
 
-def test_serve_db_is_private(tmp_path):
+def test_serve_db_and_uploads_are_private(tmp_path):
     from tests.serve.conftest import start_server
 
     old = os.umask(0o022)  # what a user's shell usually has: files 0644 unless the server says otherwise
@@ -52,6 +52,7 @@ def test_serve_db_is_private(tmp_path):
             status, f = send(srv.port, "POST", "/v1/files", body, {"Content-Type": ctype})
             assert status == 200, f
             assert mode(state.home) == 0o700 and mode(state.db_path) == 0o600
+            assert mode(state.files_dir) == 0o700 and mode(state.files_dir / f["id"]) == 0o600
             for side in ("-wal", "-shm"):
                 p = state.db_path.with_name(state.db_path.name + side)
                 if p.exists():

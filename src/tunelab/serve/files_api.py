@@ -40,14 +40,15 @@ from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import safe_filename
+from tunelab.serve.private import open_private, private_dir
 from tunelab.serve.protocol.files import PURPOSES, FileDeleted, FileList, FileObject
 
 _CHUNK = 1 << 20
 
 
 def startup(state) -> None:
-    """Create the files folder and tables; drop uploads a killed server left half-copied."""
-    state.files_dir.mkdir(parents=True, exist_ok=True)
+    """Create the files folder (0700) and tables; drop uploads a killed server left half-copied."""
+    private_dir(state.files_dir)
     jobs_db.conn(state.db_path)
     for p in state.files_dir.glob(".tmp-*"):
         p.unlink(missing_ok=True)
@@ -145,11 +146,11 @@ class ServingFiles:
                            code="invalid_value")
         name = display_name(raw_name)
         fid = jobs_db.new_id("file")
-        state.files_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(state.files_dir)
         tmp = state.files_dir / f".tmp-{fid}{Path(name).suffix.lower()}"
         try:
             size = 0
-            with open(tmp, "wb") as out:
+            with open_private(tmp) as out:  # 0600
                 while chunk := stream.read(_CHUNK):
                     size += len(chunk)
                     if size > state.upload_limit:

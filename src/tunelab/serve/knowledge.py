@@ -3,7 +3,9 @@
 A knowledge base is a folder under the tenant's KB root (serve/embeddings.kb_root), what
 `tunelab rag index` writes and chat completions with `knowledge_base` read. Creating one keeps the
 uploaded documents in <home>/kb-docs/<tenant>/<name>/ and indexes that folder (tunelab.rag.indexer,
-MiniLM); uploading again to a name adds or replaces documents.
+MiniLM); uploading again to a name adds or replaces documents. All or nothing: a failed upload puts
+the documents back as they were (serve/kb_files.py). A document, or a whole knowledge base, can be
+deleted; the knowledge base goes with its last document.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.serve import kb_files
 from tunelab.serve.embeddings import kb_root
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, inside, safe_filename
@@ -57,16 +60,44 @@ class ServingKnowledge:
                 raise APIError(400, f"{fname}: not a document tunelab reads (txt, md, rst, html, pdf)", param="files",
                                code="invalid_file_format")
             names.append(fname)
-        docs.mkdir(parents=True, exist_ok=True)
-        for fname, (_, data) in zip(names, uploads):
-            tmp = docs / f".{fname}.part"
-            tmp.write_bytes(data)
-            tmp.replace(docs / fname)
-        try:
-            rep = index([docs], directory=folder)
+        try:  # all or nothing: a refused document is never kept (serve/kb_files.py)
+            rep = kb_files.add_documents(docs, folder, [(n, d) for n, (_, d) in zip(names, uploads)],
+                                         lambda: index([docs], directory=folder))
         except TunelabError as e:
             raise APIError(400, f"knowledge base '{name}': {e.one_line()}", param="files", code="index_failed") from None
         return KnowledgeBaseCreated(name=name, files=rep.files, chunks=rep.chunks_total, seconds=round(rep.seconds, 2))
+
+    def docs(self, name: str) -> Path:
+        """Where the Studio keeps `name`'s uploaded documents."""
+        return self.state.home / "kb-docs" / self.tenant / check_name(name, "knowledge_base")
+
+    def _existing(self, name: str) -> Path:
+        folder = self.folder(name)
+        if not (folder / "manifest.json").is_file():
+            raise not_found("knowledge_base", name, "knowledge_base")
+        return folder
+
+    def delete(self, name: str) -> dict:
+        """Delete knowledge base `name` and its uploaded documents (blocking)."""
+        kb_files.delete_kb(self.docs(name), self._existing(name))
+        return {"id": name, "object": "knowledge_base", "deleted": True}
+
+    def delete_document(self, name: str, source: str) -> dict:
+        """Delete one document (as the knowledge base lists it) of `name`; the knowledge base goes with
+        its last document (blocking)."""
+        folder = self._existing(name)
+        n_before = len(self.list_files(folder))
+        if not kb_files.delete_document(self.docs(name), folder, source):
+            raise not_found("document", source, "document")
+        return {"id": source, "object": "knowledge_base.document", "deleted": True,
+                "knowledge_base_deleted": n_before == 1}
+
+    @staticmethod
+    def list_files(folder: Path) -> dict:
+        try:
+            return json.loads((folder / "manifest.json").read_text(encoding="utf-8")).get("files", {})
+        except (OSError, ValueError):
+            return {}
 
     def chunks(self, name: str) -> list[dict]:
         """Every chunk (up to MAX_CHUNKS) of `name`, by source and position (blocking)."""

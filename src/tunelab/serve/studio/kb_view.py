@@ -7,6 +7,9 @@
                                     folder is indexed (tunelab.rag.indexer.index, MiniLM) into the tenant's
                                     KB folder (serve/embeddings.kb_root): what chat completions with
                                     `knowledge_base` read. Uploading again to a name adds or replaces documents.
+    DELETE /studio/api/kbs/NAME     the knowledge base and its uploaded documents -> {"id", "object", "deleted"}
+    DELETE /studio/api/kbs/NAME/documents/SOURCE   one document (its chunks too); the knowledge base goes
+                                    with its last one -> {"id", "object", "deleted", "knowledge_base_deleted"}
 (the logic is serve/knowledge.py's ServingKnowledge; these routes are thin)
 
     GET  /studio/f/kbs/NAME         its documents (chunks each) and every chunk (up to 2000), each chunk
@@ -76,6 +79,16 @@ async def create_kb(request: Request, tenant: str = Depends(current_tenant)) -> 
     finally:
         await form.close()
     return await run_in_threadpool(_kbs(request, tenant).create, name, uploads)
+
+
+@router.delete("/studio/api/kbs/{name}")
+async def delete_kb(request: Request, name: str, tenant: str = Depends(current_tenant)):
+    return await run_in_threadpool(_kbs(request, tenant).delete, name)
+
+
+@router.delete("/studio/api/kbs/{name}/documents/{source:path}")
+async def delete_kb_document(request: Request, name: str, source: str, tenant: str = Depends(current_tenant)):
+    return await run_in_threadpool(_kbs(request, tenant).delete_document, name, source)
 
 
 @router.get("/studio/f/kbs/{name}", response_class=HTMLResponse)
