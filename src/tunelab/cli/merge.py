@@ -22,13 +22,14 @@ def merge_cmd(
     """Merge a LoRA/QLoRA adapter into its base (QLoRA: dequantized first) and save a model that loads
     with AutoModelForCausalLM.from_pretrained(DIR), without tunelab."""
     from tunelab.export.merge import merge_run
+    from tunelab.methods import Merge, method_of
     from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
     require_run(run, GENERATIVE_TASKS, "merge")
     c = Console()
     res = merge_run(run, out, dtype=dtype, overwrite=overwrite)
-    how = {"qlora": f"{res.dequantized} NF4 layers dequantized, then {res.merged} adapters merged",
-           "lora": f"{res.merged} adapters merged"}.get(res.method, "whole model exported")
+    how = {Merge.DEQUANTIZED_ADAPTER: f"{res.dequantized} NF4 layers dequantized, then {res.merged} adapters merged",
+           Merge.ADAPTER: f"{res.merged} adapters merged"}.get(method_of(res.method).merge, "whole model exported")
     c.print(f"{res.method} run -> {how}; {res.params:,} params in {res.dtype}")
     c.print(f"saved to [bold]{res.out}[/bold] (AutoModelForCausalLM.from_pretrained loads it)")
 
