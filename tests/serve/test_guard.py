@@ -26,10 +26,7 @@ def _state(tmp_path, auth: bool):
     from tunelab.serve.state import ServeState
 
     state = ServeState(home=tmp_path / "home", runs=tmp_path / "runs", base="base", auth=auth, kb=tmp_path / "kb")
-    if hasattr(state, "extra"):  # no job runs here
-        state.extra["jobs.max_concurrent"] = 0
-    else:
-        state.jobs_max_concurrent = 0
+    state.jobs_max_concurrent = 0  # no job runs here
     return state
 
 
