@@ -136,9 +136,10 @@ class ServingJobs:
                "created_at": jobs_db.now()}
         jobs_db.insert_job(c, row)
         jobs_db.add_event(c, row, f"Validating training file: {train}" + (f" and validation file: {val}" if val else ""))
+        job = FineTuningJob.from_row(jobs_db.get_job(c, tenant, job_id))  # as made: read before the runner wakes
         if state.jobs_runner is not None:
             state.jobs_runner.notify()
-        return FineTuningJob.from_row(jobs_db.get_job(c, tenant, job_id))
+        return job
 
     def list(self, after: str | None, limit: int) -> JobList:
         rows, more = jobs_db.page(self._db(), "jobs", "tenant = ?", (self.tenant,), after, limit, kind="job")
