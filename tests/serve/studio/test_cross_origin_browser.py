@@ -78,3 +78,40 @@ def test_a_foreign_page_can_neither_read_nor_write(browser_page, tmp_path):
     assert conn(state.db_path).execute("SELECT COUNT(*) FROM jobs").fetchone()[0] == 0
     assert conn(state.db_path).execute("SELECT COUNT(*) FROM files").fetchone()[0] == 0
     assert not (state.home / "kb-docs").exists() and not any((tmp_path / "kb").glob("*"))
+
+
+def test_the_studio_deletes_a_document_then_the_knowledge_base(browser_page, tmp_path):
+    """The Studio's own page (same origin, --no-auth): its Delete buttons go through the guard."""
+    pytest.importorskip("lancedb", reason="the rag extra is not installed")
+    from tests.serve.test_guard import send
+    from tunelab.serve.app import create_app
+
+    state = _state(tmp_path, auth=False)
+    with uvicorn_thread(create_app(state, extra_modules=list(MODULES), pool=FakePool())) as port:
+        body, ctype = _two_docs()
+        status, kb = send(port, "POST", "/studio/api/kbs", body, {"Content-Type": ctype})
+        assert status == 200 and kb["files"] == 2, kb
+        page = browser_page
+        page.on("dialog", lambda d: d.accept())
+        page.goto(f"http://127.0.0.1:{port}/kb/notes")
+        page.click("button[data-kb-delete$='/documents/a.txt']")
+        page.wait_for_selector("button[data-kb-delete$='/documents/b.txt']")
+        page.wait_for_function("!document.querySelector(\"button[data-kb-delete$='/documents/a.txt']\")")
+        assert send(port, "GET", "/studio/api/kbs")[1]["data"][0]["files"] == 1
+        page.click("text=Delete this knowledge base")
+        page.wait_for_url(f"http://127.0.0.1:{port}/kb")
+        assert send(port, "GET", "/studio/api/kbs")[1]["data"] == []
+        assert page.js_errors == []
+    assert not (state.home / "kb-docs" / "default" / "notes").exists()
+
+
+def _two_docs() -> tuple[bytes, str]:
+    import uuid
+
+    b = uuid.uuid4().hex
+    parts = [f'--{b}\r\nContent-Disposition: form-data; name="name"\r\n\r\nnotes\r\n'.encode()]
+    for name, text in (("a.txt", b"Ferries leave at nine."), ("b.txt", b"Buses leave at noon.")):
+        parts.append(f'--{b}\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+                     f"Content-Type: text/plain\r\n\r\n".encode() + text + b"\r\n")
+    parts.append(f"--{b}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={b}"

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
@@ -97,7 +98,14 @@ async def kb_fragment(request: Request, name: str, tenant: str = Depends(current
     per_doc: dict[str, int] = {}
     for c in chunks:
         per_doc[c["source"]] = per_doc.get(c["source"], 0) + 1
-    docs = table(["document", "chunks"], [[esc(s), str(n)] for s, n in per_doc.items()])
+    base = f"/studio/api/kbs/{quote(name)}"
+    docs = table(["document", "chunks", ""], [
+        [esc(s), str(n), f'<button type="button" data-kb-delete="{esc(base)}/documents/{esc(quote(s))}" '
+                         f'data-confirm="Delete {esc(s)} from {esc(name)}?">Delete</button>']
+        for s, n in per_doc.items()])
+    docs += (f'<p><button type="button" data-kb-delete="{esc(base)}" data-confirm="Delete the knowledge base '
+             f'{esc(name)} and its documents?">Delete this knowledge base</button> '
+             f'<span class="err" role="alert" id="kb-delete-err"></span></p>')
     items = "".join(
         f'<li id="{esc(chunk_anchor(c["source"], c["start"], c["end"]))}" tabindex="-1"><p class="src">'
         f'<b>{esc(c["source"])}</b>{" § " + esc(c["section"]) if c["section"] else ""} <small>chars '

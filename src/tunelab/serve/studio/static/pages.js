@@ -316,6 +316,18 @@
     } catch (e) { fieldError(create, e, $("kb-err")); }
   });
 
+  // delete a document or the whole knowledge base (buttons of the /studio/f/kbs/NAME fragment)
+  document.addEventListener("click", async (ev) => {
+    const b = ev.target.closest("[data-kb-delete]");
+    if (!b || !confirm(b.dataset.confirm)) return;
+    b.disabled = true;
+    try {
+      const r = await TL.json(b.dataset.kbDelete, { method: "DELETE" });
+      if (r.object === "knowledge_base" || r.knowledge_base_deleted) location.href = "/kb";
+      else location.reload();
+    } catch (e) { b.disabled = false; TL.showErr($("kb-delete-err"), e); }
+  });
+
   const ask = $("kb-ask");
   if (ask) ask.addEventListener("submit", async (ev) => {
     ev.preventDefault();
