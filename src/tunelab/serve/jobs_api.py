@@ -91,7 +91,7 @@ def check_model(name, state) -> str:
         return name
     if (p.is_dir() and (p / "config.json").is_file()) or (p.suffix == ".gguf" and p.is_file()):
         return str(p.resolve())  # the worker runs in the job's folder: a relative path would move
-    if _HUB_ID.match(name) and not p.exists() and not hub_offline():
+    if _HUB_ID.fullmatch(name) and not p.exists() and not hub_offline():
         return name
     raise not_found("model", name, "model")
 
