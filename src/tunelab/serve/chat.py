@@ -72,6 +72,10 @@ class ServingChat(ServingGeneration):
 class ServingCompletions(ServingGeneration):
     prefix = "cmpl-"
 
+    def __init__(self, state):
+        super().__init__(state)
+        self.prompt_of: str | list[int] = ""
+
     async def create(self, tenant: str, body: CompletionRequest):
         self.pool  # noqa: B018 - 503 while the model loads
         self.prompt_of = body.prompts()

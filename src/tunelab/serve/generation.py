@@ -99,6 +99,13 @@ def sse(obj: Response | dict) -> str:
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
+def model_pool(state):
+    """The model pool, or a 503 while it loads."""
+    if state.pool is None:
+        raise APIError(503, "the model is still loading", code="model_loading", type="server_error")
+    return state.pool
+
+
 class ServingGeneration:
     """Budget, adapter, worker, then one reply or an SSE stream; subclasses say how a request becomes
     prompt ids (`prompt`) and how text becomes the reply and its chunks (`reply`, `chunks`)."""
@@ -111,10 +118,7 @@ class ServingGeneration:
 
     @property
     def pool(self):
-        pool = self.state.pool
-        if pool is None:
-            raise APIError(503, "the model is still loading", code="model_loading", type="server_error")
-        return pool
+        return model_pool(self.state)
 
     def prompt(self, target, body) -> tuple[list[int], list[str]]:
         """(prompt ids, stop strings) of `body` for `target`."""

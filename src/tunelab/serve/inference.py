@@ -17,6 +17,7 @@ from tunelab.serve.auth import current_tenant
 from tunelab.serve.chat import ServingChat, ServingCompletions
 from tunelab.serve.embeddings import EMBEDDERS, embed
 from tunelab.serve.errors import not_found
+from tunelab.serve.generation import model_pool
 from tunelab.serve.protocol.chat import ChatCompletion, ChatRequest
 from tunelab.serve.protocol.completions import Completion, CompletionRequest
 from tunelab.serve.protocol.embeddings import EmbeddingRequest, EmbeddingResponse
@@ -35,7 +36,7 @@ class ServingModels:
         state = self.state
         if state.upstream is not None:
             return ModelList(data=state.upstream.models(state, tenant))
-        pool = ServingChat(state).pool
+        pool = model_pool(state)
         out = [Model(id=state.base, created=STARTED, owned_by="tunelab")]
         out += [Model(id=name, created=created, owned_by=tenant, parent=state.base)
                 for name, created in pool.runs(tenant) if name != state.base]
