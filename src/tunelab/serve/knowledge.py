@@ -18,7 +18,13 @@ from tunelab.serve import kb_files
 from tunelab.serve.embeddings import kb_root
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, inside, safe_filename
-from tunelab.serve.protocol.knowledge import KnowledgeBase, KnowledgeBaseCreated, KnowledgeBaseList
+from tunelab.serve.protocol.knowledge import (
+    DocumentDeleted,
+    KnowledgeBase,
+    KnowledgeBaseCreated,
+    KnowledgeBaseDeleted,
+    KnowledgeBaseList,
+)
 
 MAX_CHUNKS = 2000
 
@@ -77,20 +83,19 @@ class ServingKnowledge:
             raise not_found("knowledge_base", name, "knowledge_base")
         return folder
 
-    def delete(self, name: str) -> dict:
+    def delete(self, name: str) -> KnowledgeBaseDeleted:
         """Delete knowledge base `name` and its uploaded documents (blocking)."""
         kb_files.delete_kb(self.docs(name), self._existing(name))
-        return {"id": name, "object": "knowledge_base", "deleted": True}
+        return KnowledgeBaseDeleted(id=name, deleted=True)
 
-    def delete_document(self, name: str, source: str) -> dict:
+    def delete_document(self, name: str, source: str) -> DocumentDeleted:
         """Delete one document (as the knowledge base lists it) of `name`; the knowledge base goes with
         its last document (blocking)."""
         folder = self._existing(name)
         n_before = len(self.list_files(folder))
         if not kb_files.delete_document(self.docs(name), folder, source):
             raise not_found("document", source, "document")
-        return {"id": source, "object": "knowledge_base.document", "deleted": True,
-                "knowledge_base_deleted": n_before == 1}
+        return DocumentDeleted(id=source, deleted=True, knowledge_base_deleted=n_before == 1)
 
     @staticmethod
     def list_files(folder: Path) -> dict:

@@ -9,7 +9,7 @@
     files.py        /v1/files: FileObject, FileList, FileDeleted
     jobs.py         /v1/fine_tuning/jobs: FineTuningJobCreate (its own refusal messages), FineTuningJob,
                     JobEvent, JobCheckpoint and their pages
-    knowledge.py    /studio/api/kbs: KnowledgeBase, KnowledgeBaseList, KnowledgeBaseCreated
+    knowledge.py    /studio/api/kbs: KnowledgeBase, KnowledgeBaseList, KnowledgeBaseCreated, the deletions
     studio.py       the Studio's other JSON routes
 
 Models only: no route, no state, no I/O. The serving classes (serve/<group>.py) take and return them.
@@ -29,12 +29,19 @@ from tunelab.serve.protocol.jobs import (
     JobEvent,
     JobList,
 )
-from tunelab.serve.protocol.knowledge import KnowledgeBase, KnowledgeBaseCreated, KnowledgeBaseList
+from tunelab.serve.protocol.knowledge import (
+    DocumentDeleted,
+    KnowledgeBase,
+    KnowledgeBaseCreated,
+    KnowledgeBaseDeleted,
+    KnowledgeBaseList,
+)
 from tunelab.serve.protocol.models import Model, ModelList
 from tunelab.serve.protocol.sampling import StreamOptions, Usage
 
 __all__ = ["ChatCompletion", "ChatCompletionChunk", "ChatRequest", "CheckpointList", "Citation", "Completion",
-           "CompletionRequest", "Deleted", "EmbeddingRequest", "EmbeddingResponse", "ErrorResponse", "EventList",
-           "FileDeleted", "FileList", "FileObject", "FineTuningJob", "FineTuningJobCreate", "JobCheckpoint",
-           "JobEvent", "JobList", "KnowledgeBase", "KnowledgeBaseCreated", "KnowledgeBaseList", "Message", "Model",
-           "ModelList", "Page", "Request", "Response", "StreamOptions", "TextPart", "Usage", "json_body"]
+           "CompletionRequest", "Deleted", "DocumentDeleted", "EmbeddingRequest", "EmbeddingResponse",
+           "ErrorResponse", "EventList", "FileDeleted", "FileList", "FileObject", "FineTuningJob",
+           "FineTuningJobCreate", "JobCheckpoint", "JobEvent", "JobList", "KnowledgeBase", "KnowledgeBaseCreated",
+           "KnowledgeBaseDeleted", "KnowledgeBaseList", "Message", "Model", "ModelList", "Page", "Request",
+           "Response", "StreamOptions", "TextPart", "Usage", "json_body"]

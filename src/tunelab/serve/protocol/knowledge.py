@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from tunelab.serve.protocol.common import Response
+from tunelab.serve.protocol.common import Deleted, Response
 
 
 class KnowledgeBase(Response):
@@ -21,3 +21,14 @@ class KnowledgeBaseList(Response):
 
 class KnowledgeBaseCreated(KnowledgeBase):
     seconds: float
+
+
+class KnowledgeBaseDeleted(Deleted):
+    object: Literal["knowledge_base"] = "knowledge_base"
+
+
+class DocumentDeleted(Deleted):
+    """One document gone; `knowledge_base_deleted`: it was the last one, so the knowledge base went too."""
+
+    object: Literal["knowledge_base.document"] = "knowledge_base.document"
+    knowledge_base_deleted: bool

@@ -29,7 +29,12 @@ from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.knowledge import MAX_CHUNKS, ServingKnowledge
 from tunelab.serve.names import check_name
-from tunelab.serve.protocol.knowledge import KnowledgeBaseCreated, KnowledgeBaseList
+from tunelab.serve.protocol.knowledge import (
+    DocumentDeleted,
+    KnowledgeBaseCreated,
+    KnowledgeBaseDeleted,
+    KnowledgeBaseList,
+)
 from tunelab.serve.studio.html import esc, table
 
 router = APIRouter()
@@ -83,12 +88,13 @@ async def create_kb(request: Request, tenant: str = Depends(current_tenant)) -> 
 
 
 @router.delete("/studio/api/kbs/{name}")
-async def delete_kb(request: Request, name: str, tenant: str = Depends(current_tenant)):
+async def delete_kb(request: Request, name: str, tenant: str = Depends(current_tenant)) -> KnowledgeBaseDeleted:
     return await run_in_threadpool(_kbs(request, tenant).delete, name)
 
 
 @router.delete("/studio/api/kbs/{name}/documents/{source:path}")
-async def delete_kb_document(request: Request, name: str, source: str, tenant: str = Depends(current_tenant)):
+async def delete_kb_document(request: Request, name: str, source: str,
+                             tenant: str = Depends(current_tenant)) -> DocumentDeleted:
     return await run_in_threadpool(_kbs(request, tenant).delete_document, name, source)
 
 
