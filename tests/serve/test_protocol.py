@@ -168,6 +168,25 @@ def test_the_registry_is_every_mounted_route(tmp_path):
         assert (proxied[r.method, r.path] is r.endpoint) == (not r.proxied) or r.endpoint is None
 
 
+def test_every_json_route_declares_its_response_model(tmp_path):
+    """/v1 and /studio/api routes return a protocol model (a download returns the file itself)."""
+    import typing
+
+    from fastapi.responses import FileResponse
+
+    from tunelab.serve.protocol.common import Response
+    from tunelab.serve.routes import mounted
+
+    missing = []
+    for method, path, endpoint in mounted(_app(tmp_path).routes):
+        if not path.startswith(("/v1/", "/studio/api/")):
+            continue  # the Studio's pages and HTML fragments
+        ret = typing.get_type_hints(endpoint).get("return")
+        if not (isinstance(ret, type) and issubclass(ret, (Response, FileResponse))):
+            missing.append(f"{method} {path}: {ret}")
+    assert not missing, missing
+
+
 def test_the_app_state_is_typed(tmp_path):
     from tunelab.serve.state import AppState
 

@@ -64,7 +64,8 @@ async def export_route(request: Request, name: str, tenant: str = Depends(curren
 
 
 @router.get("/studio/api/runs/{name}/download/{folder}/{file:path}")
-def download(request: Request, name: str, folder: str, file: str, tenant: str = Depends(current_tenant)):
+def download(request: Request, name: str, folder: str, file: str,
+             tenant: str = Depends(current_tenant)) -> FileResponse:
     root = run_dir(request.app.state.tl, tenant, name) / "export"
     check_name(folder, "folder")
     parts = [check_name(p, "file") for p in file.split("/")]
