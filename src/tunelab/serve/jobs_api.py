@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-import re
-from pathlib import Path
 
 from fastapi import Depends, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.serve import jobs_db
+from tunelab.serve import jobs_db, model_names
 from tunelab.serve.auth import current_tenant
-from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.errors import APIError
 from tunelab.serve.generation import SSE_HEADERS, sse
 from tunelab.serve.job_runner import JobRunner
 from tunelab.serve.names import check_name
@@ -64,7 +62,6 @@ from tunelab.serve.protocol.jobs import (
 )
 
 __all__ = ["HYPER", "ServingJobs", "hyperparameters", "check_model"]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def startup(state) -> None:
@@ -81,19 +78,9 @@ def shutdown(state) -> None:
 
 
 def check_model(name, state) -> str:
-    """The model to train (a local path made absolute), or a 404 naming `model`."""
-    from tunelab.models.registry import ALIASES, hub_offline
-
-    if not isinstance(name, str) or not name.strip():
-        raise bad("Missing required parameter: 'model'", "model", "missing_required_parameter")
-    p = Path(name).expanduser()
-    if name in ALIASES or (name == state.base and not p.exists()):
-        return name
-    if (p.is_dir() and (p / "config.json").is_file()) or (p.suffix == ".gguf" and p.is_file()):
-        return str(p.resolve())  # the worker runs in the job's folder: a relative path would move
-    if _HUB_ID.fullmatch(name) and not p.exists() and not hub_offline():
-        return name
-    raise not_found("model", name, "model")
+    """The model to train: the served base (a path made absolute) or an alias of `tunelab models`; any
+    other name, a server path or a hub id included, is a 404 naming `model` (serve/model_names.py)."""
+    return model_names.check_model(state, name)
 
 
 class ServingJobs:

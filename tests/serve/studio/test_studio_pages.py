@@ -118,7 +118,7 @@ def test_memory_estimate_is_tunelab_memory(studio):
     r = client.get("/studio/api/memory", params={"model": state.base, "method": "dora"}, headers=h["default"])
     assert r.status_code == 400 and r.json()["error"]["param"] == "method"
     r = client.get("/studio/api/memory", params={"model": "/nowhere/x"}, headers=h["default"])
-    assert r.status_code == 400 and r.json()["error"]["code"] == "estimate_failed"
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"  # never a server path
 
 
 def test_upload_is_inspected_as_data_inspect(studio, tmp_path):

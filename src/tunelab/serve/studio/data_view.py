@@ -7,13 +7,13 @@
 
 Inspecting tokenizes every example with model M's tokenizer (default: the served base) exactly as
 training does (tunelab.data.inspect.inspect_config: same template, masking, max_length 1024 default);
-a chat file is an sft dataset, a preference file a dpo one. Tokenizers are kept per model.
+a chat file is an sft dataset, a preference file a dpo one. M is the served base or an alias of
+`tunelab models`, never a path (serve/model_names.py, which keeps the last few tokenizers).
 """
 
 from __future__ import annotations
 
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -26,24 +26,15 @@ from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.files_api import materialize
+from tunelab.serve.model_names import check_model, tokenizer
 from tunelab.serve.protocol.studio import InspectReport
 from tunelab.serve.studio.html import esc, fmt_bytes, table
 
 router = APIRouter()
-_tokenizers: dict[str, object] = {}
-_lock = threading.Lock()
 MAX_SHOWN_TOKENS = 600
 KINDS = {"sft": "chat examples", "preference": "preference pairs", "openai_dpo": "preference pairs (OpenAI's DPO lines)"}
 
 
-def tokenizer(model: str):
-    with _lock:
-        if model not in _tokenizers:
-            from tunelab.models.load import load_tokenizer
-            from tunelab.models.registry import resolve
-
-            _tokenizers[model] = load_tokenizer(resolve(model))
-        return _tokenizers[model]
 
 
 
@@ -72,15 +63,18 @@ def inspect_file(state, tenant: str, file_id: str, model: str) -> dict:
     if row["status"] != "processed":
         raise APIError(400, f"{row['filename']} was not accepted: {row['status_details']}", param="file",
                        code="invalid_file")
+    ident = check_model(state, model)  # the base or an alias, never a path (serve/model_names.py)
+    path = None
     try:
-        tok = tokenizer(model)
+        tok = tokenizer(state, model)
         with tempfile.TemporaryDirectory(prefix="studio-inspect-") as tmp:
             path = materialize(state, row, Path(tmp) / "data")
             task = "sft" if row["kind"] == "sft" else "dpo"
-            cfg = from_dict({"task": task, "model": {"name": model}, "data": {"train": str(path)}})
+            cfg = from_dict({"task": task, "model": {"name": ident}, "data": {"train": str(path)}})
             rep = inspect_config(cfg, tok)
-    except TunelabError as e:
-        raise APIError(400, e.one_line(), param="model", code="inspect_failed") from None
+    except TunelabError as e:  # named by the upload's name and the model's, never by a server path
+        msg = e.one_line().replace(str(path), row["filename"]) if path is not None else e.one_line()
+        raise APIError(400, msg.replace(ident, model), param="model", code="inspect_failed") from None
     splits = [{"name": s.name, "count": s.count, "mean": round(s.mean, 1), "max": max(s.lengths, default=0),
                "truncated": s.truncated, "learned_tokens": s.learned_tokens, "bins": length_bins(s.lengths)}
               for s in rep.splits]

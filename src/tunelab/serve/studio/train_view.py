@@ -23,6 +23,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
+from tunelab.serve.model_names import check_model
 from tunelab.serve.protocol.studio import MemoryEstimate
 from tunelab.serve.studio.html import esc, table
 
@@ -40,26 +41,27 @@ def pinned_method(state) -> str:
     return ""
 
 
-def memory_estimate(model: str, method: str, batch: int, seq: int, r: int) -> dict:
+def memory_estimate(model: str, method: str, batch: int, seq: int, r: int, state) -> dict:
     from tunelab.memory.estimator import estimate
 
     if method not in METHODS:
         raise APIError(400, f"method '{method}' has no estimate here: use lora, qlora or full", param="method")
+    ident = check_model(state, model)  # the base or an alias, never a path (serve/model_names.py)
     try:
-        e = estimate(model, method, batch, seq, r=r)
+        e = estimate(ident, method, batch, seq, r=r)
     except TunelabError as err:
-        raise APIError(400, err.one_line(), param="model", code="estimate_failed") from None
+        raise APIError(400, err.one_line().replace(ident, model), param="model", code="estimate_failed") from None
     return {"model": model, "method": method, "batch": batch, "seq": seq, "r": r, "device": e.device,
             "total": e.total, "available": e.available, "fits": e.fits, "params": e.params, "trainable": e.trainable,
             "rows": [{"component": c, "bytes": b, "how": how} for c, b, how in e.rows]}
 
 
 @router.get("/studio/api/memory")
-async def memory(model: str, method: str = "lora", batch: int = 8, seq: int = 512, r: int = 16,
+async def memory(request: Request, model: str, method: str = "lora", batch: int = 8, seq: int = 512, r: int = 16,
                  tenant: str = Depends(current_tenant)) -> MemoryEstimate:
     if not (1 <= batch <= 1024 and 8 <= seq <= 1 << 20 and 1 <= r <= 1024):
         raise APIError(400, "batch must be 1..1024, seq 8..1048576 and r 1..1024", param="batch")
-    return await run_in_threadpool(memory_estimate, model, method, batch, seq, r)
+    return await run_in_threadpool(memory_estimate, model, method, batch, seq, r, request.app.state.tl)
 
 
 def _options(rows, chosen: str | None, empty: str | None = None) -> str:
