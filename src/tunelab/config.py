@@ -142,7 +142,9 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     max_grad_norm: float = 1.0
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # auto: bf16 where the hardware does bf16 matmuls, fp16 on CUDA without bf16, else fp32 (settled, and
+    # recorded in config.yaml, by train/resolve.py); fp16: fp16 autocast
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     gradient_checkpointing: bool | Literal["auto"] = "auto"  # auto: qlora, or when the estimate does not fit
     seed: int = 42
     eval_every: Literal["epoch", "never"] | int = "epoch"  # or every N optimizer steps

@@ -1,8 +1,9 @@
 """The compute precision training and inference run in.
 
 `train.precision`: fp32 (no autocast), bf16 (bf16 autocast: matmuls in bf16, fp32 master weights),
-or auto: bf16 where the hardware does bf16 matmuls natively (CUDA with bf16, else fp16; CPUs whose
-oneDNN reports bf16 support: AVX-512-BF16 or AMX), fp32 elsewhere. docs/design.md ("Precision on
+fp16 (fp16 autocast: what auto picks on a GPU without bf16, written out by train/resolve.py), or
+auto: bf16 where the hardware does bf16 matmuls natively (CUDA with bf16, else fp16; CPUs whose oneDNN
+reports bf16 support: AVX-512-BF16 or AMX), fp32 elsewhere. docs/design.md ("Precision on
 CPU") has the measurement behind the CPU rule.
 """
 
@@ -23,6 +24,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         return None
     if precision == "bf16":
         return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device.type == "cpu":

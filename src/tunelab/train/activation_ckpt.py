@@ -7,7 +7,7 @@ one extra forward of the blocks that need a gradient. With LoRA on the last N bl
 SmolLM2-135M, 8 of 30 blocks -> 8/30 = 27% of one forward (what that costs a step:
 docs/performance.md, "Where the time goes").
 
-auto decides:
+auto decides (once, before the model loads: `decide`, called by train/resolve.py):
     qlora                     on (QLoRA is the memory-first recipe: 4-bit base + checkpointing)
     lora, full, freeze, ...   on only when the memory estimate at (batch_size, max_length) does not
                               fit in 80% of the memory available now; off otherwise (faster)
@@ -29,6 +29,11 @@ FIT_SHARE = 0.8  # leave 20% of the available memory to the rest of the process 
 
 def estimate_fits(model, cfg: RunConfig) -> bool | None:
     """Does the training estimate without checkpointing fit? None when the model shape is not supported."""
+    return config_fits(model.config.to_dict(), cfg, next(model.parameters()).device)
+
+
+def config_fits(model_config: dict, cfg: RunConfig, device) -> bool | None:
+    """`estimate_fits` for a model's config.json (`model_config`) trained on `device`, before it loads."""
     from tunelab.errors import TunelabError
     from tunelab.runtime.precision import autocast_dtype
     from tunelab.memory.available import detect_memory
@@ -36,9 +41,8 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     from tunelab.train.optim import memory_optimizer
 
     method = method_of(cfg).memory.label  # freeze, qat, bitnet: estimated as full fine-tuning
-    device = next(model.parameters()).device
     try:
-        est = estimate(model.config.to_dict(), method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
+        est = estimate(model_config, method, batch=cfg.train.batch_size, seq=cfg.data.max_length,
                        r=cfg.method.r, lora_dropout=cfg.method.dropout, layers=cfg.method.layers, detect=False,
                        grad_accum=cfg.train.grad_accum, device=device.type,
                        optimizer=memory_optimizer(cfg.train.optim),
@@ -49,14 +53,24 @@ def estimate_fits(model, cfg: RunConfig) -> bool | None:
     return None if available is None else est.total <= FIT_SHARE * available
 
 
-def wants_checkpointing(cfg: RunConfig, model=None) -> bool:
-    """Resolve `train.gradient_checkpointing` (true | false | auto) for this run (and model, when given)."""
+def decide(cfg: RunConfig, model_config: dict | None, device) -> bool:
+    """`train.gradient_checkpointing` (true | false | auto) for this run before its model loads
+    (`train/resolve.py`): auto is on for a method that checkpoints by default (qlora), else on only
+    when the estimate of `model_config` (None: no estimate, off) does not fit on `device`."""
     setting = cfg.train.gradient_checkpointing
     if setting != "auto":
         return bool(setting)
     if method_of(cfg).checkpointing_by_default:  # qlora
         return True
-    return model is not None and estimate_fits(model, cfg) is False
+    return model_config is not None and config_fits(model_config, cfg, device) is False
+
+
+def wants_checkpointing(cfg: RunConfig, model=None) -> bool:
+    """`train.gradient_checkpointing` for this run (and model, when given: its config is estimated). A
+    resolved config (train/resolve.py) is true or false already, so this only reads it."""
+    if model is None:
+        return decide(cfg, None, None)
+    return decide(cfg, model.config.to_dict(), next(model.parameters()).device)
 
 
 def enable(model) -> None:

@@ -36,7 +36,7 @@ class LoraGgufTarget(Target):
     def start(self, job: Export) -> LoraGgufResult:
         """Refuses a run without a LoRA adapter (full, freeze: a whole model)."""
         rd = job.run
-        if not (rd.path / "adapter" / "adapter_config.json").is_file():
+        if not rd.has_adapter:
             raise TunelabError(f"run {rd.path} has no LoRA adapter", where="--to lora-gguf",
                                hint="a full or freeze run is a whole model: export it with --to gguf")
         return super().start(job)

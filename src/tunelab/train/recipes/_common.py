@@ -77,7 +77,10 @@ def resume_point(run: RunDir, cfg: RunConfig) -> int | None:
                            hint="drop --resume to start a new run")
     if mode == "no" or not steps:
         return None
-    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8"))
+    from tunelab.train.resolve import settle_recorded
+
+    # a run started before train/resolve.py recorded autos: they compare as what they resolve to now
+    saved = settle_recorded(yaml.safe_load(run.config_path.read_text(encoding="utf-8")), cfg)
     if comparable_config(saved) != comparable_config(cfg.model_dump(mode="json")):
         raise TunelabError(f"the config differs from the one {run.path} was started with", where="train.resume",
                            hint="resume with the same config, or pick another output.name")

@@ -38,6 +38,7 @@ from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, begin_run, finish_run, setup_run, train_engine
 from tunelab.train.reports import write_classify_report
+from tunelab.train.resolve import resolve
 
 METHODS = ("lora", "full", "freeze")
 
@@ -193,6 +194,7 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
     # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
     console, run = setup_run(cfg, quiet, console, METHODS, method_hint="use one of")
+    cfg = resolve(cfg)  # every auto settled before anything loads: config.yaml records them (train/resolve.py)
     train_ex, val_ex = load_classify_splits(cfg)
     labels = label_set(cfg, train_ex, val_ex)
     torch.manual_seed(cfg.train.seed)  # the new head's initial weights

@@ -36,6 +36,7 @@ from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quie
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_dpo_report
+from tunelab.train.resolve import resolve
 
 METHODS = ("lora", "qlora", "full")
 
@@ -113,7 +114,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     # ---- setup: data first -----------------------------------------------------------------------------------
     console, run = setup_run(cfg, quiet, console, METHODS, checks=(refuse_engine_only_options,))
-    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
+    cfg = resolve(cfg)  # every auto settled before anything loads: config.yaml records them (train/resolve.py)
     d = cfg.data
     train_ex, val_ex = load_pairs(cfg)
     base = load_base(cfg)

@@ -31,6 +31,7 @@ from tunelab.config import RunConfig
 from tunelab.data.formats import PreferenceExample
 from tunelab.data.tokenize import encode_segments
 from tunelab.errors import TunelabError
+from tunelab.runs.rundir import RunDir
 
 
 # ---- data ----------------------------------------------------------------------------------------------------
@@ -112,7 +113,7 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
     else:
         ev = {"eval_strategy": "steps", "eval_steps": int(t.eval_every)}
     return config_cls(
-        output_dir=str(run.checkpoints_dir), save_strategy="no", report_to=t.report_to, disable_tqdm=quiet,
+        output_dir=str(RunDir(run.path).checkpoints_dir), save_strategy="no", report_to=t.report_to, disable_tqdm=quiet,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         **warmup_args(t.warmup_ratio), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,

@@ -28,7 +28,6 @@ from tunelab.data.packing import pack
 from tunelab.data.templates import build_template
 from tunelab.eval.metrics import perplexity
 from tunelab.losses import reply_nll
-from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
@@ -37,6 +36,7 @@ from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
                                            setup_run, train_engine)
 from tunelab.train.reports import write_pretrain_report
+from tunelab.train.resolve import resolve
 
 METHODS = ("lora", "qlora", "full", "freeze")
 
@@ -90,7 +90,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
 
     # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
     console, run = setup_run(cfg, quiet, console, METHODS)
-    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
+    cfg = resolve(cfg)  # every auto settled before anything loads: config.yaml records them (train/resolve.py)
     d = cfg.data
     train_docs, val_docs = load_splits(cfg)  # TextExample lists
     base = load_base(cfg)

@@ -31,6 +31,7 @@ from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quie
                                                remove_empty_checkpoints, tokenize_pairs, train_and_measure,
                                                trainer_args)
 from tunelab.train.reports import write_reward_report
+from tunelab.train.resolve import resolve
 
 METHODS = ("lora", "qlora", "full")
 
@@ -95,6 +96,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
 
     # ---- setup: data first -----------------------------------------------------------------------------------
     console, run = setup_run(cfg, quiet, console, METHODS, checks=(refuse_engine_only_options,))
+    cfg = resolve(cfg)  # every auto settled before anything loads: config.yaml records them (train/resolve.py)
     train_ex, val_ex = load_pairs(cfg)
     model, tok, rm = load_reward_model(cfg)  # the new head is initialized from cfg.train.seed (setup_run)
     device = next(model.parameters()).device

@@ -21,7 +21,6 @@ from tunelab.data.templates import build_template
 from tunelab.data.tokenize import tokenize_all
 from tunelab.errors import TunelabError
 from tunelab.losses import reply_nll
-from tunelab.methods import method_of
 from tunelab.runs.report import suffix_rate
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
@@ -31,6 +30,7 @@ from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
                                            setup_run, train_engine)
 from tunelab.train.reports import write_sft_report
+from tunelab.train.resolve import resolve
 
 
 @dataclass
@@ -80,7 +80,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 
     # ---- setup: data first, so bad input fails before any model loads or anything is written -------------
     console, run = setup_run(cfg, quiet, console)
-    cfg = method_of(cfg).resolve(cfg)  # its autos settled before anything loads: config.yaml records them
+    cfg = resolve(cfg)  # every auto settled before anything loads: config.yaml records them (train/resolve.py)
     train_ex, val_ex = load_splits(cfg)
     base = load_base(cfg)
     tok = base.tok
