@@ -102,3 +102,28 @@ def test_the_tokenizer_cache_is_bounded(tmp_path, monkeypatch):
     for n in names + names[-2:]:
         model_names.tokenizer(state, n)
     assert len(model_names._tokenizers) == model_names.TOKENIZERS and loaded == names  # the last two: cached
+
+
+def test_no_server_path_in_the_run_page_or_an_export(tmp_path):
+    """The run page's config and report, and an export's reply or error, name the server's folders as
+    runs / <home> / <kb>, never by their absolute paths."""
+    from fastapi.testclient import TestClient
+
+    from tunelab.serve.app import create_app
+    from tunelab.serve.names import hide_paths
+
+    state = _state(tmp_path, auth=False)
+    run = state.runs / "r1"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"task: sft\nmodel:\n  name: smollm2-135m-instruct\nmethod:\n  name: lora\n"
+                                     f"data:\n  train: {state.home}/jobs/ftjob-1/train.jsonl\n"
+                                     f"train:\n  output_dir: {state.runs.resolve()}\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    (run / "report.md").write_text(f"# r1\n\nTrained on {state.home}/jobs/ftjob-1/train.jsonl\n")
+    (run / "DONE").write_text("")
+    with TestClient(create_app(state, extra_modules=["tunelab.serve.studio"], pool=FakePool())) as c:
+        page = c.get("/studio/f/runs/r1").text
+        assert "&lt;home&gt;/jobs/ftjob-1/train.jsonl" in page and str(tmp_path) not in page, page
+        r = c.post("/studio/api/runs/r1/export", json={"to": "gguf"})  # no adapter: refused
+        assert r.status_code == 400 and str(tmp_path) not in r.text, r.text
+    assert hide_paths(f"{state.runs}/r1 and {state.home.resolve()}/x", state) == "runs/r1 and <home>/x"

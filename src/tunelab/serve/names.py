@@ -3,7 +3,8 @@
     NAME  = [A-Za-z0-9][A-Za-z0-9._-]{0,63}, and not containing ".."
 
 so a name is one path component that can never be "..", absolute, hidden or contain a separator;
-`inside(root, *names)` also checks that the joined path resolves under `root`.
+`inside(root, *names)` also checks that the joined path resolves under `root`; `hide_paths(text, state)`
+writes the server's folders in a text for a client as `runs`, `<home>`, `<kb>`.
 """
 
 from __future__ import annotations
@@ -36,3 +37,19 @@ def safe_filename(name: str) -> str:
     under the file id, never under this name)."""
     base = Path(str(name).replace("\\", "/")).name
     return check_name(base, "file")
+
+
+def hide_paths(text: str, state) -> str:
+    """`text` (an error, a config value, a report) with the server's own folders as a client may see
+    them: the runs folder as `runs`, the server's home as `<home>`, the knowledge bases as `<kb>`
+    (longest first, each as given and as resolved)."""
+    roots = {}
+    for root, shown in ((state.runs, "runs"), (state.home, "<home>"), (getattr(state, "kb", None), "<kb>")):
+        if root is None:
+            continue
+        for form in (str(root), str(Path(root).resolve())):
+            if form not in ("", ".", "/"):
+                roots[form] = shown
+    for form in sorted(roots, key=len, reverse=True):
+        text = text.replace(form, roots[form])
+    return text

@@ -24,7 +24,7 @@ from tunelab.errors import TunelabError
 from tunelab.export.targets import studio_targets
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
-from tunelab.serve.names import check_name, inside
+from tunelab.serve.names import check_name, hide_paths, inside
 from tunelab.serve.protocol.studio import ExportResult
 from tunelab.serve.studio.runs_view import run_dir
 
@@ -43,13 +43,15 @@ def export(state, tenant: str, name: str, to: str) -> dict:
     with _lock:
         try:
             res = export_run(path, to, overwrite=True)
-        except TunelabError as e:
-            raise APIError(400, e.one_line(), param="to", code="export_failed") from None
+        except TunelabError as e:  # the run by its name, never by its server path
+            raise APIError(400, hide_paths(e.one_line().replace(str(path), name), state), param="to",
+                           code="export_failed") from None
     folder = res.out.name
     files = [{"name": str(p.relative_to(res.out)), "bytes": n,
               "url": f"/studio/api/runs/{name}/download/{folder}/{p.relative_to(res.out).as_posix()}"}
              for p, n in res.files]
-    return {"to": to, "quant": res.quant, "out": str(res.out), "files": files, "notes": list(res.notes),
+    return {"to": to, "quant": res.quant, "out": f"{name}/export/{folder}", "files": files,
+            "notes": [hide_paths(n, state) for n in res.notes],
             **res.details()}
 
 

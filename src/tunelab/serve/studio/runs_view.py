@@ -22,7 +22,7 @@ from tunelab.export.targets import studio_targets
 from tunelab.serve import jobs_db
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import not_found
-from tunelab.serve.names import check_name, inside
+from tunelab.serve.names import check_name, hide_paths, inside
 from tunelab.serve.protocol.studio import Metrics, RunList, WhoAmI
 from tunelab.serve.studio.html import esc, fmt_loss, markdown, table
 from tunelab.serve.studio.runs_data import (
@@ -102,12 +102,12 @@ def metrics(request: Request, name: str, tenant: str = Depends(current_tenant)) 
     return {"name": name, **read_metrics(run_dir(request.app.state.tl, tenant, name))}
 
 
-def _config_rows(cfg: dict) -> list[list[str]]:
+def _config_rows(cfg: dict, state) -> list[list[str]]:
     rows = []
     for section in ("model", "data", "method", "train"):
         for k, v in (cfg.get(section) or {}).items():
             if v not in (None, "", {}, []):
-                rows.append([esc(f"{section}.{k}"), f"<code>{esc(v)}</code>"])
+                rows.append([esc(f"{section}.{k}"), f"<code>{esc(hide_paths(str(v), state))}</code>"])
     return rows
 
 
@@ -131,13 +131,15 @@ def run_fragment(request: Request, name: str, tenant: str = Depends(current_tena
              f'aria-label="training and validation loss of {n}" data-chart-runs="{n}"></div>'
              f'<p class="err" role="alert"></p><p><a href="/compare?runs={n}">Overlay with other runs</a></p></section>')
     report = path / "report.md"
-    rep = markdown(report.read_text(encoding="utf-8")) if report.is_file() else '<p class="muted">No report yet.</p>'
+    rep = (markdown(hide_paths(report.read_text(encoding="utf-8"), state)) if report.is_file()
+           else '<p class="muted">No report yet.</p>')
     buttons = export_buttons()
     export = ('<section aria-labelledby="h-export"><h2 id="h-export">Export</h2>'
               + (f'<div data-export-run="{n}">{buttons}<span class="err" role="alert"></span>'
                  '<div class="export-out" aria-live="polite"></div></div>' if s["status"] == "finished"
                  else '<p class="muted">Export is possible once the run has finished.</p>') + "</section>")
-    config = (f'<details><summary>Config ({len(_config_rows(cfg))} settings)</summary>'
-              f'{table(["setting", "value"], _config_rows(cfg))}</details>')
+    rows = _config_rows(cfg, state)
+    config = (f'<details><summary>Config ({len(rows)} settings)</summary>'
+              f'{table(["setting", "value"], rows)}</details>')
     return (facts + chart + f'<section aria-labelledby="h-report"><h2 id="h-report">Report and evaluation</h2>{rep}'
             "</section>" + export + f'<section aria-labelledby="h-config"><h2 id="h-config">Config</h2>{config}</section>')
