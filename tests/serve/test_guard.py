@@ -152,8 +152,8 @@ def test_with_keys_the_studio_is_checked_and_v1_is_left_to_the_key(keyed):
     auth = {"Authorization": f"Bearer {keyed.keys['alice']}"}
     _err(send(keyed.port, "GET", "/studio/api/kbs", headers={**auth, "Host": "evil.example"}), 403, "invalid_host")
     _err(send(keyed.port, "GET", "/studio/api/kbs", headers={**auth, "Origin": "http://evil.example"}), 403)
-    _err(send(keyed.port, "POST", "/studio/api/runs/x/export", b'{"to": "gguf"}', {**auth, "Content-Type": "text/plain"}),
-         415)
+    _err(send(keyed.port, "POST", "/studio/api/runs/x/export", b'{"to": "gguf"}',
+              {**auth, "Content-Type": "text/plain"}), 415)
     assert send(keyed.port, "GET", "/studio/api/kbs", headers=auth)[0] == 200
     assert send(keyed.port, "GET", "/v1/models", headers={**auth, "Origin": "http://evil.example"})[0] == 200
     _err(send(keyed.port, "GET", "/v1/models", headers={"Origin": "http://evil.example"}), 401)

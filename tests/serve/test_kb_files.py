@@ -103,7 +103,8 @@ def test_kb_routes_refuse_a_bad_upload_whole_and_delete_per_tenant(tmp_path):
         r = post("alice", "notes", [("a.txt", b"Ferries leave at nine."), ("bad.pdf", b"%PDF-1.4 not really")])
         assert r.status_code == 400 and "bad.pdf" in r.json()["error"]["message"], r.text
         assert str(tmp_path) not in r.json()["error"]["message"]
-        assert not (state.home / "kb-docs").exists() and c.get("/studio/api/kbs", headers=h["alice"]).json()["data"] == []
+        assert not (state.home / "kb-docs").exists()
+        assert c.get("/studio/api/kbs", headers=h["alice"]).json()["data"] == []
         r = post("alice", "notes", [("a.txt", b"Ferries leave at nine."), ("b.txt", b"Buses leave at noon.")])
         assert r.status_code == 200 and r.json()["files"] == 2, r.text
         # the next upload to the same knowledge base is not blocked by the refused one

@@ -84,7 +84,8 @@ def test_the_studio_and_jobs_take_no_server_path(app_client, tiny_model_dir):
 
     r = c.get(f"/studio/api/files/{fid}/inspect", params={"model": state.base}, headers=keys["alice"])
     assert r.status_code == 200 and r.json()["model"] == state.base, r.text
-    assert c.get(f"/studio/api/files/{fid}/inspect", params={"model": state.base}, headers=keys["alice"]).status_code == 200
+    r = c.get(f"/studio/api/files/{fid}/inspect", params={"model": state.base}, headers=keys["alice"])
+    assert r.status_code == 200
     assert list(model_names._tokenizers).count(str(tiny_model_dir.resolve())) == 1
     assert len(model_names._tokenizers) <= model_names.TOKENIZERS
 

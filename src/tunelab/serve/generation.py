@@ -147,7 +147,12 @@ class ServingGeneration:
         ids, stops = self.prompt(target, body)
         budget = pool.budget(len(ids), want or state.max_tokens_cap, self.prompt_param)
         template = self.template(target)
-        key = await run_in_threadpool(pool.acquire, target)
+        acquiring = asyncio.ensure_future(run_in_threadpool(pool.acquire, target))
+        try:  # a request cancelled while it waits (its client left) frees the slot once it is had
+            key = await asyncio.shield(acquiring)
+        except asyncio.CancelledError:
+            acquiring.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
+            raise
         try:
             gen = Generation(pool, ids, body, budget, stops, key, template)
         except BaseException:

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.chat import ServingChat, ServingCompletions
+from tunelab.serve.disconnect import until_gone
 from tunelab.serve.embeddings import EMBEDDERS, embed
 from tunelab.serve.errors import not_found
 from tunelab.serve.generation import model_pool
@@ -77,12 +78,12 @@ async def get_model(model_id: str, request: Request, tenant: str = Depends(curre
 
 async def chat_completions(body: ChatRequest, request: Request,
                            tenant: str = Depends(current_tenant)) -> ChatCompletion:  # or an SSE stream
-    return await ServingChat(_state(request)).create(tenant, body)
+    return await until_gone(request, ServingChat(_state(request)).create(tenant, body))  # stops if the client leaves
 
 
 async def completions(body: CompletionRequest, request: Request,
                       tenant: str = Depends(current_tenant)) -> Completion:  # or an SSE stream
-    return await ServingCompletions(_state(request)).create(tenant, body)
+    return await until_gone(request, ServingCompletions(_state(request)).create(tenant, body))
 
 
 async def embeddings(body: EmbeddingRequest, request: Request,
