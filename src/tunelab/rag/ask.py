@@ -85,7 +85,9 @@ def run_prompt(run: str | Path | None) -> str | None:
     """The run's RAG prompt (`template.json` -> extra.rag_prompt), or None for the default."""
     if run is None:
         return None
-    tpl = Path(run) / "template.json"
+    from tunelab.runs.rundir import RunDir
+
+    tpl = RunDir(run).template_path
     if not tpl.exists():
         return None
     try:

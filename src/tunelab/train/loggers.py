@@ -141,7 +141,7 @@ class MetricsLogger:
         """The train section of the run's config.yaml ({} when there is none)."""
         import yaml
 
-        p = self.run.path / "config.yaml"
+        p = self.run.config_path
         try:
             cfg = yaml.safe_load(p.read_text(encoding="utf-8")) if p.exists() else None
         except (OSError, yaml.YAMLError):

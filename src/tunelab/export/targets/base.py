@@ -108,7 +108,9 @@ class Target:
 
     def default_folder(self, run: Path, quant: str) -> Path:
         """RUN/export/<name>-<quant>."""
-        return Path(run) / "export" / f"{self.name}-{quant}"
+        from tunelab.runs.rundir import RunDir
+
+        return RunDir(run).export_dir / f"{self.name}-{quant}"
 
     def start(self, job: Export) -> ExportResult:
         """Refuse what can be refused cheaply (before any merging) and return the empty result."""

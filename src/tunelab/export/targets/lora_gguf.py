@@ -31,7 +31,9 @@ class LoraGgufTarget(Target):
     result_type = LoraGgufResult
 
     def default_folder(self, run: Path, quant: str) -> Path:
-        return Path(run) / "export" / "lora-gguf"
+        from tunelab.runs.rundir import RunDir
+
+        return RunDir(run).export_dir / "lora-gguf"
 
     def start(self, job: Export) -> LoraGgufResult:
         """Refuses a run without a LoRA adapter (full, freeze: a whole model)."""

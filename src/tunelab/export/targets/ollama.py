@@ -73,11 +73,11 @@ class OllamaTarget(GgufTarget):
         from tunelab.export.ollama import ollama_name, ollama_template
 
         rd = job.run
-        if not (rd.path / "template.json").is_file():
+        if not rd.template_path.is_file():
             raise TunelabError(f"run {rd.path} has no template.json", where="RUN",
                                hint="the run's prompt format is unknown: train it again")
         res = super().start(job)
-        res.template = ollama_template(Template.load(rd.path / "template.json"))
+        res.template = ollama_template(Template.load(rd.template_path))
         res.template_format, res.ollama_name = res.template.format, ollama_name(rd.path.name)
         return res
 
