@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.export.targets import push_targets
+from tunelab.runs.rundir import RunDir
 
 WHAT = ("adapter", *push_targets())  # adapter, then the export targets' `push_as` names (merged, gguf)
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
@@ -130,15 +131,15 @@ def _report_section(report: str) -> list[str]:
 def validation_figures(run_dir: Path) -> tuple[float | None, float | None, str]:
     """(base, tuned, source) validation loss: report.md's base / final rows, else the first and last
     val_loss of metrics.jsonl (then `base` is the first evaluation, not the untrained model's)."""
-    report = run_dir / "report.md"
+    report, metrics = RunDir(run_dir).report_path, RunDir(run_dir).metrics_path
     text = report.read_text(encoding="utf-8") if report.is_file() else ""
     base = re.search(r"^\| base \| ([-\d.]+) \|", text, re.M)
     tuned = re.search(r"^\| (?:final \(kept\)|tuned) \| ([-\d.]+) \|", text, re.M)
     if base and tuned:
         return float(base.group(1)), float(tuned.group(1)), "report.md"
     rows = []
-    if (run_dir / "metrics.jsonl").is_file():
-        for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
             try:
                 r = json.loads(line)
             except ValueError:
@@ -150,11 +151,16 @@ def validation_figures(run_dir: Path) -> tuple[float | None, float | None, str]:
     return None, None, ""
 
 
-def model_card(run_dir: str | Path, cfg: dict, what: str, repo_id: str, quant: str | None = None) -> str:
-    """README.md for the pushed repo: front matter, then what was trained, on what, and how it scored."""
+def model_card(run_dir: str | Path, cfg, what: str, repo_id: str, quant: str | None = None) -> str:
+    """README.md for the pushed repo: front matter, then what was trained, on what, and how it scored.
+    `cfg` is the run's RunConfig (`Run.config`); a config.yaml mapping is validated as `runs.open` does."""
+    from tunelab.config import RunConfig
     from tunelab.methods import method_of
+    from tunelab.runs.run import validate_raw
 
     run_dir = Path(run_dir)
+    typed = cfg if isinstance(cfg, RunConfig) else validate_raw(cfg, str(RunDir(run_dir).config_path))
+    cfg = typed.model_dump(mode="json")  # every key present: nothing below falls back on a default
     model, method, data, train = (cfg.get(k) or {} for k in ("model", "method", "data", "train"))
     name, mname, task = model.get("name", "?"), method.get("name", "lora"), cfg.get("task") or "sft"
     mo = method_of(mname)
@@ -180,12 +186,13 @@ def model_card(run_dir: str | Path, cfg: dict, what: str, repo_id: str, quant: s
         m += (f" (r={method.get('r')}, alpha={method.get('alpha'):g}, targets {method.get('target_modules')}, "
               f"last {method.get('layers')} layers)")
         if mo.quantized_base:
-            qt = method.get("quant_type", "nf4")
+            qt = method["quant_type"]
             m += " on its GGUF base's own quantized blocks" if qt == "gguf" else f" on a 4-bit {qt} base"
     lines.append(m)
     lines.append(f"- prompt template: `{data.get('template', 'auto')}`"
                  + (f"; system prompt: \"{data['system']}\"" if data.get("system") else ""))
-    report = (run_dir / "report.md").read_text(encoding="utf-8") if (run_dir / "report.md").is_file() else ""
+    report_path = RunDir(run_dir).report_path
+    report = report_path.read_text(encoding="utf-8") if report_path.is_file() else ""
     counts = re.search(r"([\d,]+) train / ([\d,]+) validation (\w+)", report)
     n_train, n_val, unit = counts.groups() if counts else (None, None, "examples")
     one = unit[:-1] if unit.endswith("s") else unit  # "1 example"
@@ -256,7 +263,7 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
             raise TunelabError("--quant does not apply to --what adapter", where="--quant",
                                hint="the adapter is pushed as trained; use --what merged or gguf to choose a type")
         if not rd.has_adapter:
-            raise TunelabError(f"run {rd.path} has no adapter (a {cfg.get('method', {}).get('name')} run)",
+            raise TunelabError(f"run {rd.path} has no adapter (a {rd.method} run)",
                                where="--what", hint="push the whole model: --what merged")
     else:
         quant = push_targets()[what].check_quant(quant)
@@ -267,7 +274,7 @@ def push_run(run: str | Path, repo_id: str, what: str = "adapter", private: bool
             shutil.copytree(rd.adapter_dir, folder, ignore=shutil.ignore_patterns("README.md"))
         else:
             export_run(rd.path, push_targets()[what].name, quant, out=folder)
-        (folder / "README.md").write_text(model_card(rd.path, cfg, what, repo_id, quant), encoding="utf-8")
+        (folder / "README.md").write_text(model_card(rd.path, rd.config, what, repo_id, quant), encoding="utf-8")
         files = [(p.relative_to(folder).as_posix(), p.stat().st_size) for p in sorted(folder.rglob("*")) if p.is_file()]
         try:
             url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
