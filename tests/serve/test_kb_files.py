@@ -123,3 +123,21 @@ def test_kb_routes_refuse_a_bad_upload_whole_and_delete_per_tenant(tmp_path):
         assert c.get("/studio/api/kbs", headers=h["alice"]).json()["data"] == []
         assert not (state.home / "kb-docs" / "alice" / "notes").exists()
         assert c.delete("/studio/api/kbs/notes", headers=h["alice"]).status_code == 404
+
+
+def test_an_indexing_error_names_no_server_path(tmp_path, monkeypatch):
+    from tunelab.serve.errors import APIError
+    from tunelab.serve.knowledge import ServingKnowledge
+    from tunelab.serve.state import ServeState
+
+    state = ServeState(home=tmp_path / "home", runs=tmp_path / "runs", kb=tmp_path / "kb")
+    docs = state.home / "kb-docs" / "alice" / "n"
+
+    def broken(*a, **kw):
+        raise TunelabError("cannot read file (Permission denied)", where=str(docs / "a.txt"))
+
+    monkeypatch.setattr("tunelab.rag.indexer.index", broken)
+    with pytest.raises(APIError) as e:
+        ServingKnowledge(state, "alice").create("n", [("a.txt", b"Ferries leave at nine.")])
+    assert e.value.message == "knowledge base 'n': a.txt: cannot read file (Permission denied)", e.value.message
+    assert not docs.exists()

@@ -17,7 +17,7 @@ from tunelab.errors import TunelabError
 from tunelab.serve import kb_files
 from tunelab.serve.embeddings import kb_root
 from tunelab.serve.errors import APIError, not_found
-from tunelab.serve.names import check_name, inside, safe_filename
+from tunelab.serve.names import check_name, hide_paths, inside, safe_filename
 from tunelab.serve.protocol.knowledge import (
     DocumentDeleted,
     KnowledgeBase,
@@ -69,8 +69,10 @@ class ServingKnowledge:
         try:  # all or nothing: a refused document is never kept (serve/kb_files.py)
             rep = kb_files.add_documents(docs, folder, [(n, d) for n, (_, d) in zip(names, uploads)],
                                          lambda: index([docs], directory=folder))
-        except TunelabError as e:
-            raise APIError(400, f"knowledge base '{name}': {e.one_line()}", param="files", code="index_failed") from None
+        except TunelabError as e:  # documents by their names, never by server paths
+            msg = e.one_line().replace(str(docs.resolve()) + "/", "").replace(str(docs) + "/", "")
+            msg = hide_paths(msg, self.state)
+            raise APIError(400, f"knowledge base '{name}': {msg}", param="files", code="index_failed") from None
         return KnowledgeBaseCreated(name=name, files=rep.files, chunks=rep.chunks_total, seconds=round(rep.seconds, 2))
 
     def docs(self, name: str) -> Path:
