@@ -33,8 +33,8 @@ def load(run: str | Path, device: str = "auto"):
     folder, not a run, an unfinished run, a reward run) raises a one-line TunelabError."""
     from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 
-    _, cfg = require_run(run, LOADABLE, "tunelab.load", where="run")
-    if (cfg.get("task") or "sft") in GENERATIVE_TASKS:
+    found, _ = require_run(run, LOADABLE, "tunelab.load", where="run")
+    if found.task in GENERATIVE_TASKS:
         from tunelab.infer.generate import Generator
 
         return Generator.from_run(run, device=device)

@@ -77,8 +77,11 @@ def servable_runs(state) -> dict[str, Path]:
 
 
 def adapter_rank(adapter_dir: Path) -> int:
-    """The largest rank of an adapter: `r` and its rank_pattern's values."""
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    """The largest rank of an adapter: `r` and its rank_pattern's values (adapter_config.json read and
+    checked by the one adapter reader, adapters/peft_files.py)."""
+    from tunelab.adapters.peft_files import read_adapter_config
+
+    cfg = read_adapter_config(adapter_dir)
     ranks = [int(cfg.get("r") or 8)] + [int(v) for v in (cfg.get("rank_pattern") or {}).values()]
     return max(ranks)
 

@@ -85,12 +85,12 @@ class OllamaTarget(GgufTarget):
         """Fill res.modelfile (the text) and res.checked (probe conversations verified on it)."""
         from tunelab.export.ollama import check_modelfile, choose_num_ctx, modelfile_text
 
-        num_ctx = choose_num_ctx((job.cfg.get("data") or {}).get("max_length"), model_context(model_dir))
+        num_ctx = choose_num_ctx(job.run.config.data.max_length, model_context(model_dir))
         res.modelfile = modelfile_text(gguf_name, res.template, num_ctx, job.temperature, run_name=job.run.path.name)
         res.checked = check_modelfile(res.modelfile, res.template.source)
 
     def check_only(self, job: Export, res: OllamaResult) -> OllamaResult:
-        base = (job.cfg.get("versions") or {}).get("model_path")
+        base = job.run.versions.get("model_path")
         self.modelfile(job, res, self.gguf_name(job), Path(base) if base else None)
         return res
 
