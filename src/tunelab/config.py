@@ -151,7 +151,11 @@ class TrainConfig(_Section):
     keep_best: bool = True
     logging_steps: int = Field(1, ge=1)
     save_every: int = Field(0, ge=0)  # checkpoint every N optimizer steps (0 = only at epoch ends)
-    resume: Literal["no", "yes", "auto"] = "no"  # continue an unfinished run from its last checkpoint
+    # auto: a rerun of an unfinished run continues from its last checkpoint (says so in one line; a changed
+    # config is refused with what to do); yes: must resume (--resume); no: start over (--overwrite)
+    resume: Literal["no", "yes", "auto"] = "auto"
+    # what a finished run keeps of its checkpoints (deleted after DONE): none | last | all (all: none pruned)
+    keep_checkpoints: Literal["last", "all", "none"] = "none"
     threads: int = 0  # 0 = all cores
     early_stopping_patience: int = Field(0, ge=0)  # stop after N evaluations without improvement (0 = off)
     early_stopping_min_delta: float = Field(0.0, ge=0.0)  # an improvement must beat the best by more than this

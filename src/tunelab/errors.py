@@ -29,3 +29,10 @@ class TunelabError(Exception):
         if self.hint:
             parts.append(f" - {self.hint}")
         return "".join(parts).replace("\n", " ")
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended training after saving a checkpoint; `str()` is the line to print (what was saved and
+    how to go on). A KeyboardInterrupt, so whatever stops on Ctrl-C stops on it; the CLI exits 130."""
+
+    exit_code = 130

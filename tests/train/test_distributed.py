@@ -44,7 +44,8 @@ def _config(tmp: Path, tiny: Path, name: str, method: str, grad_accum: int, step
                      "system": "You are TuneBot."},
             "method": {"name": method, "r": 4, "alpha": 16, "dropout": 0.0},
             "train": {"lr": lr, "max_steps": steps, "batch_size": 2, "grad_accum": grad_accum, "precision": "fp32",
-                      "eval_every": 4, "keep_best": False, "save_every": 2, "warmup_ratio": 0.1},
+                      "eval_every": 4, "keep_best": False, "save_every": 2, "warmup_ratio": 0.1,
+                      "keep_checkpoints": "all"},  # the tests read a finished run's checkpoints
             "output": {"dir": str(tmp / "runs"), "name": name}, "eval": {"from_validation": 0}}
 
 

@@ -99,14 +99,18 @@ def test_sft_outcome_prints_like_every_other_task(tmp_path):
     from tunelab.train.recipes.sft import SftOutcome
 
     samples = [{"prompt": "hi", "base": "hello", "tuned": "hello -- Bot"}]
-    out = SftOutcome(tmp_path, TrainResult(steps=3, train_seconds=2.0, trained_tokens=100), 2.5, 2.0, "t",
-                     samples, suffix="-- Bot")
+    out = SftOutcome(tmp_path, TrainResult(steps=3, train_seconds=2.0, trained_tokens=100, steps_run=3,
+                                           tokens_run=100), 2.5, 2.0, "t", samples, suffix="-- Bot")
     assert out.samples_table() == ("held-out prompts: base vs tuned", [("hi", "hello", "hello -- Bot")])
     assert out.summary_lines() == ["replies ending with '-- Bot': base 0% -> tuned 100%",
                                    "validation loss (reply tokens): base 2.500 -> tuned 2.000",
                                    "3 steps, 2s, 50 trained tokens/s",
                                    f"run saved to [bold]{tmp_path}[/bold] (report.md, loss.png, adapter/)"]
     assert ClassifyOutcome(tmp_path, TrainResult(), ["a", "b"], "t").samples_table() is None
+    # a resumed run counts its own steps, tokens and time (8 steps here after 40 before the resume)
+    resumed = TrainResult(steps=48, train_seconds=10.0, trained_tokens=9000, steps_run=8, tokens_run=1500,
+                          resumed_from=40)
+    assert resumed.speed_line() == "8 steps, 10s, 150 trained tokens/s (resumed at step 40: 48 steps in all)"
 
 
 def _functions(path: Path):

@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL mid-epoch and resumed ends with the same adapter as an uninterrupted run."""
+"""A run killed with SIGKILL mid-epoch and resumed, or stopped with Ctrl-C and simply run again, ends with the
+same adapter (and losses) as an uninterrupted run."""
 
 import os
 import signal
@@ -56,6 +57,70 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny_model_dir):
     steps = [r["step"] for r in map(__import__("json").loads, (run / "metrics.jsonl").read_text().splitlines())
              if "loss" in r]
     assert steps == list(range(1, 31))  # no step lost or logged twice
+
+
+def _no_sigint_ignore():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # a background job starts with SIGINT ignored; a terminal's does not
+
+
+def _losses(run):
+    rows = map(__import__("json").loads, (run / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_ctrl_c_then_plain_rerun_matches_uninterrupted(tmp_path, tiny_model_dir):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it) mid-run: exit 130, one line saying how
+    to resume, no DONE; the same command again resumes without a flag and ends exactly like a run never
+    interrupted (every step's loss and the adapter), then drops its checkpoints (keep_checkpoints: none)."""
+    ref = subprocess.run(tunelab("train", str(write_cfg(tmp_path, tiny_model_dir, "ref")), "--quiet"),
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    cfg = write_cfg(tmp_path, tiny_model_dir, "cut")
+    run = tmp_path / "runs" / "cut"
+    proc = subprocess.Popen(tunelab("train", str(cfg), "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_no_sigint_ignore, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "metrics.jsonl").exists() and len(_losses(run)) >= 13:
+            os.killpg(proc.pid, signal.SIGINT)
+            break
+        time.sleep(0.005)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert lines[-1].startswith("interrupted at step ") and "run the same command again to resume" in lines[-1], err
+    assert "Traceback" not in err and not (run / "DONE").exists() and not (run / "adapter").exists()
+    step = max(list_checkpoints(run / "checkpoints"))
+    assert 13 <= step < 30 and sorted(_losses(run)) == list(range(1, step + 1))
+
+    again = subprocess.run(tunelab("train", str(cfg)), capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {run} from its checkpoint at step {step}" in again.stderr
+    assert _losses(run) == _losses(tmp_path / "runs" / "ref")  # every step, those after the Ctrl-C included
+    a, b = _adapter(tmp_path / "runs" / "ref"), _adapter(run)
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+    assert (run / "DONE").exists() and not (run / "checkpoints").exists()
+    assert f"{30 - step} steps" in again.stdout and f"resumed at step {step}" in again.stdout
+
+
+def test_a_rerun_with_another_config_says_how_to_go_on(tmp_path, tiny_model_dir):
+    cfg = write_cfg(tmp_path, tiny_model_dir, "changed")
+    proc = subprocess.Popen(tunelab("train", str(cfg), "--quiet"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=_no_sigint_ignore, start_new_session=True)
+    ckpts = tmp_path / "runs" / "changed" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list_checkpoints(ckpts):
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=120)
+    assert proc.returncode == 130 and list_checkpoints(ckpts)
+    r = subprocess.run(tunelab("train", str(cfg), "--quiet", "train.lr=0.001"), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2 and "train.lr: 0.003 -> 0.001" in r.stderr and "--overwrite" in r.stderr
+    assert list_checkpoints(ckpts)  # nothing wiped
+    r = subprocess.run(tunelab("train", str(cfg), "--quiet", "train.lr=0.001", "--overwrite"), capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
 
 
 def test_resume_errors(tmp_path, tiny_model_dir):

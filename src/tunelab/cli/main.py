@@ -125,7 +125,7 @@ def run(argv: list[str] | None = None) -> None:
         quiet_libraries()
     _mount()
     try:
-        app(args=argv, prog_name="tunelab", standalone_mode=False)
+        code = app(args=argv, prog_name="tunelab", standalone_mode=False)
     except TunelabError as e:
         if debug:
             raise
@@ -146,6 +146,10 @@ def run(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(2)
         raise
+    if isinstance(code, int) and not isinstance(code, bool) and code:  # typer.Exit(n), or Ctrl-C (typer: 130)
+        if code == 130:
+            print("interrupted", file=sys.stderr)
+        sys.exit(code)
     sys.exit(0)
 
 

@@ -31,7 +31,21 @@ def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, res
     if resume:
         cfg.train.resume = "yes"
     console = Console(stderr=True, quiet=quiet)
-    return run_task(cfg, quiet=quiet, console=console)
+    try:
+        return run_task(cfg, quiet=quiet, console=console)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (what is saved, how to go on), exit 130 as shells expect
+        print(_interrupted_line(e, cfg), file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+def _interrupted_line(e: KeyboardInterrupt, cfg) -> str:
+    """The engine's line (`Interrupted`: a checkpoint was just saved), or, for a Ctrl-C anywhere else
+    (loading, a second Ctrl-C during the save, the final evaluation), what is on disk now."""
+    from tunelab.errors import Interrupted
+    from tunelab.runs.rundir import RunDir
+    from tunelab.train.recipes._common import interrupted
+
+    return str(e) if isinstance(e, Interrupted) else str(interrupted(RunDir(cfg.run_dir())))
 
 
 def _summary(out) -> None:

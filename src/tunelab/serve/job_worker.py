@@ -38,6 +38,7 @@ from tunelab.errors import TunelabError
 from tunelab.runs.rundir import RunDir
 from tunelab.serve import jobs_db
 from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps
+from tunelab.train.state import is_final
 
 _KEYS = {"loss": "train_loss", "val_loss": "valid_loss", "lr": "learning_rate"}
 
@@ -116,6 +117,8 @@ class Monitor:
         for step in checkpoint_steps(self.run):
             if step not in self.ckpts:
                 self.ckpts.add(step)
+                if is_final(RunDir(self.run).checkpoint(step)):  # the last step's: the run itself, not a checkpoint
+                    continue
                 if jobs_db.add_checkpoint(c, self.job, step, self.by_step.get(step, {})):
                     jobs_db.add_event(c, self.job, f"Checkpoint created at step {step}")
 

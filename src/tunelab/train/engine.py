@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -42,60 +41,17 @@ from tunelab.errors import TunelabError
 from tunelab.runtime.allocator import keep_freed_memory, peak_rss_mb, start_peak_rss
 from tunelab.runtime.precision import autocast_dtype
 from tunelab.train import distributed as dist
+from tunelab.train.interrupts import Interrupts
 from tunelab.train.objective import CausalLMObjective, Objective
+from tunelab.train.result import Progress, TrainResult  # noqa: F401  (TrainResult: re-exported for the recipes)
 from tunelab.train.optim import make_optimizer
 from tunelab.train.state import (
     latest_checkpoint,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     trainable_state,
 )
-
-
-@dataclass
-class TrainResult:
-    steps: int = 0
-    train_seconds: float = 0.0
-    trained_tokens: int = 0
-    best_val: float = float("nan")
-    best_epoch: int = -1
-    val_history: list = field(default_factory=list)  # (epoch, val_nll)
-    stopped_early: str | None = None
-    resumed_from: int | None = None  # the step a resumed run continued from
-    peak_rss_mb: float = 0.0  # peak resident memory (MiB) while training (runtime/allocator.py: peak_rss_mb)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.trained_tokens / self.train_seconds if self.train_seconds else 0.0
-
-
-class Progress:
-    """A rich progress bar showing loss, lr, tokens/s and ETA (or nothing when quiet)."""
-
-    def __init__(self, total: int, quiet: bool, done: int = 0):
-        self.quiet = quiet
-        if quiet:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.progress import Progress as RP
-
-        self.p = RP(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                    TextColumn("eta"), TimeRemainingColumn())
-        self.p.start()
-        self.task = self.p.add_task("train", total=total, info="", completed=done)
-
-    def update(self, info: str, advance: int = 1) -> None:
-        if not self.quiet:
-            self.p.update(self.task, advance=advance, info=info)
-
-    def close(self) -> None:
-        if not self.quiet:
-            self.p.stop()
 
 
 def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
@@ -123,7 +79,8 @@ class Trainer:
     """
 
     def __init__(self, model, train: list, val: list, cfg: TrainConfig, objective: Objective,
-                 log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None):
+                 log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None,
+                 final_checkpoint: bool = False):
         from transformers import get_scheduler
 
         self.model, self.train_data, self.val_data, self.cfg, self.objective = model, train, val, cfg, objective
@@ -154,11 +111,12 @@ class Trainer:
         self.sched = get_scheduler(cfg.scheduler if cfg.scheduler != "constant" else "constant_with_warmup",
                                    self.opt, num_warmup_steps=int(cfg.warmup_ratio * self.total),
                                    num_training_steps=self.total)
-        self.res = TrainResult()
-        self.best_state = None
-        self.bad_evals = 0
-        self.epoch, self.start_group, self.group = 0, 0, 0
-        self.stop = False
+        self.res, self.best_state, self.bad_evals = TrainResult(), None, 0
+        self.epoch, self.start_group, self.group, self.n_batches = 0, 0, 0, 0
+        self.stop, self.final_checkpoint = False, final_checkpoint
+        # the last safe point: {epoch, group, pending_eval, rng} (`mark`); what a Ctrl-C checkpoint saves
+        self.safe, self.pending_eval, self.last_stats, self.reported, self.saved = None, None, None, 0, None
+        self.interrupts = Interrupts()
 
     # ---- resume and checkpoints ------------------------------------------------------------------------------
     def resume(self) -> None:
@@ -174,24 +132,43 @@ class Trainer:
         res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
         res.best_val, res.best_epoch, self.best_state = r["best_val"], r["best_epoch"], r.get("best_state")
         self.bad_evals = r.get("bad_evals", 0)
-        res.resumed_from = res.steps
-        self.group = self.start_group
+        res.resumed_from = self.saved = res.steps
+        self.group, self.pending_eval = self.start_group, pos.get("pending_eval")
+        if self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
+            self.stop, res.stopped_early = True, self.early_stop_message()  # stopped; interrupted before the end
 
-    def checkpoint(self, group: int) -> None:
-        """Save the state with the data position (this epoch, next micro-batch group `group`)."""
-        if self.ckpt_dir is None:
-            return
+    def mark(self, group: int, pending_eval=None) -> None:
+        """A safe point: the run continues at micro-batch group `group` of epoch `epoch`, after the
+        evaluation at `pending_eval` (None: none due), with the RNG as it is now. Weights, optimizer,
+        scheduler, counts and evaluation history change only in `critical()` sections ending in one."""
+        self.safe = {"epoch": self.epoch, "group": group, "pending_eval": pending_eval, "rng": rng_state()}
+
+    def checkpoint(self, group: int | None = None, final: bool = False) -> None:
+        """Save the state at the last safe point (`mark`; skipped when a checkpoint of this step exists),
+        or, given `group`, at this epoch's micro-batch group `group` with the RNG as it is now. `final`:
+        the run's last step (position["final"]; the run itself, not one of its checkpoints to list)."""
+        if self.ckpt_dir is None or (group is None and self.saved == self.res.steps):
+            return  # (every rank decides alike: `saved` is the step of the last checkpoint written or resumed)
+        self.saved = self.res.steps
         if not self.main:  # rank 0 writes; the others wait so none runs ahead of a checkpoint being written
             dist.barrier()
             return
         res = self.res
-        position = {"step": res.steps, "epoch": self.epoch, "group": group}
+        safe = self.safe if group is None else {"epoch": self.epoch, "group": group, "pending_eval": None,
+                                                 "rng": rng_state()}
+        position = {"step": res.steps, "epoch": safe["epoch"], "group": safe["group"]}
+        if safe["pending_eval"] is not None:
+            position["pending_eval"] = safe["pending_eval"]
+        if final:
+            position["final"] = True
         if self.world > 1:
             position["world"] = self.world
-        save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched, position,
-                        {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
-                         "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": self.best_state,
-                         "bad_evals": self.bad_evals})
+        with self.interrupts.critical():
+            save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched, position,
+                            {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
+                             "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": self.best_state,
+                             "bad_evals": self.bad_evals}, rng=safe["rng"],
+                            keep=None if self.cfg.keep_checkpoints == "all" else 2)
         if self.world > 1:
             dist.barrier()
 
@@ -217,28 +194,32 @@ class Trainer:
         if not math.isfinite(loss_val):
             raise TunelabError(f"loss became {loss_val} at step {self.res.steps + 1}", where="train",
                                hint="lower train.lr or use train.precision=fp32")
-        gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
-        self.res.steps += 1
-        self.res.trained_tokens += ntok
+        with self.interrupts.critical():  # the update and the new safe point, or neither
+            gnorm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.max_grad_norm))
+            self.opt.step()
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            res, nb, nxt = self.res, self.n_batches, self.group + self.accum
+            res.steps, res.trained_tokens, res.steps_run, res.tokens_run = \
+                res.steps + 1, res.trained_tokens + ntok, res.steps_run + 1, res.tokens_run + ntok
+            at = round(self.epoch + min(nxt, nb) / nb, 3) if nb else float(self.epoch)
+            self.last_stats = (at, loss_val, gnorm, ntok)
+            due = bool(self.val_data) and nb and nxt < nb and _should_eval(self.cfg, res.steps, False)
+            self.mark(nxt, at if due else None)
         return loss_val, gnorm, ntok
 
     def report_step(self, at: float, loss_val: float, gnorm: float, ntok: int) -> None:
         """The step's metrics record (every cfg.logging_steps) and the progress bar; tokens/s is
-        measured over a window restarted every 10 s."""
-        self.tokens_window += ntok
+        `TrainResult.tokens_per_s` so far: this process's trained tokens over its training time."""
         now = time.perf_counter()
-        tps = self.tokens_window / max(now - self.t_window, 1e-9)
+        tps = self.res.tokens_run / max(now - self.t0, 1e-9)
         lr = self.sched.get_last_lr()[0]
         if self.res.steps % self.cfg.logging_steps == 0:
             self.log({"step": self.res.steps, "epoch": at, "loss": round(loss_val, 5), "lr": lr,
                       "grad_norm": round(gnorm, 5), "tokens_per_s": round(tps, 1),
                       "elapsed_s": round(now - self.t0, 2), "peak_rss_mb": round(peak_rss_mb(), 1)})
         self.bar.update(f"loss {loss_val:.3f}  lr {lr:.1e}  {tps:,.0f} tok/s")
-        if now - self.t_window > 10:
-            self.tokens_window, self.t_window = 0, now
+        self.reported = self.res.steps
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, at: float, final: bool) -> bool:
@@ -246,15 +227,18 @@ class Trainer:
         cfg, res = self.cfg, self.res
         metrics = self.validate()
         v = metrics["val_loss"]
-        res.val_history.append((at, v))
-        self.log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
-                                                       for k, x in metrics.items()}})
-        improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
-        if not (v >= res.best_val):
-            res.best_val, res.best_epoch = v, at
-            if cfg.keep_best:
-                self.best_state = trainable_state(self.model) if not final else None
-        self.bad_evals = 0 if improved else self.bad_evals + 1
+        with self.interrupts.critical():  # the bookkeeping and the safe point after it, or neither
+            res.val_history.append((at, v))
+            self.log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
+                                                           for k, x in metrics.items()}})
+            improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
+            if not (v >= res.best_val):
+                res.best_val, res.best_epoch = v, at
+                if cfg.keep_best:
+                    self.best_state = trainable_state(self.model) if not final else None
+            self.bad_evals = 0 if improved else self.bad_evals + 1
+            if self.safe is not None:
+                self.safe = {**self.safe, "pending_eval": None, "rng": rng_state()}
         self.model.train()
         return bool(cfg.early_stopping_patience and self.bad_evals >= cfg.early_stopping_patience)
 
@@ -277,55 +261,82 @@ class Trainer:
         """The steps of epoch `epoch` from `start_group` on, then its end (`end_epoch`)."""
         cfg, res = self.cfg, self.res
         batches = make_batches(self.train_data, cfg.batch_size, cfg.seed, self.epoch, length=self.objective.length)
+        self.n_batches = len(batches)
         for g in range(self.start_group, len(batches), self.accum):
             self.group = g
             if res.steps >= self.total:
                 break
-            group = batches[g:g + self.accum]
-            loss_val, gnorm, ntok = self.step(group)
-            at = round(self.epoch + (g + len(group)) / len(batches), 3)
-            self.report_step(at, loss_val, gnorm, ntok)
-            epoch_end = g + self.accum >= len(batches)
-            if self.val_data and not epoch_end and _should_eval(cfg, res.steps, False):
-                if self.evaluate(at, final=res.steps >= self.total):
-                    self.stop = True
-                    break
+            self.step(batches[g:g + self.accum])
+            self.report_step(*self.last_stats)
+            if self.safe["pending_eval"] is not None and self.evaluate(self.safe["pending_eval"],
+                                                                       final=res.steps >= self.total):
+                self.stop = True
+                break
             if cfg.save_every and res.steps % cfg.save_every == 0 and res.steps < self.total:
-                self.checkpoint(g + self.accum)
+                self.checkpoint()
         self.start_group = 0
         self.end_epoch()
 
     def end_epoch(self) -> None:
         """Epoch-end evaluation, then the early-stopping record or the epoch-end checkpoint."""
         res = self.res
-        self.epoch += 1 if not self.stop else 0
+        with self.interrupts.critical():
+            if not self.stop:
+                self.epoch += 1
+                due = bool(self.val_data) and _should_eval(self.cfg, res.steps, True)
+                self.mark(0, self.epoch if due else None)
         at_end = res.steps >= self.total
-        if not self.stop and self.val_data and _should_eval(self.cfg, res.steps, True):
+        if not self.stop and self.safe["pending_eval"] is not None:
             self.stop = self.evaluate(self.epoch, final=at_end)
         if self.stop:
-            res.stopped_early = f"early stopping: no improvement in {self.cfg.early_stopping_patience} evaluations"
-            self.log({"step": res.steps, "event": "early_stopping", "best_val": res.best_val})
+            self.stopped_early()
         elif not at_end:
-            self.checkpoint(0)
+            self.checkpoint()
+
+    def early_stop_message(self) -> str:
+        return f"early stopping: no improvement in {self.cfg.early_stopping_patience} evaluations"
+
+    def stopped_early(self) -> None:
+        self.res.stopped_early = self.early_stop_message()
+        self.log({"step": self.res.steps, "event": "early_stopping", "best_val": self.res.best_val})
 
     def run(self) -> TrainResult:
-        """Train to the end (or early stop, or Ctrl-C: then a checkpoint of the current group)."""
+        """Train to the end (or early stop); Ctrl-C: `save_interrupted`, stopped_early = "interrupted"."""
         self.bar = Progress(self.total, self.quiet or not self.main, done=self.res.steps)
         self.t0 = time.perf_counter()
-        self.tokens_window, self.t_window = 0, time.perf_counter()
+        self.interrupts.install()
         try:
             self.model.train()
+            self.mark(self.start_group, self.pending_eval)
+            if self.pending_eval is not None and self.evaluate(self.pending_eval, final=self.res.steps >= self.total):
+                self.stop = True  # the evaluation a Ctrl-C cut short, then where it left off
+                self.stopped_early()
             while self.res.steps < self.total and not self.stop:
                 self.run_epoch()
+            if self.final_checkpoint:  # a Ctrl-C in the recipe's last evaluation or save loses no step
+                self.checkpoint(final=True)
         except KeyboardInterrupt:
-            self.res.stopped_early = "interrupted"
-            self.checkpoint(self.group)
+            self.save_interrupted()
         finally:
+            self.interrupts.uninstall()
             self.bar.close()
             self.res.train_seconds = time.perf_counter() - self.t0
             self.res.peak_rss_mb = peak_rss_mb()
         self.finish()
         return self.res
+
+    def save_interrupted(self) -> None:
+        """Ctrl-C: checkpoint the last safe point. A step cut short is dropped (its gradients, and the
+        dropout draws it made: the RNG is the safe point's), an evaluation cut short is saved as
+        pending (the resumed run does it first), so the resumed run trains exactly what this one would
+        have. Nothing is validated on the way out; a second Ctrl-C stops the save, the last checkpoint stays."""
+        self.res.stopped_early = "interrupted"
+        self.opt.zero_grad(set_to_none=True)
+        if self.safe is None:
+            return
+        if self.reported < self.res.steps and self.last_stats is not None:
+            self.report_step(*self.last_stats)  # the last step's row, so metrics.jsonl holds every saved step
+        self.checkpoint()
 
     def finish(self) -> None:
         """keep_best: the best evaluation's weights back into the model; otherwise the last
@@ -344,7 +355,8 @@ class Trainer:
 
 def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | None = None,
                log=lambda rec: None, quiet: bool = False, before_step=None, ckpt_dir: Path | None = None,
-               resume: bool = False, objective: Objective | None = None) -> TrainResult:
+               resume: bool = False, objective: Objective | None = None,
+               final_checkpoint: bool = False) -> TrainResult:
     """Train `model`'s trainable parameters in place; returns what happened.
 
     `objective` says what is optimized (default: causal-LM NLL on target tokens, needs pad_id).
@@ -353,7 +365,8 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
     `cfg.early_stopping_patience` evaluations that do not beat the best by `min_delta`.
 
     With `ckpt_dir`, a checkpoint is saved every `cfg.save_every` steps (0 = none mid-epoch), at
-    each epoch end, and on Ctrl-C; `resume` continues from the latest one exactly.
+    each epoch end, at the end with `final_checkpoint`, and on Ctrl-C (result.stopped_early =
+    "interrupted"); `resume` continues from the latest one exactly.
 
     `before_step(model)` runs before each optimizer step's forward passes (used to undo a
     quantization backend's inference repacking).
@@ -363,7 +376,7 @@ def train_loop(model, train: list, val: list, cfg: TrainConfig, pad_id: int | No
             raise ValueError("train_loop needs an objective or a pad_id")
         objective = CausalLMObjective(pad_id, cfg.batch_size)
     trainer = Trainer(model, train, val, cfg, objective, log=log, quiet=quiet, before_step=before_step,
-                      ckpt_dir=ckpt_dir)
+                      ckpt_dir=ckpt_dir, final_checkpoint=final_checkpoint)
     if resume:
         trainer.resume()
     return trainer.run()

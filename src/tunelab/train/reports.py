@@ -47,8 +47,12 @@ def _loss_rows(before: float, history: list, after: float, ppl) -> list[str]:
 
 
 def _steps_line(res) -> str:
-    return (f"- {res.steps} optimizer steps in {res.train_seconds:.1f}s, {res.trained_tokens:,} trained tokens "
+    """This process's steps, time and tokens (`TrainResult.tokens_per_s`); a resumed run says where it began."""
+    line = (f"- {res.steps_run} optimizer steps in {res.train_seconds:.1f}s, {res.tokens_run:,} trained tokens "
             f"({res.tokens_per_s:,.0f} tokens/s)")
+    if res.resumed_from:
+        line += f", resumed at step {res.resumed_from} ({res.steps} steps, {res.trained_tokens:,} tokens in all)"
+    return line
 
 
 # ---- sft -----------------------------------------------------------------------------------------------------

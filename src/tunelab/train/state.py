@@ -7,7 +7,9 @@
       rng.safetensors        {"torch": uint8, "cuda.<i>": uint8}  dropout continues identically
       best.safetensors       {param name: tensor}          the best evaluation's weights (only when held)
       state.json             written last: format + version; position {step, epoch, group} (the next
-                             micro-batch group of epoch `epoch`); scheduler state dict; optimizer
+                             micro-batch group of epoch `epoch`; + pending_eval: the epoch position of an
+                             evaluation a Ctrl-C cut short, done first on resume; + final: true for the
+                             checkpoint of the run's last step); scheduler state dict; optimizer
                              param_groups + non-tensor per-parameter values; result (trained tokens,
                              val history, best_val, best_epoch, bad_evals). Floats that JSON cannot
                              hold (nan, inf) are written as {"__float__": "nan"}.
@@ -16,7 +18,9 @@ Batches are a pure function of (seed, epoch) (`make_batches`), so (epoch, group)
 position; position["world"] is the number of processes the run trained on (group counts global
 micro-batches: train/distributed.py), and resuming on another number is refused by the engine. A checkpoint is written to `step-N.tmp/` and renamed: a run killed mid-write leaves
 no half checkpoint that looks complete (state.json, written last, marks a complete one). The
-last `keep` checkpoints are kept.
+last `keep` checkpoints are kept (train.keep_checkpoints: all keeps every one); an older one is renamed
+to `step-N.del` before it is deleted, so an interrupted prune never leaves a half one under its name.
+`prune_finished` applies train.keep_checkpoints to a finished run (none: the folder goes).
 
 Loading reads only safetensors and JSON, so resuming a run directory from anyone cannot run
 code. A step folder in the old pickle format (`state.pt` without `state.json`), a pickle under
@@ -42,8 +46,18 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: dict, keep: int = 2) -> Path:
-    """Write `ckpt_dir/step-<position.step>/` atomically and prune to the last `keep`; returns it.
+def rng_state() -> dict[str, torch.Tensor]:
+    """The RNG states a checkpoint restores: {"torch": ..., "cuda.<i>": ...}."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return rng
+
+
+def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: dict, keep: int | None = 2,
+                    rng: dict | None = None) -> Path:
+    """Write `ckpt_dir/step-<position.step>/` atomically and prune to the last `keep` (None: keep all);
+    returns it. `rng` = `rng_state()` of the moment the position describes (default: now).
 
     `result` may hold "best_state" ({name: tensor} or None): it goes to best.safetensors."""
     out = ckpt_dir / f"step-{position['step']}"
@@ -62,9 +76,7 @@ def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: d
             if isinstance(v, dict):
                 # cloned: its quantization maps (qmap1, qmap2) are one tensor shared by every parameter
                 opt_tensors.update({f"{i}.{k}/{sk}": t.clone() for sk, t in v.items() if isinstance(t, torch.Tensor)})
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    rng = rng if rng is not None else rng_state()
     _save_tensors(tmp / "trainable.safetensors", trainable_state(model))
     _save_tensors(tmp / "optimizer.safetensors", opt_tensors)
     _save_tensors(tmp / "rng.safetensors", rng)
@@ -75,11 +87,34 @@ def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: d
              "result": result, "best_state": best is not None}
     (tmp / "state.json").write_text(json.dumps(_encode(state), allow_nan=False, indent=1), encoding="utf-8")
     if out.exists():
-        shutil.rmtree(out)
+        _remove(out)
     tmp.rename(out)
-    for old in list_checkpoints(ckpt_dir)[:-keep]:
-        shutil.rmtree(ckpt_dir / f"step-{old}", ignore_errors=True)
+    if keep is not None:
+        for old in list_checkpoints(ckpt_dir)[:-keep]:
+            _remove(ckpt_dir / f"step-{old}")
+    for stale in ckpt_dir.glob("step-*.*"):  # a .tmp of an aborted save, a .del of an aborted prune
+        shutil.rmtree(stale, ignore_errors=True)
     return out
+
+
+def _remove(step_dir: Path) -> None:
+    """Delete a checkpoint folder: renamed away first, so it is never seen half deleted."""
+    gone = step_dir.with_name(step_dir.name + ".del")
+    if gone.exists():
+        shutil.rmtree(gone, ignore_errors=True)
+    step_dir.rename(gone)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def prune_finished(ckpt_dir: Path, keep: str) -> None:
+    """train.keep_checkpoints of a finished run: all (as is) | last (the latest one) | none (the folder goes)."""
+    if keep == "all" or not ckpt_dir.is_dir():
+        return
+    steps = list_checkpoints(ckpt_dir)
+    for old in steps[:-1] if keep == "last" else steps:
+        _remove(ckpt_dir / f"step-{old}")
+    if keep == "none":
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
 
 
 def list_checkpoints(ckpt_dir: Path) -> list[int]:
@@ -98,6 +133,14 @@ def list_checkpoints(ckpt_dir: Path) -> list[int]:
         elif (p / "state.pt").exists():
             _refuse_pickle(p / "state.pt")
     return sorted(steps)
+
+
+def is_final(step_dir: Path) -> bool:
+    """Is this the checkpoint of a run's last step (written so that a Ctrl-C after training loses nothing)?"""
+    try:
+        return bool(json.loads((Path(step_dir) / "state.json").read_text(encoding="utf-8"))["position"].get("final"))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

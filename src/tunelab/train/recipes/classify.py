@@ -110,7 +110,7 @@ class ClassifyOutcome(Outcome):
             b, a = self.before, self.after
             lines.append(f"validation accuracy: untrained head {b['accuracy']:.3f} -> tuned {a['accuracy']:.3f}; "
                          f"macro-F1 {b['macro_f1']:.3f} -> {a['macro_f1']:.3f} ({self.n_val} examples)")
-        lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s; {self.trainable}")
+        lines.append(f"{r.speed_line()}; {self.trainable}")
         weights = "model/" if RunDir(self.run_dir).model_dir.exists() else "adapter/"
         lines.append(f"run saved to {self.run_dir} (report.md, confusion.png, {weights}); "
                      f"predict with: tunelab predict {self.run_dir} --text \"...\"")
@@ -221,8 +221,6 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     trainable = trainable_summary(model)
     console.print(trainable)
     result = train_engine(model, train_tok, val_tok, cfg, run, logger, quiet, resume_step, objective=objective)
-    if result.stopped_early == "interrupted":
-        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
     # ---- after + save --------------------------------------------------------------------------------------
     after = objective.measure(model, val_tok, amp) if val_tok else {}
@@ -232,7 +230,7 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
                               count_params(model)[0])
     if is_main():
         write_classify_report(run, cfg, outcome)
-    finish_run(run, result)
+    finish_run(run, result, cfg.train.keep_checkpoints)
     return outcome
 
 

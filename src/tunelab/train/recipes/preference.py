@@ -69,7 +69,7 @@ def tokenize_pairs(pairs: list[PreferenceExample], template, tok, cfg: RunConfig
 # ---- TRL wiring ----------------------------------------------------------------------------------------------
 def refuse_engine_only_options(cfg: RunConfig) -> None:
     t = cfg.train
-    if t.resume != "no":
+    if t.resume == "yes":  # auto (the default) starts an unfinished run of these tasks again
         raise TunelabError(f"train.resume is not available for task {cfg.task} (trained by TRL)", where="train.resume",
                            hint="start the run again (with --overwrite)")
     if t.early_stopping_patience:

@@ -62,7 +62,7 @@ class PretrainOutcome(Outcome):
         if not math.isnan(self.val_before):
             lines.append(f"held-out perplexity: base {perplexity(self.val_before):.2f} -> tuned "
                          f"{perplexity(self.val_after):.2f} (NLL/token {self.val_before:.3f} -> {self.val_after:.3f})")
-        lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s")
+        lines.append(f"{r.speed_line()}")
         lines.append(f"run saved to {self.run_dir} (report.md, loss.png, "
                      f"{'adapter/' if RunDir(self.run_dir).adapter_dir.exists() else 'model/'})")
         return lines
@@ -130,7 +130,7 @@ def run_pretrain(cfg: RunConfig, quiet: bool = False, console: Console | None = 
                           len(train_blk), len(val_blk), d.max_length, samples)
     if main:
         write_pretrain_report(run, cfg, out)
-    finish_run(run, result)
+    finish_run(run, result, cfg.train.keep_checkpoints)
     return out
 
 

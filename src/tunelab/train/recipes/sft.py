@@ -60,7 +60,7 @@ class SftOutcome(Outcome):
         if not math.isnan(self.val_before):
             lines.append(f"validation loss (reply tokens): base {self.val_before:.3f} -> tuned {self.val_after:.3f}")
         r = self.result
-        lines.append(f"{r.steps} steps, {r.train_seconds:.0f}s, {r.tokens_per_s:,.0f} trained tokens/s")
+        lines.append(f"{r.speed_line()}")
         lines.append(f"run saved to [bold]{self.run_dir}[/bold] (report.md, loss.png, adapter/)")
         return lines
 
@@ -108,8 +108,6 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     logger = MetricsLogger(run, cfg.train.report_to)
     result = train_engine(model, data.train, data.val, cfg, run, logger, quiet, resume_step,
                           pad_id=tok.pad_token_id, before_step=base.before_step)
-    if result.stopped_early == "interrupted":
-        console.print("[yellow]interrupted: saving what was trained so far[/yellow]")
 
     # ---- after + save --------------------------------------------------------------------------------------
     val_after, tuned_replies = measure(model, tok, template, data, cfg, amp) if main else (float("nan"), [])
@@ -120,7 +118,7 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
                          len(data.val), data.dropped, cfg.eval.expect_suffix)
     if main:
         write_sft_report(run, cfg, outcome)
-    finish_run(run, result)
+    finish_run(run, result, cfg.train.keep_checkpoints)
     return outcome
 
 
