@@ -134,3 +134,26 @@ def test_keep_checkpoints_of_a_finished_run(tmp_path):
             assert not ckpts.exists()
         else:
             assert list_checkpoints(ckpts) == left and latest_checkpoint(ckpts).name == "step-5"
+
+
+class Slow(Toy):
+    def loss_sum(self, model, batch):
+        import time
+
+        time.sleep(0.01)
+        return super().loss_sum(model, batch)
+
+
+def test_tokens_per_s_is_this_process_steps_over_its_time(tmp_path):
+    """metrics.jsonl, the bar and the summary share one tokens/s: this process's trained tokens over its
+    time; a resumed run counts from its own start (8 tokens a step: 2 micro-batches of 4)."""
+    _, cut, _ = run(Slow("loss_sum", 10), tmp_path)
+    _, res, rows = run(Slow(), tmp_path, resume=True)
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(cut.steps + 1, 13))
+    for r in steps:
+        own = 8 * (r["step"] - cut.steps)  # tokens of this process's steps so far
+        assert abs(r["tokens_per_s"] * r["elapsed_s"] - own) <= r["tokens_per_s"] * 0.006 + 0.1  # elapsed_s: 2 digits
+    assert res.tokens_run == 8 * res.steps_run and res.trained_tokens == 8 * res.steps
+    assert res.tokens_per_s == pytest.approx(res.tokens_run / res.train_seconds)
+    assert res.speed_line().startswith(f"{12 - cut.steps} steps, ")
