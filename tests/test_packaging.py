@@ -66,6 +66,51 @@ def test_lora_run_does_not_import_bitsandbytes(tiny_model_dir, tmp_path):
         assert report["bnb_layer"] == "peft.tuners.lora.bnb.Linear4bit"
 
 
+# The inference commands on a plain LoRA run, each through the CLI entry point, in one fresh interpreter.
+INFER = r"""
+import json, sys
+from tunelab.cli.main import run
+
+run_dir, data, docs = sys.argv[1:4]
+codes = {}
+for name, argv in (("generate", ["generate", run_dir, "-p", "hi", "--max-new-tokens", "4"]),
+                   ("chat", ["chat", run_dir, "--max-new-tokens", "4"]),
+                   ("eval", ["eval", run_dir, "--data", data, "--max-new-tokens", "4", "--out", run_dir + "-eval"]),
+                   ("rag index", ["rag", "index", docs, "--kb", "notes"]),
+                   ("rag ask", ["rag", "ask", "notes", "hi", "--run", run_dir, "--max-new-tokens", "4", "-k", "1"])):
+    try:
+        run(argv)
+    except SystemExit as e:
+        codes[name] = e.code
+print("REPORT " + json.dumps({"codes": codes, "bnb": "bitsandbytes" in sys.modules}))
+"""
+
+
+def test_inference_of_a_lora_run_is_quiet_and_imports_no_bitsandbytes(tiny_run, tmp_path):
+    """eval, generate, chat and rag of a plain LoRA run: no bitsandbytes import (nor its CPU-kernel
+    lines); `generate` prints its answer and nothing else; third-party warnings only with --debug."""
+    import os
+
+    run = tiny_run(tmp_path, "lora", steps=1)
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "note.md").write_text("# Hours\n\nThe shop opens at nine.\n", encoding="utf-8")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TUNELAB_HOME": str(tmp_path / "home")}
+    proc = subprocess.run([sys.executable, "-c", INFER, str(run), str(tmp_path / "data" / "val.jsonl"), str(docs)],
+                          input="/quit\n", capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    assert report["codes"] == {k: 0 for k in ("generate", "chat", "eval", "rag index", "rag ask")}, proc.stderr[-3000:]
+    assert report["bnb"] is False
+    output = proc.stdout + proc.stderr
+    assert BNB_CPU_WARNING not in output and "kernels-community" not in output
+    assert "Warning" not in output and "WARN" not in output, output[-3000:]
+
+    gen = subprocess.run([sys.executable, "-m", "tunelab", "generate", str(run), "-p", "hi", "--max-new-tokens", "4"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+    assert gen.returncode == 0 and gen.stderr == "", gen.stderr  # nothing but the answer (on stdout)
+
+
 def _pyproject() -> dict:
     tomllib = pytest.importorskip("tomllib")
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))

@@ -17,6 +17,7 @@ import sys
 
 from tunelab.cli.app import app  # noqa: F401  (re-exported: tests and tools mount on it)
 from tunelab.errors import TunelabError
+from tunelab.quant import bnb_compat
 
 # commands that train: they run under the glibc malloc tunables of runtime/allocator.py (re-executed once).
 TRAINING_COMMANDS = ("train", "quickstart")
@@ -86,11 +87,18 @@ def _hide_flag_metavars() -> None:
     TyperOption.display_type_rich = display_type_rich
 
 
-def quiet_libraries() -> None:
-    """Silence library progress bars and info logs; tunelab prints its own."""
+def quiet_libraries(debug: bool = False) -> None:
+    """Silence library progress bars, info logs and warnings; tunelab prints its own. With --debug
+    (`debug`) the libraries' warnings and logs show as they would without tunelab."""
     import warnings
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    bnb_compat.defer_bitsandbytes_import()  # no bitsandbytes (nor its CPU-kernel lines) where nothing uses it
+    if debug:
+        return
+    os.environ.setdefault("LANCEDB_LOG", "error")  # lancedb (Rust) logs a WARN line when it creates a table
+    warnings.filterwarnings("ignore")  # third-party warnings: shown with --debug
+    warnings.filterwarnings("default", module=r"tunelab(\.|$)")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*requires_grad=True to a scalar.*")
     try:
@@ -122,7 +130,7 @@ def run(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     if "_TUNELAB_COMPLETE" not in os.environ:  # shell completion answers fast: no library imports
-        quiet_libraries()
+        quiet_libraries(debug)
     _mount()
     try:
         code = app(args=argv, prog_name="tunelab", standalone_mode=False)

@@ -7,8 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from tunelab.config import RunConfig
+from tunelab.quant import bnb_compat
 from tunelab.runs.kinds import GENERATIVE_TASKS, require_run
 from tunelab.runs.run import Run, validate_raw
+
+bnb_compat.defer_bitsandbytes_import()  # attach_adapter imports peft: a plain LoRA run never imports bitsandbytes
 
 
 def load_run(path: str | Path) -> tuple[Run, dict]:
