@@ -117,6 +117,24 @@ def test_hub_id_offline_is_one_clear_error(tmp_path):
     assert "local" in out[0] and out[0].startswith("data.train:")
 
 
+def test_hub_id_without_network_fails_fast_in_one_line(tmp_path):
+    """No HF_HUB_OFFLINE, but the hub's host does not resolve: one line at once, not a minute of retries."""
+    import time
+
+    code = ("from tunelab.data.sources import read_source\n"
+            "from tunelab.errors import TunelabError\n"
+            "try:\n    read_source('hf:someone/some-dataset')\n"
+            "except TunelabError as e:\n    print(e.one_line())\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                                             "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT="https://hub.tunelab-test.invalid", HF_HOME=str(tmp_path / "hf"))
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    out = r.stdout.strip().splitlines()
+    assert len(out) == 1 and "cannot reach the Hugging Face hub" in out[0], r.stdout + r.stderr
+    assert "Errno" not in r.stdout + r.stderr and time.monotonic() - t < 30  # imports included
+
+
 def test_bare_id_is_a_hub_id_only_when_no_such_path(tmp_path):
     from tunelab.data.sources import is_hub_id
 

@@ -21,15 +21,53 @@ def test_dir_without_config_is_rejected(tmp_path):
         resolve(str(tmp_path))
 
 
-def test_hub_id_passes_through_and_offline_load_fails_clearly():
+def test_hub_id_passes_through_and_offline_load_fails_clearly(monkeypatch):
+    from tunelab.models import hub_check
     from tunelab.models.load import load_causal_lm
 
-    rm = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
-    assert rm.source == "hub"
-    with pytest.raises(TunelabError) as e:
+    with monkeypatch.context() as m:  # online: the hub's host resolves
+        m.delenv("HF_HUB_OFFLINE", raising=False)
+        m.delenv("TRANSFORMERS_OFFLINE", raising=False)
+        m.setattr(hub_check, "host_resolves", lambda host, timeout=2.0: True)
+        rm = resolve("HuggingFaceTB/SmolLM2-135M-Instruct")
+        assert rm.source == "hub"
+    with pytest.raises(TunelabError) as e:  # offline (the tests' HF_HUB_OFFLINE), not cached: one line, at once
         load_causal_lm("HuggingFaceTB/SmolLM2-135M-Instruct")
     msg = str(e.value)
     assert "Hugging Face Hub" in msg and "alias" in msg and "\n" not in msg
+
+
+def test_a_hub_id_without_network_fails_in_two_seconds(monkeypatch):
+    """No network: the host is resolved first (a DNS that hangs is given 2 s), then one line."""
+    import socket
+    import time
+
+    from tunelab.models import hub_check
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_check, "cached", lambda repo, repo_type="model": False)
+    for dns in (lambda *a, **k: (_ for _ in ()).throw(socket.gaierror(-2, "Name or service not known")),
+                lambda *a, **k: time.sleep(30)):
+        monkeypatch.setattr(socket, "getaddrinfo", dns)
+        t = time.monotonic()
+        with pytest.raises(TunelabError) as e:
+            resolve("someorg/somemodel")
+        assert time.monotonic() - t < 2.5
+        msg = str(e.value)
+        assert msg.startswith("model.name: 'someorg/somemodel' is a Hugging Face Hub model id") and "\n" not in msg
+        assert "huggingface.co does not resolve" in msg and "Errno" not in msg
+
+
+def test_a_cached_hub_id_loads_offline_without_asking(monkeypatch):
+    import os
+
+    from tunelab.models import hub_check
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(hub_check, "host_resolves", lambda host, timeout=2.0: False)
+    monkeypatch.setattr(hub_check, "cached", lambda repo, repo_type="model": True)
+    assert resolve("someorg/somemodel").source == "hub" and os.environ["HF_HUB_OFFLINE"] == "1"
 
 
 def test_aliases_cover_the_embedded_models():

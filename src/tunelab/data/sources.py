@@ -153,6 +153,9 @@ def read_directory(d: Path, field: str, text_files: bool) -> list[Record]:
 
 def read_hub(name: str, split: str, field: str) -> list[Record]:
     """Rows of a Hugging Face hub dataset (needs the hub, or the datasets cache)."""
+    from tunelab.models.hub_check import go_offline_unless_reachable
+
+    go_offline_unless_reachable()  # no network: the cache or one line at once, not a minute of retries
     try:
         import datasets
 

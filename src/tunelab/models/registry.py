@@ -163,6 +163,9 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
     if p.exists():
         raise TunelabError(f"{name} is a file but not a .gguf model", where=where, hint="give a model folder or a .gguf file")
     if name.count("/") == 1 and not name.startswith((".", "/")):
+        from tunelab.models.hub_check import require_hub
+
+        require_hub(name, where)  # fails in 2 s, in one line, when the hub cannot be reached (models/hub_check.py)
         return ResolvedModel(name, name, "hub")
     from difflib import get_close_matches
 
