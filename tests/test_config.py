@@ -1,4 +1,5 @@
 import pytest
+from pathlib import Path
 
 from tunelab.config import apply_overrides, load_config
 from tunelab.errors import TunelabError
@@ -46,3 +47,39 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 def test_override_must_be_key_value():
     with pytest.raises(TunelabError, match="not key=value"):
         apply_overrides({}, ["train.lr"])
+
+
+def test_relative_input_paths_are_read_from_the_config_folder(tmp_path, monkeypatch, capsys):
+    """data paths resolve against the config file's folder; the working folder is a fallback with a
+    one-line deprecation note; output.dir stays relative to the working folder; a model folder next to
+    the config is found from anywhere."""
+    from tunelab.config import load_config
+    from tunelab.data.dataset import load_splits
+
+    proj, elsewhere = tmp_path / "proj", tmp_path / "elsewhere"
+    (proj / "data").mkdir(parents=True)
+    (proj / "tiny-model").mkdir()
+    (proj / "tiny-model" / "config.json").write_text("{}")
+    (proj / "data" / "train.jsonl").write_text('{"prompt": "q", "completion": "a"}\n' * 3)
+    cfg_path = proj / "c.yaml"
+    cfg_path.write_text("model: {name: tiny-model}\ndata: {train: data/train.jsonl}\noutput: {name: r}\n")
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(cfg_path)
+    train, _ = load_splits(cfg)
+    assert len(train) == 3 and cfg.model.name == str((proj / "tiny-model").resolve())
+    assert cfg.run_dir() == Path("runs") / "r"  # outputs: where you run tunelab
+    assert "note:" not in capsys.readouterr().err
+
+    (elsewhere / "old").mkdir()
+    (elsewhere / "old" / "train.jsonl").write_text('{"prompt": "q", "completion": "a"}\n' * 2)
+    cfg = load_config(cfg_path, ["data.train=old/train.jsonl"])
+    train, _ = load_splits(cfg)
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(train) == 2 and len(err) == 1
+    assert err[0].startswith("note: data.train: 'old/train.jsonl' was found in the working folder, not next to the config")
+    assert "deprecated" in err[0] and "'../elsewhere/old/train.jsonl'" in err[0]
+
+    cfg = load_config(cfg_path, ["data.train=missing.jsonl"])
+    with pytest.raises(TunelabError, match=str(proj / "missing.jsonl")):
+        load_splits(cfg)

@@ -205,7 +205,9 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
-    base_dir: str = "."  # folder relative data paths are read from (set to the config file's folder's project root)
+    base_dir: str = "."  # the working folder: output.dir is relative to it, and input paths fall back to it
+    # the config file's folder (load_config): relative input paths (data files, a model folder) are read from here
+    config_dir: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "RunConfig":
@@ -216,9 +218,21 @@ class RunConfig(_Section):
         return self
 
     def path(self, p: str) -> Path:
-        """Resolve a data path against base_dir."""
+        """Resolve a path against base_dir (the working folder; output.dir)."""
         q = Path(p).expanduser()
         return q if q.is_absolute() else Path(self.base_dir) / q
+
+    def input_base(self, p: str, field: str = "data.train") -> Path:
+        """The folder a relative input path `p` is read from: the config file's folder (config_dir) when
+        `p` exists there, else the working folder (base_dir) when it exists there, with a one-line
+        deprecation note (once per path), else the config's folder (the error names that path)."""
+        if self.config_dir is None or Path(p).expanduser().is_absolute():
+            return Path(self.base_dir)
+        here, work = Path(self.config_dir), Path(self.base_dir)
+        if not (here / p).exists() and (work / p).exists():
+            working_folder_note(field, p, here, work)
+            return work
+        return here
 
     def run_dir(self) -> Path:
         return self.path(self.output.dir) / self.output.name
@@ -292,8 +306,39 @@ def from_dict(data: dict, source: str = "config", text: str = "") -> RunConfig:
         raise TunelabError(err["msg"], where=where, hint="fix the value (see examples/configs/)") from None
 
 
+_NOTED: set = set()
+
+
+def working_folder_note(field: str, p: str, config_dir: Path, work: Path) -> None:
+    """Say once per path that it matched only in the working folder (the deprecated fallback)."""
+    import os
+    import sys
+
+    if (field, p) in _NOTED:
+        return
+    _NOTED.add((field, p))
+    better = os.path.relpath((work / p).resolve(), config_dir.resolve())
+    print(f"note: {field}: '{p}' was found in the working folder, not next to the config ({config_dir}); "
+          f"relative paths in a config are read from the config's folder, the working-folder fallback is "
+          f"deprecated - write '{better}' or an absolute path", file=sys.stderr)
+
+
+def _model_near_config(cfg: RunConfig) -> None:
+    """model.name as a folder or .gguf relative to the config's folder: made absolute when it is there
+    (an alias or hub id is left alone; one found only in the working folder gets the note)."""
+    name = cfg.model.name
+    if cfg.config_dir is None or Path(name).expanduser().is_absolute():
+        return
+    if (Path(cfg.config_dir) / name).exists():
+        cfg.model.name = str((Path(cfg.config_dir) / name).resolve())
+    elif (Path(cfg.base_dir) / name).exists() and ("/" in name or name.endswith(".gguf")):
+        working_folder_note("model.name", name, Path(cfg.config_dir), Path(cfg.base_dir))
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
-    """Load and validate a YAML config; relative data paths resolve against the current directory."""
+    """Load and validate a YAML config; relative input paths (data files, a model folder) are read from the
+    config file's folder, then from the working folder (deprecated, with a note); output.dir is relative
+    to the working folder."""
     p = Path(path)
     if not p.is_file():
         raise TunelabError(f"config file not found: {path}", hint="give a YAML file, e.g. examples/configs/quickstart.yaml")
@@ -307,7 +352,10 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     if not isinstance(data, dict):
         raise TunelabError("the config must be a mapping of sections", where=str(path), hint="see examples/configs/")
     data = apply_overrides(data, overrides or [])
-    return from_dict(data, source=str(path), text=text)
+    data.setdefault("config_dir", str(p.resolve().parent))
+    cfg = from_dict(data, source=str(path), text=text)
+    _model_near_config(cfg)
+    return cfg
 
 
 def as_config(config: str | Path | dict | RunConfig, overrides: list[str] | None = None) -> RunConfig:

@@ -2,8 +2,11 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 TUNELAB = [sys.executable, "-m", "tunelab"]
 
@@ -14,7 +17,7 @@ def cli_run(tmp_path_factory, tiny_model_dir):
     cfg = tmp / "c.yaml"
     cfg.write_text(f"""model: {{name: {tiny_model_dir}}}
 data:
-  train: examples/data/tunebot/train.jsonl
+  train: {ROOT}/examples/data/tunebot/train.jsonl
   val_split: 0.1
 method: {{name: lora, r: 4}}
 train: {{epochs: 1, batch_size: 16, lr: 0.003}}

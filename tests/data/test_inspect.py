@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from tunelab.config import from_dict
 from tunelab.data.inspect import histogram, inspect_config, template_warnings
 
@@ -39,7 +41,7 @@ def test_cli_inspect_shows_learned_tokens(tiny_model_dir, tmp_path):
     import sys
 
     p = tmp_path / "c.yaml"
-    p.write_text(f"model: {{name: {tiny_model_dir}}}\ndata:\n  train: examples/data/tunebot/train.jsonl\n")
+    p.write_text(f"model: {{name: {tiny_model_dir}}}\ndata:\n  train: {Path('examples/data/tunebot/train.jsonl').resolve()}\n")
     r = subprocess.run([sys.executable, "-m", "tunelab", "data", "inspect", str(p), "-n", "1", "--plot",
                         str(tmp_path / "h.png")], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr

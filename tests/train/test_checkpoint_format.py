@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -189,7 +190,7 @@ def test_pickle_or_damage_under_a_safetensors_name_is_refused(tmp_path):
 def test_cli_resume_of_a_pickle_checkpoint_exits_2_with_one_line(tmp_path, tiny_model_dir):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(f"""model: {{name: {tiny_model_dir}}}
-data: {{train: {TRAIN}, validation: {VAL}}}
+data: {{train: {Path(TRAIN).resolve()}, validation: {Path(VAL).resolve()}}}
 method: {{name: lora, r: 4}}
 train: {{max_steps: 8, batch_size: 4, save_every: 4}}
 output: {{dir: {tmp_path}/runs, name: old}}

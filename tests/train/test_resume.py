@@ -6,18 +6,21 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from safetensors.torch import load_file
 
 from tunelab.train.state import list_checkpoints
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_cfg(tmp_path, model_dir, name):
     p = tmp_path / f"{name}.yaml"
     p.write_text(f"""model: {{name: {model_dir}}}
 data:
-  train: examples/data/tunebot/train.jsonl
-  validation: examples/data/tunebot/validation.jsonl
+  train: {ROOT}/examples/data/tunebot/train.jsonl
+  validation: {ROOT}/examples/data/tunebot/validation.jsonl
 method: {{name: lora, r: 4, dropout: 0.1}}
 train: {{lr: 0.003, max_steps: 30, batch_size: 4, save_every: 3, seed: 7, precision: fp32}}
 output: {{dir: {tmp_path}/runs, name: {name}}}

@@ -61,7 +61,8 @@ def _load_spec(cfg: RunConfig, spec: DataSpec, field_name: str) -> list:
 def _read(cfg: RunConfig, spec: DataSpec, field_name: str):
     split = spec.split or ("validation" if field_name.startswith("data.validation") else "train")
     try:
-        return read_source(spec.path, cfg.path("."), field_name, text_files=cfg.task == "pretrain", split=split)
+        return read_source(spec.path, cfg.input_base(spec.path, field_name), field_name, text_files=cfg.task == "pretrain",
+                           split=split)
     except TunelabError as e:
         raise _named(e, field_name) from None
 
