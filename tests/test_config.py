@@ -83,3 +83,14 @@ def test_relative_input_paths_are_read_from_the_config_folder(tmp_path, monkeypa
     cfg = load_config(cfg_path, ["data.train=missing.jsonl"])
     with pytest.raises(TunelabError, match=str(proj / "missing.jsonl")):
         load_splits(cfg)
+
+
+def test_a_typo_in_an_override_is_blamed_on_the_command_line(tmp_path):
+    p = tmp_path / "capitals.yaml"
+    p.write_text("data: {train: x.jsonl}\n")
+    with pytest.raises(TunelabError) as e:
+        load_config(p, ["train.epoch=2"])
+    assert str(e.value).startswith("command line: train.epoch: unknown key") and "did you mean 'epochs'" in str(e.value)
+    p.write_text("data: {train: x.jsonl}\ntrain: {epoch: 2}\n")
+    with pytest.raises(TunelabError, match=r"capitals.yaml: train.epoch: unknown key"):
+        load_config(p, ["train.lr=1e-4"])

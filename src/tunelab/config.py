@@ -351,6 +351,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         raise TunelabError(f"invalid YAML ({getattr(e, 'problem', e)})", where=where) from None
     if not isinstance(data, dict):
         raise TunelabError("the config must be a mapping of sections", where=str(path), hint="see examples/configs/")
+    _check_keys(data, RunConfig, "", str(path))
+    _check_keys(apply_overrides({}, overrides or []), RunConfig, "", "command line")  # a typo there is not the file's
     data = apply_overrides(data, overrides or [])
     data.setdefault("config_dir", str(p.resolve().parent))
     cfg = from_dict(data, source=str(path), text=text)

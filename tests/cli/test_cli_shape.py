@@ -119,3 +119,16 @@ def test_run_reexecutes_for_quickstart_only_from_the_console(monkeypatch):
     with contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit):
         main.run()
     assert calls == [True]
+
+
+def test_models_keeps_every_alias_whole_at_80_columns():
+    import subprocess
+    import sys
+
+    from tunelab.models.registry import ALIASES
+
+    r = subprocess.run([sys.executable, "-m", "tunelab", "models"], capture_output=True, text=True, timeout=120,
+                       env={**__import__("os").environ, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stderr
+    for name in ALIASES:
+        assert name in r.stdout, name

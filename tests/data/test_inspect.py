@@ -90,3 +90,17 @@ def test_cli_inspect_classify_prints_label_counts_and_mixture_notes(tiny_model_d
     assert e.value.code == 0
     assert "classification (2 labels" in out and "neg" in out and "pos" in out
     assert "dedupe: dropped 1 exact duplicates" in out and "2 read, weight 1 -> 1 in train" in out
+
+
+def test_inspect_warns_about_control_characters(tmp_path, tiny_model_dir):
+    import json
+
+    rows = [{"prompt": "fine", "completion": "ok"}, {"prompt": "typo\bo here", "completion": "ok"},
+            {"prompt": "tab\tand\nnewline are text", "completion": "ok"}]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rep = inspect_config(from_dict({"model": {"name": str(tiny_model_dir)}, "data": {"train": str(tmp_path / "t.jsonl")}}))
+    bad = [w for w in rep.warnings if "control characters" in w]
+    assert len(bad) == 1 and bad[0].startswith("train: 1 example holds control characters")
+    assert "U+0008 BACKSPACE at " in bad[0] and "t.jsonl:2" in bad[0]
+    clean = from_dict({"model": {"name": str(tiny_model_dir)}, "data": {"train": "examples/data/tunebot/train.jsonl"}})
+    assert not [w for w in inspect_config(clean).warnings if "control characters" in w]

@@ -13,8 +13,9 @@ from tunelab.models.registry import ALIASES, model_cache_dir, package_dir
 def models_cmd() -> None:
     """List model aliases, where each comes from, and whether it is ready offline."""
     table = Table(title="tunelab models")
-    for col in ("alias", "task", "params", "offline source", "status", "hub id"):
-        table.add_column(col)
+    table.add_column("alias", no_wrap=True, min_width=max(len(a.name) for a in ALIASES.values()))  # what you type
+    for col in ("task", "params", "offline source", "status", "hub id"):
+        table.add_column(col, overflow="fold")
     for a in ALIASES.values():
         if a.builder:
             source, status = "built locally", "ready"

@@ -112,6 +112,38 @@ def data_notes(data: DataSplits) -> list[str]:
     return out
 
 
+def control_char_warnings(examples, split: str) -> list[str]:
+    """One line when text holds control characters other than newline, tab and carriage return (a stray
+    backspace or escape from a copy-paste): they are tokenized as they are, and rarely meant to be."""
+    import unicodedata
+    from dataclasses import asdict
+
+    def strings(x):
+        if isinstance(x, str):
+            yield x
+        elif isinstance(x, dict):
+            for v in x.values():
+                yield from strings(v)
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                yield from strings(v)
+
+    hits, first = 0, None
+    for ex in examples:
+        fields = {k: v for k, v in asdict(ex).items() if k not in ("where", "meta")}
+        bad = {c for text in strings(fields) for c in text if c not in "\n\t\r" and unicodedata.category(c) == "Cc"}
+        if bad:
+            hits += 1
+            if first is None:
+                c = min(bad)
+                name = unicodedata.name(c, {"\b": "BACKSPACE", "\x1b": "ESCAPE"}.get(c, "control character"))
+                first = f"U+{ord(c):04X} {name} at {getattr(ex, 'where', '?')}"
+    if not hits:
+        return []
+    return [f"{split}: {hits} example{'s hold' if hits > 1 else ' holds'} control characters (first: {first}); they are "
+            "trained on as they are - remove them if they are not meant to be there"]
+
+
 def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
     if tokenizer is None:
         from tunelab.models.load import load_tokenizer
@@ -121,15 +153,17 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
     template = build_template(cfg.data.template, tokenizer, cfg.data.system, cfg.data.custom_template)
     data = load_data(cfg)
     splits_in = [("train", data.train)] + ([("validation", data.validation)] if data.validation else [])
+    controls = [w for name, exs in splits_in for w in control_char_warnings(exs, name)]
     if cfg.task != "sft":
         splits = [_task_stats(name, exs, template, tokenizer, cfg) for name, exs in splits_in]
         warnings = template_warnings(template, tokenizer) if cfg.task == "dpo" else []
-        return DataReport(template, splits, [], warnings, cfg.task, data_notes(data))
+        return DataReport(template, splits, [], warnings + controls, cfg.task, data_notes(data))
     s_train, t_train = _stats("train", data.train, template, tokenizer, cfg)
     splits = [s_train]
     if data.validation:
         splits.append(_stats("validation", data.validation, template, tokenizer, cfg)[0])
-    return DataReport(template, splits, t_train, template_warnings(template, tokenizer), "sft", data_notes(data))
+    return DataReport(template, splits, t_train, template_warnings(template, tokenizer) + controls, "sft",
+                      data_notes(data))
 
 
 def length_bins(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
