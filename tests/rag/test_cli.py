@@ -21,10 +21,11 @@ def cli(capsys, *args) -> tuple[int, str, str]:
 def test_index_query_eval_roundtrip(capsys, tmp_path, monkeypatch, docs):
     monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
     code, out, _ = cli(capsys, "rag", "index", docs, "--kb", "demo", "--json")
-    assert code == 0 and json.loads(out)["files"] == 5
+    rep = json.loads(out)
+    assert code == 0 and rep["files"] == 5 and rep["furniture_dropped"] == 2  # page.html's <nav> and <footer>
     assert (tmp_path / "home" / "kb" / "demo" / "manifest.json").exists()
     code, out, _ = cli(capsys, "rag", "index", docs, "--kb", "demo")
-    assert code == 0 and "5 unchanged" in out and "0 chunks embedded" in out
+    assert code == 0 and "5 unchanged" in out and "0 chunks embedded" in out and "0 navigation blocks dropped" in out
 
     code, out, _ = cli(capsys, "rag", "query", "demo", "How do I prune roses?", "-k", "2")
     assert code == 0 and out.startswith("[1] score 0.") and "guide.md § Roses" in out.splitlines()[0]
@@ -39,6 +40,23 @@ def test_index_query_eval_roundtrip(capsys, tmp_path, monkeypatch, docs):
     code, out, _ = cli(capsys, "rag", "eval", "demo", "--questions", qa, "-k", "3")
     res = json.loads(out)
     assert code == 0 and res["recall@3"] == 1.0 and res["mrr"] == 1.0 and "per_question" not in res
+
+
+def test_index_summary_counts_furniture_and_keep_furniture_rebuilds(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HOME", str(tmp_path / "home"))
+    d = tmp_path / "site"
+    d.mkdir()
+    (d / "keys.md").write_text("# Keys\n\nRotate the keys every month with the admin tool.\n\n"
+                               "Chapter 11. Data conversion\nChapter 12. Programming\nChapter 13. Tips\n\n"
+                               "« Previous | Up | Next »\n")
+    code, out, _ = cli(capsys, "rag", "index", d, "--kb", "site")
+    assert code == 0 and "1 new" in out and "2 navigation blocks dropped" in out
+    code, out, _ = cli(capsys, "rag", "query", "site", "data conversion chapter", "-k", "5", "--json")
+    assert [h["text"] for h in json.loads(out)] == ["Rotate the keys every month with the admin tool."]
+    code, out, _ = cli(capsys, "rag", "index", d, "--kb", "site", "--keep-furniture")
+    assert code == 0 and "1 new" in out and "0 navigation blocks dropped" in out  # a setting: rebuilt
+    code, out, _ = cli(capsys, "rag", "query", "site", "data conversion chapter", "-k", "5", "--json")
+    assert "Chapter 11. Data conversion" in "".join(h["text"] for h in json.loads(out))
 
 
 def test_errors_are_one_line_with_exit_2(capsys, tmp_path, monkeypatch, docs):

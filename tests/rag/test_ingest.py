@@ -85,3 +85,89 @@ def test_bad_inputs_raise_one_line_errors(tmp_path):
     with pytest.raises(TunelabError, match="not a readable PDF") as e:
         read_document(bad)
     assert "\n" not in e.value.one_line()
+
+
+# ---------------------------------------------------------------- page furniture
+DOCBOOK_PAGE = (
+    "<html><body><div class='navheader'><table summary='Navigation header'><tr><td><a href='ch11.html'>Prev</a>"
+    "</td><td><a href='ch13.html'>Next</a></td></tr></table></div>"
+    "<h1>Chapter 12. Programming</h1><p>Shell scripts are run by the shell, one command per line.</p>"
+    "<div class='related' role='navigation'><ul><li><a href='index.html'>index</a></li>"
+    "<li><a href='ch13.html'>next</a> |</li></ul></div>"
+    "<p>To install a tool, follow these steps:</p>"
+    "<ol><li>Open a terminal</li><li>Run apt install bash</li><li>Check the version</li></ol>"
+    "<table><tr><td><a href='ch11.html'>Prev</a></td><td></td><td><a href='ch13.html'>Next</a></td></tr>"
+    "<tr><td>Chapter 11. Data conversion</td><td><a href='index.html'>Home</a></td>"
+    "<td>Chapter 13. Programming tips</td></tr></table>"
+    "<ul><li><a href='a.html'>Debian tutorials</a></li><li><a href='b.html'>System initialization</a></li>"
+    "<li><a href='c.html'>Authentication</a></li></ul>"
+    "</body></html>"
+)
+
+
+def test_html_navigation_elements_and_link_lists_are_dropped(tmp_path):
+    f = tmp_path / "ch12.html"
+    f.write_text(DOCBOOK_PAGE)
+    doc = read_document(f)
+    assert [b.text for b in doc.blocks] == [
+        "Shell scripts are run by the shell, one command per line.",
+        "To install a tool, follow these steps:",
+        "Open a terminal", "Run apt install bash", "Check the version",  # a real list of steps stays
+    ]
+    # navheader, role=navigation, Prev/Next + chapter row (5 blocks), 3 link-only items
+    assert doc.furniture == 2 + 5 + 3
+    kept = read_document(f, furniture=False)
+    assert "Chapter 11. Data conversion" in kept.text and "Debian tutorials" in kept.text
+    assert "index" in [b.text for b in kept.blocks] and kept.furniture == 0
+
+
+def test_text_furniture_heuristic_drops_navigation_and_keeps_content(tmp_path):
+    f = tmp_path / "page.md"
+    f.write_text(
+        "# Guide\n\nRotating keys is done with the admin tool.\n\n"
+        "Chapter 11. Data conversion\nChapter 12. Programming\nChapter 13. Tips and tricks\n\n"
+        "Home > Guide > Keys\n\n"
+        "« Previous | Up | Next »\n\n"
+        "Prev Next Chapter 11. Data conversion Home Chapter 13. Programming\n\n"
+        "- [Install](install.md)\n- [Configure](configure.md)\n- [Upgrade](upgrade.md)\n\n"
+        "Steps:\n\n1. Open the settings\n2. Click Save\n3. Restart the app\n\n"
+        "- Install the package\n- Run tunelab init\n- Edit the config\n\n"
+        "| Name | Type | Default |\n|---|---|---|\n| lr | float | 2e-4 |\n\n"
+        "Call next() to get the next item; see chapter 3 for details.\n\n"
+        "Chapter 3. Installation\n\n"
+        "```\nnext()\n```\n"
+    )
+    doc = read_document(f)
+    texts = [b.text for b in doc.blocks]
+    assert texts == [
+        "Rotating keys is done with the admin tool.",
+        "Steps:", "1. Open the settings\n2. Click Save\n3. Restart the app",
+        "- Install the package\n- Run tunelab init\n- Edit the config",
+        "| Name | Type | Default |\n|---|---|---|\n| lr | float | 2e-4 |",
+        "Call next() to get the next item; see chapter 3 for details.",
+        "Chapter 3. Installation",  # one table-of-contents-like line alone is kept
+        "next()",
+    ]
+    assert doc.furniture == 5
+    assert len(read_document(f, furniture=False).blocks) == len(texts) + 5
+    for b in doc.blocks:  # offsets still index the cleaned text
+        assert doc.text[b.start:b.end] == b.text
+
+
+def test_furniture_rule_on_blocks():
+    from tunelab.rag.ingest import furniture_blocks
+
+    def nav(*texts, link=0.0, sections=None):
+        return sorted(furniture_blocks([(t, (sections or {}).get(i, ("S",)), link) for i, t in enumerate(texts)]))
+
+    assert nav("Next") == [0] and nav("Previous topic") == [0] and nav("Back to top") == [0]
+    assert nav("Next: Installation") == [0]
+    assert nav("2.3. Options\n2.4. Logging\n2.5. Security") == [0]
+    assert nav("2.3. Options", "2.4. Logging") == [0, 1]  # a run of one-line entries
+    assert nav("Chapter 2. Options", "Options are read from the config file.") == []
+    # runs do not cross sections
+    assert nav("Chapter 2. Options", "Chapter 3. Logging", sections={1: ("T",)}) == []
+    assert nav("Intro", "Setup", link=1.0) == []  # two lone links: kept
+    assert nav("Intro", "Setup", "Usage", link=1.0) == [0, 1, 2]
+    assert nav("Go up to the home page next.") == []
+    assert nav("Open the settings\nClick Save\nRestart the app") == []

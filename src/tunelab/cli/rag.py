@@ -32,6 +32,7 @@ def index_cmd(
     overlap: int = typer.Option(25, "--overlap", help="Tokens shared by consecutive chunks."),
     drop: Optional[List[str]] = typer.Option(None, "--drop", help="Regex of junk paragraphs to drop (repeatable; replaces the defaults)."),
     headings: bool = typer.Option(True, "--headings/--no-headings", help="Prefix each chunk's heading path when embedding."),
+    keep_furniture: bool = typer.Option(False, "--keep-furniture", help="Keep page navigation (Next/Previous bars, link lists, breadcrumbs)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Index DOCS into a knowledge base; re-indexing only re-embeds changed files."""
@@ -41,13 +42,13 @@ def index_cmd(
     if kb is None and directory is None:
         raise TunelabError("give --kb NAME or --dir FOLDER", where="rag index")
     rep = index(docs, kb, directory=directory, embedder=embedder, size=size, overlap=overlap,
-                drop=drop or None, headings=headings, log=None if as_json else typer.echo)
+                drop=drop or None, headings=headings, furniture=not keep_furniture, log=None if as_json else typer.echo)
     if as_json:
         _echo_json(rep.to_dict())
     else:
         typer.echo(f"{rep.kb}: {rep.files} files ({rep.added} new, {rep.changed} changed, {rep.unchanged} unchanged, "
                    f"{rep.removed} removed), {rep.chunks_embedded} chunks embedded, {rep.chunks_total} in total, "
-                   f"{rep.seconds:.1f} s")
+                   f"{rep.furniture_dropped} navigation blocks dropped, {rep.seconds:.1f} s")
 
 
 @app.command("query")

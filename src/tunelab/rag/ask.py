@@ -9,7 +9,15 @@
    object with `reply(messages, max_new_tokens=..., temperature=...) -> str` passed as
    `generator`, which is how tests inject a fake);
 4. return an `Answer`: the text, the passages as numbered sources, and which of them the
-   answer cites ([n] markers).
+   answer cites ([n] markers). Citations are checked (`check_citations`): a marker naming no
+   passage (`[9]` with 3 passages) is removed from the text and listed in `invalid_citations`;
+   when the answer cites no passage at all, a `Sources: [1] file § section; [2] ...` line naming
+   every passage the model was given is appended (`sources_line`). `cited_by` says which
+   happened: "model" (the model cited by itself), "added" (tunelab added the line) or "none"
+   (no passage was retrieved, so there is nothing to cite).
+
+A citation is `[n]`, `[n, m]` or `[n][m]` not glued to a word or a closing bracket, so code such
+as `a[7]` or `m[1][2]` is never read (or rewritten) as a citation.
 
 Raises:
     TunelabError: unknown KB, unreadable run, or a prompt template missing a slot.
@@ -33,34 +41,111 @@ DEFAULT_PROMPT = (
 NO_CONTEXT = "(no passage of the knowledge base matched the question)"
 
 
+# a run of [n] / [n, m] groups, not glued to a word, `)` or `]` (so `a[7]`, `m[1][2]` are code, not citations)
+_CITE = re.compile(r"(?<![\w)\]])((?:\[\s*\d+(?:\s*,\s*\d+)*\s*\])+)")
+
+
+def check_citations(text: str, n_passages: int) -> tuple[str, list[int], list[int]]:
+    """(text without out-of-range markers, valid passage numbers cited in order of first mention,
+    out-of-range numbers). `[1, 9]` with 3 passages becomes `[1]`; a lone `[9]` goes with the
+    space before it."""
+    valid: list[int] = []
+    invalid: list[int] = []
+
+    def fix(m: re.Match) -> str:
+        groups = re.findall(r"\[([^\]]*)\]", m.group(1))
+        kept_groups = []
+        for g in groups:
+            nums = [int(x) for x in re.findall(r"\d+", g)]
+            good = [n for n in nums if 1 <= n <= n_passages]
+            for n in nums:
+                target = valid if n in good else invalid
+                if n not in target:
+                    target.append(n)
+            if good:
+                kept_groups.append(g if len(good) == len(nums) else ", ".join(map(str, good)))
+        return "".join(f"[{g}]" for g in kept_groups)
+
+    out = []
+    pos = 0
+    for m in _CITE.finditer(text):
+        rep = fix(m)
+        start, end = m.start(), m.end()
+        if not rep:  # the whole marker goes, with the blanks before it (after it at a line's start)
+            while start > pos and text[start - 1] in " \t":
+                start -= 1
+            if start == 0 or text[start - 1] == "\n":
+                while end < len(text) and text[end] in " \t":
+                    end += 1
+        out.append(text[pos:start] + rep)
+        pos = end
+    out.append(text[pos:])
+    return "".join(out), valid, invalid
+
+
+def sources_line(passages) -> str:
+    """`Sources: [1] guide.md § Roses; [2] notes.txt` for passages with `rank`/`index`, `source`, `section`."""
+    parts = []
+    for p in passages:
+        n = getattr(p, "rank", None) or getattr(p, "index", None)
+        parts.append(f"[{n}] {p.source} § {p.section}" if p.section else f"[{n}] {p.source}")
+    return "Sources: " + "; ".join(parts)
+
+
+def cite_or_add_sources(text: str, passages) -> tuple[str, list[int], list[int], str]:
+    """(text as shown, valid citations, out-of-range citations, cited_by): out-of-range markers
+    removed; a `sources_line` appended when no passage is cited (cited_by "added"), "model" when
+    the text cites one, "none" when there are no passages."""
+    passages = list(passages)
+    clean, valid, invalid = check_citations(text, len(passages))
+    if not passages:
+        return clean, valid, invalid, "none"
+    if valid:
+        return clean, valid, invalid, "model"
+    body = clean.rstrip()
+    return (body + "\n\n" if body else "") + sources_line(passages), valid, invalid, "added"
+
+
 @dataclass
 class Answer:
+    """`Answer(question, reply, hits, messages)`: the model's `reply` is kept in `raw`; `text` is
+    what to show (out-of-range markers removed, a Sources line added when nothing is cited)."""
+
     question: str
     text: str
     hits: list[Hit] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
+    raw: str = field(init=False, default="")
+    cited: list[int] = field(init=False, default_factory=list)  # valid [n], in order of first mention
+    invalid_citations: list[int] = field(init=False, default_factory=list)  # [n] naming no passage
+    cited_by: str = field(init=False, default="none")  # "model" | "added" | "none"
 
-    @property
-    def cited(self) -> list[int]:
-        """Passage numbers the answer cites, in order of first mention, only valid ones."""
-        seen: list[int] = []
-        for m in re.finditer(r"\[(\d+)\]", self.text):
-            n = int(m.group(1))
-            if 1 <= n <= len(self.hits) and n not in seen:
-                seen.append(n)
-        return seen
+    def __post_init__(self):
+        self.raw = self.text
+        self.text, self.cited, self.invalid_citations, self.cited_by = cite_or_add_sources(self.raw, self.hits)
 
     def sources(self) -> list[str]:
         """`[n] source § section (similarity 0.71)` for every retrieved passage."""
         return [f"[{h.rank}] {h.cite()} (similarity {h.similarity:.2f})" for h in self.hits]
 
     def format(self) -> str:
-        lines = [self.text.strip() or "(empty answer)", "", "Sources:"]
+        """The answer, then `Sources:` with every passage and its similarity. When tunelab added
+        the sources (the answer cited none), the added one-line form is replaced by this list."""
+        body = self.text
+        if self.cited_by == "added":
+            body = body[: body.rfind("Sources: ")].rstrip()
+        head = "Sources (the answer cites none; all passages given to the model):" \
+            if self.cited_by == "added" else "Sources:"
+        lines = [body.strip() or "(empty answer)", "", head]
         lines += self.sources() or ["(none)"]
+        if self.invalid_citations:
+            lines.append("(removed citations of passages that do not exist: "
+                         + ", ".join(f"[{n}]" for n in self.invalid_citations) + ")")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"question": self.question, "answer": self.text, "cited": self.cited,
+        return {"question": self.question, "answer": self.text, "cited": self.cited, "cited_by": self.cited_by,
+                "invalid_citations": self.invalid_citations, "raw_answer": self.raw,
                 "sources": [h.to_dict() for h in self.hits]}
 
 

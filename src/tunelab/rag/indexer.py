@@ -7,7 +7,11 @@ The KB mirrors `docs` (files and folders, searched recursively for supported ext
     unchanged file      nothing (no reading, no embedding)
     file gone           (in the KB but no longer among `docs`) its chunks deleted
 
-Changing the embedder, chunk size, overlap, headings or drop patterns, or a tunelab release
+Page furniture (navigation lists, Next/Previous bars, breadcrumbs: `ingest.furniture_blocks`)
+is dropped while reading unless `furniture=False`; `IndexReport.furniture_dropped` counts it
+for the files read in this call.
+
+Changing the embedder, chunk size, overlap, headings, drop patterns or furniture, or a tunelab release
 that cleans documents differently (`INGEST_VERSION`), rebuilds everything. All new chunks of a run are embedded in one length-sorted
 pass, so a handful of changed files costs seconds.
 
@@ -41,7 +45,8 @@ class IndexReport:
     chunks_embedded: int
     chunks_total: int
     seconds: float
-    stages: dict | None = None  # seconds per stage: read_chunk, embed, store (+ indexes)
+    stages: dict | None = None
+    furniture_dropped: int = 0  # navigation blocks / HTML navigation elements dropped from the files read  # seconds per stage: read_chunk, embed, store (+ indexes)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,7 +83,7 @@ def file_hash(path: str) -> str:
 def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Path | None = None,
           embedder: str = "minilm-l6", size: int = 256, overlap: int = 25,
           drop: list[str] | None = None, headings: bool = True, batch_size: int = 32,
-          log=None) -> IndexReport:
+          furniture: bool = True, log=None) -> IndexReport:
     """Index `docs` into knowledge base `kb` (or folder `directory`); see the module docstring."""
     t0 = time.perf_counter()
     where = kb_dir(kb, directory)  # validates the name before any work
@@ -90,7 +95,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         except re.error as e:
             raise TunelabError(f"invalid drop pattern {pat!r} ({e})", where="--drop") from e
     settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "headings": headings,
-                "drop": drop_patterns, "ingest_version": INGEST_VERSION}
+                "drop": drop_patterns, "furniture": furniture, "ingest_version": INGEST_VERSION}
     store = KnowledgeBase.open_or_create(where, settings)
     known = store.files
     hashes = {p: file_hash(p) for p in files}
@@ -103,9 +108,11 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         store.manifest["dim"] = emb.dim
     rows: list[dict] = []
     per_file: dict[str, int] = {}
+    furniture_dropped = 0
     t1 = time.perf_counter()
     for p in todo:
-        doc = read_document(p, drop=drop_patterns)
+        doc = read_document(p, drop=drop_patterns, furniture=furniture)
+        furniture_dropped += doc.furniture
         chunks = chunk_document(doc, emb.tokenizer, size=size, overlap=overlap)
         per_file[p] = len(chunks)
         for c in chunks:
@@ -138,6 +145,6 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     return IndexReport(kb=str(kb or store.dir), files=len(files), added=len(todo) - len(changed),
                        changed=len(changed), unchanged=len(files) - len(todo), removed=len(gone),
                        chunks_embedded=len(rows), chunks_total=store.count(),
-                       seconds=round(time.perf_counter() - t0, 2),
+                       seconds=round(time.perf_counter() - t0, 2), furniture_dropped=furniture_dropped,
                        stages={"load_hash": round(t1 - t0, 2), "read_chunk": round(t2 - t1, 2),
                                "embed": round(t3 - t2, 2), "store": round(time.perf_counter() - t3, 2)})
