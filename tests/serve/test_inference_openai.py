@@ -218,9 +218,14 @@ def test_knowledge_base_context_and_citations(server, alice, bob, tmp_path):
     cites = r.model_extra["citations"]
     assert len(cites) == 1 and cites[0]["source"].endswith("lora.md") and "two small matrices" in cites[0]["text"]
     assert r.usage.prompt_tokens > plain.usage.prompt_tokens + 10  # the passage is in the prompt
+    # 4 tokens cite nothing: the Sources line is added, as `tunelab rag ask` does
+    assert r.model_extra["cited_by"] == "added" and r.choices[0].message.content.endswith("Sources: [1] lora.md § LoRA")
+    assert "cited_by" not in (plain.model_extra or {})
     chunks = list(alice.chat.completions.create(model="tuned", messages=q, max_tokens=4, stream=True,
                                                 extra_body={"knowledge_base": "notes"}))
     assert chunks[0].model_extra["citations"][0]["source"].endswith("lora.md")
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "Sources: [1] lora.md § LoRA" in streamed and chunks[-1].model_extra["cited_by"] == "added"
     with pytest.raises(openai.NotFoundError):  # another tenant's knowledge base
         bob.chat.completions.create(model="bobs", messages=q, max_tokens=4, extra_body={"knowledge_base": "notes"})
 

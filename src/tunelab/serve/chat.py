@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from starlette.concurrency import run_in_threadpool
 
+from tunelab.rag.ask import cite_or_add_sources, sources_line
 from tunelab.serve.embeddings import retrieve
 from tunelab.serve.errors import APIError
 from tunelab.serve.generation import ServingGeneration
@@ -53,17 +54,30 @@ class ServingChat(ServingGeneration):
         return encode_segments(self.pool.tokenizer, segments)[0], template.stop_strings + body.stops()
 
     def reply(self, head, text, finish, usage, citations) -> ChatCompletion:
+        cited_by = None
+        if citations is not None:  # knowledge base: as `tunelab rag ask` (rag/ask.py cite_or_add_sources)
+            text, _, _, cited_by = cite_or_add_sources(text, citations)
         choice = ChatChoice(index=0, message={"role": "assistant", "content": text}, finish_reason=finish)
-        return ChatCompletion(**head, choices=[choice], usage=usage, citations=citations)
+        return ChatCompletion(**head, choices=[choice], usage=usage, citations=citations, cited_by=cited_by)
 
     async def chunks(self, head, gen, citations):
         def chunk(delta: dict, finish=None, **more) -> ChatCompletionChunk:
             return ChatCompletionChunk(**head, choices=[ChunkChoice(index=0, delta=delta, finish_reason=finish)], **more)
 
         yield chunk({"role": "assistant", "content": ""}, citations=citations)
+        pieces = []
         async for piece in gen.pieces():
+            pieces.append(piece)
             yield chunk({"content": piece})
-        yield chunk({}, gen.finish)
+        if citations is None:
+            yield chunk({}, gen.finish)
+            return
+        # the streamed text cannot be taken back: out-of-range [n] stay; a Sources line is appended
+        text = "".join(pieces)
+        cited_by = cite_or_add_sources(text, citations)[3]
+        if cited_by == "added":
+            yield chunk({"content": ("\n\n" if text.strip() else "") + sources_line(citations)})
+        yield chunk({}, gen.finish, cited_by=cited_by)
 
     def usage_chunk(self, head, usage) -> ChatCompletionChunk:
         return ChatCompletionChunk(**head, choices=[], usage=usage)

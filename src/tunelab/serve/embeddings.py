@@ -10,7 +10,9 @@ Knowledge bases (`"knowledge_base": "NAME"` on /v1/chat/completions): tenant "de
 `$TUNELAB_HOME/kb/.tenants/<tenant>/NAME` (index it with `tunelab rag index --dir` there): a
 tenant never reaches another's KB. The last user message is the question: the top k chunks
 (default 3) replace it with tunelab.rag.ask's prompt (numbered passages + the question; a run's
-template may bring its own `extra.rag_prompt`), and the reply carries `citations`.
+template may bring its own `extra.rag_prompt`), and the reply carries `citations`; serve/chat.py
+then checks the answer's [n] as `tunelab rag ask` does (rag/ask.py cite_or_add_sources: a
+`Sources:` line appended when it cites none, `cited_by` on the reply).
 """
 
 from __future__ import annotations

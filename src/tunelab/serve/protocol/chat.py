@@ -2,6 +2,9 @@
 
 The extensions: `knowledge_base` (a name) and `knowledge_base_k` [1, 20] on the request; the reply
 (and the first chunk of a stream) then carries `citations` (serve/embeddings.py), else leaves it out.
+With a knowledge base the reply also carries `cited_by` ("model": the answer cites a passage [n];
+"added": it cited none, so a `Sources: ...` line was appended to the content; "none": no passage
+matched), on the last chunk of a stream (the one with `finish_reason`).
 """
 
 from __future__ import annotations
@@ -83,7 +86,7 @@ class ChatChoice(Response):
 
 
 class ChatCompletion(Response):
-    OMIT_NONE = ("citations",)
+    OMIT_NONE = ("citations", "cited_by")
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -91,6 +94,7 @@ class ChatCompletion(Response):
     choices: list[ChatChoice]
     usage: Usage
     citations: list[Citation] | None = None
+    cited_by: Literal["model", "added", "none"] | None = None
 
 
 class Delta(Response):
@@ -109,7 +113,7 @@ class ChunkChoice(Response):
 class ChatCompletionChunk(Response):
     """One `data:` line of a stream; the last one (stream_options.include_usage) has no choices, only usage."""
 
-    OMIT_NONE = ("citations", "usage")
+    OMIT_NONE = ("citations", "usage", "cited_by")
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -117,3 +121,4 @@ class ChatCompletionChunk(Response):
     choices: list[ChunkChoice]
     usage: Usage | None = None
     citations: list[Citation] | None = None
+    cited_by: Literal["model", "added", "none"] | None = None
