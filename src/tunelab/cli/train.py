@@ -31,22 +31,11 @@ def _train(config: Path, overrides: list[str], overwrite: bool, quiet: bool, res
     if resume:
         cfg.train.resume = "yes"
     console = Console(stderr=True, quiet=quiet)
-    _note_other_trainings(console)
     try:
         return run_task(cfg, quiet=quiet, console=console)
     except KeyboardInterrupt as e:  # Ctrl-C: one line (what is saved, how to go on), exit 130 as shells expect
         print(_interrupted_line(e, cfg), file=sys.stderr)
         raise SystemExit(130) from None
-
-
-def _note_other_trainings(console: Console) -> None:
-    """Once, at the start (rank 0): another tunelab training on this machine (runtime/processes.py)."""
-    from tunelab.runtime.processes import others_note
-    from tunelab.train.distributed import is_main
-
-    note = others_note() if is_main() else None
-    if note:
-        console.print(note, soft_wrap=True, markup=False, style="yellow")
 
 
 def _interrupted_line(e: KeyboardInterrupt, cfg) -> str:

@@ -122,6 +122,12 @@ def begin_run(run: RunDir, cfg: RunConfig, base_path, template=None, console=Non
         if resume_step is not None and console is not None:
             console.print(f"resuming {run.path} from its checkpoint at step {resume_step} "
                           "(an unfinished run; --overwrite starts over)", soft_wrap=True)
+        if console is not None:
+            from tunelab.runtime.processes import others_note
+
+            note = others_note()  # once, as training begins (after the checks that fail in one line)
+            if note:
+                console.print(note, soft_wrap=True, markup=False, style="yellow")
     barrier()
     return resume_step
 
