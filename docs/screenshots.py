@@ -3,6 +3,7 @@
     python docs/screenshots.py                 # the embedded SmolLM2-135M: a real fine-tune (a few minutes)
     python docs/screenshots.py --tiny          # a tiny random Llama: quick, but its replies are noise
     python docs/screenshots.py --dir D         # keep the server's folders in D; run again: reuses its jobs
+    python docs/screenshots.py --only run,column-mapping   # only these pages
 
 It starts `tunelab serve`'s app (--no-auth, 127.0.0.1, a free port) on fresh folders in a temp
 directory, fills it through the API (a dataset, a short fine-tuning job, a second run, a knowledge
@@ -28,6 +29,11 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-f
 TRAIN = ROOT / "examples/data/tunebot/train.jsonl"
 VAL = ROOT / "examples/data/tunebot/validation.jsonl"
 KB_DOCS = ROOT / "examples/data/knowledge-tolvaris/docs"
+# a CSV whose columns are no known format: the Studio's column-mapping step (column-mapping.png)
+QA_CSV = ("question,answer,source\n"
+          "What does a Hallowport tram ticket cost?,2 tolv marks for one ride.,faq\n"
+          "When does the Kessling ferry leave?,At 07:40 every morning.,timetable\n"
+          "How tall is the Cape Senn lighthouse?,47 metres | built in 1868.,guide\n").encode()
 
 
 def _lines(path: Path, n: int) -> bytes:
@@ -59,6 +65,7 @@ def fill(url: str, base: str, epochs: int) -> dict:
     c = httpx.Client(base_url=url, timeout=600)
     up = lambda name, data: c.post("/v1/files", files={"file": (name, data)}, data={"purpose": "fine-tune"}).json()
     train, val = up("tunebot-train.jsonl", _lines(TRAIN, 16)), up("tunebot-val.jsonl", _lines(VAL, 2))
+    qa = up("tolvaris-qa.csv", QA_CSV)  # refused as it is: the mapping page shows it
     jobs = []
     for suffix, mult, n_epochs in (("tunebot", 2.0, epochs), ("tunebot-lr", 0.5, max(1, epochs - 1))):
         jobs.append(c.post("/v1/fine_tuning/jobs", json={
@@ -76,7 +83,7 @@ def fill(url: str, base: str, epochs: int) -> dict:
         if job["status"] != "succeeded":
             sys.exit(f"job {j['id']} {job['status']}: {job.get('error')}")
         j.update(job)
-    return {"train": train["id"], "jobs": jobs, "runs": [j["fine_tuned_model"] for j in jobs]}
+    return {"train": train["id"], "csv": qa["id"], "jobs": jobs, "runs": [j["fine_tuned_model"] for j in jobs]}
 
 
 def recover(url: str) -> dict | None:
@@ -85,22 +92,29 @@ def recover(url: str) -> dict | None:
 
     c = httpx.Client(base_url=url, timeout=60)
     jobs = [j for j in c.get("/v1/fine_tuning/jobs").json()["data"] if j["status"] == "succeeded"][::-1]
-    files = [f for f in c.get("/v1/files").json()["data"] if f["filename"] == "tunebot-train.jsonl"]
+    listed = c.get("/v1/files").json()["data"]
+    files = [f for f in listed if f["filename"] == "tunebot-train.jsonl"]
     if len(jobs) < 2 or not files:
         return None
-    return {"train": files[0]["id"], "jobs": jobs[:2], "runs": [j["fine_tuned_model"] for j in jobs[:2]]}
+    csv = [f for f in listed if f["filename"] == "tolvaris-qa.csv"]
+    if not csv:
+        csv = [c.post("/v1/files", files={"file": ("tolvaris-qa.csv", QA_CSV)}, data={"purpose": "fine-tune"}).json()]
+    return {"train": files[0]["id"], "csv": csv[0]["id"], "jobs": jobs[:2],
+            "runs": [j["fine_tuned_model"] for j in jobs[:2]]}
 
 
-def shoot(url: str, ids: dict, base: str) -> list[Path]:
+def shoot(url: str, ids: dict, base: str, only: set[str] | None = None) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     OUT.mkdir(parents=True, exist_ok=True)
     made = []
-    run, other = ids["runs"]
+    run, other = ids["runs"] if ids.get("runs") else (None, None)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
 
         def at(path: str, name: str, size=(1280, 800), act=None, full=True):
+            if only is not None and name not in only:
+                return
             page = browser.new_page(viewport={"width": size[0], "height": size[1]})
             page.goto(url + path)
             page.wait_for_selector("body[data-ready='1']", timeout=120_000)
@@ -128,6 +142,10 @@ def shoot(url: str, ids: dict, base: str) -> list[Path]:
             page.click("#kb-ask button")
             page.wait_for_selector("#kb-answer .cites a", timeout=600_000)
 
+        if "empty" in ids:  # before any upload: what /new says when there is no training file
+            at("/new", "new-fine-tune-empty", act=lambda pg: pg.wait_for_selector("#upload"))
+            browser.close()
+            return made
         at("/", "home")
         at("/", "home-390", (390, 844))
         at("/runs", "runs")
@@ -136,6 +154,7 @@ def shoot(url: str, ids: dict, base: str) -> list[Path]:
         at("/datasets", "datasets")
         at(f"/datasets/{ids['train']}", "dataset-inspect",
            act=lambda pg: pg.wait_for_selector("#example", timeout=120_000))
+        at(f"/datasets/{ids['csv']}/columns", "column-mapping", act=lambda pg: pg.wait_for_selector("#columns"))
         at(f"/new?file={ids['train']}", "new-fine-tune", act=lambda pg: pg.wait_for_selector("#fit", timeout=60_000))
         at(f"/jobs/{ids['jobs'][0]['id']}", "job",
            act=lambda pg: pg.wait_for_selector("#job-status[data-status='succeeded']", timeout=60_000))
@@ -151,7 +170,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tiny", action="store_true", help="a tiny random Llama instead of the embedded SmolLM2")
     ap.add_argument("--dir", type=Path, help="the server's folders (kept; a second run reuses its jobs)")
+    ap.add_argument("--only", help="comma-separated page names (run, column-mapping, ...): only these")
     args = ap.parse_args()
+    only = set(args.only.split(",")) if args.only else None
     os.environ.setdefault("OMP_NUM_THREADS", "1" if args.tiny else "2")
     from tunelab.serve.state import ServeState
 
@@ -166,8 +187,12 @@ def main() -> None:
     state.job_overrides = ["train.precision=fp32", "data.max_length=256"]
     srv, url = serve(state)
     try:
-        ids = recover(url) or fill(url, base, epochs=3)
-        for p in shoot(url, ids, base):
+        ids = recover(url)
+        if ids is None:
+            for p in shoot(url, {"empty": True}, base, only):
+                print(p.relative_to(ROOT))
+            ids = fill(url, base, epochs=3)
+        for p in shoot(url, ids, base, only):
             print(p.relative_to(ROOT))
     finally:
         srv.should_exit = True

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from tunelab.runs.rundir import RunDir
 
 def plot_loss(run: RunDir) -> bool:
@@ -35,5 +37,11 @@ def suffix_rate(replies: list[str], suffix: str | None) -> float | None:
     return sum(r.rstrip().endswith(suffix) for r in replies) / len(replies)
 
 
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~&])")
+
+
 def cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", "<br>")
+    """`text` as one Markdown table cell that GitHub and the Studio (serve/studio/html.markdown) show as
+    that text: every character Markdown or HTML would read (`|`, `\\`, `*`, `_`, `` ` ``, `<`, `&`, ...) is
+    backslash-escaped, and a line break is `<br>`."""
+    return _MD_SPECIAL.sub(r"\\\1", text.replace("\r\n", "\n")).replace("\n", "<br>")

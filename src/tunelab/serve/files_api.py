@@ -17,7 +17,10 @@ An upload is copied to `files_dir/.tmp-<id><suffix>` (at most `state.upload_limi
 
 A file the data layer refuses is kept with `status: error` and `status_details` = the data
 layer's message with the upload's name for the server's path ("train.jsonl:3: invalid JSON ...");
-a job refuses it. The file name is a display name: `..` anywhere is refused, a directory part is
+a job refuses it, until its fields are mapped (`ServingFiles.map_columns`, the Studio's column-mapping
+step: {our field: the file's}, e.g. {prompt: question, completion: answer}): the file is checked again with
+that mapping and, when every record reads, becomes `processed` with it as `data_columns`, which a job
+from it writes as its run's `data.columns` (job_runner.job_config). The file name is a display name: `..` anywhere is refused, a directory part is
 dropped (names.safe_filename), and the suffix must be a data file's (.jsonl, .json, .csv, .tsv,
 .parquet).
 """
@@ -27,13 +30,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from fastapi import Depends, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
-from tunelab.data.formats import to_examples
+from tunelab.data.formats import apply_columns, to_examples
 from tunelab.data.sources import DATA_SUFFIXES, Record, read_records
 from tunelab.errors import TunelabError
 from tunelab.serve import jobs_db
@@ -75,15 +79,17 @@ def file_kind(data: dict) -> str:
     return "sft"
 
 
-def check_training_file(path: Path, display: str) -> tuple[str | None, str | None]:
-    """(kind, None) when every record of `path` is an example of one kind; (None, message) else,
-    the message naming `display` (and the line) where the data layer named `path`."""
+def check_training_file(path: Path, display: str, columns: dict[str, str] | None = None
+                        ) -> tuple[str | None, str | None]:
+    """(kind, None) when every record of `path` (its fields renamed by `columns`, as data.columns does)
+    is an example of one kind; (None, message) else, the message naming `display` (and the line) where
+    the data layer named `path`."""
     try:
         records = read_records(path, field="file")
-        kind = file_kind(records[0].data)
-        if kind == "openai_dpo":
+        kind = file_kind(apply_columns(records[0], columns).data)
+        if kind == "openai_dpo" and not columns:
             records = [openai_dpo_record(r) for r in records]
-        to_examples(records, "auto", "sft" if kind == "sft" else "dpo")
+        to_examples(records, "auto", "sft" if kind == "sft" else "dpo", columns=columns or None)
     except TunelabError as e:
         return None, e.one_line().replace(str(path), display)
     return kind, None
@@ -170,6 +176,37 @@ class ServingFiles:
             (state.files_dir / fid).unlink(missing_ok=True)
             raise
         return FileObject.from_row(row)
+
+    def records(self, file_id: str) -> tuple[dict, list[Record]]:
+        """(the file's row, its records as the data layer reads them, fields not renamed); a file the
+        data layer cannot read at all (not JSON, empty) is a 400 with its message."""
+        row = jobs_db.get_file(self._db(), self.tenant, file_id)
+        with tempfile.TemporaryDirectory(prefix="columns-") as tmp:
+            path = None
+            try:
+                path = materialize(self.state, {**row, "kind": None}, Path(tmp) / "data")
+                return row, read_records(path, field="file")
+            except TunelabError as e:
+                msg = e.one_line().replace(str(path), row["filename"]) if path is not None else e.one_line()
+                raise APIError(400, msg, param="file", code="invalid_file") from None
+
+    def map_columns(self, file_id: str, columns: dict[str, str]) -> dict:
+        """Check the file again with `columns` ({our field: the file's}); when every record reads, the file
+        is `processed` with them (its `data_columns`), else a 400 with the data layer's message and the
+        file is left as it was. A file read without a mapping is not remapped (409)."""
+        c = self._db()
+        row = jobs_db.get_file(c, self.tenant, file_id)
+        if row["status"] == "processed" and not row.get("data_columns"):
+            raise APIError(409, f"{row['filename']} is read as it is ({row['kind']}): it needs no column mapping",
+                           param="file", code="file_needs_no_mapping")
+        with tempfile.TemporaryDirectory(prefix="columns-") as tmp:
+            path = materialize(self.state, {**row, "kind": None}, Path(tmp) / "data")
+            kind, details = check_training_file(path, row["filename"], columns)
+        if kind is None:
+            raise APIError(400, details, param="columns", code="invalid_file")
+        jobs_db.set_file(c, self.tenant, file_id, status="processed", status_details=None, kind=kind,
+                         data_columns=columns)
+        return jobs_db.get_file(c, self.tenant, file_id)
 
     def list(self, purpose: str | None, limit: int, order: str, after: str | None) -> FileList:
         if order not in ("asc", "desc"):

@@ -65,10 +65,13 @@ def checkpoint_steps(run: Path) -> list[int]:
                   if p.name.startswith("step-") and p.name[5:].isdigit() and (p / "state.json").exists())
 
 
-def job_config(job: dict, train: Path, validation: Path | None, runs: Path, overrides: list[str]) -> dict:
+def job_config(job: dict, train: Path, validation: Path | None, runs: Path, overrides: list[str],
+               columns: dict[str, dict] | None = None) -> dict:
     """The RunConfig (as a dict) of a job: the recipe of its method on its files, hyperparameters
     resolved (jobs_api), lr = default_lr(method.name) x learning_rate_multiplier (unless an
-    override sets train.lr), then the server's `key=value` overrides (state.job_overrides)."""
+    override sets train.lr), then the server's `key=value` overrides (state.job_overrides).
+    `columns` {"train": ..., "validation": ...}: the files' column mappings (files_api.map_columns),
+    the training file's as `data.columns`, a validation file's own as its spec's `columns`."""
     hp, dpo = job["hyperparameters"], job["method"]["type"] == "dpo"
     cfg = {"task": "dpo" if dpo else "sft", "model": {"name": job["model"]},
            "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": hp.get("finetuning_type", "lora")},
@@ -77,6 +80,11 @@ def job_config(job: dict, train: Path, validation: Path | None, runs: Path, over
            "output": {"dir": str(runs), "name": job["run_name"]}, "base_dir": str(train.parent)}
     if validation is not None:
         cfg["data"]["validation"] = str(validation)
+    cols = columns or {}
+    if cols.get("train"):
+        cfg["data"]["columns"] = dict(cols["train"])
+    if validation is not None and (cols.get("validation") or {}) != (cols.get("train") or {}):
+        cfg["data"]["validation"] = [{"path": str(validation), "columns": dict(cols.get("validation") or {})}]
     if dpo:
         cfg["preference"] = {"beta": hp["beta"]}
     apply_overrides(cfg, list(overrides))
@@ -225,15 +233,16 @@ class JobRunner:
         c, d = self.db, job_dir(self.state, job["id"])
         try:
             d.mkdir(parents=True, exist_ok=True)
-            files = {}
+            files, columns = {}, {}
             for role, fid in (("train", job["training_file"]), ("validation", job["validation_file"])):
                 if fid:
                     row = c.execute("SELECT * FROM files WHERE id = ? AND tenant = ?", (fid, job["tenant"])).fetchone()
                     if row is None:
                         raise TunelabError(f"file {fid} was deleted before the job started", where=f"{role}_file")
                     files[role] = materialize(self.state, dict(row), d / role)
+                    columns[role] = json.loads(row["data_columns"] or "{}")
             cfg = job_config(job, files["train"], files.get("validation"), run_dir(self.state, job).parent,
-                             self.state.job_overrides)
+                             self.state.job_overrides, columns)
             from_dict(cfg, source="job")
             tmp = d / "config.json.tmp"
             tmp.write_text(json.dumps(cfg, indent=1), encoding="utf-8")

@@ -1,7 +1,9 @@
 """The tables of the files and fine-tuning jobs API, and the OpenAI objects made from their rows.
 
     files(seq, id "file-…", tenant, bytes, created_at, filename, purpose, status, status_details,
-          kind)                     kind: sft | preference | openai_dpo (what the data layer read)
+          kind, data_columns)       kind: sft | preference | openai_dpo (what the data layer read);
+                                    data_columns: the Studio's column mapping ({our field: the file's}),
+                                    the job's `data.columns` (added to an older database by ALTERS)
     jobs(seq, id "ftjob-…", tenant, model, training_file, validation_file, method, hyperparameters,
          suffix, seed, metadata, status, run_name, fine_tuned_model, error, trained_tokens,
          created_at, started_at, finished_at, worker_pid, attempts)
@@ -29,7 +31,7 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS files (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
         bytes INTEGER NOT NULL, created_at INTEGER NOT NULL, filename TEXT NOT NULL,
-        purpose TEXT NOT NULL, status TEXT NOT NULL, status_details TEXT, kind TEXT)""",
+        purpose TEXT NOT NULL, status TEXT NOT NULL, status_details TEXT, kind TEXT, data_columns TEXT)""",
     """CREATE TABLE IF NOT EXISTS jobs (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE, tenant TEXT NOT NULL,
         model TEXT NOT NULL, training_file TEXT NOT NULL, validation_file TEXT,
@@ -51,15 +53,26 @@ SCHEMA = [
     "CREATE INDEX IF NOT EXISTS events_job ON events(job_id, seq)",
 ]
 
+# columns added after a table was first made: (table, column, type), added when missing
+ALTERS = [("files", "data_columns", "TEXT")]
+_altered: set[str] = set()
+
 ACTIVE = ("validating_files", "queued", "running")
 TERMINAL = ("succeeded", "failed", "cancelled")
-_JSON = ("method", "hyperparameters", "metadata", "error", "data", "metrics")
+_JSON = ("method", "hyperparameters", "metadata", "error", "data", "metrics", "data_columns")
 
 
 def conn(db_path: str | Path):
     """This thread's connection to the server database, with these tables."""
     c = db.connect(db_path)
     db.ensure_schema(c, SCHEMA)
+    key = str(Path(db_path).resolve())
+    if key not in _altered:
+        with c:
+            for table, column, kind in ALTERS:
+                if column not in {r["name"] for r in c.execute(f"PRAGMA table_info({table})")}:
+                    c.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        _altered.add(key)
     return c
 
 
@@ -131,6 +144,13 @@ def insert_file(c, row: dict) -> None:
 
 def get_file(c, tenant: str, file_id: str, param: str | None = None) -> dict:
     return _get(c, "files", "file", tenant, file_id, param)
+
+
+def set_file(c, tenant: str, file_id: str, **fields) -> None:
+    sets = ", ".join(f"{k} = ?" for k in fields)
+    with c:
+        c.execute(f"UPDATE files SET {sets} WHERE id = ? AND tenant = ?",
+                  (*(_dumps(v) if k in _JSON else v for k, v in fields.items()), file_id, tenant))
 
 
 def delete_file(c, tenant: str, file_id: str) -> bool:

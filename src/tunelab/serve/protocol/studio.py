@@ -29,17 +29,28 @@ class RunList(Response):
 
 
 class Metrics(Response):
-    """The curves of a run: [step, loss] pairs."""
+    """The curves of a run: [step, loss] pairs; `base`: the base model's validation loss at step 0 (or none)."""
 
     name: str
     train: list[list[int | float]]
     valid: list[list[int | float]]
+    base: list[list[int | float]] = []
 
 
 class ExportedFile(Response):
     name: str
     bytes: int
     url: str
+
+
+class FileColumns(Response):
+    """A file's column mapping, as set (serve/studio/columns_view.py): the file is then `processed`."""
+
+    id: str
+    object: Literal["file.columns"] = "file.columns"
+    status: str
+    kind: str | None = None
+    columns: dict[str, str]
 
 
 class ExportResult(Response):

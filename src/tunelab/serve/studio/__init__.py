@@ -13,6 +13,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tunelab.serve.studio import (
+    columns_view,
     data_view,
     export_view,
     kb_view,
@@ -22,5 +23,5 @@ from tunelab.serve.studio import (
 )
 
 router = APIRouter()
-for _mod in (pages, runs_view, data_view, train_view, kb_view, export_view):
+for _mod in (pages, runs_view, data_view, columns_view, train_view, kb_view, export_view):
     router.include_router(_mod.router)

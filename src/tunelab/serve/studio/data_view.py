@@ -70,7 +70,8 @@ def inspect_file(state, tenant: str, file_id: str, model: str) -> dict:
         with tempfile.TemporaryDirectory(prefix="studio-inspect-") as tmp:
             path = materialize(state, row, Path(tmp) / "data")
             task = "sft" if row["kind"] == "sft" else "dpo"
-            cfg = from_dict({"task": task, "model": {"name": ident}, "data": {"train": str(path)}})
+            data = {"train": str(path), "columns": row.get("data_columns") or {}}  # the Studio's mapping, if any
+            cfg = from_dict({"task": task, "model": {"name": ident}, "data": data})
             rep = inspect_config(cfg, tok)
     except TunelabError as e:  # named by the upload's name and the model's, never by a server path
         msg = e.one_line().replace(str(path), row["filename"]) if path is not None else e.one_line()
@@ -139,8 +140,11 @@ def files_fragment(request: Request, tenant: str = Depends(current_tenant)):
     for r in rows:
         ok = r["status"] == "processed"
         name = f'<a href="/datasets/{esc(r["id"])}">{esc(r["filename"])}</a>' if ok else esc(r["filename"])
-        status = (f'<span class="badge finished">{esc(r["kind"])}</span>' if ok else
-                  f'<span class="badge failed">refused</span> <span class="err">{esc(r["status_details"])}</span>')
+        mapped = (f' <a href="/datasets/{esc(r["id"])}/columns">columns mapped</a>' if r.get("data_columns")
+                  else "")
+        status = (f'<span class="badge finished">{esc(r["kind"])}</span>{mapped}' if ok else
+                  f'<span class="badge failed">refused</span> <span class="err">{esc(r["status_details"])}</span> '
+                  f'<a href="/datasets/{esc(r["id"])}/columns">map its columns</a>')
         cells.append([name, status, fmt_bytes(r["bytes"]), esc(time.strftime("%Y-%m-%d %H:%M",
                                                                                time.localtime(r["created_at"]))),
                       f'<code>{esc(r["id"])}</code>'])

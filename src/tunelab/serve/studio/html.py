@@ -12,6 +12,8 @@ import html
 import json
 import re
 
+from tunelab.serve.studio.chart import CHART
+
 NAV = [("/", "Home"), ("/runs", "Runs"), ("/datasets", "Datasets"), ("/new", "New fine-tune"), ("/jobs", "Jobs"),
        ("/chat", "Chat"), ("/kb", "Knowledge bases")]
 
@@ -28,7 +30,7 @@ def page(title: str, body: str, *, auth: bool, active: str, args: dict | None = 
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{esc(title)} · tunelab studio</title>
 <link rel="stylesheet" href="/studio/static/uPlot.min.css"><link rel="stylesheet" href="/studio/static/studio.css">
-</head><body data-auth="{1 if auth else 0}" data-args="{esc(json.dumps(args or {}))}">
+</head><body data-auth="{1 if auth else 0}" data-args="{esc(json.dumps(args or {}))}" data-chart="{esc(json.dumps(CHART))}">
 <a class="skip" href="#main">Skip to content</a>
 <header><span class="brand">tunelab <b>studio</b></span><nav aria-label="Main">{links}</nav>
 <form id="keybox" hidden><label for="apikey">API key</label>
@@ -41,6 +43,15 @@ def page(title: str, body: str, *, auth: bool, active: str, args: dict | None = 
 <script src="/studio/static/uPlot.iife.min.js"></script><script src="/studio/static/studio.js"></script>
 <script src="/studio/static/pages.js"></script>
 </body></html>"""
+
+
+def upload_form(title: str = "Upload") -> str:
+    """The training-file upload (pages.js posts it to /v1/files; a file whose fields are no known format goes
+    to its column-mapping step, /datasets/ID/columns)."""
+    return f"""<form id="upload" class="panel"><h2>{esc(title)}</h2>
+<label for="upfile">Training file (.jsonl, .json, .csv, .tsv, .parquet)</label>
+<input id="upfile" name="file" type="file" accept=".jsonl,.json,.csv,.tsv,.parquet" required>
+<button type="submit">Upload</button> <span class="err" role="alert" id="uperr"></span></form>"""
 
 
 def fragment(url: str, label: str = "Loading…") -> str:
@@ -70,16 +81,58 @@ def fmt_bytes(n: int) -> str:
 # ---- Markdown: the subset tunelab's own reports use ----------------------------------------------------------
 _INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"), (re.compile(r"\*\*([^*]+)\*\*"), r"<b>\1</b>"),
            (re.compile(r"&lt;br&gt;"), "<br>")]
+_PUNCT = set("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")  # CommonMark: a backslash before one of these is that character
+_HOLE = re.compile("\x00(\\d+)\x00")
 
 
 _BULLET = re.compile(r"^[-*]\s+")
 
 
 def _inline(text: str) -> str:
-    out = esc(text)
+    """Escaped HTML with `code`, **bold** and <br>; a backslash-escaped character (`\\|`, `\\*`, `\\<`, `\\\\`) is
+    that character as text, never markup (runs/report.cell writes a cell's text so)."""
+    held: list[str] = []
+
+    def hold(ch: str) -> str:
+        held.append(ch)
+        return f"\x00{len(held) - 1}\x00"
+
+    out, i, text = [], 0, text.replace("\x00", "\ufffd")
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in _PUNCT:
+            out.append(hold(text[i + 1]))
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    out = esc("".join(out))
     for pat, rep in _INLINE:
         out = pat.sub(rep, out)
-    return out
+    return _HOLE.sub(lambda m: esc(held[int(m.group(1))]), out)
+
+
+def split_row(line: str) -> list[str]:
+    """The cells of a pipe-table row: split at each `|` that no backslash escapes (the escape is kept for
+    `_inline`), the outer pipes dropped."""
+    cells, cur, i, closed = [], [], 0, False
+    line = line.strip()
+    while i < len(line):
+        ch, closed = line[i], False
+        if ch == "\\" and i + 1 < len(line):
+            cur.append(line[i:i + 2])
+            i += 2
+            continue
+        if ch == "|":
+            cells.append("".join(cur))
+            cur, closed = [], True
+        else:
+            cur.append(ch)
+        i += 1
+    if not closed:
+        cells.append("".join(cur))
+    if line.startswith("|"):
+        cells = cells[1:]
+    return [c.strip() for c in cells]
 
 
 def markdown(text: str) -> str:
@@ -97,7 +150,7 @@ def markdown(text: str) -> str:
         elif line.startswith("|"):
             block = []
             while i < len(lines) and lines[i].startswith("|"):
-                block.append([c.strip() for c in lines[i].strip().strip("|").split("|")])
+                block.append(split_row(lines[i]))
                 i += 1
             rows = [r for r in block[1:] if not all(re.fullmatch(r":?-+:?", c or "-") for c in r)]
             head = "".join(f'<th scope="col">{_inline(c)}</th>' for c in block[0])

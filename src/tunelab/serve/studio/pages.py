@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from tunelab.serve.errors import not_found
 from tunelab.serve.names import check_name
-from tunelab.serve.studio.html import esc, fmt_bytes, fragment, page
+from tunelab.serve.studio.html import esc, fmt_bytes, fragment, page, upload_form
 
 router = APIRouter()
 STATIC = Path(__file__).parent / "static"
@@ -77,10 +77,9 @@ def compare(request: Request, runs: Annotated[list[str], Query()] = ()):
 
 @router.get("/datasets", response_class=HTMLResponse)
 def datasets(request: Request):
-    body = f"""<form id="upload" class="panel"><h2>Upload</h2>
-<label for="upfile">Training file (.jsonl, .json, .csv, .tsv, .parquet)</label>
-<input id="upfile" name="file" type="file" accept=".jsonl,.json,.csv,.tsv,.parquet" required>
-<button type="submit">Upload</button> <span class="err" role="alert" id="uperr"></span></form>
+    body = f"""{upload_form()}
+<p class="muted">Any CSV or JSONL: when its columns are not a format tunelab knows (<code>question</code> and
+<code>answer</code>, say), the next step shows its first records and asks which column is which.</p>
 <section aria-labelledby="h-files"><h2 id="h-files">Files</h2>{fragment("/studio/f/files")}</section>"""
     return _page(request, "Datasets", body, "/datasets")
 
@@ -92,6 +91,12 @@ def dataset(request: Request, file_id: str, model: str | None = None):
 <input id="inspect-model" name="model" value="{esc(model)}"><button type="submit">Inspect</button></form>
 {fragment(f"/studio/f/files/{quote(file_id)}/inspect?model={quote(model)}", "Inspecting (tokenizing every example)…")}"""
     return _page(request, "Dataset", body, "/datasets", file=file_id)
+
+
+@router.get("/datasets/{file_id}/columns", response_class=HTMLResponse)
+def dataset_columns(request: Request, file_id: str):
+    return _page(request, "Map the columns", fragment(f"/studio/f/files/{quote(file_id)}/columns",
+                                                      "Reading the first records…"), "/datasets", file=file_id)
 
 
 @router.get("/new", response_class=HTMLResponse)

@@ -2,7 +2,11 @@
 
     run_summary(dir)  name, status (finished: DONE exists | incomplete), task, model, method,
                       final validation loss (the last metrics.jsonl row with `val_loss`), steps, mtime
-    read_metrics(dir) {"train": [[step, loss], ...], "valid": [[step, val_loss], ...]}
+    read_metrics(dir) {"train": [[step, loss], ...], "valid": [[step, val_loss], ...], "base": [[0, loss]] | []}
+
+The base model's validation loss (measured before the first step, the improvement's reference) is in
+the run's report.md, the `| base | <loss> | ... |` row of its "Validation loss" (sft) or "Held-out
+perplexity" (pretrain) table (train/reports.py): `base_valid_loss` reads it, and the curves show it at step 0.
 
 metrics.jsonl rows: training rows carry `loss` (the jobs API's events call it train_loss), evaluation
 rows `val_loss`. A summary reads three lines of config.yaml (summary_fields) and the tail of metrics.jsonl, and is
@@ -13,6 +17,7 @@ an unchanged one is not (100 runs: docs/studio.md has the render times).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import yaml
@@ -65,7 +70,30 @@ def read_metrics(run: Path) -> dict:
             train.append([step, row["loss"]])
         if isinstance(row.get("val_loss"), (int, float)):
             valid.append([step, row["val_loss"]])
-    return {"train": train, "valid": valid}
+    base = base_valid_loss(run)
+    return {"train": train, "valid": valid, "base": [] if base is None else [[0, base]]}
+
+
+_BASE_SECTIONS = ("## Validation loss", "## Held-out perplexity")
+
+
+def base_valid_loss(run: Path) -> float | None:
+    """The base model's validation loss of `run` from its report.md (the module docstring), or None."""
+    try:
+        text = (run / "report.md").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    section = False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            section = line.startswith(_BASE_SECTIONS)
+        elif section and line.startswith("| base |"):
+            try:
+                value = float(line.split("|")[2])
+            except (IndexError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
+    return None
 
 
 def _last_valid(run: Path, tail: int = 16384) -> tuple[float | None, int | None]:

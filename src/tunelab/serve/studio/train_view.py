@@ -25,7 +25,7 @@ from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.model_names import check_model
 from tunelab.serve.protocol.studio import MemoryEstimate
-from tunelab.serve.studio.html import esc, table
+from tunelab.serve.studio.html import esc, fmt_bytes, table, upload_form
 
 router = APIRouter()
 METHODS = ("lora", "qlora", "full")
@@ -64,6 +64,30 @@ async def memory(request: Request, model: str, method: str = "lora", batch: int 
     return await run_in_threadpool(memory_estimate, model, method, batch, seq, r, request.app.state.tl)
 
 
+def no_file_yet(upload_limit: int) -> str:
+    """What /new shows before the tenant has a training file: what a file holds, and the upload itself."""
+    return f"""<section class="panel nofile" aria-labelledby="h-nofile"><h2 id="h-nofile">No training file yet</h2>
+<p>A fine-tune learns from examples of what the model should do. Upload one file of them here (up to
+{esc(fmt_bytes(upload_limit))}); the form to start the job appears once the file is read.</p>
+<ul>
+<li><b>Questions and answers, or prompts and replies</b>: a CSV, TSV or JSONL with a column for each, e.g.
+<code>prompt</code> and <code>completion</code>. Other names (<code>question</code>, <code>answer</code>,
+<code>input</code>, <code>output</code>, ...) are fine: the Studio shows the first records and asks which column
+is which.</li>
+<li><b>Conversations</b>: JSONL lines <code>{{"messages": [{{"role": "user", ...}}, {{"role": "assistant", ...}}]}}</code>
+(OpenAI's format), or ShareGPT's <code>conversations</code>, or Alpaca's <code>instruction</code> / <code>output</code>.</li>
+<li><b>Preference pairs</b> (DPO): <code>prompt</code>, <code>chosen</code>, <code>rejected</code>.</li>
+</ul>
+<p>For example, a CSV:</p>
+<pre class="sample">question,answer
+What is the capital of France?,Paris.
+How many legs has a spider?,Eight.</pre>
+<p class="muted">A few dozen examples already change how a small model answers; a few hundred do better. A second
+file of held-out examples, uploaded the same way, can be picked as the validation file.</p></section>
+{upload_form("Upload a training file")}
+<p class="muted">Already have files? They are on <a href="/datasets">Datasets</a>; a refused one can be mapped there.</p>"""
+
+
 def _options(rows, chosen: str | None, empty: str | None = None) -> str:
     out = [f'<option value="">{esc(empty)}</option>'] if empty is not None else []
     out += [f'<option value="{esc(r["id"])}"{" selected" if r["id"] == chosen else ""}>{esc(r["filename"])} '
@@ -79,7 +103,7 @@ def new_fragment(request: Request, file: str | None = None, tenant: str = Depend
     c = jobs_db.conn(state.db_path)
     rows, _ = jobs_db.page(c, "files", "tenant = ? AND status = 'processed'", (tenant,), None, 10000, kind="file")
     if not rows:
-        return '<p>No training file yet: <a href="/datasets">upload one</a> first.</p>'
+        return no_file_yet(state.upload_limit)
     models = "".join(f'<option value="{esc(m)}">' for m in dict.fromkeys([state.base, *ALIASES]))
     pinned = pinned_method(state)
     trains = pinned or "lora"

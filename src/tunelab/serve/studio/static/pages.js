@@ -74,24 +74,71 @@
     }
     const form = root.querySelector("#newjob");
     if (form) newJob(form);
+    bindUpload(root.querySelector("#upload"));
+    const cols = root.querySelector("#columns");
+    if (cols) columnsForm(cols);
   });
 
-  // ---- datasets ------------------------------------------------------------------------------------------------
-  const upload = $("upload");
-  if (upload) upload.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const fd = new FormData();
-    fd.append("file", $("upfile").files[0]);
-    fd.append("purpose", "fine-tune");
-    fieldError(upload, null, $("uperr"));
-    try {
-      const f = await TL.json("/v1/files", { method: "POST", body: fd });
-      if (f.status !== "processed") {
-        fieldError(upload, { param: "file", message: "refused: " + f.status_details }, $("uperr"));
-        await TL.loadFragments(document);
-      } else location.href = "/datasets/" + f.id;
-    } catch (e) { fieldError(upload, e.param ? e : { param: "file", message: e.message }, $("uperr")); }
-  });
+  // ---- datasets: upload; a file of unknown fields goes to its column mapping --------------------------------
+  function bindUpload(upload) {
+    if (!upload || upload.dataset.bound) return;
+    upload.dataset.bound = "1";
+    upload.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const fd = new FormData();
+      fd.append("file", $("upfile").files[0]);
+      fd.append("purpose", "fine-tune");
+      fieldError(upload, null, $("uperr"));
+      try {
+        const f = await TL.json("/v1/files", { method: "POST", body: fd });
+        if (f.status === "processed") { location.href = "/datasets/" + f.id; return; }
+        try {  // its records read, only their fields are no known format: map them
+          await TL.api(`/studio/f/files/${encodeURIComponent(f.id)}/columns`);
+          location.href = `/datasets/${encodeURIComponent(f.id)}/columns`;
+        } catch (e) {
+          fieldError(upload, { param: "file", message: "refused: " + f.status_details }, $("uperr"));
+          await TL.loadFragments(document);
+        }
+      } catch (e) { fieldError(upload, e.param ? e : { param: "file", message: e.message }, $("uperr")); }
+    });
+  }
+  bindUpload($("upload"));
+
+  // the column-mapping form: the roles of the format picked, each a select of the file's fields
+  function columnsForm(form) {
+    const formats = JSON.parse(form.dataset.formats);
+    const show = () => {
+      const f = formats[form.elements.format.value];
+      form.querySelectorAll(".role").forEach((span) => {
+        const role = span.dataset.role, on = f.roles.includes(role) || f.optional.includes(role);
+        span.hidden = !on;
+        span.querySelector("label").textContent = role + (f.optional.includes(role) ? " (optional)" : "");
+      });
+    };
+    form.elements.format.addEventListener("change", show);
+    show();
+    form.addEventListener("submit", async (ev) => {
+      ev.preventDefault();
+      const f = formats[form.elements.format.value], columns = {};
+      for (const role of [...f.roles, ...f.optional]) {
+        const v = form.elements[role].value;
+        if (v) columns[role] = v;
+        else if (f.roles.includes(role)) {
+          fieldError(form, { param: role, message: `pick the field that holds the ${role}` }, $("col-err"));
+          return;
+        }
+      }
+      fieldError(form, null, $("col-err"));
+      $("col-save").disabled = true;
+      try {
+        await TL.postJSON(`/studio/api/files/${encodeURIComponent(form.dataset.file)}/columns`, { columns });
+        location.href = "/new?file=" + encodeURIComponent(form.dataset.file);
+      } catch (e) {
+        fieldError(form, e.param && e.param.startsWith("columns.") ? e : { message: e.message }, $("col-err"));
+        $("col-save").disabled = false;
+      }
+    });
+  }
 
   // ---- new fine-tune: the live estimate, then the job ------------------------------------------------------
   function newJob(form) {
@@ -227,6 +274,10 @@
     }
     TL.showErr(err, null);
     job = await TL.json(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}`);
+    if (job.fine_tuned_model) {  // the run's report holds the base model's validation loss: the point at step 0
+      try { run.base = (await TL.json(`/studio/api/runs/${encodeURIComponent(job.fine_tuned_model)}/metrics`)).base; }
+      catch (e) { /* the chart keeps its curves */ }
+    }
     chart.update([run]);
     $("job-points").textContent = `${run.train.length} training and ${run.valid.length} validation points`;
     if (job.status === "succeeded") $("job-progress").value = 1;

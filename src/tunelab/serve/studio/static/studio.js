@@ -85,15 +85,18 @@ const TL = (() => {
     }
   }
 
-  // ---- loss charts (uPlot): each run a colour, training solid, validation dashed -------------------------------
-  const COLORS = ["#2563eb", "#dc2626", "#059669", "#d97706", "#7c3aed", "#db2777", "#0891b2", "#4b5563"];
+  // ---- loss charts (uPlot): the look is serve/studio/chart.py's CHART (body data-chart) ------------------------
+  // per run: training (solid), validation (dashed, points), the base model's validation loss (a ring at step 0)
+  const STYLE = JSON.parse(body.dataset.chart || "{}");
+  const parts = (r) => [r.train || [], r.valid || [], r.base || []];
+  const count = (runs) => runs.reduce((n, r) => n + (r.train || []).length + (r.valid || []).length, 0);
 
   function chartData(runs) {
-    const steps = [...new Set(runs.flatMap((r) => [...r.train, ...r.valid].map((p) => p[0])))].sort((a, b) => a - b);
+    const steps = [...new Set(runs.flatMap((r) => parts(r).flat().map((p) => p[0])))].sort((a, b) => a - b);
     const at = new Map(steps.map((s, i) => [s, i]));
     const data = [steps];
     for (const r of runs) {
-      for (const part of [r.train, r.valid]) {
+      for (const part of parts(r)) {
         const ys = new Array(steps.length).fill(null);
         for (const [s, y] of part) ys[at.get(s)] = y;
         data.push(ys);
@@ -102,27 +105,42 @@ const TL = (() => {
     return data;
   }
 
+  function chartOptions(el, runs, width) {
+    const series = [{ label: "step" }], pal = STYLE.runs, b = STYLE.base;
+    runs.forEach((r, i) => {
+      const c = pal[i % pal.length];
+      const who = runs.length > 1 ? r.name + " " : "";
+      series.push({ label: who + "train", stroke: c.train, width: 2, spanGaps: true, points: { show: false } });
+      series.push({ label: who + "validation", stroke: c.valid, width: 2, dash: STYLE.valid_dash, spanGaps: true,
+                    points: { show: true, size: 6, fill: c.valid, stroke: c.valid } });
+      series.push({ label: who + "base model (validation, step 0)", stroke: c.valid, width: 0, paths: () => null,
+                    points: { show: true, size: b.size, width: b.width, stroke: c.valid, fill: b.fill } });
+    });
+    const markers = {
+      dash: (u, i) => (u.series[i].dash ? "dashed" : "solid"),
+      fill: (u, i) => (u.series[i].width ? "transparent" : b.fill),
+    };
+    const ticks = (u, splits) => {  // whole steps only (STYLE.step_incrs); what was drawn, for the tests
+      el.dataset.xticks = splits.join(",");
+      return splits.map((v) => (Number.isInteger(v) ? String(v) : ""));
+    };
+    return { width, height: 260, series, scales: { x: { time: false } },
+             axes: [{ label: "step", incrs: STYLE.step_incrs, values: ticks }, { label: "loss" }],
+             legend: { live: false, markers } };
+  }
+
   function lossChart(el, runs) {
     el.innerHTML = "";
-    const series = [{ label: "step" }];
-    runs.forEach((r, i) => {
-      const c = COLORS[i % COLORS.length];
-      const who = runs.length > 1 ? r.name + " " : "";
-      series.push({ label: who + "train", stroke: c, width: 2, spanGaps: true, points: { show: false } });
-      series.push({ label: who + "valid", stroke: c, width: 2, dash: [6, 4], spanGaps: true,
-                    points: { show: true, size: 6, fill: c } });
-    });
     const width = () => Math.max(280, el.clientWidth || 600);
-    const opts = { width: width(), height: 260, series, scales: { x: { time: false } },
-                   axes: [{ label: "step" }, { label: "loss" }], legend: { live: false } };
-    const u = new uPlot(opts, chartData(runs), el);
-    const points = runs.reduce((n, r) => n + r.train.length + r.valid.length, 0);
-    el.dataset.points = String(points);
+    const u = new uPlot(chartOptions(el, runs, width()), chartData(runs), el);
+    el.dataset.points = String(count(runs));
+    el.dataset.base = String(runs.reduce((n, r) => n + (r.base || []).length, 0));
     window.addEventListener("resize", () => u.setSize({ width: width(), height: 260 }));
     return {
       update(newRuns) {
         u.setData(chartData(newRuns));
-        el.dataset.points = String(newRuns.reduce((n, r) => n + r.train.length + r.valid.length, 0));
+        el.dataset.points = String(count(newRuns));
+        el.dataset.base = String(newRuns.reduce((n, r) => n + (r.base || []).length, 0));
       },
     };
   }
