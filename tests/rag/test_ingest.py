@@ -171,3 +171,24 @@ def test_furniture_rule_on_blocks():
     assert nav("Intro", "Setup", "Usage", link=1.0) == [0, 1, 2]
     assert nav("Go up to the home page next.") == []
     assert nav("Open the settings\nClick Save\nRestart the app") == []
+    # names, not navigation: a lone lowercase nav word, a table header, code with | and >
+    assert nav("next") == [] and nav("Index") == [] and nav("Contents") == []
+    assert nav("int | str | None") == [] and nav("x > y > z") == [] and nav("3.7 _ignore_", "3.6 Flag, auto") == []
+    # links to API names are content (a table of os.* -> Path.* links, a list of types)
+    assert nav("os.chmod()", "Path.chmod()", "os.mkdir()", "Path.mkdir()", link=1.0) == []
+    assert nav("tuple", "list", "dict", "set", link=1.0) == []
+
+
+def test_links_to_other_sites_and_code_are_not_navigation(tmp_path):
+    f = tmp_path / "ide.html"
+    f.write_text("<h1>IDEs</h1><p>There are a number of IDEs for Python:</p><ul>"
+                 "<li><a href='https://wing.example/'>Wing IDE</a></li><li><a href='https://komodo.example/'>Komodo "
+                 "IDE</a></li><li><a href='https://pycharm.example/'>Py Charm</a></li></ul>"
+                 "<pre><a href='#atom'>atom</a> ::= <a href='#id'>identifier</a>\n"
+                 "<a href='#lit'>literal</a> ::= <a href='#s'>stringliteral</a></pre>")
+    assert [b.text for b in read_document(f).blocks][1:4] == ["Wing IDE", "Komodo IDE", "Py Charm"]
+    assert "atom ::= identifier" in read_document(f).text
+    m = tmp_path / "links.md"
+    m.write_text("# Tools\n\n- [Wing IDE](https://wing.example/)\n- [Komodo IDE](https://komodo.example/)\n"
+                 "- [Py Charm](https://pycharm.example/)\n")
+    assert len(read_document(m).blocks) == 1 and read_document(m).furniture == 0

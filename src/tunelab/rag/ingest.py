@@ -150,12 +150,16 @@ _NAV_PUNCT = r"[\s|«»‹›←→<>\-–—·•:/\[\]]*"
 _NAV_LINE = re.compile(rf"{_NAV_PUNCT}(?:{_NAV_WORD}(?:\s+(?:page|topic|chapter|section))?{_NAV_PUNCT})+", re.I)
 # "Next: Installation", "Previous chapter: Overview", "Up: Guide"
 _NAV_TITLED = re.compile(r"[\W_]*(?:prev(?:ious)?|next|up)(?:\s+(?:page|topic|chapter|section))?\s*[:»›→]\s*\S", re.I)
-# a table-of-contents entry: "Chapter 11. Data conversion", "Appendix B: Tables", "2.3. Options", "1.2 Setup"
-_TOC_LINE = re.compile(r"(?:[-*+•]\s*)?(?:(?:chapter|section|part|appendix|lesson)\s+(?:\d+|[IVXLC]+|[A-Z])\b[.:]?"
-                       r"|\d+(?:\.\d+)+\.?)\s+\S", re.I)
+# a table-of-contents entry: "Chapter 11. Data conversion", "Appendix B: Tables" (any title), or a dotted
+# number and a title of words only: "2.3. Options", "1.2 Getting started" (not "3.7 _ignore_", "3.6 Flag, auto")
+_TOC_LINE = re.compile(r"(?:[-*+•]\s*)?(?:(?i:chapter|section|part|appendix|lesson)\s+(?:\d+|[IVXLC]+|[A-Z])\b[.:]?\s+\S"
+                       r"|\d+(?:\.\d+)+\.?\s+[A-Z][A-Za-z'’-]*(?:\s+[A-Za-z'’&-]+)*\s*$)")
+# an item of a bar: a title (capitalised words) or navigation words, not code ("int", "x > y", "METH_O")
+_BAR_ITEM = re.compile(r"[«»‹›←→\s]*[A-Z][A-Za-z0-9 .'’&-]*[«»‹›←→\s]*")
 _TOC_MARK = re.compile(r"\b(?:chapter|section|part|appendix)\s+(?:\d+|[IVXLC]+)\b\.?", re.I)
 _NAV_TOKEN = re.compile(r"\b(?:prev(?:ious)?|next|up|home|top)\b", re.I)
 _BAR = re.compile(r"\s+(?:\||»|›|·|•|→|>|/)\s+")
+_IDENTIFIER = re.compile(r"\(\)|_|[A-Za-z]\.[A-Za-z]")  # os.chmod(), MAX_EMAX: API names, kept as content
 _NUMBERING = re.compile(r"(?:\d+|[IVXLC]+|[A-Z])(?:\.\d+)*\.")  # "11." "2.3." "IV." "B."
 
 
@@ -175,12 +179,20 @@ def _bar(line: str) -> bool:
     if s.startswith("|") or s.endswith("|"):  # a Markdown table row
         return False
     items = _BAR.split(s)
-    return len(items) >= 3 and all(0 < _words(i) <= 5 and not _sentence_ends(i) for i in items)
+    return len(items) >= 3 and all(0 < _words(i) <= 5 and not _sentence_ends(i)
+                                   and (_BAR_ITEM.fullmatch(i) or _NAV_LINE.fullmatch(i)) for i in items)
 
 
-def _nav_line(line: str) -> bool:
+def _nav_line(line: str, alone: bool = False) -> bool:
+    """A navigation line; `alone` (a one-line block judged by itself) asks more of navigation words:
+    decorated ("next »", "| Up |"), 2+ of them ("Previous topic" counts as Prev/Next + a noun), or
+    a capitalised Prev/Previous/Next/Home, so "next" or "index" (a name) and a table header
+    "Index" or "Contents" stay."""
     s = line.strip()
-    return bool(_NAV_LINE.fullmatch(s) or (_NAV_TITLED.match(s) and _words(s) <= 10) or _bar(s))
+    if _NAV_LINE.fullmatch(s):
+        return (not alone or bool(re.search(r"[|«»‹›←→]", s)) or len(_NAV_TOKEN.findall(s)) >= 2
+                or bool(re.match(r"(?:Prev(?:ious)?|Next|Home)\b", s)) or _words(s) >= 2)
+    return bool((_NAV_TITLED.match(s) and _words(s) <= 10) or _bar(s))
 
 
 def _toc_line(line: str) -> bool:
@@ -199,19 +211,25 @@ def furniture_blocks(blocks: list[tuple[str, tuple[str, ...], float]]) -> set[in
 
     A *navigation line* is one of: navigation words only ("Next", "« Previous | Up | Next »",
     "Previous topic", "Back to top"); "Next: <title>" (at most 10 words); a separator bar of 3+
-    items of at most 5 words each, split by | » › · • → > or / (not a Markdown table row);
-    a table-of-contents entry ("Chapter 11. Data conversion", "Appendix B: Tables", "2.3. Options":
-    a chapter/section/part/appendix number or a dotted number like 2.3, at most 12 words, no
-    sentence punctuation). The *link share* is the part of the block that was link text (HTML
-    `<a>`, Markdown lines that are a whole `[text](url)`); a *link item* is a block of at most
-    10 words with link share >= 0.9.
+    items split by | » › · • → > or /, each a capitalised title of at most 5 words or navigation
+    words (not a Markdown table row, not code such as "int | str | None" or "x > y > z");
+    a table-of-contents entry ("Chapter 11. Data conversion", "Appendix B: Tables" with any title;
+    "2.3. Options", "1.2 Getting started": a dotted number and a capitalised title of words only,
+    so "3.7 _ignore_" is not one; at most 12 words, no sentence punctuation). The *link share* is the part of the block that
+    was text of links to this site (HTML `<a href>` relative or #anchor, Markdown lines that are a
+    whole `[text](url)` with a relative url; never in code blocks): links to other sites are
+    content (a list of tools). A *link item* is a block of at most 10 words with link share
+    >= 0.9 that reads as a title, not an API name: 2+ words, or one capitalised word ("Streams",
+    "API"), and no "()", "_" or "a.b" (lists of `os.chmod()`, `tuple`, `PyConfig` links are content).
 
     A block is navigation when:
 
     1. it has 2+ lines, at least 60% of them navigation lines or whole links, and at most one
        sentence-ending punctuation mark (. ! ? ; : not counting numbering such as "11.") per
        4 lines; or
-    2. it is one line of navigation words, a "Next: <title>" line or a separator bar; or
+    2. it is one line of navigation words (decorated "next »", 2+ words "Back to top", or a
+       capitalised Prev/Previous/Next/Home: a lone "next", "index" or a table header "Contents"
+       stays), a "Next: <title>" line or a bar; or
     3. it is one line with 2+ chapter/section numbers (or one and 2+ of Prev/Next/Up/Home/Top),
        at most 6 words per such marker and no sentence punctuation (a flattened footer); or
     4. it belongs to a run of consecutive one-line blocks of the same section that are each a
@@ -229,7 +247,8 @@ def furniture_blocks(blocks: list[tuple[str, tuple[str, ...], float]]) -> set[in
             return "nav"
         if _toc_line(text):
             return "toc"
-        if link >= 0.9 and _words(text) <= 10:
+        if link >= 0.9 and _words(text) <= 10 and not _IDENTIFIER.search(text) \
+                and (_words(text) >= 2 or re.fullmatch(r"[A-Z][a-z]+|[A-Z]{2,5}", text)):
             return "link"
         return None
 
@@ -257,7 +276,7 @@ def furniture_blocks(blocks: list[tuple[str, tuple[str, ...], float]]) -> set[in
                 nav.add(i)
             continue
         line = lines[0] if lines else ""
-        if _nav_line(line) or _flat_nav(line):
+        if _nav_line(line, alone=True) or _flat_nav(line):
             nav.add(i)
         k = kind(line, link)
         if k is None:
@@ -294,7 +313,8 @@ def _md_inline(s: str) -> str:
     return re.sub(r"`([^`]+)`", r"\1", s)
 
 
-_MD_LINK_LINE = re.compile(r"\s*(?:[-*+]|\d+[.)])?\s*(?:\[[^\]]+\]\([^)]*\)[\s|·•,]*)+")  # a line that is only links
+# a line that is only links to this site (relative urls; links to other sites are content)
+_MD_LINK_LINE = re.compile(r"\s*(?:[-*+]|\d+[.)])?\s*(?:\[[^\]]+\]\((?![a-zA-Z][\w+.-]*:|//)[^)]*\)[\s|·•,]*)+")
 
 
 def _md_blocks(raw: str) -> list[tuple[str, list[str], float]]:
@@ -443,7 +463,8 @@ class _HTMLBlocks(html.parser.HTMLParser):
     NAV = {"nav", "header", "footer", "aside"}  # counted as furniture when they held text
     BLOCK = {"p", "div", "li", "pre", "blockquote", "td", "th", "dt", "dd", "section", "article",
              "tr", "table", "ul", "ol", "dl", "br", "main", "body"}
-    NAV_CLASSES = {"navheader", "navfooter", "navbar", "breadcrumb", "breadcrumbs", "pagination", "nav-links"}
+    NAV_CLASSES = {"navheader", "navfooter", "navbar", "breadcrumb", "breadcrumbs", "pagination", "nav-links",
+                   "toctree-wrapper"}  # toctree-wrapper: Sphinx's lists of the pages below this one
     VOID = {"br", "hr", "img", "input", "meta", "link", "area", "base", "col", "embed", "source", "track", "wbr"}
 
     def __init__(self, furniture: bool = True):
@@ -460,6 +481,7 @@ class _HTMLBlocks(html.parser.HTMLParser):
         self.heading: int | None = None
         self.pre = 0
         self.link = 0
+        self.link_internal: list[bool] = []  # per open <a>: links inside this site (navigation candidates)
 
     def flush(self):
         text = "".join(self.buf)
@@ -467,7 +489,8 @@ class _HTMLBlocks(html.parser.HTMLParser):
             text = re.sub(r"[ \t\r\n]+", " ", text)
         if text.strip():
             total = len(re.sub(r"\s", "", text))
-            self.out.append((text.strip(), [t for _, t in self.path], min(1.0, self.link_chars / total)))
+            share = 0.0 if self.pre else min(1.0, self.link_chars / total)  # code is never navigation
+            self.out.append((text.strip(), [t for _, t in self.path], share))
         self.buf = []
         self.link_chars = 0
 
@@ -496,6 +519,7 @@ class _HTMLBlocks(html.parser.HTMLParser):
             self.nav = [tag, 1]
         elif tag == "a":
             self.link += 1
+            self.link_internal.append(_internal(dict(attrs).get("href")))
         elif re.fullmatch(r"h[1-6]", tag):
             self.flush()
             self.heading = int(tag[1])
@@ -520,6 +544,8 @@ class _HTMLBlocks(html.parser.HTMLParser):
                 self.drop_text = 0
         elif tag == "a":
             self.link = max(0, self.link - 1)
+            if self.link_internal:
+                self.link_internal.pop()
         elif re.fullmatch(r"h[1-6]", tag) and self.heading is not None:
             title = re.sub(r"\s+", " ", "".join(self.buf)).strip().rstrip("¶").strip()
             self.buf = []
@@ -539,8 +565,14 @@ class _HTMLBlocks(html.parser.HTMLParser):
             self.drop_text += len(data.strip())
             return
         self.buf.append(data)
-        if self.link:
+        if self.link and self.link_internal and self.link_internal[-1]:
             self.link_chars += len(re.sub(r"\s", "", data))
+
+
+def _internal(href: str | None) -> bool:
+    """A link to this site (relative or #anchor): what navigation is made of. Links to other sites
+    (a list of tools, references) are content, never counted as navigation."""
+    return bool(href) and not re.match(r"[a-zA-Z][\w+.-]*:|//", href)
 
 
 def _html_blocks(raw: str, furniture: bool = True) -> tuple[list[tuple[str, list[str], float]], int]:
