@@ -155,7 +155,7 @@ def test_text_furniture_heuristic_drops_navigation_and_keeps_content(tmp_path):
 
 
 def test_furniture_rule_on_blocks():
-    from tunelab.rag.ingest import furniture_blocks
+    from tunelab.rag.furniture import furniture_blocks
 
     def nav(*texts, link=0.0, sections=None):
         return sorted(furniture_blocks([(t, (sections or {}).get(i, ("S",)), link) for i, t in enumerate(texts)]))

@@ -7,7 +7,7 @@ The KB mirrors `docs` (files and folders, searched recursively for supported ext
     unchanged file      nothing (no reading, no embedding)
     file gone           (in the KB but no longer among `docs`) its chunks deleted
 
-Page furniture (navigation lists, Next/Previous bars, breadcrumbs: `ingest.furniture_blocks`)
+Page furniture (navigation lists, Next/Previous bars, breadcrumbs: `furniture.furniture_blocks`)
 is dropped while reading unless `furniture=False`; `IndexReport.furniture_dropped` counts it
 for the files read in this call.
 
