@@ -135,7 +135,10 @@ def test_finished_runs_refused_and_engine_only_options(dpo_run, tmp_path, tiny_m
     with pytest.raises(TunelabError, match="already finished"):
         run_task(cfg, quiet=True)
     bad = cfg_for(tmp_path, tiny_model_dir, "dpo", train={"resume": "yes"}, output={"name": "r"})
-    with pytest.raises(TunelabError, match="train.resume is not available for task dpo"):
+    with pytest.raises(TunelabError, match="nothing to resume"):  # TRL tasks resume (test_preference_resume.py)
+        run_task(bad, quiet=True)
+    bad = cfg_for(tmp_path, tiny_model_dir, "dpo", train={"early_stopping_patience": 2}, output={"name": "r"})
+    with pytest.raises(TunelabError, match="early stopping is not available for task dpo"):
         run_task(bad, quiet=True)
     (tmp_path / "broken.jsonl").write_text('{"prompt": "q", "chosen": "a"}\n', encoding="utf-8")
     bad = cfg_for(tmp_path, tiny_model_dir, "reward", data={"train": str(tmp_path / "broken.jsonl")}, output={"name": "b"})

@@ -25,6 +25,8 @@ to `step-N.del` before it is deleted, so an interrupted prune never leaves a hal
 Loading reads only safetensors and JSON, so resuming a run directory from anyone cannot run
 code. A step folder in the old pickle format (`state.pt` without `state.json`), a pickle under
 any of the names above, or a damaged file raises `TunelabError`; nothing is ever unpickled.
+The one exception is a TRL task's checkpoint (`adopt_trainer_checkpoint`: the transformers Trainer's
+own files, format transformers-trainer), which the Trainer reads with torch.load(weights_only=True).
 """
 
 from __future__ import annotations
@@ -86,15 +88,55 @@ def save_checkpoint(ckpt_dir: Path, model, opt, sched, position: dict, result: d
              "optimizer": {"param_groups": opt_state["param_groups"], "state": opt_values},
              "result": result, "best_state": best is not None}
     (tmp / "state.json").write_text(json.dumps(_encode(state), allow_nan=False, indent=1), encoding="utf-8")
+    return _publish(tmp, out, keep)
+
+
+def _publish(tmp: Path, out: Path, keep: int | None) -> Path:
+    """Rename the complete checkpoint folder `tmp` to `out` (step-N), prune to the last `keep` (None:
+    keep all) and sweep what aborted saves and prunes left; returns `out`."""
+    ckpt_dir = out.parent
     if out.exists():
         _remove(out)
     tmp.rename(out)
-    if keep is not None:
+    if keep is not None and list_checkpoints(ckpt_dir)[:-keep]:
+        _before_prune(ckpt_dir)
         for old in list_checkpoints(ckpt_dir)[:-keep]:
             _remove(ckpt_dir / f"step-{old}")
     for stale in ckpt_dir.glob("step-*.*"):  # a .tmp of an aborted save, a .del of an aborted prune
         shutil.rmtree(stale, ignore_errors=True)
     return out
+
+
+TRAINER_FORMAT = "transformers-trainer"  # state.json of a checkpoint the transformers Trainer wrote (TRL tasks)
+
+
+def adopt_trainer_checkpoint(folder: Path, out: Path, position: dict, keep: int | None = 2) -> Path:
+    """Make the transformers Trainer's checkpoint `folder` (checkpoint-N, complete: the Trainer has
+    saved it) the run's `out` (step-N): state.json {format: transformers-trainer, version, position
+    {step, epoch, final}} is written into it last, then it is renamed, as `save_checkpoint` does, and
+    pruned to the last `keep`. A Trainer killed mid-save leaves only a checkpoint-N folder, never a
+    step-N that looks complete. Its files are the Trainer's: weights in safetensors, optimizer,
+    scheduler and RNG in .pt files that the Trainer reads back with torch.load(weights_only=True)
+    (the restricted unpickler: tensors and plain values only, no code)."""
+    state = {"format": TRAINER_FORMAT, "version": VERSION, "position": position}
+    (folder / "state.json").write_text(json.dumps(_encode(state), allow_nan=False, indent=1), encoding="utf-8")
+    return _publish(folder, out, keep)
+
+
+# Hooks called with a checkpoints folder just before checkpoints are deleted from it (pruned to the last
+# `keep` while training, or after DONE by train.keep_checkpoints): the job worker records there each one
+# it has not seen yet (serve/job_worker.py), so none goes unlisted however fast it is pruned.
+BEFORE_PRUNE: list = []
+
+
+def _before_prune(ckpt_dir: Path) -> None:
+    for hook in list(BEFORE_PRUNE):
+        try:
+            hook(ckpt_dir)
+        except Exception:  # a hook's fault never stops training or loses a checkpoint
+            import logging
+
+            logging.getLogger("tunelab.train").exception("a before-prune hook failed")
 
 
 def _remove(step_dir: Path) -> None:
@@ -110,6 +152,7 @@ def prune_finished(ckpt_dir: Path, keep: str) -> None:
     """train.keep_checkpoints of a finished run: all (as is) | last (the latest one) | none (the folder goes)."""
     if keep == "all" or not ckpt_dir.is_dir():
         return
+    _before_prune(ckpt_dir)
     steps = list_checkpoints(ckpt_dir)
     for old in steps[:-1] if keep == "last" else steps:
         _remove(ckpt_dir / f"step-{old}")

@@ -32,9 +32,9 @@ from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, begin_run, finish_run, load_base, quantize_for_training, setup_run
-from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
-                                               remove_empty_checkpoints, tokenize_pairs, train_and_measure,
-                                               trainer_args)
+from tunelab.train.recipes.preference import (checkpoint_callback, load_pairs, metrics_callback, quiet_trainer,
+                                               refuse_engine_only_options, remove_empty_checkpoints, resume_from,
+                                               tokenize_pairs, train_and_measure, trainer_args)
 from tunelab.train.reports import write_dpo_report
 from tunelab.train.resolve import resolve
 
@@ -123,7 +123,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    begin_run(run, cfg, base.rm.path, template, console)  # config.yaml, template.json (rank 0)
+    resume_step = begin_run(run, cfg, base.rm.path, template, console)  # config.yaml, template.json; resume: its step
     amp = autocast_dtype(cfg.train.precision, base.device)
 
     # ---- before: greedy replies of the base to held-out prompts ----------------------------------------------
@@ -142,14 +142,16 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     args = trainer_args(DPOConfig, cfg, run, base.device, quiet, bool(val_rows), beta=p.beta,
                         loss_type=loss_types(p.loss_type), max_length=d.max_length)
     logger = MetricsLogger(run)  # metrics.jsonl; the tracker of train.report_to is TRL's (trainer_args)
+    callbacks = [checkpoint_callback(run, cfg.train.keep_checkpoints), metrics_callback(logger)]
     trainer = _trainer_class()(model=base.model, ref_model=ref_model, args=args,
                                train_dataset=Dataset.from_list(train_rows),
                                eval_dataset=Dataset.from_list(val_rows) if val_rows else None, processing_class=tok,
-                               peft_config=peft_config, callbacks=[metrics_callback(logger)])
+                               peft_config=peft_config, callbacks=callbacks)
     quiet_trainer(trainer, quiet)
     trainable = trainable_summary(trainer.model)
     console.print(trainable)
-    before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger)
+    before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger,
+                                                       resume_from(run, resume_step))
 
     # ---- after + save ----------------------------------------------------------------------------------------
     policy = trainer.model
@@ -163,7 +165,7 @@ def run_dpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
     if main:
         write_dpo_report(run, cfg, out)
         remove_empty_checkpoints(run)
-    finish_run(run, None)  # DONE last; a Ctrl-C in TRL raised before here
+    finish_run(run, None, cfg.train.keep_checkpoints)  # DONE last; a Ctrl-C in TRL raised before here
     return out
 
 

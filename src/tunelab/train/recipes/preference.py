@@ -18,7 +18,16 @@ as TrainingArguments.report_to, writing where the engine's tracker would: logger
 `MetricsCallback` writes every TRL log row into metrics.jsonl through `MetricsLogger` (eval_* keys
 become val_*). Under `accelerate launch` / `tunelab train --nproc N` the Trainer runs DDP (or the
 config's FSDP / DeepSpeed) itself; rank 0 alone writes the run folder. TRL tasks end with the final
-weights: keep_best, early stopping and resume belong to the engine and are refused here.
+weights: keep_best and early stopping belong to the engine and are refused here.
+
+Checkpoints and resume: the Trainer saves at each epoch end (every `train.save_every` steps instead
+when set; the last step always), and `CheckpointCallback` makes each save the run's
+`checkpoints/step-N` (state.json written last, then renamed: train/state.adopt_trainer_checkpoint),
+the last two kept while training, then `train.keep_checkpoints` once DONE (finish_run). A rerun
+with `train.resume: auto | yes` continues from the last one with the Trainer's own
+`resume_from_checkpoint`: adapter weights, optimizer, scheduler, RNG, global step and log history
+restored, the next epoch's data order drawn from the restored RNG; the resumed run's metrics.jsonl
+drops the rows after the checkpoint (RunDir.begin) and does not log the "before" evaluation again.
 """
 
 from __future__ import annotations
@@ -69,9 +78,6 @@ def tokenize_pairs(pairs: list[PreferenceExample], template, tok, cfg: RunConfig
 # ---- TRL wiring ----------------------------------------------------------------------------------------------
 def refuse_engine_only_options(cfg: RunConfig) -> None:
     t = cfg.train
-    if t.resume == "yes":  # auto (the default) starts an unfinished run of these tasks again
-        raise TunelabError(f"train.resume is not available for task {cfg.task} (trained by TRL)", where="train.resume",
-                           hint="start the run again (with --overwrite)")
     if t.early_stopping_patience:
         raise TunelabError(f"early stopping is not available for task {cfg.task} (trained by TRL)",
                            where="train.early_stopping_patience", hint="set it to 0 and choose train.epochs")
@@ -93,7 +99,9 @@ def warmup_args(ratio: float) -> dict:
 
 
 def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: bool, has_val: bool, **extra):
-    """TRL config (RewardConfig / DPOConfig) from `train.*`; checkpoints are not written (save_strategy no).
+    """TRL config (RewardConfig / DPOConfig) from `train.*`; the Trainer saves its checkpoints in the run's
+    checkpoints folder at each epoch end (every `train.save_every` steps when set), which
+    `CheckpointCallback` renames to step-N and prunes (the Trainer's own rotation is off).
 
     e.g. 36 pairs, batch_size 4, grad_accum 1, epochs 2 -> 9 steps/epoch x 2 = 18 optimizer steps.
     """
@@ -112,8 +120,10 @@ def trainer_args(config_cls, cfg: RunConfig, run, device: torch.device, quiet: b
         ev = {"eval_strategy": "epoch"}
     else:
         ev = {"eval_strategy": "steps", "eval_steps": int(t.eval_every)}
+    save = {"save_strategy": "steps", "save_steps": t.save_every} if t.save_every else {"save_strategy": "epoch"}
     return config_cls(
-        output_dir=str(RunDir(run.path).checkpoints_dir), save_strategy="no", report_to=t.report_to, disable_tqdm=quiet,
+        output_dir=str(RunDir(run.path).checkpoints_dir), save_total_limit=None, **save, report_to=t.report_to,
+        disable_tqdm=quiet,
         learning_rate=t.lr, num_train_epochs=t.epochs, max_steps=t.max_steps, per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size, gradient_accumulation_steps=t.grad_accum,
         **warmup_args(t.warmup_ratio), weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
@@ -132,7 +142,11 @@ def metrics_callback(logger):
     from transformers import TrainerCallback
 
     class MetricsCallback(TrainerCallback):
+        muted = False  # True while a resumed run repeats its "before" evaluation (already in metrics.jsonl)
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.muted:
+                return
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0.0, 3)}
             for k, v in (logs or {}).items():
                 if k == "learning_rate":
@@ -145,6 +159,55 @@ def metrics_callback(logger):
     return MetricsCallback()
 
 
+def checkpoint_callback(run, keep_checkpoints: str):
+    """A TrainerCallback that makes each checkpoint the Trainer saves (output_dir/checkpoint-N, complete
+    once on_save runs) the run's checkpoints/step-N with its state.json (position: step, epoch, final =
+    the run's last step), keeping the last two (every one with train.keep_checkpoints: all); rank 0 only.
+    A checkpoint-N folder left by a save that was killed is deleted at the next save, and so is the
+    model card TRL writes beside them (checkpoints/README.md)."""
+    import shutil
+
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    from tunelab.train.state import adopt_trainer_checkpoint
+
+    rd = RunDir(run.path)
+    keep = None if keep_checkpoints == "all" else 2
+
+    class CheckpointCallback(TrainerCallback):
+        trainer = None  # set by train_and_measure: its token count goes into state.json
+
+        def on_save(self, args, state, control, **kwargs):
+            if not state.is_world_process_zero:
+                return
+            step = state.global_step
+            folder = rd.checkpoints_dir / f"{PREFIX_CHECKPOINT_DIR}-{step}"
+            if folder.is_dir():
+                position = {"step": step, "epoch": round(state.epoch or 0.0, 6)}
+                if state.max_steps and step >= state.max_steps:
+                    position["final"] = True  # the run's last step: the run itself once DONE
+                tokens = getattr(self.trainer, _TOKENS, None)
+                if isinstance(tokens, int):
+                    position["train_tokens"] = tokens
+                adopt_trainer_checkpoint(folder, rd.checkpoint(step), position, keep)
+            for stale in rd.checkpoints_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):  # a save that was killed
+                shutil.rmtree(stale, ignore_errors=True)
+            (rd.checkpoints_dir / "README.md").unlink(missing_ok=True)  # TRL's model card of its output_dir
+
+    return CheckpointCallback()
+
+
+# TRL's count of the tokens trained on (its `num_tokens` metric): not in the Trainer's checkpoint, so
+# kept in state.json's position and set back on resume, for the resumed rows to count as the whole run's
+_TOKENS = "_total_train_tokens"
+
+
+def resume_from(run, resume_step: int | None) -> str | None:
+    """The checkpoint folder a TRL run continues from (`begin_run`'s resume step), or None."""
+    return None if resume_step is None else str(RunDir(run.path).checkpoint(resume_step))
+
+
 def val_metrics(trainer) -> dict:
     """TRL's validation metrics now (eval_* keys renamed val_*): the evaluation logged at this very
     step when there is one (epoch-end evaluation), else a fresh `trainer.evaluate()`."""
@@ -155,15 +218,34 @@ def val_metrics(trainer) -> dict:
     return {("val_" + k[5:] if k.startswith("eval_") else k): v for k, v in last.items()}
 
 
-def train_and_measure(trainer, has_val: bool, logger) -> tuple[dict, object, float, dict]:
+def train_and_measure(trainer, has_val: bool, logger, resume: str | None = None) -> tuple[dict, object, float, dict]:
     """(validation metrics before, TRL's TrainOutput, training seconds, validation metrics after);
-    `logger` is closed afterwards. Without a validation set the metrics are {}."""
+    `logger` is closed afterwards. Without a validation set the metrics are {}. `resume`: the
+    checkpoint folder to continue from (`resume_from`); the "before" evaluation is then measured
+    again (the base model: the checkpoint loads in train()) but not logged a second time."""
+    import json
     import time
+    from pathlib import Path
 
+    callbacks = trainer.callback_handler.callbacks
+    for cb in callbacks:
+        if hasattr(cb, "trainer"):
+            cb.trainer = trainer
+    muted = [cb for cb in callbacks if hasattr(cb, "muted")] if resume else []
+    if resume and hasattr(trainer, _TOKENS):
+        position = json.loads((Path(resume) / "state.json").read_text(encoding="utf-8")).get("position", {})
+        if isinstance(position.get("train_tokens"), int):
+            setattr(trainer, _TOKENS, position["train_tokens"])
     try:
-        before = val_metrics(trainer) if has_val else {}
+        for cb in muted:
+            cb.muted = True
+        try:
+            before = val_metrics(trainer) if has_val else {}
+        finally:
+            for cb in muted:
+                cb.muted = False
         t = time.perf_counter()
-        state = trainer.train()
+        state = trainer.train(resume_from_checkpoint=resume)
         seconds = time.perf_counter() - t
         after = val_metrics(trainer) if has_val else {}
     finally:

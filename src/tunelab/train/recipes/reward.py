@@ -27,9 +27,9 @@ from tunelab.runs.rundir import RunDir
 from tunelab.train.distributed import is_main
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import Outcome, begin_run, finish_run, setup_run
-from tunelab.train.recipes.preference import (load_pairs, metrics_callback, quiet_trainer, refuse_engine_only_options,
-                                               remove_empty_checkpoints, tokenize_pairs, train_and_measure,
-                                               trainer_args)
+from tunelab.train.recipes.preference import (checkpoint_callback, load_pairs, metrics_callback, quiet_trainer,
+                                               refuse_engine_only_options, remove_empty_checkpoints, resume_from,
+                                               tokenize_pairs, train_and_measure, trainer_args)
 from tunelab.train.reports import write_reward_report
 from tunelab.train.resolve import resolve
 
@@ -105,7 +105,8 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     train_rows, cut_train = tokenize_pairs(train_ex, template, tok, cfg)
     val_rows, cut_val = tokenize_pairs(val_ex, template, tok, cfg)
     console.print(f"data: {len(train_rows)} train / {len(val_rows)} validation pairs")
-    begin_run(run, cfg, rm.path, template, console)  # template.json: how pairs were rendered, to score new text the same way
+    # template.json: how pairs were rendered, to score new text the same way; a resumed run: its checkpoint's step
+    resume_step = begin_run(run, cfg, rm.path, template, console)
 
     # ---- adapt -----------------------------------------------------------------------------------------------
     model = adapt(model, cfg)
@@ -117,9 +118,10 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
     args = trainer_args(RewardConfig, cfg, run, device, quiet, bool(val_rows), max_length=None)
     trainer = RewardTrainer(model=model, args=args, train_dataset=scored_sequences(train_rows),
                             eval_dataset=scored_sequences(val_rows) if val_rows else None, processing_class=tok,
-                            callbacks=[metrics_callback(logger)])
+                            callbacks=[checkpoint_callback(run, cfg.train.keep_checkpoints), metrics_callback(logger)])
     quiet_trainer(trainer, quiet)
-    before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger)
+    before, state, seconds, after = train_and_measure(trainer, bool(val_rows), logger,
+                                                       resume_from(run, resume_step))
 
     # ---- save ------------------------------------------------------------------------------------------------
     out = RewardOutcome(run.path, before, after, trainable, state.global_step, seconds, len(train_rows),
@@ -128,7 +130,7 @@ def run_reward(cfg: RunConfig, quiet: bool = False, console: Console | None = No
         run.save_weights(trainer.model, cfg.method.name, tok)
         write_reward_report(run, cfg, out)
         remove_empty_checkpoints(run)
-    finish_run(run, None)  # DONE last; a Ctrl-C in TRL raised before here
+    finish_run(run, None, cfg.train.keep_checkpoints)  # DONE last; a Ctrl-C in TRL raised before here
     return out
 
 
