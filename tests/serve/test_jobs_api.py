@@ -274,7 +274,7 @@ def test_dpo_job_end_to_end(jobs_server, tiny_model_dir):
     assert done.status == "succeeded", done.error
     assert [e["data"]["step"] for e in events if e["type"] == "metrics" and "train_loss" in e["data"]] == [1, 2]
     cfg = yaml.safe_load((state.tenant_runs("alice") / done.fine_tuned_model / "config.yaml").read_text())
-    assert cfg["task"] == "dpo" and cfg["preference"]["beta"] == 0.1 and cfg["train"]["resume"] == "no"
+    assert cfg["task"] == "dpo" and cfg["preference"]["beta"] == 0.1 and cfg["train"]["resume"] == "auto"
 
 
 def test_finetuning_type_sets_the_runs_method_and_a_server_override_still_wins(tmp_path):

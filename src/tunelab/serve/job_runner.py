@@ -14,9 +14,9 @@ runner thread
        pauses the queue) workers run: `python -m tunelab.serve.job_worker --db .. --job .. --config ..`
        (its output appended to home/jobs/<id>/worker.log) -> running
 
-The run is `state.tenant_runs(tenant)/<run name>`; supervised jobs resume from their last
-checkpoint (`train.resume: auto`), dpo jobs (TRL: no resume) start again. At startup (`start`),
-a `running` job belongs to a server that died: a worker of it still alive is killed, then a run
+The run is `state.tenant_runs(tenant)/<run name>`; a job resumes from its run's last checkpoint
+(`train.resume: auto`: the engine's for supervised, the Trainer's, kept as step-N, for dpo). At
+startup (`start`), a `running` job belongs to a server that died: a worker of it still alive is killed, then a run
 with DONE is recorded succeeded (it finished, the server did not see it), any other is queued
 again. A status change is a conditional transition (jobs_db.transition), so a cancelled job
 stays cancelled whatever its worker does meanwhile. `shutdown` interrupts the workers (SIGINT:
@@ -76,7 +76,7 @@ def job_config(job: dict, train: Path, validation: Path | None, runs: Path, over
     cfg = {"task": "dpo" if dpo else "sft", "model": {"name": job["model"]},
            "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": hp.get("finetuning_type", "lora")},
            "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"], "seed": job["seed"],
-                     "resume": "no" if dpo else "auto", "eval_every": "epoch" if validation else "never"},
+                     "resume": "auto", "eval_every": "epoch" if validation else "never"},
            "output": {"dir": str(runs), "name": job["run_name"]}, "base_dir": str(train.parent)}
     if validation is not None:
         cfg["data"]["validation"] = str(validation)
@@ -146,7 +146,7 @@ class JobRunner:
             if RunDir(run).done:
                 self._succeed(job)
                 continue
-            steps = checkpoint_steps(run) if job["method"]["type"] != "dpo" else []
+            steps = checkpoint_steps(run)
             where = f"resumes from its checkpoint at step {steps[-1]}" if steps else "starts again"
             jobs_db.transition(c, job, "queued", ("running",), f"The server restarted: the job is queued and {where}",
                                worker_pid=None)

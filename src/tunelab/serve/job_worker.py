@@ -12,8 +12,11 @@ writes into the job's records, every 0.25 s and once more at the end:
     (state.json, complete)
 
 Steps that already have an event (a resumed job retrains the steps after its checkpoint) are not
-reported twice. A checkpoint the recipe pruned (it keeps the last 2) before a sweep saw it is not
-recorded. The worker dies with its server: PR_SET_PDEATHSIG on Linux, and a watchdog thread that
+reported twice. The recipe prunes checkpoints (the last 2 while training; after DONE, what
+train.keep_checkpoints does not keep): a sweep runs just before each prune (train/state.BEFORE_PRUNE),
+so every checkpoint is recorded however soon it goes. The run's last step's checkpoint
+(position.final) is not listed: it is the run itself. The worker dies with its server:
+PR_SET_PDEATHSIG on Linux, and a watchdog thread that
 exits when the parent process is no longer `--parent`.
 
 Exit codes: 0 the run is DONE; 2 a TunelabError, 1 any other error (both recorded as the job's
@@ -38,7 +41,7 @@ from tunelab.errors import TunelabError
 from tunelab.runs.rundir import RunDir
 from tunelab.serve import jobs_db
 from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps
-from tunelab.train.state import is_final
+from tunelab.train.state import BEFORE_PRUNE, is_final
 
 _KEYS = {"loss": "train_loss", "val_loss": "valid_loss", "lr": "learning_rate"}
 
@@ -66,6 +69,7 @@ class Monitor:
         self.ckpts = jobs_db.checkpoint_steps_recorded(c, job["id"])
         self.by_step: dict[int, dict] = {}  # step -> train_loss / valid_loss, for checkpoint objects
         self.inode, self.offset = None, 0
+        self.lock = threading.Lock()  # one sweep at a time: the thread's, or the one before a prune
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="tunelab-job-monitor", daemon=True)
 
@@ -102,6 +106,14 @@ class Monitor:
         return [json.loads(x) for x in chunk[:end].decode("utf-8").splitlines() if x.strip()]
 
     def sweep(self) -> None:
+        with self.lock:
+            self._sweep()
+
+    def before_prune(self, _ckpt_dir) -> None:
+        """train/state.BEFORE_PRUNE hook: record the checkpoints before some are deleted."""
+        self.sweep()
+
+    def _sweep(self) -> None:
         c = jobs_db.conn(self.db_path)
         for row in self._new_rows():
             ev = metrics_event(row)
@@ -170,6 +182,7 @@ def run_job(db_path: str, job_id: str, config: Path) -> int:
                           f"Training {cfg.model.name} ({cfg.task}, {cfg.method.name}) into run {run.name}")
         monitor = Monitor(db_path, job, run)
         monitor.start()
+        BEFORE_PRUNE.append(monitor.before_prune)
         outcome = _recipe(cfg.task)(cfg, quiet=True)
         monitor.stop()
         tokens = getattr(getattr(outcome, "result", None), "trained_tokens", None)
@@ -185,8 +198,11 @@ def run_job(db_path: str, job_id: str, config: Path) -> int:
         _record_error(c, job_id, "server_error", f"internal error: {type(e).__name__}: {e}")
         return 1
     finally:
-        if monitor is not None and not monitor.stop_event.is_set():
-            monitor.stop()
+        if monitor is not None:
+            if monitor.before_prune in BEFORE_PRUNE:
+                BEFORE_PRUNE.remove(monitor.before_prune)
+            if not monitor.stop_event.is_set():
+                monitor.stop()
 
 
 def _is_data(e: TunelabError) -> bool:
