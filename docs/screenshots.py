@@ -199,6 +199,8 @@ def main() -> None:
         if ids is None:
             for p in shoot(url, {"empty": True}, base, only):
                 print(p.relative_to(ROOT))
+            if only is not None and only <= {"new-fine-tune-empty"}:
+                return  # nothing else asked for: no jobs to run
             ids = fill(url, base, epochs=3)
         for p in shoot(url, ids, base, only):
             print(p.relative_to(ROOT))
