@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from tests.train.test_preference_tiny import cfg_for
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import RunDir
+from tunelab.train.state import is_final
 
 def _timing(key: str) -> bool:
     """Wall-clock values (runtimes, rates, model preparation time) and grad_norm (compared to 1e-6)."""
@@ -110,3 +111,22 @@ def test_trl_checkpoints_kept_as_keep_checkpoints_says_and_resume_yes(tmp_path, 
                            train={"epochs": 2, "keep_checkpoints": "last"},
                            eval={"from_validation": 0, "prompts": []}), quiet=True)
     assert [p.name for p in RunDir(out.run_dir).checkpoints_dir.iterdir()] == ["step-12"]
+
+
+def test_interrupted_after_the_last_step_resumes_without_training_again(tmp_path, tiny_model_dir, monkeypatch):
+    """A Ctrl-C after the last step's checkpoint (in the final evaluation or save): the rerun resumes
+    there, trains no step, and finishes the run (weights, report, DONE) with each step logged once."""
+    from tunelab.train.recipes import dpo, run_task
+
+    cfg = cfg_for(tmp_path, tiny_model_dir, "dpo", output={"name": "end"}, train={"epochs": 1},
+                  eval={"from_validation": 0, "prompts": []})
+    run = RunDir(cfg.run_dir())
+    with monkeypatch.context() as m:
+        _interrupt_at(m, dpo, 6)  # 24 pairs / 4 = 6 steps: the final checkpoint
+        with pytest.raises(KeyboardInterrupt):
+            run_task(cfg, quiet=True)
+    assert not run.done and is_final(run.checkpoint(6))
+    out = run_task(cfg, quiet=True)
+    assert out.steps == 6 and run.done and run.adapter_dir.is_dir() and out.after
+    assert [r["step"] for r in _rows(run.path) if "loss" in r] == list(range(1, 7))
+    assert not run.checkpoints_dir.exists()  # train.keep_checkpoints: none
