@@ -202,3 +202,45 @@ def test_kb_adds_rag_variants_that_send_the_passages(setup, tmp_path):
         assert "attention mask hides padding" in sent and ex["prompt"].split("user: ", 1)[1] in sent
     nll = [m["metrics"]["nll"]["value"] for m in res["models"]]
     assert nll[0] != nll[1]  # the passages change what the model conditions on
+
+
+def test_data_of_other_columns_reads_with_columns_or_the_runs_own(setup, capsys, tmp_path):
+    """`--columns prompt=q,completion=a`, or without it the run's own data.columns (when the file has those
+    fields): a CSV of other column names is evaluated as the same examples in messages form are."""
+    import csv
+    import shutil
+
+    import yaml
+
+    convs = [json.loads(x)["messages"] for x in setup["data"].read_text().splitlines()]
+    assert all(len(m) == 2 for m in convs)  # one user turn, one reply each
+    data = tmp_path / "qa.csv"
+    with open(data, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["q", "a"])
+        w.writerows([(m[0]["content"], m[1]["content"]) for m in convs])
+    out = tmp_path / "o1"
+    assert cli(setup["run"], "--data", data, "--out", out) == 2  # the fields are no known format
+    capsys.readouterr()
+    assert cli(setup["run"], "--data", data, "--columns", "prompt=q,completion=a", "--metrics", "nll",
+               "--out", out) == 0
+    res = json.loads((out / "results.json").read_text())
+    refs = [m[1]["content"] for m in convs]
+    assert [ex["reference"] for ex in res["examples"]] == refs
+    want = json.loads((setup["out"] / "results.json").read_text())["models"][0]["metrics"]["nll"]["value"]
+    assert res["models"][0]["metrics"]["nll"]["value"] == pytest.approx(want)
+
+    mapped = tmp_path / "mapped"  # the run trained with data.columns: eval reads --data with them
+    shutil.copytree(setup["run"], mapped)
+    cfg = yaml.safe_load((mapped / "config.yaml").read_text())
+    cfg["data"]["columns"] = {"prompt": "q", "completion": "a"}
+    (mapped / "config.yaml").write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    assert cli(mapped, "--data", data, "--metrics", "nll", "--out", tmp_path / "o2") == 0
+    said = [x for x in capsys.readouterr().out.splitlines() if x.startswith("--data read with the run's data.columns: ")]
+    assert len(said) == 1 and sorted(said[0].split(": ", 1)[1].split(", ")) == ["completion=a", "prompt=q"]
+    res = json.loads((tmp_path / "o2" / "results.json").read_text())
+    assert res["models"][0]["metrics"]["nll"]["value"] == pytest.approx(want)
+    assert cli(mapped, "--data", setup["data"], "--metrics", "nll", "--out", tmp_path / "o3") == 0  # as it is
+    assert cli(setup["run"], "--data", data, "--columns", "prompt", "--out", out) == 2
+    one_line_error(capsys, "--columns takes OURS=THEIRS pairs")

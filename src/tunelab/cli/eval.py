@@ -47,6 +47,9 @@ def eval_cmd(
     models: List[str] = typer.Argument(..., help="Runs (runs/<name>) and models (alias, folder, hub id) to compare."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="Examples whose last assistant turn is the "
                                                                     "reference (a classification file for classify runs)."),
+    columns: Optional[List[str]] = typer.Option(
+        None, "--columns", help="Rename --data's fields first, as data.columns: prompt=question,completion=answer "
+                                "(default: the runs' own data.columns, when the file has those fields)."),
     base: bool = typer.Option(False, "--base", help="Add each run's base model."),
     kb: Optional[str] = typer.Option(None, "--kb", help="Add a '+rag' variant of each model, retrieving from this KB."),
     kb_dir: Optional[Path] = typer.Option(None, "--kb-dir", help="Knowledge base folder (default $TUNELAB_HOME/kb/NAME)."),
@@ -86,6 +89,7 @@ def eval_cmd(
         raise TunelabError("give --data FILE (or --lm-eval TASKS)", where="--data")
     if not data.is_file():
         raise TunelabError(f"file not found: {data}", where="--data")
+    cols = eval_columns(columns, models, data, log)
     classify = [_is_classify(m) for m in models]
     if any(classify):
         if not all(classify):
@@ -101,7 +105,7 @@ def eval_cmd(
         results = evaluate_classify(models, data, batch_size=batch_size, log=log)
     else:
         results = _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens,
-                              batch_size, judge, judge_model, out, cache_dir, log)
+                              batch_size, judge, judge_model, out, cache_dir, log, cols)
     paths = write_outputs(results, out)
     if as_json:
         typer.echo(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8")), indent=1, ensure_ascii=False))
@@ -110,8 +114,50 @@ def eval_cmd(
     typer.echo(f"written: {paths['json']}, {paths['md']}, {paths['html']}")
 
 
+def parse_columns(given: list[str]) -> dict[str, str]:
+    """`--columns prompt=question,completion=answer` (repeatable or comma-separated) as {ours: the file's}."""
+    out = {}
+    for part in (x.strip() for g in given for x in g.split(",")):
+        ours, sep, theirs = part.partition("=")
+        if not part:
+            continue
+        if not sep or not ours.strip() or not theirs.strip():
+            raise TunelabError(f"--columns takes OURS=THEIRS pairs, got '{part}'", where="--columns",
+                               hint="e.g. --columns prompt=question,completion=answer")
+        out[ours.strip()] = theirs.strip()
+    return out
+
+
+def eval_columns(given: list[str] | None, models: list[str], data: Path, log) -> dict[str, str] | None:
+    """The renames for --data: --columns when given; else the runs' own data.columns (all the runs among
+    MODELS that have one must agree), used when the file's first record has every field they name."""
+    if given:
+        return parse_columns(given)
+    from tunelab.data.sources import read_records
+    from tunelab.runs.run import Run
+
+    found = {}
+    for m in models:
+        p = Path(m).expanduser()
+        if (p / "config.yaml").is_file():
+            cols = (Run(p).raw.get("data") or {}).get("columns") or {}
+            if cols:
+                found[m] = dict(cols)
+    if not found:
+        return None
+    first = next(iter(found.values()))
+    if any(c != first for c in found.values()):
+        raise TunelabError("the runs map the data's fields differently (data.columns)", where="--columns",
+                           hint="say which applies to --data: --columns prompt=...,completion=...")
+    records = read_records(data, "--data")
+    if not all(theirs in records[0].data for theirs in first.values()):
+        return None  # the file is not shaped as the runs' training data: read as it is
+    log(f"--data read with the run's data.columns: {', '.join(f'{o}={t}' for o, t in first.items())}")
+    return first
+
+
 def _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens, batch_size,
-                judge, judge_model, out, cache_dir, log) -> dict:
+                judge, judge_model, out, cache_dir, log, columns=None) -> dict:
     from tunelab.eval import text_metrics
     from tunelab.eval.compare import Cache, contenders_for, default_cache_dir, evaluate, load_items
 
@@ -119,7 +165,7 @@ def _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max
     chosen = text_metrics.select(asked, contains, regex)
     text_metrics.compile_regex(regex)
     contenders = [c for m in models for c in contenders_for(m, base)]
-    items = load_items(data)
+    items = load_items(data, columns)
     chosen = text_metrics.drop_keywords(chosen, asked, bool(items and items[0].keywords), str(data))
     if kb is not None:
         from tunelab.rag.retrieve import open_kb

@@ -120,8 +120,9 @@ class Item:
     keywords: list[str] | None = None  # the record's `keywords` field (metric keywords)
 
 
-def load_items(path: str | Path) -> list[Item]:
-    """Prompt + reference per example of an sft-shaped file; one-line TunelabError without references."""
+def load_items(path: str | Path, columns: dict[str, str] | None = None) -> list[Item]:
+    """Prompt + reference per example of an sft-shaped file, its fields renamed by `columns` first ({our
+    field: the file's}, as data.columns); one-line TunelabError without references."""
     from tunelab.data.formats import to_examples
     from tunelab.data.sources import read_records
 
@@ -129,8 +130,10 @@ def load_items(path: str | Path) -> list[Item]:
     if not records:
         raise TunelabError("the file holds no example", where=str(path))
     try:
-        examples = to_examples(records, "auto", "sft")
+        examples = to_examples(records, "auto", "sft", columns=columns or None)
     except TunelabError as e:
+        if columns and e.message.startswith("missing column"):
+            raise TunelabError(e.message, where=e.where or str(path), hint=e.hint) from None
         raise TunelabError(f"no assistant reply to use as the reference ({e.message})", where=e.where or str(path),
                            hint="give conversations ending with the assistant turn to compare against "
                                 "(messages, prompt/completion, instruction/output), or a classification "
