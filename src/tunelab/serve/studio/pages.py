@@ -46,7 +46,7 @@ def home(request: Request):
     body = f"""<p class="lead">Fine-tune, watch, compare and serve, in one place. Everything here is read from the
 server, so a refresh shows the same thing.</p>
 <div class="cards"><a class="card" href="/datasets"><b>1. Upload a dataset</b><span>chat examples or preference
-pairs, checked as <code>tunelab train</code> reads them</span></a>
+pairs, checked as <code>tunelab train</code> reads them; any CSV or JSONL, its columns mapped if need be</span></a>
 <a class="card" href="/new"><b>2. Start a fine-tune</b><span>with the memory estimate before it starts</span></a>
 <a class="card" href="/chat"><b>3. Compare</b><span>base, tuned and tuned + knowledge base, side by side</span></a></div>
 <section aria-labelledby="h-jobs"><h2 id="h-jobs">Recent jobs</h2>{fragment("/studio/f/jobs?limit=5")}</section>
