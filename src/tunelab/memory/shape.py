@@ -81,7 +81,7 @@ class ModelShape:
 def read_config(model: str) -> tuple[dict, str]:
     """config.json of an alias, model folder or config file (never the weights): (dict, path)."""
     p = Path(model)
-    if p.is_file():
+    if p.is_file() and p.suffix != ".gguf":  # a .gguf goes through the registry: its converted folder's config
         path = p
     elif (p / "config.json").is_file():
         path = p / "config.json"
@@ -101,5 +101,5 @@ def read_config(model: str) -> tuple[dict, str]:
             path = Path(rm.path) / "config.json"
     try:
         return json.loads(path.read_text(encoding="utf-8")), str(path)
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # a binary file given as a config
         raise TunelabError(f"cannot read {path}: {e}", where="MODEL") from e

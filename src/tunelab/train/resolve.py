@@ -58,8 +58,10 @@ def checkpointing_of(cfg: RunConfig, device) -> bool:
 
     if cfg.train.gradient_checkpointing != "auto":
         return bool(cfg.train.gradient_checkpointing)
-    model_config = None
-    if cfg.task not in NO_ESTIMATE_TASKS:
+    from tunelab.methods import method_of
+
+    model_config = None  # qlora checkpoints without an estimate, so its base (a GGUF's blocks) is not read here
+    if cfg.task not in NO_ESTIMATE_TASKS and not method_of(cfg).checkpointing_by_default:
         from tunelab.errors import TunelabError
         from tunelab.memory.shape import read_config
 
