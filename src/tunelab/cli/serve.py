@@ -15,7 +15,6 @@ server on 127.0.0.1:--vllm-port and forwards the inference routes to it (serve/v
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from pathlib import Path
 
@@ -28,12 +27,10 @@ app.add_typer(keys_app, name="keys")
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+    """The request guard's loopback test (serve/guard.py), imported when asked: the CLI starts without starlette."""
+    from tunelab.serve.guard import is_loopback as guard_is_loopback
+
+    return guard_is_loopback(host)
 
 
 def check_bind(host: str, allow_remote: bool, no_auth: bool) -> None:

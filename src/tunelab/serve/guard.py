@@ -102,7 +102,7 @@ def _media_type(headers: dict) -> str:
     return raw.split(";", 1)[0].strip().lower()
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
@@ -134,7 +134,7 @@ def host_problem(scope, headers: dict) -> str | None:
     reached on loopback)."""
     server = scope.get("server") or (None, None)
     local, port = server[0], server[1]
-    if not local or not _is_loopback(str(local)):
+    if not local or not is_loopback(str(local)):
         return None
     name, hport = _split_host(headers.get(b"host", b"").decode("latin-1"))
     default = 443 if scope.get("scheme") == "https" else 80
