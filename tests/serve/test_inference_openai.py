@@ -141,6 +141,32 @@ def test_tenants_see_only_their_runs(alice, bob):
     assert bob.chat.completions.create(model="bobs", messages=MSG, max_tokens=4).usage.completion_tokens >= 1
 
 
+def test_an_unknown_model_gets_a_did_you_mean_of_the_callers_own_names(alice, bob):
+    """The 404 suggests the closest name the caller may use (its runs, the embedders); another
+    tenant's run is never suggested, and the base is not when it is a server path (here)."""
+    for call in (lambda: alice.chat.completions.create(model="tuneed", messages=MSG, max_tokens=4),
+                 lambda: alice.completions.create(model="tunde", prompt="x", max_tokens=4),
+                 lambda: alice.models.retrieve("tuned2")):
+        with pytest.raises(openai.NotFoundError) as e:
+            call()
+        assert e.value.body["code"] == "model_not_found" and e.value.body["param"] == "model"
+        assert "did you mean 'tuned'?" in e.value.message, e.value.message
+    with pytest.raises(openai.NotFoundError) as e:
+        alice.embeddings.create(model="minilm-l7", input="x")
+    assert "did you mean 'minilm-l6'?" in e.value.message, e.value.message
+    # bob's "bobs" is close to "bob", "bobs2", "tuned" is alice's: neither is offered across tenants
+    for client, name, theirs in ((alice, "bobs2", "bobs"), (alice, "bob", "bobs"), (bob, "tuneed", "tuned")):
+        for call in (lambda: client.chat.completions.create(model=name, messages=MSG, max_tokens=4),
+                     lambda: client.completions.create(model=name, prompt="x", max_tokens=4),
+                     lambda: client.models.retrieve(name)):
+            with pytest.raises(openai.NotFoundError) as e:
+                call()
+            assert f"'{theirs}'" not in e.value.message and "did you mean" not in e.value.message, e.value.message
+    with pytest.raises(openai.NotFoundError) as e:
+        bob.chat.completions.create(model="bobss", messages=MSG, max_tokens=4)
+    assert "did you mean 'bobs'?" in e.value.message, e.value.message
+
+
 def test_adapter_lru_never_reloads_the_base(server, alice):
     runs = server.state.tenant_runs("alice")
     for name in ("tuned2", "tuned3"):

@@ -56,7 +56,10 @@ def test_only_the_base_or_an_alias(tiny_model_dir, tmp_path):
         with pytest.raises(APIError) as e:
             check_model(state, name)
         assert e.value.status == 404 and e.value.code == "model_not_found"
-        assert e.value.message == f"No such model: '{name if len(name) <= 64 else name[:64] + '...'}'"  # its own words
+        said = f"No such model: '{name if len(name) <= 64 else name[:64] + '...'}'"  # its own words
+        if name == alias + "\n":  # close to an alias: suggested (never the base, a server path here)
+            said += f"; did you mean '{alias}'?"
+        assert e.value.message == said
     with pytest.raises(APIError) as e:
         check_model(state, "")
     assert e.value.status == 400
@@ -88,6 +91,35 @@ def test_the_studio_and_jobs_take_no_server_path(app_client, tiny_model_dir):
     assert r.status_code == 200
     assert list(model_names._tokenizers).count(str(tiny_model_dir.resolve())) == 1
     assert len(model_names._tokenizers) <= model_names.TOKENIZERS
+
+
+def test_did_you_mean_names_only_the_base_or_an_alias(app_client, tiny_model_dir, tmp_path):
+    """The 404 suggests a close alias (or the base when it is no path), never a path, a hub id or a run
+    (bob's full fine-tune included), and echoes at most 64 characters of the suggestion too."""
+    from tunelab.serve.errors import APIError
+    from tunelab.serve.model_names import check_model
+
+    c, state, keys, fid, paths = app_client
+    typo = "smollm2-135m-instrut"
+    for r in (c.get("/studio/api/memory", params={"model": typo}, headers=keys["alice"]),
+              c.get(f"/studio/api/files/{fid}/inspect", params={"model": typo}, headers=keys["alice"]),
+              c.post("/v1/fine_tuning/jobs", headers=keys["alice"], json={"model": typo, "training_file": fid})):
+        assert r.status_code == 404, r.text
+        err = r.json()["error"]
+        assert (err["code"], err["param"]) == ("model_not_found", "model")
+        assert err["message"] == f"No such model: '{typo}'; did you mean 'smollm2-135m-instruct'?"
+    for name in ("full-ft", "full_ft", str(tiny_model_dir)[:-1], str(tiny_model_dir) + "x"):
+        r = c.post("/v1/fine_tuning/jobs", headers=keys["alice"], json={"model": name, "training_file": fid})
+        assert r.status_code == 404 and "did you mean" not in r.json()["error"]["message"], (name, r.text)
+    # a base that is no path (a hub id) is a candidate; a long one is shown cut at 64 characters
+    st = _state(tmp_path, auth=False)
+    st.base = "org/" + "m" * 80
+    with pytest.raises(APIError) as e:
+        check_model(st, "org/" + "m" * 79)
+    assert e.value.message.endswith(f"; did you mean '{('org/' + 'm' * 80)[:64]}...'?"), e.value.message
+    with pytest.raises(APIError) as e:
+        check_model(st, "zzzz")
+    assert e.value.message == "No such model: 'zzzz'"
 
 
 def test_the_tokenizer_cache_is_bounded(tmp_path, monkeypatch):

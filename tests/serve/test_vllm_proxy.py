@@ -142,7 +142,13 @@ def test_tenancy_and_auth_before_upstream(proxy):
     bob = srv.client(srv.keys["bob"])
     with pytest.raises(openai.NotFoundError) as e:
         bob.chat.completions.create(model="tuned", messages=[{"role": "user", "content": "hi"}])
-    assert e.value.body["code"] == "model_not_found"
+    assert e.value.body["code"] == "model_not_found" and "did you mean" not in e.value.message  # not alice's
+    with pytest.raises(openai.NotFoundError) as e:
+        bob.chat.completions.create(model="bobss", messages=[{"role": "user", "content": "hi"}])
+    assert "did you mean 'bobs'?" in e.value.message, e.value.message  # bob's own run
+    with pytest.raises(openai.NotFoundError) as e:
+        bob.completions.create(model="tuneed", prompt="hi")
+    assert "tuned" not in e.value.message.replace("tuneed", ""), e.value.message
     with pytest.raises(openai.AuthenticationError):
         srv.client("tl-wrong").chat.completions.create(model="tuned", messages=[{"role": "user", "content": "x"}])
     with pytest.raises(openai.BadRequestError) as e:

@@ -111,6 +111,15 @@ def _is_complete(d: Path) -> bool:
     return (d / "config.json").exists() and (d / "DONE").exists()
 
 
+def close_name(name: str, candidates) -> str | None:
+    """The candidate closest to `name` (difflib, cutoff 0.6), or None: the did-you-mean of `resolve`
+    and of the server's unknown-model 404 (serve/model_names.py), which passes only the caller's names."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, [c for c in candidates if isinstance(c, str) and c != name], n=1)
+    return close[0] if close else None
+
+
 def resolve(name: str, where: str = "model.name") -> ResolvedModel:
     """Resolve an alias, local directory, .gguf file or hub id to something loadable.
 
@@ -167,8 +176,6 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
 
         require_hub(name, where)  # fails in 2 s, in one line, when the hub cannot be reached (models/hub_check.py)
         return ResolvedModel(name, name, "hub")
-    from difflib import get_close_matches
-
-    close = get_close_matches(name, list(ALIASES), n=1)
-    hint = f"did you mean '{close[0]}'?" if close else "see `tunelab models` for aliases, or give a folder, a .gguf file or an org/name hub id"
+    close = close_name(name, ALIASES)
+    hint = f"did you mean '{close}'?" if close else "see `tunelab models` for aliases, or give a folder, a .gguf file or an org/name hub id"
     raise TunelabError(f"unknown model '{name}'", where=where, hint=hint)

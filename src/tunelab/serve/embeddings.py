@@ -25,6 +25,7 @@ import numpy as np
 
 from tunelab.errors import TunelabError
 from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.model_names import model_not_found
 from tunelab.serve.names import check_name, inside
 from tunelab.serve.protocol.chat import Citation
 from tunelab.serve.protocol.embeddings import Embedding, EmbeddingResponse
@@ -36,7 +37,7 @@ _lock = threading.Lock()
 
 def embedder(name: str):
     if name not in EMBEDDERS:
-        raise not_found("model", name, param="model")
+        raise model_not_found(name, EMBEDDERS)
     from tunelab.rag.embedders import load_embedder
 
     with _lock:

@@ -17,7 +17,7 @@ from tunelab.serve.auth import current_tenant
 from tunelab.serve.chat import ServingChat, ServingCompletions
 from tunelab.serve.disconnect import until_gone
 from tunelab.serve.embeddings import EMBEDDERS, embed
-from tunelab.serve.errors import not_found
+from tunelab.serve.model_names import base_names, model_not_found
 from tunelab.serve.generation import model_pool
 from tunelab.serve.protocol.chat import ChatCompletion, ChatRequest
 from tunelab.serve.protocol.completions import Completion, CompletionRequest
@@ -48,7 +48,8 @@ class ServingModels:
         for m in self.list(tenant).data:
             if m.id == model_id:
                 return m
-        raise not_found("model", model_id, param="model")
+        base = self.state.base
+        raise model_not_found(model_id, base_names(self.state) + [m.id for m in self.list(tenant).data if m.id != base])
 
 
 class ServingEmbeddings:
@@ -58,7 +59,7 @@ class ServingEmbeddings:
     async def create(self, body: EmbeddingRequest) -> EmbeddingResponse:
         body.refuse_unknown()
         if body.model not in EMBEDDERS:
-            raise not_found("model", body.model, param="model")
+            raise model_not_found(body.model, EMBEDDERS)
         texts = body.texts()
         return await run_in_threadpool(embed, body.model, texts, body.encoding_format, body.dimensions)
 

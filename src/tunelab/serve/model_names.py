@@ -3,6 +3,9 @@
 
     check_model(state, name) -> str    the served base (`state.base`, as the server was started: a path
                                        made absolute) or an alias of `tunelab models`; else a 404
+    model_not_found(name, candidates)  that 404 (code model_not_found), with "did you mean 'X'?" when one
+                                       of `candidates` is close (models/registry.close_name, difflib)
+    base_names(state)                  [state.base], or [] when the base is a server path (never suggested)
     tokenizer(state, name)             the tokenizer of check_model(name), from a cache keyed by that
                                        identity and bounded (LRU, TOKENIZERS entries)
 
@@ -30,6 +33,25 @@ def shown(name: str) -> str:
     return name if len(name) <= SHOWN else name[:SHOWN] + "..."
 
 
+def base_names(state) -> list[str]:
+    """The served base as a did-you-mean candidate: not when it is a path on the server's disk."""
+    base = state.base
+    if not isinstance(base, str) or not base or base.startswith(("~", ".")) or Path(base).is_absolute():
+        return []
+    return [base]
+
+
+def model_not_found(name: str, candidates, param: str | None = "model") -> APIError:
+    """The 404 of an unknown model `name`, suggesting the closest of `candidates` (the caller's own)."""
+    from tunelab.models.registry import close_name
+
+    e = not_found("model", shown(name), param)
+    close = close_name(name, candidates) if isinstance(name, str) else None
+    if close is not None:
+        e = APIError(404, f"{e.message}; did you mean '{shown(close)}'?", param=param, code=e.code)
+    return e
+
+
 def check_model(state, name, param: str = "model") -> str:
     """What to load for `name` (the module docstring); APIError 400 for no name, 404 for any other."""
     from tunelab.models.registry import ALIASES
@@ -41,7 +63,7 @@ def check_model(state, name, param: str = "model") -> str:
         return str(p.resolve()) if p.exists() else name  # a job's worker runs in its own folder
     if name in ALIASES:
         return name
-    raise not_found("model", shown(name), param)
+    raise model_not_found(name, base_names(state) + list(ALIASES), param)
 
 
 def tokenizer(state, name: str, param: str = "model"):

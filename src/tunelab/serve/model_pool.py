@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from tunelab.errors import TunelabError
 from tunelab.serve import adapters as ad
 from tunelab.serve.batcher import Batcher, GenRequest
-from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.errors import APIError
+from tunelab.serve.model_names import base_names, model_not_found
 from tunelab.serve.names import check_name
 
 ADAPTER_WAIT = 30.0
@@ -100,7 +101,7 @@ class ModelPool:
         root = self.state.tenant_runs(tenant)
         path = root / model
         if not (path / "config.yaml").is_file():
-            raise not_found("model", model, param="model")
+            raise model_not_found(model, base_names(self.state) + [name for name, _ in self.runs(tenant)])
         if not (path / "DONE").is_file():
             raise ad.refuse(model, "the run has not finished (no DONE marker)")
         return Target(model, None, ad.open_run(model, path, self.state.base))

@@ -35,7 +35,8 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.errors import TunelabError
 from tunelab.serve.adapters import open_run, refuse
 from tunelab.serve.auth import current_tenant
-from tunelab.serve.errors import APIError, not_found
+from tunelab.serve.errors import APIError
+from tunelab.serve.model_names import base_names, model_not_found
 from tunelab.serve.names import check_name
 from tunelab.serve.protocol.models import Model
 from tunelab.serve.routes import Route
@@ -187,7 +188,7 @@ def upstream_model(state, up: Upstream, tenant: str, model) -> str:
     check_name(model, "model")
     path = state.tenant_runs(tenant) / model
     if not (path / "config.yaml").is_file():
-        raise not_found("model", model, param="model")
+        raise model_not_found(model, base_names(state) + [m.id for m in up.models(state, tenant) if m.id != state.base])
     name = lora_name(tenant, model)
     if name in up.loras:
         return name
