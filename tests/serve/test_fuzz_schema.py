@@ -1,21 +1,36 @@
 """schemathesis against the server's own OpenAPI schema (`app.openapi()`: the routes' pydantic models), every
-route, with keys and with `--no-auth`, through a real server on the tiny Llama: no response is a 5xx.
+route, with keys and with `--no-auth`, through a real server on the tiny Llama: no response is a 5xx, and every
+response is one the schema declares (its status, its content type, its body: schemathesis' status-code,
+content-type and response-schema conformance checks). The error replies are declared once for every route
+(serve/routes.ERRORS, OpenAI's error body); FastAPI's default 422 is left out, as the server never sends it.
 
 A short run here (FEW examples a route); the `slow` run (`pytest -m slow tests/serve/test_fuzz_schema.py`)
-draws MANY. Not fuzzed: the export (it converts and quantizes a whole model per call).
+draws MANY. The Studio's export is fuzzed too, but never on a run that exists (it converts and quantizes a
+whole model per call): a case naming one of the runs' folders is passed over, so its answers are the refusals
+(no JSON body, a bad name, no such run).
 """
 
 from __future__ import annotations
+
+from urllib.parse import unquote
 
 import pytest
 
 schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
+from schemathesis.checks import not_a_server_error  # noqa: E402
+from schemathesis.core.failures import FailureGroup  # noqa: E402
+from schemathesis.specs.openapi.checks import (  # noqa: E402
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.serve.test_guard import MODULES  # noqa: E402
 
 FEW, MANY = 8, 200
-SKIP = {("POST", "/studio/api/runs/{name}/export"): "a whole model exported per call"}
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+EXPORT = ("POST", "/studio/api/runs/{name}/export")
 
 
 def _state(serve_env, tmp_path, auth: bool):
@@ -32,12 +47,10 @@ def _state(serve_env, tmp_path, auth: bool):
 def _operations(app):
     schema = schemathesis.openapi.from_dict(app.openapi())
     for result in schema.get_all_operations():
-        op = result.ok()
-        if (op.method.upper(), op.path) not in SKIP:
-            yield op
+        yield result.ok()
 
 
-def _fuzz(srv, app, headers: dict, examples: int, statuses: dict) -> list[str]:
+def _fuzz(srv, app, headers: dict, examples: int, statuses: dict, runs: set[str]) -> list[str]:
     failures = []
     for op in _operations(app):
         seen = []
@@ -47,11 +60,16 @@ def _fuzz(srv, app, headers: dict, examples: int, statuses: dict) -> list[str]:
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy())
         def one(case):
+            if (op.method.upper(), op.path) == EXPORT and unquote(str(case.path_parameters.get("name"))) in runs:
+                return  # an existing run: a whole export
             resp = case.call(base_url=f"http://127.0.0.1:{srv.port}", headers=headers, timeout=60)
             got.add(resp.status_code)
-            if resp.status_code >= 500:
-                seen.append(f"{op.method.upper()} {op.path}: {resp.status_code} for {case.path_parameters} "
-                            f"{case.query} {str(case.body)[:200]!r}: {resp.text[:200]}")
+            try:
+                case.validate_response(resp, checks=CHECKS)
+            except (FailureGroup, AssertionError) as e:  # the checks' failures
+                seen.append(f"{op.method.upper()} {op.path}: {resp.status_code} {resp.headers.get('content-type')} "
+                            f"for {case.path_parameters} {case.query} {str(case.body)[:200]!r}: {resp.text[:200]}\n"
+                            f"  {str(e).strip()[:600]}")
 
         one()
         failures += seen[:3]
@@ -78,9 +96,12 @@ def _run(server, serve_env, server_factory, tmp_path, auth, examples):
     with server_factory(state, pool=server.pool, extra_modules=MODULES) as srv:
         app = create_app(state, extra_modules=list(MODULES), pool=server.pool)  # its schema only
         statuses: dict[str, set] = {}
-        failures = _fuzz(srv, app, headers, examples, statuses)
+        runs = {p.name for p in state.runs.rglob("*") if p.is_dir()}
+        failures = _fuzz(srv, app, headers, examples, statuses, runs)
     assert not failures, "\n".join(failures)
     # the requests reach the routes: not all stopped at the door (401, 403, 415, 429)
     reached = [op for op, codes in statuses.items() if codes - {401, 403, 415, 429}]
     assert len(reached) == len(statuses), sorted((op, codes) for op, codes in statuses.items() if op not in reached)
-    assert sum(1 for codes in statuses.values() if any(200 <= c < 300 for c in codes)) >= len(statuses) // 2, statuses
+    # and half of them succeed at least once (not the export: it is never run on a real run, above)
+    succeeding = {op: codes for op, codes in statuses.items() if op != " ".join(EXPORT)}
+    assert sum(1 for codes in succeeding.values() if any(200 <= c < 300 for c in codes)) >= len(succeeding) // 2, statuses

@@ -159,4 +159,5 @@ def create_app(state, extra_modules: list[str] | None = None, pool=None) -> Fast
         from tunelab.serve.vllm import router
     app.include_router(router([inference.__name__] + [m.__name__ for m in modules]))
     app.add_middleware(RequestGuard, state=state)  # body limits, JSON checks, Host/Origin/Content-Type
+    app.openapi = lambda: routes.openapi_schema(app)  # the registry's errors declared, no 422 (serve/routes.py)
     return app

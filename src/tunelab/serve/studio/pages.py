@@ -36,7 +36,7 @@ def static(name: str):
     return FileResponse(path, media_type=_TYPES[path.suffix], headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/favicon.ico")
+@router.get("/favicon.ico", status_code=204, response_class=Response)  # no icon: 204, no body
 def favicon():
     return Response(status_code=204)
 
