@@ -73,17 +73,23 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def json_body(model: type[BaseModel]):
-    """A FastAPI dependency: the request's JSON body read, then validated as `model`. The model's own
-    checks raise APIError with their messages; whatever else pydantic refuses is a 400 through the
-    app's RequestValidationError handler, as for a body FastAPI reads itself."""
+async def read_json(request: HTTPRequest):
+    """The request's body parsed as JSON (any JSON value); a body that is not JSON is a 400 invalid_body."""
     from tunelab.serve.errors import APIError
 
+    try:
+        return await request.json()
+    except ValueError:
+        raise APIError(400, "the request body is not valid JSON", code="invalid_body") from None
+
+
+def json_body(model: type[BaseModel]):
+    """A FastAPI dependency: the request's JSON body read (`read_json`), then validated as `model`. The
+    model's own checks raise APIError with their messages; whatever else pydantic refuses is a 400
+    through the app's RequestValidationError handler, as for a body FastAPI reads itself."""
+
     async def read(request: HTTPRequest):
-        try:
-            raw = await request.json()
-        except ValueError:
-            raise APIError(400, "the request body is not valid JSON", code="invalid_body") from None
+        raw = await read_json(request)
         try:
             return model.model_validate(raw)
         except ValidationError as e:

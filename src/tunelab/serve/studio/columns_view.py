@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.files_api import ServingFiles
+from tunelab.serve.protocol.common import read_json
 from tunelab.serve.protocol.studio import FileColumns
 from tunelab.serve.studio.html import esc, table
 
@@ -133,10 +134,7 @@ def check_columns(body, fields: list[str]) -> dict[str, str]:
 
 @router.post("/studio/api/files/{file_id}/columns")
 async def map_columns(request: Request, file_id: str, tenant: str = Depends(current_tenant)) -> FileColumns:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the request body is not valid JSON", code="invalid_body") from None
+    body = await read_json(request)
     state = request.app.state.tl
     prev = await run_in_threadpool(preview, state, tenant, file_id)
     cols = check_columns(body, prev["fields"])

@@ -25,6 +25,7 @@ from tunelab.export.targets import studio_targets
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError, not_found
 from tunelab.serve.names import check_name, hide_paths, inside
+from tunelab.serve.protocol.common import read_json
 from tunelab.serve.protocol.studio import ExportResult
 from tunelab.serve.studio.runs_view import run_dir
 
@@ -57,10 +58,7 @@ def export(state, tenant: str, name: str, to: str) -> dict:
 
 @router.post("/studio/api/runs/{name}/export")
 async def export_route(request: Request, name: str, tenant: str = Depends(current_tenant)) -> ExportResult:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise APIError(400, "the request body is not valid JSON", code="invalid_body") from None
+    body = await read_json(request)
     to = body.get("to") if isinstance(body, dict) else None
     return await run_in_threadpool(export, request.app.state.tl, tenant, name, to)
 
