@@ -36,7 +36,7 @@ NO_ESTIMATE_TASKS = ("dpo", "reward")  # TRL trains them: checkpointing auto was
 
 
 def method_autos(cfg: RunConfig) -> RunConfig:
-    """`cfg` with the method's autos settled (H1's `Method.resolve`); `cfg` is not changed."""
+    """`cfg` with the method's autos settled (`methods.Method.resolve`); `cfg` is not changed."""
     from tunelab.methods import method_of
 
     return method_of(cfg).resolve(cfg)
