@@ -18,9 +18,9 @@ import sys
 from tunelab.cli.app import app  # noqa: F401  (re-exported: tests and tools mount on it)
 from tunelab.errors import TunelabError
 from tunelab.quant import bnb_compat
-
-# commands that train: they run under the glibc malloc tunables of runtime/allocator.py (re-executed once).
-TRAINING_COMMANDS = ("train", "quickstart")
+# commands that train: they run under the glibc malloc tunables of runtime/allocator.py (re-executed once);
+# the same names runtime/processes.py looks for when it tells of another training on the machine
+from tunelab.runtime.processes import TRAINING as TRAINING_COMMANDS
 
 
 def load_command_modules() -> list:
