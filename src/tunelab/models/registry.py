@@ -39,6 +39,12 @@ class ModelAlias:
     builder: str | None = None  # "tiny-llama": built locally from a config
 
 
+def _families():
+    from tunelab.models.families import FAMILIES
+
+    return FAMILIES
+
+
 ALIASES: dict[str, ModelAlias] = {
     a.name: a
     for a in [
@@ -72,6 +78,13 @@ ALIASES: dict[str, ModelAlias] = {
         ),
     ]
 }
+# tiny-<family>: a tiny random model of each architecture in models/families.py (the architecture matrix tests)
+ALIASES.update({
+    f"tiny-{name}": ModelAlias(name=f"tiny-{name}", task="causal-lm", hub_id="", params="~0.1M",
+                               description=f"tiny random-weight {family.display} (architecture tests)",
+                               builder=f"tiny-{name}")
+    for name, family in _families().items() if name != "llama"
+})
 
 
 @dataclass(frozen=True)
@@ -135,6 +148,13 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
                 from tunelab.models.tiny import build_tiny_llama
 
                 build_tiny_llama(out)
+            return ResolvedModel(name, str(out), "alias", alias.task)
+        if alias.builder:  # tiny-<family>
+            out = model_cache_dir(name)
+            if not _is_complete(out):
+                from tunelab.models.families import build_tiny
+
+                build_tiny(alias.builder.removeprefix("tiny-"), out)
             return ResolvedModel(name, str(out), "alias", alias.task)
         pkg = package_dir(alias.module) if alias.module else None
         if pkg is not None and alias.gguf_file:
