@@ -1,0 +1,158 @@
+"""Tool-call scores: the calls a model made against the calls its reference made (OpenAI shapes).
+
+The reference of an example is its last assistant turn: its `tool_calls` (a call was needed) or none (the
+model should answer without one: chit-chat, a question answered directly, a reply from a `role: tool` result).
+A prediction is the reply's text and the calls read from it (the server's `message.tool_calls`, or
+`ToolSyntax.parse` of generated text); a reply that opened a call (`<tool_call>`, the syntax's start) whose
+JSON did not parse has no calls and counts as an attempt with invalid JSON.
+
+Per example (1.0 / 0.0; None where it does not apply):
+  decision         called a tool exactly when the reference did
+  function         the same function names (as a multiset), or rightly none
+  exact            the same calls with JSON-equal arguments after normalising, or rightly none
+  needed_exact     `exact` on the examples whose reference calls a tool (the headline figure)
+  none_right       no call on the examples whose reference has none
+  valid_json       on the examples where the model attempted a call: every call's arguments parse as an object
+Arguments are normalised before comparing: a JSON string is parsed, numbers compare as floats (5 == 5.0,
+bools stay bools), strings compare with surrounding whitespace stripped, key order is ignored; several calls
+compare as a multiset of (name, arguments), so their order is ignored.
+`summarize(rows)` gives each metric's mean over the examples it applies to with a bootstrap 95% interval
+(eval/bootstrap, seeded), as {"value", "low", "high", "n"}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.eval import bootstrap
+
+METRICS = ("decision", "function", "exact", "needed_exact", "none_right", "valid_json")
+
+
+@dataclass
+class ToolItem:
+    """One held-out request: the turns sent, the tools offered, the reference's calls ([] when none)."""
+
+    messages: list[dict]
+    tools: list[dict]
+    expected: list[dict]
+    where: str = ""
+    reference: str = ""  # the reference's text when it has no call
+    meta: dict = field(default_factory=dict)
+
+
+def load_tool_items(path: str | Path) -> list[ToolItem]:
+    """The examples of a tools file ({"tools": [...], "messages": [... , reference assistant turn]})."""
+    from tunelab.errors import TunelabError
+
+    items = []
+    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except ValueError as e:
+            raise TunelabError(f"not JSON ({e.msg})", where=where) from None
+        msgs = rec.get("messages") if isinstance(rec, dict) else None
+        if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
+            raise TunelabError("a tools example needs messages ending with the assistant turn to compare against",
+                               where=where)
+        last = msgs[-1]
+        items.append(ToolItem(msgs[:-1], rec.get("tools") or [], list(last.get("tool_calls") or []), where,
+                              last.get("content") or ""))
+    if not items:
+        raise TunelabError("the file holds no example", where=str(path))
+    return items
+
+
+def is_tools_file(path: str | Path) -> bool:
+    """True when the file's first record offers `tools` (a JSON lines file)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            first = next((line for line in f if line.strip()), "")
+        rec = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(rec, dict) and bool(rec.get("tools"))
+
+
+def _normal(value):
+    """A JSON value in the form compared: floats for numbers, stripped strings, containers recursively."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        return value.strip()
+    if isinstance(value, list):
+        return [_normal(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _normal(v) for k, v in value.items()}
+    return value
+
+
+def arguments_of(call: dict):
+    """A call's arguments as a normalised dict; None when they are not a JSON object."""
+    fn = call.get("function", call)
+    args = fn.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            args = json.loads(args) if args.strip() else {}
+        except ValueError:
+            return None
+    return _normal(args) if isinstance(args, dict) else None
+
+
+def _name(call: dict) -> str:
+    return str(call.get("function", call).get("name", ""))
+
+
+def _key(call: dict) -> str:
+    return json.dumps([_name(call), arguments_of(call)], sort_keys=True)
+
+
+def score_example(calls: list[dict], expected: list[dict], attempted: bool | None = None) -> dict:
+    """{metric: 1.0 | 0.0 | None} for one example: `calls` made (OpenAI shape), `expected` the reference's;
+    `attempted`: the model opened a call (None: it did when `calls` is non-empty)."""
+    attempted = bool(calls) if attempted is None else (attempted or bool(calls))
+    needed = bool(expected)
+    names_ok = sorted(map(_name, calls)) == sorted(map(_name, expected))
+    exact = names_ok and sorted(map(_key, calls)) == sorted(map(_key, expected))
+    return {
+        "decision": float(attempted == needed),
+        "function": float(names_ok and attempted == needed),
+        "exact": float(exact and attempted == needed),
+        "needed_exact": float(exact) if needed else None,
+        "none_right": float(not attempted) if not needed else None,
+        "valid_json": float(bool(calls) and all(arguments_of(c) is not None for c in calls)) if attempted else None,
+    }
+
+
+def score_text(text: str, expected: list[dict], syntax) -> tuple[dict, list[dict], str]:
+    """Score a generated reply read with `syntax` (a data.tool_syntax.ToolSyntax): (scores, calls, content)."""
+    content, calls = syntax.parse(text)
+    return score_example(calls, expected, attempted=syntax.start in text), calls, content
+
+
+def score_message(content: str | None, tool_calls: list[dict] | None, expected: list[dict],
+                  start: str = "<tool_call>") -> dict:
+    """Score a chat completion's message: its parsed `tool_calls`, and its content (a call the server could
+    not parse stays there as text: an attempt with invalid JSON when it holds `start`)."""
+    calls = list(tool_calls or [])
+    return score_example(calls, expected, attempted=bool(calls) or start in (content or ""))
+
+
+def summarize(rows: list[dict]) -> dict:
+    """{metric: {"value", "low", "high", "n"}}: each metric's mean over the examples it applies to, with a
+    bootstrap 95% interval (a metric that applies to none has value None and n 0)."""
+    out = {}
+    for m in METRICS:
+        values = [r[m] for r in rows if r.get(m) is not None]
+        if values:
+            out[m] = bootstrap.summary(values)
+        else:
+            out[m] = {"value": None, "low": None, "high": None, "n": 0}
+    return out
