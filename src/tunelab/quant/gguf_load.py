@@ -40,14 +40,13 @@ PERMUTED = {"llama"}
 
 
 def gguf_path_for(name: str) -> Path | None:
-    """The GGUF file behind a model name: an alias shipped as GGUF (when its package is installed)
-    or a path ending in .gguf; None for anything else."""
-    from tunelab.models.registry import ALIASES, package_dir
+    """The GGUF file behind a model name: an alias shipped as GGUF (when its package is installed; one
+    in chunk packages is assembled, models/gguf_parts.py) or a path ending in .gguf; None for anything else."""
+    from tunelab.models.registry import ALIASES, alias_gguf
 
     alias = ALIASES.get(name)
     if alias is not None:
-        pkg = package_dir(alias.module) if alias.module and alias.gguf_file else None
-        return pkg / alias.gguf_file if pkg is not None and (pkg / alias.gguf_file).is_file() else None
+        return alias_gguf(alias)
     p = Path(name).expanduser()
     return p if p.suffix == ".gguf" and p.is_file() else None
 
