@@ -9,8 +9,8 @@ JSON did not parse has no calls and counts as an attempt with invalid JSON.
 Per example (1.0 / 0.0; None where it does not apply):
   decision         called a tool exactly when the reference did
   function         the same function names (as a multiset), or rightly none
-  exact            the same calls with JSON-equal arguments after normalising, or rightly none
-  needed_exact     `exact` on the examples whose reference calls a tool (the headline figure)
+  call_exact       the same calls with JSON-equal arguments after normalising, or rightly none
+  needed_exact     `call_exact` on the examples whose reference calls a tool (the headline figure)
   none_right       no call on the examples whose reference has none
   valid_json       on the examples where the model attempted a call: every call's arguments parse as an object
 Arguments are normalised before comparing: a JSON string is parsed, numbers compare as floats (5 == 5.0,
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tunelab.eval import bootstrap
 
-METRICS = ("decision", "function", "exact", "needed_exact", "none_right", "valid_json")
+METRICS = ("decision", "function", "call_exact", "needed_exact", "none_right", "valid_json")
 
 
 @dataclass
@@ -124,7 +124,7 @@ def score_example(calls: list[dict], expected: list[dict], attempted: bool | Non
     return {
         "decision": float(attempted == needed),
         "function": float(names_ok and attempted == needed),
-        "exact": float(exact and attempted == needed),
+        "call_exact": float(exact and attempted == needed),
         "needed_exact": float(exact) if needed else None,
         "none_right": float(not attempted) if not needed else None,
         "valid_json": float(bool(calls) and all(arguments_of(c) is not None for c in calls)) if attempted else None,
