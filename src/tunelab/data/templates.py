@@ -276,8 +276,12 @@ def build_template(name: str, tokenizer, system: str | None = None, custom: dict
     if name == "auto":
         jinja = getattr(tokenizer, "chat_template", None)
         if not jinja:
-            # base models have no chat template: fall back to a plain instruction format
-            return Template("alpaca", system=system, fmt=BUILTIN["alpaca"], eos=eos, extra={"fallback_from": "auto"})
+            # base models have no chat template: their family's built-in format (gemma3 -> gemma), else alpaca
+            from tunelab.models.base_format import family_template
+
+            base = family_template(tokenizer)
+            base = base if base in BUILTIN else "alpaca"
+            return Template(base, system=system, fmt=BUILTIN[base], eos=eos, extra={"fallback_from": "auto"})
         probe = render_jinja(jinja, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], False,
                              bos_token=bos, eos_token=eos)
         return Template("auto", system=system, jinja=jinja, eos=eos, bos=bos, add_eos=bool(eos) and eos not in probe)
