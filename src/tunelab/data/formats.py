@@ -2,8 +2,12 @@
 
 Record shapes (`data.format`, or `auto`: detected per record from its fields and the task):
   task sft -> ChatExample
-    messages           {"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}
-    sharegpt           {"conversations": [{"from": "system"|"human"|"gpt" (or user/assistant), "value": str}, ...]}
+    messages           {"messages": [{"role": "system"|"user"|"assistant"|"tool", "content": str}, ...], "tools": [...]}
+                       assistant turns may carry `tool_calls` (OpenAI's shape) and `reasoning_content` (or an
+                       inline <think>...</think> opening the content); tool turns a `tool_call_id`
+    sharegpt           {"conversations": [{"from": "system"|"human"|"gpt"|"function_call"|"observation" (or
+                       user/assistant/tool), "value": str}, ...], "tools": [...] or its JSON string}
+                       function_call: the call(s) as JSON {"name", "arguments"}; observation: the tool's output
     prompt_completion  {"prompt": str, "completion": str}
     alpaca             {"instruction": str, "input": str (optional), "output": str, "system": str (optional)}
   task pretrain -> TextExample          text            {"text": str}
@@ -11,6 +15,7 @@ Record shapes (`data.format`, or `auto`: detected per record from its fields and
   task reward, dpo -> PreferenceExample preference      {"prompt": str | messages, "chosen": reply, "rejected": reply}
                                                         (reply: str, or [{"role": "assistant", "content": str}])
 
+Tool use is normalized and checked by data/tools.py, reasoning split off by data/reasoning.py.
 `data.columns` (our field name -> the file's field name, e.g. {prompt: question}) renames fields
 before detection. Every error names the record's file:line and the field.
 """
@@ -19,11 +24,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from tunelab.data.reasoning import split_message_reasoning
 from tunelab.data.sources import Record
+from tunelab.data.tools import check_tool_use, normalize_calls, normalize_tools
 from tunelab.errors import TunelabError
 
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
 CHAT_FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca")
 TASK_FORMATS = {"sft": CHAT_FORMATS, "pretrain": ("text",), "classify": ("classification",),
                 "reward": ("preference",), "dpo": ("preference",)}
@@ -31,11 +39,13 @@ TASK_FORMATS = {"sft": CHAT_FORMATS, "pretrain": ("text",), "classify": ("classi
 
 @dataclass
 class ChatExample:
-    """A conversation: messages in OpenAI format; `where` is the file:line it came from."""
+    """A conversation: messages in OpenAI format (data/tools.py: calls and results), `tools` the functions the
+    record offers; `where` is the file:line it came from."""
 
     messages: list[dict]
     where: str = ""
     meta: dict = field(default_factory=dict)
+    tools: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -135,36 +145,69 @@ def _nonempty(rec: Record, key: str) -> str:
     return val
 
 
+def _next_roles(prev: dict | None) -> tuple[str, ...]:
+    """The roles that may follow `prev`: user first; an assistant after a user; tool results after an assistant's
+    calls, then more results or the assistant; a user after an assistant's reply."""
+    if prev is None or prev["role"] == "assistant" and not prev.get("tool_calls"):
+        return ("user",)
+    if prev["role"] == "user":
+        return ("assistant",)
+    if prev["role"] == "assistant":
+        return ("tool",)
+    return ("tool", "assistant")
+
+
 def check_conversation(msgs: list[dict], where: str, field_name: str = "messages", end: str = "assistant") -> None:
-    """System only first; user and assistant alternate from a user turn; the last turn is `end`."""
+    """System only first; user and assistant alternate from a user turn (tool results between an assistant's
+    calls and its next turn); the last turn is `end`."""
     for i, m in enumerate(msgs):
         if m["role"] == "system" and i != 0:
             raise TunelabError(f"{field_name}[{i}]: a system message may only come first", where=where)
     turns = [m for m in msgs if m["role"] != "system"]
+    prev = None
     for i, m in enumerate(turns):
-        want = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != want:
-            raise TunelabError(f"{field_name}: roles out of order: turn {i + 1} is '{m['role']}', expected '{want}'",
-                               where=where, hint="alternate user and assistant, starting with user")
+        want = _next_roles(prev)
+        if m["role"] not in want:
+            expected = "' or '".join(want)
+            raise TunelabError(f"{field_name}: roles out of order: turn {i + 1} is '{m['role']}', expected "
+                               f"'{expected}'", where=where,
+                               hint="alternate user and assistant, starting with user; tool results follow the "
+                                    "assistant's tool_calls")
+        prev = m
     if not turns or turns[-1]["role"] != end:
         raise TunelabError(f"{field_name}: the conversation must end with {'an' if end == 'assistant' else 'a'} "
                            f"{end} message", where=where)
+
+
+def _message(rec: Record, key: str, i: int, m, counter: list[int]) -> dict:
+    """One OpenAI message, normalized: content a string ("" for an assistant that only calls), tool_calls and
+    tool_call_id kept, reasoning split off (data/reasoning.py)."""
+    calls = m.get("tool_calls") if isinstance(m, dict) else None
+    if not isinstance(m, dict) or "role" not in m or ("content" not in m and not calls):
+        raise TunelabError(f"{key}[{i}] needs 'role' and 'content'", where=rec.where)
+    if m["role"] not in ROLES:
+        raise TunelabError(f"{key}[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}", where=rec.where)
+    content = m.get("content")
+    if content is None and calls:
+        content = ""
+    if not isinstance(content, str):
+        raise TunelabError(f"{key}[{i}].content must be a string, got {type(content).__name__}", where=rec.where)
+    out = {"role": m["role"], "content": content}
+    if m["role"] == "assistant":
+        if calls:
+            out["tool_calls"] = normalize_calls(calls, rec.where, f"{key}[{i}].tool_calls", counter)
+        split_message_reasoning(out, m, rec.where, f"{key}[{i}]")
+    if m["role"] == "tool" and m.get("tool_call_id") is not None:
+        out["tool_call_id"] = str(m["tool_call_id"])
+    return out
 
 
 def _messages(rec: Record, key: str = "messages", end: str = "assistant") -> list[dict]:
     msgs = rec.data.get(key)
     if not isinstance(msgs, list) or not msgs:
         raise TunelabError(f"field '{key}' must be a non-empty list", where=rec.where)
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise TunelabError(f"{key}[{i}] needs 'role' and 'content'", where=rec.where)
-        if m["role"] not in ROLES:
-            raise TunelabError(f"{key}[{i}].role '{m['role']}' is not one of {', '.join(ROLES)}", where=rec.where)
-        if not isinstance(m["content"], str):
-            raise TunelabError(f"{key}[{i}].content must be a string, got {type(m['content']).__name__}",
-                               where=rec.where)
-        out.append({"role": m["role"], "content": m["content"]})
+    counter = [0]
+    out = [_message(rec, key, i, m, counter) for i, m in enumerate(msgs)]
     check_conversation(out, rec.where, key, end)
     return out
 
@@ -173,7 +216,8 @@ def _sharegpt(rec: Record) -> list[dict]:
     conv = rec.data.get("conversations")
     if not isinstance(conv, list) or not conv:
         raise TunelabError("field 'conversations' must be a non-empty list", where=rec.where)
-    out = []
+    out: list[dict] = []
+    counter = [0]
     for i, m in enumerate(conv):
         if not isinstance(m, dict) or "from" not in m or "value" not in m:
             raise TunelabError(f"conversations[{i}] needs 'from' and 'value'", where=rec.where)
@@ -181,12 +225,32 @@ def _sharegpt(rec: Record) -> list[dict]:
         if role is None:
             raise TunelabError(f"conversations[{i}].from '{m['from']}' is not one of {', '.join(SHAREGPT_ROLES)}",
                                where=rec.where)
+        if m["from"] == "function_call":  # the call(s) as JSON: {"name", "arguments"} or a list of them
+            out.append(_sharegpt_call(rec, i, m["value"], counter))
+            continue
         if not isinstance(m["value"], str):
             raise TunelabError(f"conversations[{i}].value must be a string, got {type(m['value']).__name__}",
                                where=rec.where)
-        out.append({"role": role, "content": m["value"]})
+        msg = {"role": role, "content": m["value"]}
+        if role == "assistant":
+            split_message_reasoning(msg, m, rec.where, f"conversations[{i}]")
+        out.append(msg)
     check_conversation(out, rec.where, "conversations")
     return out
+
+
+def _sharegpt_call(rec: Record, i: int, value, counter: list[int]) -> dict:
+    import json
+
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise TunelabError(f"conversations[{i}].value: a function_call is not valid JSON ({e.msg})",
+                               where=rec.where, hint='write {"name": "f", "arguments": {...}}') from None
+    calls = value if isinstance(value, list) else [value]
+    return {"role": "assistant", "content": "",
+            "tool_calls": normalize_calls(calls, rec.where, f"conversations[{i}].value", counter)}
 
 
 # ---- one converter per task ----------------------------------------------------------------------------------
@@ -210,11 +274,14 @@ def to_chat(rec: Record, fmt: str = "auto") -> ChatExample:
     else:
         raise TunelabError(f"unknown format '{fmt}'", where="data.format", hint=f"one of: auto, {', '.join(CHAT_FORMATS)}")
     for i, m in enumerate(msgs):
-        if m["role"] == "assistant" and not m["content"].strip():
+        if m["role"] == "assistant" and not m["content"].strip() and not m.get("tool_calls"):
             name = {"messages": f"messages[{i}].content", "sharegpt": f"conversations[{i}].value",
                     "prompt_completion": "completion", "alpaca": "output"}[fmt]
             raise TunelabError(f"{name}: empty assistant reply", where=rec.where, hint="every reply must have text to learn")
-    return ChatExample(msgs, rec.where)
+    tools = normalize_tools(rec.data.get("tools"), rec.where)
+    key = "conversations" if fmt == "sharegpt" else "messages"
+    check_tool_use(msgs, tools, rec.where, key)
+    return ChatExample(msgs, rec.where, tools=tools)
 
 
 def to_text(rec: Record) -> TextExample:

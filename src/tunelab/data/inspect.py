@@ -65,7 +65,8 @@ def template_warnings(template: Template, tokenizer) -> list[str]:
 
 def _stats(name: str, examples, template, tok, cfg: RunConfig) -> tuple[SplitStats, list[TokenizedExample]]:
     d = cfg.data
-    toks = [tokenize_example(e, template, tok, d.max_length, d.truncation_side, d.train_on) for e in examples]
+    toks = [tokenize_example(e, template, tok, d.max_length, d.truncation_side, d.train_on, d.reasoning,
+                             d.earlier_reasoning) for e in examples]
     return SplitStats(name=name, count=len(toks), lengths=[len(t.input_ids) + t.truncated for t in toks],
                       truncated=sum(1 for t in toks if t.truncated), tokens_cut=sum(t.truncated for t in toks),
                       no_target=sum(1 for t in toks if t.n_target == 0),
@@ -162,8 +163,56 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
     splits = [s_train]
     if data.validation:
         splits.append(_stats("validation", data.validation, template, tokenizer, cfg)[0])
+    parts = parts_line(data.train, template, tokenizer, cfg.data.reasoning, cfg.data.earlier_reasoning)
     return DataReport(template, splits, t_train, template_warnings(template, tokenizer) + controls, "sft",
-                      data_notes(data))
+                      data_notes(data) + ([parts] if parts else []))
+
+
+# ---- what is learned in tool calls and reasoning ----------------------------------------------------------------
+def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], template: Template) -> list[tuple[str, str, bool]]:
+    """Each segment cut into labelled pieces (part, text, learned): part is "reasoning" (a think block),
+    "tool call" (the template's call syntax, data/tool_syntax.py), "tool output" (a tool message's content found
+    in the text), "reply" (the rest of a learned segment) or "prompt" (the rest of a masked one)."""
+    import re
+
+    from tunelab.data.reasoning import CLOSE, OPEN
+    from tunelab.data.tool_syntax import syntax_for
+
+    pats = [("reasoning", re.escape(OPEN) + r".*?" + re.escape(CLOSE) + r"\s*"), ("tool call", syntax_for(template).pattern)]
+    outputs = sorted({m["content"] for m in messages if m["role"] == "tool" and m["content"]}, key=len, reverse=True)
+    pats += [("tool output", "|".join(re.escape(o) for o in outputs))] if outputs else []
+    rx = re.compile("|".join(f"(?P<p{i}>{p})" for i, (_, p) in enumerate(pats) if p), re.S)
+    names = {f"p{i}": part for i, (part, p) in enumerate(pats) if p}
+    out = []
+    for text, learned in segments:
+        pos = 0
+        for m in rx.finditer(text):
+            out += [("reply" if learned else "prompt", text[pos:m.start()], learned), (names[m.lastgroup], m.group(0), learned)]
+            pos = m.end()
+        out.append(("reply" if learned else "prompt", text[pos:], learned))
+    return [p for p in out if p[1]]
+
+
+def parts_line(examples, template: Template, tok, reasoning: str = "learn", earlier_reasoning: str = "drop") -> str:
+    """One line: learned and masked tokens of replies, tool calls, reasoning and tool outputs over the examples
+    that have tool calls or reasoning ("" when none has): what `train` learns of each."""
+    from tunelab.data.tokenize import example_segments
+
+    counts: Counter = Counter()
+    n = 0
+    for ex in examples:
+        if not any(m.get("tool_calls") or m.get("reasoning_content") is not None for m in ex.messages):
+            continue
+        n += 1
+        segs = example_segments(ex, template, reasoning, earlier_reasoning)
+        for part, text, learned in learned_parts(segs, ex.messages, template):
+            if part != "prompt":
+                counts[(part, learned)] += _n_tokens(tok, text)
+    if not n:
+        return ""
+    order = ["reply", "tool call", "reasoning", "tool output"]
+    fmt = lambda flag: ", ".join(f"{p} {counts[(p, flag)]}" for p in order if counts[(p, flag)]) or "nothing"  # noqa: E731
+    return f"tool calls and reasoning in {n} train examples: learned tokens: {fmt(True)}; masked: {fmt(False)}"
 
 
 def length_bins(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:

@@ -8,13 +8,21 @@ turn is not the tokenizer's EOS, so the tuned model learns to stop.
 
 Built-ins:
   llama2   <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {reply} </s>
-  mistral  <s>[INST] {system}\\n\\n{user} [/INST]{reply}</s>
+  mistral  <s>[INST] {system}\\n\\n{user} [/INST]{reply}</s>                              (+ tools)
   gemma    <start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n{reply}<end_of_turn>\\n
-  chatml   <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{reply}<|im_end|>\\n
+  chatml   <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{reply}<|im_end|>\\n (+ tools)
+  qwen3    chatml + Qwen3's <think> handling                                             (+ tools)
+  llama3   <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n(dates){system}<|eot_id|>... (+ tools)
+  phi3     <|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{reply}<|end|>\\n
   alpaca   {system}\\n\\n### Instruction:\\n{user}\\n\\n### Response:\\n{reply}<eos>
   qa       Please answer the following question.\\n\\nQ: {user}\\n\\nA: {reply}<eos>
   auto     the model's own chat template (tokenizer.chat_template), split into turns
   custom   data.custom_template = {system, user, assistant, stop} with {content} placeholders
+
+The built-ins marked (+ tools) render through their Jinja (data/chat_jinja.py): `tools`, assistant `tool_calls`,
+`tool` results and `reasoning_content`; the others refuse a conversation with tools (one line) and get
+reasoning written inline. Learned spans: a Jinja with `{% generation %}` markers gives them directly; any other
+Jinja is split by rendering prefixes (`_prefix_segments`).
 
 `chat_template_jinja(template)` writes any of them as a Jinja chat template that renders the same
 text (a run saves it as the tokenizer's `chat_template` beside its weights, for transformers, vLLM
@@ -28,6 +36,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tunelab.data.chat_jinja import BUILTIN_JINJA, GENERATION_TAG, without_generation_tags
+from tunelab.data.reasoning import inline_reasoning
+from tunelab.data.tools import uses_tools
 from tunelab.errors import TunelabError
 
 Segment = tuple[str, bool]  # (text, is_target)
@@ -45,6 +56,7 @@ class TurnFormat:
     bos: str = ""  # text before the first turn
     system_in_user: str | None = None  # e.g. "{system}\n\n{user}"
     default_system: str = ""
+    system_always: bool = False  # write the system turn even when there is no system text (Llama 3's dates)
 
 
 BUILTIN: dict[str, TurnFormat] = {
@@ -56,6 +68,15 @@ BUILTIN: dict[str, TurnFormat] = {
                         system_in_user="{system}\n\n{user}"),
     "chatml": TurnFormat(system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
                          assistant_prefix="<|im_start|>assistant\n", stop="<|im_end|>\n"),
+    "qwen3": TurnFormat(system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
+                        assistant_prefix="<|im_start|>assistant\n", stop="<|im_end|>\n"),
+    "llama3": TurnFormat(bos="<|begin_of_text|>", system_always=True,
+                         system="<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+                                "Today Date: 26 Jul 2024\n\n{content}<|eot_id|>",
+                         user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
+                         assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n", stop="<|eot_id|>"),
+    "phi3": TurnFormat(system="<|system|>\n{content}<|end|>\n", user="<|user|>\n{content}<|end|>\n",
+                       assistant_prefix="<|assistant|>\n", stop="<|end|>\n"),
     "alpaca": TurnFormat(system="{content}\n\n", user="### Instruction:\n{content}\n\n", assistant_prefix="### Response:\n",
                          stop="<eos>\n\n",
                          default_system="Below is an instruction that describes a task. "
@@ -79,14 +100,29 @@ class Template:
     extra: dict = field(default_factory=dict)
 
     # ---- rendering -----------------------------------------------------------------------------------------
-    def segments(self, messages: list[dict], add_generation_prompt: bool = False) -> list[Segment]:
-        """Render messages (ending with an assistant turn, or with a user turn + add_generation_prompt)."""
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False,
+                 tools: list[dict] | None = None) -> list[Segment]:
+        """Render messages (ending with an assistant turn, or with a user/tool turn + add_generation_prompt);
+        `tools` in OpenAI's shape. Raises TunelabError when the conversation uses tools and the template has
+        no tool convention."""
         msgs = list(messages)
         if self.system is not None and not (msgs and msgs[0]["role"] == "system"):
             msgs.insert(0, {"role": "system", "content": self.system})
+        if uses_tools(msgs, tools) and not self.supports_tools:
+            raise TunelabError(f"template '{self.name}' has no tool-call format, so tools, tool_calls and tool "
+                               "messages cannot be rendered", where="data.template",
+                               hint="use a template with tools: chatml, qwen3, llama3, mistral, or auto with a "
+                                    "model whose chat template renders tools")
+        if not (self.jinja is not None and "reasoning_content" in self.jinja):
+            msgs = inline_reasoning(msgs)
         if self.jinja is not None:
-            return self._jinja_segments(msgs, add_generation_prompt)
+            return self._jinja_segments(msgs, add_generation_prompt, tools or None)
         return self._format_segments(msgs, add_generation_prompt)
+
+    @property
+    def supports_tools(self) -> bool:
+        """Built-ins with a Jinja (chat_jinja.py), or a model's Jinja that reads `tools` and `tool_calls`."""
+        return self.jinja is not None and "tool_calls" in self.jinja and "tools" in self.jinja.replace("tool_calls", "")
 
     def _format_segments(self, msgs: list[dict], gen: bool) -> list[Segment]:
         f = self.fmt
@@ -97,7 +133,7 @@ class Template:
         if msgs and msgs[0]["role"] == "system":
             system = msgs[0]["content"]
             msgs = msgs[1:]
-        if system and f.system_in_user is None:
+        if (system or f.system_always) and f.system_in_user is None:
             out.append((f.system.format(content=system), False))
         first_user = True
         for m in msgs:
@@ -113,31 +149,55 @@ class Template:
             raise ValueError("conversation ends with a user turn; pass add_generation_prompt=True")
         return _merge(out)
 
-    def _jinja_segments(self, msgs: list[dict], gen: bool) -> list[Segment]:
-        """Split the model's chat template into turns by rendering growing prefixes of the conversation."""
+    def _jinja_segments(self, msgs: list[dict], gen: bool, tools: list[dict] | None) -> list[Segment]:
+        """The learned spans: the template's `{% generation %}` blocks where it has them, else `_prefix_segments`."""
+        gen = gen and bool(msgs) and msgs[-1]["role"] != "assistant"
+        if GENERATION_TAG.search(self.jinja):
+            full, spans = render_jinja(self.jinja, msgs, gen, self.bos, self.eos, tools=tools, spans=True)
+            out, done = [], 0
+            for start, end in spans:
+                out += [(full[done:start], False), (full[start:end], True)]
+                done = end
+            out.append((full[done:], False))
+        else:
+            out = self._prefix_segments(msgs, gen, tools)
+        if self.add_eos and self.eos:
+            out = [(t + self.eos if tgt and self.eos not in t else t, tgt) for t, tgt in out]
+        return _merge(out)
+
+    def _prefix_segments(self, msgs: list[dict], gen: bool, tools: list[dict] | None) -> list[Segment]:
+        """Split the full rendering F at each assistant turn i:
+
+            P_i = render(messages[:i], generation prompt)   must be a prefix of F: F[done:len(P_i)] is masked
+            R_i = render(messages[:i+1])[len(P_i):]           the reply as the last turn
+            learned: F[len(P_i):len(P_i)+k], k = len(R_i) when F continues with R_i, else the longest k with
+                     R_i ending in F[len(P_i):len(P_i)+k] (a template that renders a turn differently once later
+                     turns follow, like Qwen3's dropping "<think>\n\n</think>\n\n" from earlier turns)
+        """
+        full = self._render(msgs, gen, tools)
         out: list[Segment] = []
-        done = ""
+        done = 0
         for i, m in enumerate(msgs):
             if m["role"] != "assistant":
                 continue
-            prompt = self._render(msgs[:i], True)
-            full = self._render(msgs[: i + 1], False)
-            if not prompt.startswith(done) or not full.startswith(prompt):
+            prompt = self._render(msgs[:i], True, tools)
+            alone = self._render(msgs[: i + 1], False, tools)
+            if not full.startswith(prompt) or len(prompt) < done or not alone.startswith(prompt):
                 raise TunelabError("the model's chat template is not prefix-stable, so replies cannot be masked",
                                    where="data.template", hint="choose a built-in template, e.g. data.template=chatml")
-            out.append((prompt[len(done):], False))
-            reply = full[len(prompt):]
-            if self.add_eos and self.eos and self.eos not in reply:
-                reply += self.eos
-            out.append((reply, True))
-            done = full
-        if gen and msgs and msgs[-1]["role"] == "user":
-            prompt = self._render(msgs, True)
-            out.append((prompt[len(done):], False))
-        return _merge(out)
+            reply, tail = alone[len(prompt):], full[len(prompt):]
+            k = len(reply) if tail.startswith(reply) else _overlap(reply, tail)
+            if k == 0:
+                raise TunelabError(f"the model's chat template renders reply {i} differently inside the conversation, "
+                                   "so it cannot be masked", where="data.template",
+                                   hint="choose a built-in template, e.g. data.template=chatml")
+            out += [(full[done:len(prompt)], False), (full[len(prompt):len(prompt) + k], True)]
+            done = len(prompt) + k
+        out.append((full[done:], False))
+        return out
 
-    def _render(self, msgs: list[dict], gen: bool) -> str:
-        return render_jinja(self.jinja, msgs, gen, bos_token=self.bos, eos_token=self.eos)
+    def _render(self, msgs: list[dict], gen: bool, tools: list[dict] | None = None) -> str:
+        return render_jinja(self.jinja, msgs, gen, bos_token=self.bos, eos_token=self.eos, tools=tools)
 
     def prompt_text(self, messages: list[dict]) -> str:
         return "".join(t for t, _ in self.segments(messages, add_generation_prompt=True))
@@ -168,6 +228,14 @@ class Template:
         return cls(fmt=fmt, **d)
 
 
+def _overlap(reply: str, tail: str) -> int:
+    """The longest k with reply.endswith(tail[:k]) (0 when none)."""
+    for k in range(min(len(reply), len(tail)), 0, -1):
+        if reply.endswith(tail[:k]):
+            return k
+    return 0
+
+
 def _merge(segs: list[Segment]) -> list[Segment]:
     """Join neighbouring segments with the same target flag; drop empty ones."""
     out: list[Segment] = []
@@ -182,22 +250,22 @@ def _merge(segs: list[Segment]) -> list[Segment]:
 
 
 def render_jinja(jinja: str, messages: list[dict], add_generation_prompt: bool, bos_token: str = "",
-                 eos_token: str = "") -> str:
-    return _compiled(jinja).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                   bos_token=bos_token, eos_token=eos_token)
+                 eos_token: str = "", tools: list[dict] | None = None, spans: bool = False, **kwargs):
+    """Render as transformers' `apply_chat_template(messages, tools=tools, tokenize=False)` does (its own Jinja
+    environment: sandbox, `tojson` without HTML escaping, `{% generation %}`). With `spans`: (text, [(start, end)]
+    of each `{% generation %}` block). A `raise_exception` of the template is a TunelabError."""
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
 
-
-_cache: dict[str, object] = {}
-
-
-def _compiled(jinja: str):
-    if jinja not in _cache:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(TunelabError(f"chat template: {msg}"))
-        _cache[jinja] = env.from_string(jinja)
-    return _cache[jinja]
+    try:
+        texts, indices = render_jinja_template([messages], tools=tools, chat_template=jinja,
+                                               return_assistant_tokens_mask=spans,
+                                               add_generation_prompt=add_generation_prompt, bos_token=bos_token,
+                                               eos_token=eos_token, **kwargs)
+    except jinja2.exceptions.TemplateError as e:
+        raise TunelabError(f"chat template: {e}", where="data.template",
+                           hint="the conversation does not fit the template; data.template=chatml renders any") from None
+    return (texts[0], indices[0]) if spans else texts[0]
 
 
 def chat_template_jinja(template: Template) -> str | None:
@@ -215,11 +283,12 @@ def chat_template_jinja(template: Template) -> str | None:
     has neither (nothing to export).
     """
     if template.jinja is not None:
+        jinja = without_generation_tags(template.jinja) if template.name in BUILTIN_JINJA else template.jinja
         if template.system is None:
-            return template.jinja
+            return jinja
         return ("{% if not (messages and messages[0]['role'] == 'system') %}"
                 "{% set messages = [{'role': 'system', 'content': " + _lit(template.system) + "}] + messages %}"
-                "{% endif %}" + template.jinja)
+                "{% endif %}" + jinja)
     f = template.fmt
     if f is None:
         return None
@@ -230,7 +299,8 @@ def chat_template_jinja(template: Template) -> str | None:
         system_turn = ""
     else:
         content = "m['content']"
-        system_turn = "{% if system %}{{ " + _fill(f.system, {"content": "system"}) + " }}{% endif %}"
+        cond = "true" if f.system_always else "system"
+        system_turn = "{% if " + cond + " %}{{ " + _fill(f.system, {"content": "system"}) + " }}{% endif %}"
     return (
         "{% set ns = namespace(first_user=true) %}"
         "{% set system = " + _lit(default_system) + " %}"
@@ -286,7 +356,7 @@ def build_template(name: str, tokenizer, system: str | None = None, custom: dict
                              bos_token=bos, eos_token=eos)
         return Template("auto", system=system, jinja=jinja, eos=eos, bos=bos, add_eos=bool(eos) and eos not in probe)
     if name in BUILTIN:
-        return Template(name, system=system, fmt=BUILTIN[name], eos=eos)
+        return Template(name, system=system, fmt=BUILTIN[name], jinja=BUILTIN_JINJA.get(name), eos=eos)
     if name == "custom":
         if not custom:
             raise TunelabError("template 'custom' needs data.custom_template", where="data.custom_template",

@@ -4,7 +4,7 @@
     labels = ids where the segment is a target (the replies + end of turn), else -100
 
 So with `train_on: reply` (default) the loss covers exactly the reply tokens of every assistant
-turn; `train_on: last` only the final assistant turn's; `train_on: all` learns every token. Truncation keeps `max_length` tokens from the right (drop the end) or the
+turn (a tool call is a reply; a tool's output is not; a think block as data.reasoning says); `train_on: last` only the final assistant turn's; `train_on: all` learns every token. Truncation keeps `max_length` tokens from the right (drop the end) or the
 left (drop the start); an example left with no target token is dropped and counted.
 """
 
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tunelab.data.formats import ChatExample
+from tunelab.data.reasoning import drop_earlier_reasoning, mask_reasoning
 from tunelab.data.templates import Template
 
 IGNORE = -100
@@ -43,9 +44,18 @@ def encode_segments(tokenizer, segments) -> tuple[list[int], list[int]]:
     return ids, labels
 
 
+def example_segments(ex: ChatExample, template: Template, reasoning: str = "learn",
+                     earlier_reasoning: str = "drop") -> list[tuple[str, bool]]:
+    """The template's (text, is_target) segments of an example, reasoning handled as data.reasoning and
+    data.earlier_reasoning say (data/reasoning.py)."""
+    msgs = drop_earlier_reasoning(ex.messages) if earlier_reasoning == "drop" else ex.messages
+    return mask_reasoning(template.segments(msgs, tools=ex.tools or None), learn=reasoning == "learn")
+
+
 def tokenize_example(ex: ChatExample, template: Template, tokenizer, max_length: int,
-                     truncation_side: str = "right", train_on: str = "reply") -> TokenizedExample:
-    segments = template.segments(ex.messages)
+                     truncation_side: str = "right", train_on: str = "reply", reasoning: str = "learn",
+                     earlier_reasoning: str = "drop") -> TokenizedExample:
+    segments = example_segments(ex, template, reasoning, earlier_reasoning)
     if train_on == "last":  # keep only the final target segment (the last reply) as a target
         last = max((i for i, (_, tgt) in enumerate(segments) if tgt), default=-1)
         segments = [(text, tgt and i == last) for i, (text, tgt) in enumerate(segments)]
@@ -61,11 +71,13 @@ def tokenize_example(ex: ChatExample, template: Template, tokenizer, max_length:
     return TokenizedExample(ids, labels, ex.where, cut)
 
 
-def tokenize_all(examples, template, tokenizer, max_length, truncation_side="right", train_on="reply"):
+def tokenize_all(examples, template, tokenizer, max_length, truncation_side="right", train_on="reply",
+                 reasoning="learn", earlier_reasoning="drop"):
     """Returns (kept examples, number dropped because truncation left no target token)."""
     out, dropped = [], 0
     for ex in examples:
-        t = tokenize_example(ex, template, tokenizer, max_length, truncation_side, train_on)
+        t = tokenize_example(ex, template, tokenizer, max_length, truncation_side, train_on, reasoning,
+                             earlier_reasoning)
         if t.n_target == 0:
             dropped += 1
             continue

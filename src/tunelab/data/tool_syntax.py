@@ -96,6 +96,7 @@ class ToolSyntax:
     start: str
     end: str = ""  # closes one call (hermes) or the list (mistral); "" when the call is bare JSON
     args_key: str = "arguments"  # llama3_json writes "parameters"
+    pattern: str = ""  # a regex matching the calls' text in a rendered reply (data inspect counts what it covers)
 
     def format_calls(self, calls: list[dict]) -> str:
         """OpenAI calls -> the text the model emits for them (no content, no end-of-turn token)."""
@@ -143,9 +144,9 @@ class ToolSyntax:
 
 
 SYNTAXES: dict[str, ToolSyntax] = {
-    "hermes": ToolSyntax("hermes", start="<tool_call>", end="</tool_call>"),
-    "llama3_json": ToolSyntax("llama3_json", start='{"name"', args_key="parameters"),
-    "mistral": ToolSyntax("mistral", start="[TOOL_CALLS]"),
+    "hermes": ToolSyntax("hermes", start="<tool_call>", end="</tool_call>", pattern=r"<tool_call>.*?</tool_call>"),
+    "llama3_json": ToolSyntax("llama3_json", start='{"name"', args_key="parameters", pattern=r'\{"name": [^\n]*\}'),
+    "mistral": ToolSyntax("mistral", start="[TOOL_CALLS]", pattern=r"\[TOOL_CALLS\]\[.*\]"),
 }
 
 # the built-in template name -> its convention (templates without tools are absent: they get hermes)
