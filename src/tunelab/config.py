@@ -81,13 +81,20 @@ class DataConfig(_Section):
     val_split: float = Field(0.0, ge=0.0, lt=1.0)  # used when `validation` is not given
     format: FormatName = "auto"  # auto: detected per record from its fields (and the task)
     columns: dict[str, str] = Field(default_factory=dict)  # renames applied before detection: {prompt: question}
-    template: str = "auto"  # auto = the model's own chat template | llama2 | mistral | gemma | chatml | alpaca | qa | custom
+    # auto = the model's own chat template | llama2 | mistral | gemma | chatml | qwen3 | llama3 | phi3 | alpaca | qa | custom
+    template: str = "auto"
     system: str | None = None  # instructions string given as the system turn
     custom_template: dict[str, str] | None = None  # for template: custom (keys: system, user, assistant, stop)
     max_length: int = Field(512, ge=8)
     truncation_side: Literal["right", "left"] = "right"
     # reply: loss on every assistant turn (default) | last: only the final assistant turn | all: every token
     train_on: Literal["reply", "last", "all"] = "reply"
+    # reasoning (reasoning_content or an inline <think> block, docs/tools.md): learn: the think block is part of
+    # the learned reply | mask: it is input only. An empty think block is never learned.
+    reasoning: Literal["learn", "mask"] = "learn"
+    # drop: earlier assistant turns (before the last user message) lose their reasoning, as Qwen3's template
+    # renders them | keep: every turn keeps it (a template that drops it itself still does)
+    earlier_reasoning: Literal["drop", "keep"] = "drop"
     dedupe: bool = False  # drop exact duplicate examples (before weights repeat anything)
     seed: int = 42
 
