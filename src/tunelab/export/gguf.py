@@ -1,21 +1,24 @@
 """Export a transformers model folder as one GGUF file (llama.cpp's format), in pure Python.
 
 No llama.cpp checkout and no compiler: the `gguf` package's writer and its numpy quantizers. The
-file has the keys and tensor layout llama.cpp's convert_hf_to_gguf.py writes for the Llama family
-(LlamaForCausalLM, MistralForCausalLM -> architecture "llama") and Qwen2ForCausalLM ("qwen2"):
+file has the keys and tensor layout llama.cpp's convert_hf_to_gguf.py writes for the model's family;
+what differs per family (general.architecture, its own keys, q/k permutation, Gemma's norm shift,
+generated tensors, what the file cannot express) is one `gguf_arches.GgufArch` each:
 
   metadata  general.{architecture, type=model, name, file_type, quantization_version}
             <arch>.{context_length, embedding_length, block_count, feed_forward_length,
                     attention.head_count, attention.head_count_kv, rope.freq_base,
-                    attention.layer_norm_rms_epsilon, vocab_size, rope.dimension_count}
-            tokenizer.* (gguf_vocab.py: vocabulary, merges, token types, special ids, chat template)
+                    attention.layer_norm_rms_epsilon, vocab_size, rope.dimension_count,
+                    attention.key_length / value_length} + the family's own (gguf_arches.py)
+            tokenizer.* (gguf_vocab.py: vocabulary, merges or scores, token types, special ids, chat template)
   tensors   (gguf_tensors.py) token_embd, blk.N.{attn_norm, attn_q, attn_k, attn_v, attn_output, ffn_norm, ffn_gate,
-            ffn_up, ffn_down}, output_norm, output (absent when the embeddings are tied);
-            rope_freqs for Llama 3 style rope scaling
+            ffn_up, ffn_down, + per family attn_q_norm, attn_k_norm, post_attention_norm, post_ffw_norm,
+            attn_qkv, ...}, output_norm, output (absent when the embeddings are tied);
+            rope_freqs for Llama 3 style rope scaling, rope_factors_long/short for long-rope Phi-3
 
 Llama's q/k rows are permuted per head (`gguf_tensors.permute_qk`) because ggml's llama rope rotates adjacent
 pairs (x[2i], x[2i+1]) where transformers' rotate_half rotates (x[i], x[i + d/2]); transformers'
-GGUF loader undoes the same permutation. Qwen2 uses the NeoX rope in llama.cpp: no permutation.
+GGUF loader undoes the same permutation. The other families use the NeoX rope in llama.cpp: no permutation.
 
 Type per tensor (what the converter and llama-quantize choose):
   1-D tensors, norms, biases                  F32
@@ -42,16 +45,13 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.export.staging import staged_file
+from tunelab.export.gguf_arches import GGUF_ARCHES, GgufArch, arch_of, common_hparams, rope_params  # noqa: F401
 from tunelab.export.gguf_tensors import (  # noqa: F401  (re-exported: lora_gguf, tests, benchmarks)
-    ARCHES,
-    Arch,
-    arch_of,
     choose_type,
     nbytes,
     permute_qk,
     plan,
     read_config,
-    rope_params,
     tensor_name_map,
     unpermute_qk,
     weight_files,
@@ -66,7 +66,8 @@ GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0")
 @dataclass
 class GGUFInfo:
     """A written GGUF: its path, the quant asked for (lora: "f32"), tensor count, file size in bytes,
-    general.architecture, and the tensors kept in F16 instead of a block quant."""
+    general.architecture, the tensors kept in F16 instead of a block quant, and one-line notes on what
+    the file could not express (gguf_arches.Fit)."""
 
     path: Path
     quant: str
@@ -74,29 +75,7 @@ class GGUFInfo:
     bytes: int
     arch: str
     f16_fallback: tuple[str, ...] = ()  # tensors kept in F16: rows not a multiple of the 32-weight block
-
-
-def _add_hparams(writer, cfg: dict, ftype: int) -> None:
-    try:
-        hidden, n_head = cfg["hidden_size"], cfg["num_attention_heads"]
-        theta, _ = rope_params(cfg)
-        writer.add_context_length(cfg["max_position_embeddings"])
-        writer.add_embedding_length(hidden)
-        writer.add_block_count(cfg["num_hidden_layers"])
-        writer.add_feed_forward_length(cfg["intermediate_size"])
-        writer.add_head_count(n_head)
-        writer.add_head_count_kv(cfg.get("num_key_value_heads") or n_head)
-        writer.add_rope_freq_base(theta)
-        writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
-        writer.add_vocab_size(cfg["vocab_size"])
-    except KeyError as e:
-        raise TunelabError(f"config.json lacks {e.args[0]}", where="GGUF export") from None
-    head_dim = cfg.get("head_dim") or hidden // n_head
-    writer.add_rope_dimension_count(head_dim)
-    if cfg.get("head_dim"):
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-    writer.add_file_type(ftype)
+    notes: tuple[str, ...] = ()
 
 
 def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GGUFInfo:
@@ -123,6 +102,7 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
         raise TunelabError(f"{out} is a folder", where="--out", hint="give a file name ending in .gguf")
     cfg = read_config(model_dir)
     arch = arch_of(cfg)
+    fit = arch.check(cfg)  # refusals first: before any file is touched
     files = weight_files(model_dir)
     items = plan(files, cfg, arch, quant)
     fallback = tuple(i.name for i in items if i.fallback)
@@ -136,7 +116,9 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
     writer = gguf.GGUFWriter(path=None, arch=arch.gguf)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(model_dir.resolve().name)
-    _add_hparams(writer, cfg, int(ftype))
+    common_hparams(writer, cfg, fit, int(ftype))
+    writer.add_rope_dimension_count(arch.rope_dims(cfg))
+    arch.hparams(writer, cfg)
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     add_tokenizer(writer, model_dir, cfg["vocab_size"])
     for it in items:  # a float dtype means "logical shape" (not byte shape) to the writer
@@ -150,4 +132,6 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
         writer.write_ti_data_to_file()
         for it in items:  # same order as the infos: the writer pairs them one by one
             writer.write_tensor_data(_tensor_data(opened[files[it.hf]] if it.hf else None, it))
-    return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback)
+    for note in fit.notes:
+        log.warning("GGUF: %s", note)
+    return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback, tuple(fit.notes))

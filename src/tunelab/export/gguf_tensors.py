@@ -15,19 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-
-
-@dataclass(frozen=True)
-class Arch:
-    gguf: str  # general.architecture
-    permute_qk: bool  # llama rope (adjacent pairs): q/k rows interleaved per head
-
-
-ARCHES = {
-    "LlamaForCausalLM": Arch("llama", True),
-    "MistralForCausalLM": Arch("llama", True),  # llama.cpp runs Mistral as llama (no sliding window)
-    "Qwen2ForCausalLM": Arch("qwen2", False),
-}
+from tunelab.export.gguf_arches import GgufArch
 
 
 def read_config(model_dir: Path, where: str = "GGUF export") -> dict:
@@ -35,22 +23,6 @@ def read_config(model_dir: Path, where: str = "GGUF export") -> dict:
     if not path.is_file():
         raise TunelabError(f"{model_dir} has no config.json", where=where, hint="give a transformers model folder")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def arch_of(cfg: dict, where: str = "GGUF export") -> Arch:
-    names = cfg.get("architectures") or []
-    for name in names:
-        if name in ARCHES:
-            return ARCHES[name]
-    raise TunelabError(f"architecture {names[0] if names else cfg.get('model_type')} is not supported for GGUF",
-                       where=where, hint=f"supported: {', '.join(ARCHES)}")
-
-
-def rope_params(cfg: dict) -> tuple[float, dict]:
-    """(rope theta, scaling dict) from either config spelling (rope_parameters or rope_theta/rope_scaling)."""
-    rp = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
-    theta = rp.get("rope_theta", cfg.get("rope_theta", 10000.0))
-    return float(theta), rp
 
 
 def permute_qk(w, n_head: int):
@@ -65,7 +37,7 @@ def unpermute_qk(w, n_head: int):
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def tensor_name_map(arch: Arch, n_layers: int):
+def tensor_name_map(arch: GgufArch, n_layers: int):
     import gguf
 
     kind = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf)
@@ -122,34 +94,13 @@ class Item:
     qtype: object
     permute_heads: int = 0  # >0: permute_qk with this many heads
     fallback: bool = False  # F16 instead of the requested block quant
-    data: object = None  # a generated numpy array (rope_freqs)
+    data: object = None  # a generated numpy array (rope_freqs, rope factors)
+    shift: float = 0.0  # added to the weights (Gemma's (1 + w) norms)
 
 
-def llama3_rope_freqs(cfg: dict, rp: dict, theta: float):
-    """Per-frequency rope factors of Llama 3.1 scaling (LlamaModel.generate_extra_tensors)."""
-    import math
-
-    import numpy as np
-
-    dim = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
-    freqs = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
-    factor, low, high = rp.get("factor", 8.0), rp.get("low_freq_factor", 1.0), rp.get("high_freq_factor", 4.0)
-    old_ctx = rp.get("original_max_position_embeddings", 8192)
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    out = []
-    for f in freqs:
-        wavelen = 2 * math.pi / f
-        if wavelen < high_wavelen:
-            out.append(1.0)
-        elif wavelen > low_wavelen:
-            out.append(factor)
-        else:
-            smooth = (old_ctx / wavelen - low) / (high - low)
-            out.append(1 / ((1 - smooth) / factor + smooth))
-    return np.array(out, dtype=np.float32)
-
-
-def plan(files: dict[str, Path], cfg: dict, arch: Arch, quant: str) -> list[Item]:
+def plan(files: dict[str, Path], cfg: dict, arch: GgufArch, quant: str) -> list[Item]:
+    """Every tensor of the file, in llama.cpp's order, from the safetensors headers: renamed (TensorNameMap),
+    typed (`choose_type`), with the family's per-tensor transforms (q/k permutation, norm shift) recorded."""
     from safetensors import safe_open
 
     n_layers, tied = cfg["num_hidden_layers"], bool(cfg.get("tie_word_embeddings", False))
@@ -166,25 +117,23 @@ def plan(files: dict[str, Path], cfg: dict, arch: Arch, quant: str) -> list[Item
                 if name is None:
                     raise TunelabError(f"tensor {hf} has no GGUF name for {arch.gguf}", where="GGUF export")
                 shape = tuple(f.get_slice(hf).get_shape())
-                qtype, fell_back = choose_type(name, shape, quant, tied)
+                qtype, fell_back = choose_type(name, shape, quant, tied and not arch.tied_output)
                 heads = 0
                 if arch.permute_qk and hf.endswith(("q_proj.weight", "q_proj.bias")):
                     heads = n_head
                 elif arch.permute_qk and hf.endswith(("k_proj.weight", "k_proj.bias")):
                     heads = n_kv
-                items.append(Item(name, hf, shape, qtype, heads, fallback=fell_back))
+                shift = arch.norm_shift if name.endswith("norm.weight") else 0.0
+                items.append(Item(name, hf, shape, qtype, heads, fallback=fell_back, shift=shift))
+                if tied and arch.tied_output and name == "token_embd.weight":
+                    qtype, fell_back = choose_type("output.weight", shape, quant, False)
+                    items.append(Item("output.weight", hf, shape, qtype, fallback=fell_back))
     if not tied and not any(i.name == "output.weight" for i in items):
         raise TunelabError("untied model without lm_head.weight", where="GGUF export")
-    theta, rp = rope_params(cfg)
-    rtype = rp.get("rope_type", rp.get("type", "default"))
-    if rtype == "llama3":
-        import gguf
+    import gguf
 
-        data = llama3_rope_freqs(cfg, rp, theta)
-        items.append(Item(gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, data.shape,
-                           gguf.GGMLQuantizationType.F32, data=data))
-    elif rtype not in (None, "default"):
-        raise TunelabError(f"rope scaling '{rtype}' is not supported for GGUF", where="GGUF export")
+    for name, data in arch.extra(cfg):
+        items.append(Item(name, None, data.shape, gguf.GGMLQuantizationType.F32, data=data))
 
     def order(it: Item):  # token_embd, blocks in order, then the rest (as llama.cpp files are laid out)
         parts = it.name.split(".")
@@ -194,7 +143,7 @@ def plan(files: dict[str, Path], cfg: dict, arch: Arch, quant: str) -> list[Item
 
 
 def tensor_data(f, item: Item):
-    """The tensor as written: fp32 numpy, permuted if needed, then encoded to item.qtype."""
+    """The tensor as written: fp32 numpy, permuted / shifted if needed, then encoded to item.qtype."""
     import torch
     from gguf import quants
 
@@ -203,4 +152,6 @@ def tensor_data(f, item: Item):
     arr = f.get_tensor(item.hf).to(torch.float32).numpy()
     if item.permute_heads:
         arr = permute_qk(arr, item.permute_heads)
+    if item.shift:
+        arr = arr + item.shift
     return quants.quantize(arr, item.qtype)
