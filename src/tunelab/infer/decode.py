@@ -30,48 +30,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from tunelab.infer import layers
+from tunelab.infer.layers import linear as _linear
+from tunelab.infer.layers import rmsnorm as _rmsnorm
+from tunelab.infer.layers import rotate_half as _rotate_half
+from tunelab.infer.layers import Route
 from tunelab.infer.sampling import Sampler
-from tunelab.infer.weights import DecoderWeights, Proj, Unsupported, read_weights
+from tunelab.infer.weights import DecoderWeights, Unsupported, read_weights
 
 __all__ = ["DecodeEngine", "Route", "Unsupported"]
-
-# which rows of a batch each named adapter applies to: [(name, row indices [k] long, or None = all rows)]
-Route = list[tuple[str, "torch.Tensor | None"]]
-
-
-def _linear(x: torch.Tensor, p: Proj, route: Route | None = None) -> torch.Tensor:
-    """x W^T (+ b) (+ (x A^T)(s B^T) for each unmerged adapter in `p.loras`), and for each
-    (name, rows) of `route` the named adapter `p.named[name]`'s delta on those rows only
-    (rows None: every row); a name this projection has no adapter for adds nothing."""
-    if p.packed is not None:  # int8: fbgemm quantizes x per tensor (u8, reduced range) and adds the bias
-        y = torch.ops.quantized.linear_dynamic(x, p.packed, True)
-    else:
-        y = x @ p.w if p.transposed else F.linear(x, p.w)
-        if p.bias is not None:
-            y = y + p.bias
-    for lo in p.loras:
-        y = y + (x @ lo.at) @ lo.bt
-    for name, rows in route or ():
-        lo = p.named.get(name)
-        if lo is None:
-            continue
-        if rows is None:
-            y = y + (x @ lo.at) @ lo.bt
-        else:  # y[rows] += (x[rows] A^T)(s B^T): one adapter's rows of a mixed batch
-            y = y.index_add(0, rows, (x.index_select(0, rows) @ lo.at) @ lo.bt)
-    return y
-
-
-def _rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    """transformers' LlamaRMSNorm: w * (x / sqrt(mean(x^2) + eps)), the statistic in fp32."""
-    xf = x.float()
-    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    return w * xf.to(x.dtype)
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
 class DecodeEngine:
@@ -85,7 +52,7 @@ class DecodeEngine:
         self.w = weights
         self.max_context = max_context
         self.device = weights.embed.device
-        self._cos = self._sin = None
+        self._tables: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @classmethod
     def from_model(cls, model, dtype: torch.dtype = torch.float32, merge: bool = True,
@@ -94,14 +61,22 @@ class DecodeEngine:
         return cls(read_weights(model, dtype=dtype, merge=merge, weights=weights), int(cfg.max_position_embeddings))
 
     # ---- the model -----------------------------------------------------------------------------------------
-    def _rope_table(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [n, hd] for positions 0..n-1, from the model's own rotary embedding."""
-        if self._cos is None or self._cos.shape[0] < n:
+    def _rope_table(self, n: int, key: str = "default") -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [n, hd] for positions 0..n-1, from the model's own rotary embedding (`key`: which
+        of the weights' ropes, gemma3 has one per layer type)."""
+        table = self._tables.get(key)
+        if table is None or table[0].shape[0] < n:
             n = max(n, 256)
             x = torch.zeros(1, 1, self.w.hidden, dtype=self.w.dtype, device=self.device)
-            cos, sin = self.w.rotary(x, torch.arange(n, device=self.device).unsqueeze(0))
-            self._cos, self._sin = cos[0].to(self.w.dtype), sin[0].to(self.w.dtype)
-        return self._cos, self._sin
+            cos, sin = self.w.ropes[key](x, torch.arange(n, device=self.device).unsqueeze(0))
+            table = self._tables[key] = cos[0].to(self.w.dtype), sin[0].to(self.w.dtype)
+        return table
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The next-token logits of final hidden states (soft-capped, c tanh(logits / c), when the model is)."""
+        logits = _linear(hidden, self.w.head)
+        cap = self.w.final_softcap
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def _forward(self, tokens: torch.Tensor, pos: torch.Tensor, cache: list, start: int | torch.Tensor,
                  mask: torch.Tensor | None, route: Route | None = None) -> torch.Tensor:
@@ -110,8 +85,11 @@ class DecodeEngine:
 
         `start` may be a tensor [B] of per-row slots (S == 1, ragged rows: row r writes slot start[r]
         and attends over slots 0..max(start) under `mask` [B, 1, 1, max(start) + 1]).
-        `route` selects the named adapters of each row (`_linear`)."""
+        `route` selects the named adapters of each row (`_linear`). A model whose layer is not Llama's
+        (`weights.plain` False) runs infer/layers.py's forward instead."""
         w = self.w
+        if not w.plain:
+            return layers.forward(self, tokens, pos, cache, start, mask, route)
         nq, nkv, hd = w.n_heads, w.n_kv_heads, w.head_dim
         b, s = tokens.shape
         ragged = isinstance(start, torch.Tensor)
@@ -153,7 +131,7 @@ class DecodeEngine:
         tokens = torch.tensor([ids], device=self.device)
         cache = self._new_cache(1, len(ids))
         hidden = self._forward(tokens, torch.arange(len(ids), device=self.device).unsqueeze(0), cache, 0, None)
-        return _linear(hidden[0], self.w.head)
+        return self._head(hidden[0])
 
     def new_cache(self, b: int, n: int) -> list:
         """An empty K, V cache for b rows of n slots: [(K, V) per block], each [b, n_kv_heads, n, head_dim]."""
@@ -173,7 +151,7 @@ class DecodeEngine:
         pos = torch.arange(n, device=self.device).unsqueeze(0).expand(len(prompts), n)
         hidden = self._forward(tokens, pos, cache, 0, None, route)
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
-        return _linear(hidden[torch.arange(len(prompts), device=self.device), last], self.w.head)
+        return self._head(hidden[torch.arange(len(prompts), device=self.device), last])
 
     @torch.inference_mode()
     def step_ragged(self, tokens: torch.Tensor, slots: torch.Tensor, cache: list,
@@ -184,7 +162,7 @@ class DecodeEngine:
         end = int(slots.max()) + 1
         mask = (torch.arange(end, device=self.device).unsqueeze(0) <= slots.unsqueeze(1))[:, None, None]
         hidden = self._forward(tokens.unsqueeze(1), slots.unsqueeze(1), cache, slots, mask, route)[:, -1]
-        return _linear(hidden, self.w.head)
+        return self._head(hidden)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def check_prompt(self, n: int, max_new_tokens: int) -> int:
@@ -219,7 +197,7 @@ class DecodeEngine:
         hidden = self._forward(tokens, pos, cache, 0, mask)[:, -1]
         alive = [True] * b
         for t in range(new):
-            nxt = sampler.pick(_linear(hidden, self.w.head))  # [B]
+            nxt = sampler.pick(self._head(hidden))  # [B]
             out: list[int | None] = []
             for r, tok in enumerate(nxt.tolist()):
                 out.append(tok if alive[r] else None)
