@@ -1,4 +1,5 @@
-"""GGUF block formats Q4_0, Q4_1 and Q8_0 (and the K-quants Q4_K, Q6_K), decoded in PyTorch from the file's bytes.
+"""GGUF block formats Q4_0, Q4_1 and Q8_0 (and, kept raw, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K), decoded in PyTorch from
+the file's bytes.
 
 A GGUF weight [rows, cols] is stored row by row, each row cut into blocks of 32 weights along
 `cols` (the Linear's input dim), each block laid out as (ggml's block_q4_0 / block_q4_1 / block_q8_0):
@@ -24,20 +25,21 @@ from dataclasses import dataclass
 
 import torch
 
-from tunelab.quant.gguf_kquants import K_BLOCK_BYTES, QK_K, decode_k
+from tunelab.quant.gguf_kquants import RAW_FORMATS, decode_raw
 
 QK = 32  # weights per block
 BLOCK_BYTES = {"q4_0": 18, "q4_1": 20, "q8_0": 34}
-FORMATS = tuple(BLOCK_BYTES) + tuple(K_BLOCK_BYTES)  # the K-quants: quant/gguf_kquants.py
-GGML_TYPE_NAMES = {"Q4_0": "q4_0", "Q4_1": "q4_1", "Q8_0": "q8_0", "Q4_K": "q4_k", "Q6_K": "q6_k"}  # gguf name -> ours
+FORMATS = tuple(BLOCK_BYTES) + tuple(RAW_FORMATS)  # the raw-kept ones: quant/gguf_kquants.py
+GGML_TYPE_NAMES = {f.upper(): f for f in FORMATS}  # gguf's type name -> ours: "Q4_K" -> "q4_k"
 
 
 @dataclass
 class GGUFBlocks:
     """One GGUF weight's blocks, split by field: `qs` uint8 [rows, cols/2] (4-bit: byte k = weights
     2k | 2k+1 << 4) or int8 [rows, cols] (Q8_0); `d` fp16 [rows, cols/32]; `m` fp16 [rows, cols/32]
-    (Q4_1 only, else None). Bytes: rows * cols/32 * BLOCK_BYTES[fmt], the file's. K-quants keep the
-    raw super-blocks in `qs` (uint8 [rows, cols/256 * K_BLOCK_BYTES[fmt]]) and no d / m."""
+    (Q4_1 only, else None). Bytes: rows * cols/32 * BLOCK_BYTES[fmt], the file's. The raw-kept formats
+    keep the blocks in `qs` (uint8 [rows, cols / block_weights * block_bytes], gguf_kquants.RAW_FORMATS)
+    and no d / m."""
 
     fmt: str
     qs: torch.Tensor
@@ -47,8 +49,9 @@ class GGUFBlocks:
     @property
     def shape(self) -> tuple[int, int]:
         rows, n = self.qs.shape
-        if self.fmt in K_BLOCK_BYTES:
-            return rows, n // K_BLOCK_BYTES[self.fmt] * QK_K
+        if self.fmt in RAW_FORMATS:
+            f = RAW_FORMATS[self.fmt]
+            return rows, n // f.block_bytes * f.block_weights
         return rows, n * (1 if self.fmt == "q8_0" else 2)
 
     def nbytes(self) -> int:
@@ -65,11 +68,11 @@ def split_blocks(raw: torch.Tensor, fmt: str) -> GGUFBlocks:
     """Raw GGUF bytes of one weight, uint8 [rows, blocks * BLOCK_BYTES[fmt]] -> GGUFBlocks."""
     if fmt not in FORMATS:
         raise ValueError(f"GGUF block format {fmt!r} is not one of {FORMATS}")
-    size = BLOCK_BYTES.get(fmt) or K_BLOCK_BYTES[fmt]
+    size = BLOCK_BYTES.get(fmt) or RAW_FORMATS[fmt].block_bytes
     rows, row_bytes = raw.shape
     if row_bytes % size:
         raise ValueError(f"{fmt}: a row of {row_bytes} bytes is not whole blocks of {size}")
-    if fmt in K_BLOCK_BYTES:
+    if fmt in RAW_FORMATS:
         return GGUFBlocks(fmt, raw.contiguous())
     b = raw.reshape(rows, row_bytes // size, size)
     d = b[..., 0:2].contiguous().view(torch.float16).reshape(rows, -1)
@@ -99,8 +102,8 @@ def _pair_table(fmt: str, device: torch.device) -> torch.Tensor:
 def decode(blocks: GGUFBlocks) -> torch.Tensor:
     """The weights [rows, cols] in fp32: d * q (Q8_0), d * (q - 8) (Q4_0), d * q + m (Q4_1)."""
     rows, cols = blocks.shape
-    if blocks.fmt in K_BLOCK_BYTES:
-        return decode_k(blocks.qs, blocks.fmt)
+    if blocks.fmt in RAW_FORMATS:
+        return decode_raw(blocks.qs, blocks.fmt)
     d = blocks.d.to(torch.float32).reshape(-1, 1)
     if blocks.fmt == "q8_0":
         q = blocks.qs.to(torch.float32).reshape(-1, QK)

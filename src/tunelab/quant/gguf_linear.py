@@ -1,5 +1,5 @@
 """`GGUFBlockLinear`: a frozen Linear whose weight stays in a GGUF file's Q4_0 / Q4_1 / Q8_0 blocks
-(or Q4_K / Q6_K super-blocks, kept raw: quant/gguf_kquants.py).
+(or Q5_0 / Q5_1 blocks and Q4_K / Q5_K / Q6_K super-blocks, kept raw: quant/gguf_kquants.py).
 
     y = x W'^T + b,   W' = gguf_blocks.decode(blocks)   (decoded every forward, and again in backward)
 
@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 from tunelab.quant.gguf_blocks import FORMATS, QK, GGUFBlocks, decode, split_blocks
-from tunelab.quant.gguf_kquants import K_BLOCK_BYTES, QK_K
+from tunelab.quant.gguf_kquants import RAW_FORMATS
 from tunelab.quant.nn import QuantLinear
 
 
 class GGUFBlockLinear(QuantLinear):
-    """A Linear [out, in] holding GGUF blocks (fmt q4_0 | q4_1 | q8_0, 32 weights a block along `in`).
+    """A Linear [out, in] holding GGUF blocks (fmt: gguf_blocks.FORMATS, 32 or 256 weights a block along `in`).
 
     forward(x) = F.linear(x, W'.to(dtype), bias) with dtype as QuantLinear's (autocast's, else
     `compute_dtype`, else x's); W' is decoded in fp32 (bit for bit gguf.quants.dequantize) and cast.
@@ -39,10 +39,10 @@ class GGUFBlockLinear(QuantLinear):
             raise ValueError(f"GGUFBlockLinear: unknown format {blocks.fmt!r}; one of {FORMATS}")
         self.out_features, self.in_features = blocks.shape
         self.fmt, self.double_quant, self.act_quant = blocks.fmt, False, False
-        self.blocksize = QK_K if blocks.fmt in K_BLOCK_BYTES else QK
+        self.blocksize = RAW_FORMATS[blocks.fmt].block_weights if blocks.fmt in RAW_FORMATS else QK
         self.compute_dtype = compute_dtype
         self.register_buffer("qs", blocks.qs)
-        self.register_buffer("d", blocks.d)  # None for K-quants (their scales are inside qs)
+        self.register_buffer("d", blocks.d)  # None for the raw-kept formats (their scales are inside qs)
         self.register_buffer("m", blocks.m)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 

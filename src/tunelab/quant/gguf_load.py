@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +36,24 @@ from tunelab.quant.gguf_blocks import GGML_TYPE_NAMES, decode, split_blocks
 from tunelab.quant.gguf_file import GGUFFile, read_gguf
 from tunelab.quant.gguf_linear import GGUFBlockLinear
 
-ARCHES = ("llama", "qwen2")  # general.architecture values built here; llama's q/k rows are permuted
-PERMUTED = {"llama"}
+@dataclass(frozen=True)
+class GGUFArch:
+    """What a GGUF of one `general.architecture` stores differently from the transformers model.
+
+    permuted_qk  q/k rows permuted per head (convert_hf_to_gguf's llama permute): put back in HF order
+    norm_shift   every `*norm.weight` is stored as HF's + shift (Gemma's (1 + w) RMSNorm: stored 1 + w),
+                 so HF's = stored - shift, as transformers' GGUF loader does
+    """
+
+    permuted_qk: bool = False
+    norm_shift: float = 0.0
+
+
+ARCHES: dict[str, GGUFArch] = {
+    "llama": GGUFArch(permuted_qk=True),
+    "qwen2": GGUFArch(),
+    "gemma3": GGUFArch(norm_shift=1.0),
+}
 
 
 def gguf_path_for(name: str) -> Path | None:
@@ -148,6 +165,7 @@ def build_model(path: Path, config, dtype: torch.dtype = torch.float32, reader=N
         raise TunelabError(f"{path.name} cannot be trained as stored: {reason}", where="method.quant_type",
                            hint="use method.quant_type: nf4 (re-quantize the dequantized model)")
     arch = reader.get("general.architecture")
+    rule = ARCHES[arch]
     with init_empty_weights(include_buffers=False), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -172,7 +190,7 @@ def build_model(path: Path, config, dtype: torch.dtype = torch.float32, reader=N
             raise TunelabError(f"GGUF tensor {t.name} has no place in {type(model).__name__}", where=str(path))
         seen.add(hf)
         order = None
-        if arch in PERMUTED and t.name.split(".")[-2] in ("attn_q", "attn_k"):
+        if rule.permuted_qk and t.name.split(".")[-2] in ("attn_q", "attn_k"):
             order = unpermute_rows(int(t.ne[-1]), n_head if ".attn_q." in t.name else n_kv)
         if _is_block_linear(t.name):
             lin_name = hf.rpartition(".")[0]
@@ -182,7 +200,10 @@ def build_model(path: Path, config, dtype: torch.dtype = torch.float32, reader=N
             layer = GGUFBlockLinear.from_raw(_raw(t), GGML_TYPE_NAMES[t.tensor_type.name], bias, order)
             setattr(model.get_submodule(parent_name), child, layer)
             continue
-        w = _dense(t, dtype)
+        w = _dense(t, torch.float32)
+        if rule.norm_shift and t.name.endswith("norm.weight"):
+            w = w - rule.norm_shift  # stored 1 + w; subtracted in fp32, as transformers' loader does
+        w = w.to(dtype)
         if order is not None:  # a q/k bias
             w = w.index_select(0, order)
         if hf.endswith(".bias") and isinstance(model.get_submodule(hf.rpartition(".")[0]), GGUFBlockLinear):
