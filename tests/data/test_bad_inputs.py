@@ -42,6 +42,12 @@ CASES = [
     ("alpaca_missing_output.jsonl", "sft", ["data.format=alpaca"], "missing field 'output'", ":1:", "'output'"),
     ("corrupt.parquet", "sft", [], "cannot read Parquet", None, "data.train"),
     ("messages_not_a_list.jsonl", "sft", [], "field 'messages' must be a non-empty list", ":1:", "'messages'"),
+    ("tool_call_unknown_function.jsonl", "sft", [], "function 'get_time' is not in the record's tools", ":1:",
+     "messages[1].tool_calls[0]"),
+    ("tool_arguments_invalid_json.jsonl", "sft", [], "is not valid JSON (Expecting value)", ":2:",
+     "messages[1].tool_calls[0].function.arguments"),
+    ("tool_result_without_call.jsonl", "sft", [], "tool result with no matching call (tool_call_id 'call_9')", ":1:",
+     "messages[2]"),
 ]
 
 

@@ -179,7 +179,11 @@ def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], templa
     from tunelab.data.tool_syntax import syntax_for
 
     pats = [("reasoning", re.escape(OPEN) + r".*?" + re.escape(CLOSE) + r"\s*"), ("tool call", syntax_for(template).pattern)]
-    outputs = sorted({m["content"] for m in messages if m["role"] == "tool" and m["content"]}, key=len, reverse=True)
+    import json
+
+    # a tool's output as written, or as a JSON string (Llama 3.1's template writes it so)
+    outputs = sorted({v for m in messages if m["role"] == "tool" and m["content"]
+                      for v in (m["content"], json.dumps(m["content"], ensure_ascii=False))}, key=len, reverse=True)
     pats += [("tool output", "|".join(re.escape(o) for o in outputs))] if outputs else []
     rx = re.compile("|".join(f"(?P<p{i}>{p})" for i, (_, p) in enumerate(pats) if p), re.S)
     names = {f"p{i}": part for i, (part, p) in enumerate(pats) if p}

@@ -169,7 +169,8 @@ class Template:
         """Split the full rendering F at each assistant turn i:
 
             P_i = render(messages[:i], generation prompt)   must be a prefix of F: F[done:len(P_i)] is masked
-            R_i = render(messages[:i+1])[len(P_i):]           the reply as the last turn
+            R_i = render(messages[:i+1])[len(P_i):]           the reply as the last turn (less an EOS that the
+                                                              template writes only at the end, when F lacks it there)
             learned: F[len(P_i):len(P_i)+k], k = len(R_i) when F continues with R_i, else the longest k with
                      R_i ending in F[len(P_i):len(P_i)+k] (a template that renders a turn differently once later
                      turns follow, like Qwen3's dropping "<think>\n\n</think>\n\n" from earlier turns)
@@ -186,6 +187,8 @@ class Template:
                 raise TunelabError("the model's chat template is not prefix-stable, so replies cannot be masked",
                                    where="data.template", hint="choose a built-in template, e.g. data.template=chatml")
             reply, tail = alone[len(prompt):], full[len(prompt):]
+            if self.eos and reply.endswith(self.eos) and not tail.startswith(reply):
+                reply = reply[:-len(self.eos)]  # an EOS the template writes only where the conversation ends (Phi-3)
             k = len(reply) if tail.startswith(reply) else _overlap(reply, tail)
             if k == 0:
                 raise TunelabError(f"the model's chat template renders reply {i} differently inside the conversation, "
