@@ -10,9 +10,10 @@ from types import SimpleNamespace
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from tunelab.data.chat_jinja import PLAIN_AS_TURNFORMAT
 from tunelab.data.formats import ChatExample
 from tunelab.data.inspect import learned_parts
-from tunelab.data.templates import build_template, chat_template_jinja
+from tunelab.data.templates import BUILTIN, Template, build_template, chat_template_jinja
 from tunelab.data.tokenize import example_segments
 from tunelab.errors import TunelabError
 
@@ -194,3 +195,19 @@ def test_exported_jinja_renders_the_training_text_with_tools(name):
         prompt = "".join(s for s, _ in t.segments(conv[:1], add_generation_prompt=True, tools=TOOLS))
         assert render_jinja_template([conv[:1]], tools=TOOLS, chat_template=jinja, add_generation_prompt=True,
                                      bos_token=bos, eos_token=eos)[0][0] == prompt
+
+
+@pytest.mark.parametrize("name", sorted(PLAIN_AS_TURNFORMAT))
+def test_plain_chats_render_alike_through_the_jinja_and_the_turnformat(name):
+    """The shortcut's premise: for these built-ins a chat without tools takes the TurnFormat path."""
+    convs = [PLAIN, PLAIN[1:], PLAIN[1:3], [{"role": "user", "content": ' {{ "x" }} {% y %} '},
+                                            {"role": "assistant", "content": "\n a \n"}]]
+    t = build_template(name, tok(name if name in SPECIAL else "qwen3"))
+    for system in (None, "Sys."):
+        for conv in convs:
+            for cut, gen in ((len(conv), False), (len(conv) - 1, True)):
+                msgs = conv[:cut]
+                if system and msgs[0]["role"] != "system":
+                    msgs = [{"role": "system", "content": system}] + msgs
+                via_format = Template(name, system=system, fmt=BUILTIN[name], eos=t.eos).segments(conv[:cut], gen)
+                assert t._jinja_segments(msgs, gen, None) == via_format

@@ -171,7 +171,7 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
 # ---- what is learned in tool calls and reasoning ----------------------------------------------------------------
 def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], template: Template) -> list[tuple[str, str, bool]]:
     """Each segment cut into labelled pieces (part, text, learned): part is "reasoning" (a think block),
-    "tool call" (the template's call syntax, data/tool_syntax.py), "tool output" (a tool message's content found
+    "tool call" (the template's call syntax, data/tool_syntax.py, in learned text), "tool output" (a tool message's content found
     in the text), "reply" (the rest of a learned segment) or "prompt" (the rest of a masked one)."""
     import re
 
@@ -185,12 +185,14 @@ def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], templa
     outputs = sorted({v for m in messages if m["role"] == "tool" and m["content"]
                       for v in (m["content"], json.dumps(m["content"], ensure_ascii=False))}, key=len, reverse=True)
     pats += [("tool output", "|".join(re.escape(o) for o in outputs))] if outputs else []
-    rx = re.compile("|".join(f"(?P<p{i}>{p})" for i, (_, p) in enumerate(pats) if p), re.S)
     names = {f"p{i}": part for i, (part, p) in enumerate(pats) if p}
+    # calls are looked for in learned text only (a masked prompt may quote the syntax, as Qwen's tools text does)
+    rx = {flag: re.compile("|".join(f"(?P<p{i}>{p})" for i, (part, p) in enumerate(pats)
+                                    if p and (flag or part != "tool call")), re.S) for flag in (True, False)}
     out = []
     for text, learned in segments:
         pos = 0
-        for m in rx.finditer(text):
+        for m in rx[learned].finditer(text):
             out += [("reply" if learned else "prompt", text[pos:m.start()], learned), (names[m.lastgroup], m.group(0), learned)]
             pos = m.end()
         out.append(("reply" if learned else "prompt", text[pos:], learned))

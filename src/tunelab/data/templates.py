@@ -36,7 +36,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from tunelab.data.chat_jinja import BUILTIN_JINJA, GENERATION_TAG, without_generation_tags
+from tunelab.data.chat_jinja import BUILTIN_JINJA, GENERATION_TAG, PLAIN_AS_TURNFORMAT, without_generation_tags
 from tunelab.data.reasoning import inline_reasoning
 from tunelab.data.tools import uses_tools
 from tunelab.errors import TunelabError
@@ -113,9 +113,10 @@ class Template:
                                "messages cannot be rendered", where="data.template",
                                hint="use a template with tools: chatml, qwen3, llama3, mistral, or auto with a "
                                     "model whose chat template renders tools")
+        plain = not uses_tools(msgs, tools) and not any(m.get("reasoning_content") is not None for m in msgs)
         if not (self.jinja is not None and "reasoning_content" in self.jinja):
             msgs = inline_reasoning(msgs)
-        if self.jinja is not None:
+        if self.jinja is not None and not (plain and self.fmt is not None and self.name in PLAIN_AS_TURNFORMAT):
             return self._jinja_segments(msgs, add_generation_prompt, tools or None)
         return self._format_segments(msgs, add_generation_prompt)
 
