@@ -3,6 +3,7 @@ transformers' own Jinja environment), with tools, calls, tool results and reason
 `template: auto` on each real template; reasoning options; the exported Jinja."""
 
 import copy
+import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -211,3 +212,26 @@ def test_plain_chats_render_alike_through_the_jinja_and_the_turnformat(name):
                     msgs = [{"role": "system", "content": system}] + msgs
                 via_format = Template(name, system=system, fmt=BUILTIN[name], eos=t.eos).segments(conv[:cut], gen)
                 assert t._jinja_segments(msgs, gen, None) == via_format
+
+
+@pytest.mark.parametrize("name, stop", [("chatml", "<|im_end|>\n"), ("qwen3", "<|im_end|>\n"), ("llama3", "<|eot_id|>"),
+                                        ("mistral", "</s>")])
+def test_the_learned_call_is_the_tool_syntax_text_and_parses_back(name, stop):
+    from tunelab.data.tool_syntax import syntax_for
+
+    t = build_template(name, tok(name if name in SPECIAL else "qwen3"))
+    syntax = syntax_for(t)
+    calls = TOOL2[1]["tool_calls"]
+    target = [s for s, flag in t.segments(TOOL2, tools=TOOLS) if flag][0]
+    assert target == syntax.format_calls(calls) + stop
+    content, parsed = syntax.parse(target[:-len(stop)])
+    assert content == "" and [c["function"]["name"] for c in parsed] == ["get_weather"] * 2
+    assert [json.loads(c["function"]["arguments"]) for c in parsed] == [{"city": "Paris"}, {"city": "Rome"}]
+
+
+def test_a_template_without_tools_names_the_example():
+    from tunelab.data.tokenize import tokenize_example
+
+    ex = ChatExample(TOOL1, where="d.jsonl:7", tools=TOOLS)
+    with pytest.raises(TunelabError, match=r"data.template \(d.jsonl:7\): template 'gemma' has no tool-call format"):
+        tokenize_example(ex, build_template("gemma", tok("gemma")), None, 512)

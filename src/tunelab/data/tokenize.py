@@ -4,8 +4,9 @@
     labels = ids where the segment is a target (the replies + end of turn), else -100
 
 So with `train_on: reply` (default) the loss covers exactly the reply tokens of every assistant
-turn (a tool call is a reply; a tool's output is not; a think block as data.reasoning says); `train_on: last` only the final assistant turn's; `train_on: all` learns every token. Truncation keeps `max_length` tokens from the right (drop the end) or the
-left (drop the start); an example left with no target token is dropped and counted.
+turn (a tool call is a reply; a tool's output is not; a think block as data.reasoning says); `train_on: last`
+only the final assistant turn's; `train_on: all` learns every token. Truncation keeps `max_length` tokens from
+the right (drop the end) or the left (drop the start); an example left with no target token is dropped and counted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from tunelab.data.formats import ChatExample
 from tunelab.data.reasoning import drop_earlier_reasoning, mask_reasoning
 from tunelab.data.templates import Template
+from tunelab.errors import TunelabError
 
 IGNORE = -100
 
@@ -49,7 +51,11 @@ def example_segments(ex: ChatExample, template: Template, reasoning: str = "lear
     """The template's (text, is_target) segments of an example, reasoning handled as data.reasoning and
     data.earlier_reasoning say (data/reasoning.py)."""
     msgs = drop_earlier_reasoning(ex.messages) if earlier_reasoning == "drop" else ex.messages
-    return mask_reasoning(template.segments(msgs, tools=ex.tools or None), learn=reasoning == "learn")
+    try:
+        segments = template.segments(msgs, tools=ex.tools or None)
+    except TunelabError as e:  # name the example: "data.template (d.jsonl:3): template 'gemma' has no tool-call ..."
+        raise TunelabError(e.message, where=f"{e.where} ({ex.where})" if ex.where else e.where, hint=e.hint) from None
+    return mask_reasoning(segments, learn=reasoning == "learn")
 
 
 def tokenize_example(ex: ChatExample, template: Template, tokenizer, max_length: int,
