@@ -112,6 +112,12 @@ class ServingGeneration:
 
     prefix = ""  # of the reply's id
     prompt_param = "prompt"  # the field a prompt that does not fit is blamed on
+    end_of_stream = "data: [DONE]\n\n"  # the stream's last line (the Responses API sends none)
+
+    @staticmethod
+    def encode(obj) -> str:
+        """One stream object as Server-Sent Events text."""
+        return sse(obj)
 
     def __init__(self, state):
         self.state = state
@@ -166,14 +172,15 @@ class ServingGeneration:
         async def events():
             try:
                 async for obj in self.chunks(head, gen, citations):
-                    yield sse(obj)
+                    yield self.encode(obj)
                 if body.include_usage():
-                    yield sse(self.usage_chunk(head, gen.usage()))
+                    yield self.encode(self.usage_chunk(head, gen.usage()))
             except APIError as e:
-                yield sse(e.body())
+                yield self.encode(e.body())
             finally:
                 gen.close()
-            yield "data: [DONE]\n\n"
+            if self.end_of_stream:
+                yield self.end_of_stream
 
         # gen.close again after the response: frees the adapter even if the body never started
         return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(gen.close),

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter
 
-from tunelab.serve import files_api, inference, jobs_api, studio
+from tunelab.serve import files_api, inference, jobs_api, responses, studio
 from tunelab.serve.protocol.common import ErrorResponse
 
 
@@ -58,6 +58,7 @@ def mounted(routes) -> list[tuple[str, str, Callable]]:
 
 
 MODULES = {"models": inference.__name__, "chat": inference.__name__, "completions": inference.__name__,
+           "responses": inference.__name__,  # mounted with the inference routes; its endpoint is serve/responses.py's
            "embeddings": inference.__name__, "files": files_api.__name__, "jobs": jobs_api.__name__,
            "studio": studio.__name__}
 
@@ -67,6 +68,7 @@ ROUTES: list[Route] = [
     Route("GET", "/v1/models/{model_id:path}", "models", inference.get_model),
     Route("POST", "/v1/chat/completions", "chat", inference.chat_completions, proxied=True),
     Route("POST", "/v1/completions", "completions", inference.completions, proxied=True),
+    Route("POST", "/v1/responses", "responses", responses.create_response),
     Route("POST", "/v1/embeddings", "embeddings", inference.embeddings, proxied=True),
     Route("POST", "/v1/files", "files", files_api.create_file),
     Route("GET", "/v1/files", "files", files_api.list_files),
@@ -109,6 +111,7 @@ _BYTES = {"schema": {"type": "string", "format": "binary"}}
 CONTENT: dict[tuple[str, str], dict] = {
     ("POST", "/v1/chat/completions"): {"text/event-stream": {"schema": {"type": "string"}}},  # stream=true
     ("POST", "/v1/completions"): {"text/event-stream": {"schema": {"type": "string"}}},
+    ("POST", "/v1/responses"): {"text/event-stream": {"schema": {"type": "string"}}},
     ("GET", "/v1/files/{file_id}/content"): {"application/octet-stream": _BYTES},  # only
     ("GET", "/studio/static/{name}"): {"text/javascript": {"schema": {"type": "string"}},
                                        "text/css": {"schema": {"type": "string"}}},  # only
