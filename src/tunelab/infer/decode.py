@@ -18,6 +18,10 @@ are transformers' greedy tokens (tests/infer/test_decode.py checks 64 of them). 
 out is what `generate` does around the model on every token: building a dynamic cache, masks
 and position ids, logits processors and stopping criteria (docs/inference.md has the profile).
 
+Families whose layer is not Llama's (post norms, q/k norms, sliding windows, soft-capping: infer/arch.py)
+run infer/layers.py's forward on the same cache and masks; `_forward` hands them over on its first line.
+Gemma's final soft-capping, c tanh(logits / c), is `_head`'s.
+
 The prompt is one forward over all its tokens (prefill, causal mask); the cache holds
 prompt + max_new_tokens slots. Rows of a batch are left-padded: padded slots are masked out and
 positions count from each row's first real token, so a row decodes as it would alone.
