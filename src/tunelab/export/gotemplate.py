@@ -185,9 +185,9 @@ def truth(v) -> bool:
 
 
 def show(v) -> str:
-    """How an action prints a value (fmt's %v)."""
-    if v is None:
-        return "<no value>"
+    """How an action prints a value (fmt's %v; a value with a String method, `go_string`, prints that)."""
+    if v is None or isinstance(getattr(v, "go_string", None), str):
+        return "<no value>" if v is None else v.go_string
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float):

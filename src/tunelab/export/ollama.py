@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 
 from tunelab.data.templates import BUILTIN, Template, TurnFormat
 from tunelab.errors import TunelabError
-from tunelab.export.gotemplate import GoTemplate, GoTemplateError, Struct, go_quote
+from tunelab.export.gotemplate import GoTemplate, GoTemplateError, go_quote
+from tunelab.export.ollama_tools import hermes_template, same_but_json, template_message, template_tool, tool_probes
 
 OLLAMA_DEFAULT_CTX = 2048  # Ollama's long-standing default num_ctx
 
@@ -166,6 +167,7 @@ class OllamaTemplate:
     stops: list[str]  # PARAMETER stop values
     format: str  # the format it reproduces: "chatml", or "chatml (matched from auto)"
     source: Template  # the run's template, what `check_modelfile` compares against
+    tools: bool = False  # the TEMPLATE renders .Tools, .ToolCalls and tool messages (Hermes, ollama_tools.py)
 
 
 def ollama_template(template: Template) -> OllamaTemplate:
@@ -186,7 +188,33 @@ def ollama_template(template: Template) -> OllamaTemplate:
     f = fmt_t.fmt
     default = template.system if template.system is not None else f.default_system
     system = template.system if template.system and _quotable(template.system) else None
+    if f == replace(BUILTIN["chatml"], default_system=f.default_system) and _hermes_tools(template, default, system):
+        return OllamaTemplate(hermes_template(default), system, fmt_t.stop_strings, label, template, tools=True)
     return OllamaTemplate(go_template(f, default, template.eos), system, fmt_t.stop_strings, label, template)
+
+
+def _hermes_tools(template: Template, default: str, system: str | None) -> bool:
+    """Does the run's template write tools, calls and results as the Hermes TEMPLATE does (every tool probe
+    alike but for JSON spacing and key order)? False for a template without tools."""
+    from tunelab.data.tool_syntax import syntax_for
+
+    if not getattr(template, "supports_tools", False) or syntax_for(template).name != "hermes":
+        return False
+    try:
+        return not _tool_mismatch(hermes_template(default), system, template)
+    except Exception:  # a run's Jinja that refuses a probe: no tools in the export
+        return False
+
+
+def _tool_mismatch(template_text: str, system: str | None, template: Template) -> str | None:
+    """The first tool probe the TEMPLATE renders unlike the run's template (a message), or None."""
+    for tools, conv in tool_probes():
+        got = render_chat(template_text, conv, system, tools)
+        want = "".join(t for t, _ in template.segments(conv, add_generation_prompt=conv[-1]["role"] != "assistant",
+                                                       tools=tools or None))
+        if not same_but_json(got, want):
+            return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}... (tools)"
+    return None
 
 
 # ---- the Modelfile -------------------------------------------------------------------------------------------
@@ -232,7 +260,8 @@ def modelfile_text(gguf_name: str, ot: OllamaTemplate, num_ctx: int, temperature
     if not _quotable(ot.text) or not ot.text.startswith("{{"):
         raise TunelabError("the generated TEMPLATE cannot be quoted in a Modelfile", where="--to ollama")
     lines = [f"# written by tunelab{f' from run {run_name}' if run_name else ''}: ollama create NAME -f Modelfile",
-             f"# TEMPLATE reproduces the run's prompt format: {ot.format}",
+             f"# TEMPLATE reproduces the run's prompt format: {ot.format}"
+             + (" with tools (Hermes <tool_call> calls)" if ot.tools else ""),
              f"FROM ./{gguf_name}", f'TEMPLATE """{ot.text}"""']
     if ot.system is not None:
         lines.append(f'SYSTEM """{ot.system}"""')
@@ -316,8 +345,10 @@ def parse_modelfile(text: str) -> list[tuple[str, str]]:
     return cmds
 
 
-def render_chat(template_text: str, messages: list[dict], system: str | None = None) -> str:
-    """The prompt Ollama's /api/chat builds from `messages` with this TEMPLATE and a Modelfile SYSTEM."""
+def render_chat(template_text: str, messages: list[dict], system: str | None = None,
+                tools: list[dict] | None = None) -> str:
+    """The prompt Ollama's /api/chat builds from `messages` (OpenAI's shapes: tool_calls, tool results,
+    reasoning_content) and `tools` with this TEMPLATE and a Modelfile SYSTEM (export/ollama_tools.py)."""
     t = GoTemplate(template_text)
     if "messages" not in t.identifiers():
         raise ValueError("only .Messages templates are emulated (not the legacy .Prompt/.Response form)")
@@ -327,14 +358,14 @@ def render_chat(template_text: str, messages: list[dict], system: str | None = N
     collated: list[dict] = []
     for m in msgs:  # template.go collate: consecutive messages of one role are merged
         if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
-            collated[-1]["content"] += "\n\n" + m["content"]
+            collated[-1]["content"] = (collated[-1]["content"] or "") + "\n\n" + (m["content"] or "")
         else:
             collated.append(dict(m))
     values = {
         "System": "\n\n".join(m["content"] for m in msgs if m["role"] == "system"),
-        "Messages": [Struct(Role=m["role"], Content=m["content"], Thinking="", Images=None, ToolCalls=None,
-                            ToolName="", ToolCallID="") for m in collated],
-        "Tools": None, "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False,
+        "Messages": [template_message(m) for m in collated],
+        "Tools": [template_tool(t) for t in tools] if tools else None,
+        "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False,
     }
     return t.execute(values)
 
@@ -351,6 +382,12 @@ def check_modelfile(text: str, template: Template) -> int:
                 raise TunelabError(f"the Modelfile TEMPLATE renders {got[:60]!r}..., the run's template "
                                    f"{want[:60]!r}... ({len(conv)} messages)", where="Modelfile",
                                    hint="please report this: the export would format prompts unlike training")
+        if "tools" in GoTemplate(cmds["template"]).identifiers():  # Ollama: the model supports tools
+            bad = _tool_mismatch(cmds["template"], cmds.get("system"), template)
+            if bad:
+                raise TunelabError(bad, where="Modelfile", hint="please report this: the export would format "
+                                                               "tool calls unlike training")
+            return len(convs) + len(tool_probes())
     except (ValueError, GoTemplateError, KeyError) as e:
         raise TunelabError(f"the Modelfile does not read back: {e}", where="Modelfile") from e
     return len(convs)
