@@ -56,7 +56,6 @@ class TurnFormat:
     bos: str = ""  # text before the first turn
     system_in_user: str | None = None  # e.g. "{system}\n\n{user}"
     default_system: str = ""
-    system_always: bool = False  # write the system turn even when there is no system text (Llama 3's dates)
 
 
 BUILTIN: dict[str, TurnFormat] = {
@@ -68,13 +67,6 @@ BUILTIN: dict[str, TurnFormat] = {
                         system_in_user="{system}\n\n{user}"),
     "chatml": TurnFormat(system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
                          assistant_prefix="<|im_start|>assistant\n", stop="<|im_end|>\n"),
-    "qwen3": TurnFormat(system="<|im_start|>system\n{content}<|im_end|>\n", user="<|im_start|>user\n{content}<|im_end|>\n",
-                        assistant_prefix="<|im_start|>assistant\n", stop="<|im_end|>\n"),
-    "llama3": TurnFormat(bos="<|begin_of_text|>", system_always=True,
-                         system="<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-                                "Today Date: 26 Jul 2024\n\n{content}<|eot_id|>",
-                         user="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>",
-                         assistant_prefix="<|start_header_id|>assistant<|end_header_id|>\n\n", stop="<|eot_id|>"),
     "phi3": TurnFormat(system="<|system|>\n{content}<|end|>\n", user="<|user|>\n{content}<|end|>\n",
                        assistant_prefix="<|assistant|>\n", stop="<|end|>\n"),
     "alpaca": TurnFormat(system="{content}\n\n", user="### Instruction:\n{content}\n\n", assistant_prefix="### Response:\n",
@@ -83,7 +75,7 @@ BUILTIN: dict[str, TurnFormat] = {
                                         "Write a response that appropriately completes the request."),
     "qa": TurnFormat(user="Please answer the following question.\n\nQ: {content}\n\n", assistant_prefix="A: ", stop="<eos>\n\n"),
 }
-NAMES = ["auto", *BUILTIN, "custom"]
+NAMES = ["auto", *BUILTIN, *(n for n in BUILTIN_JINJA if n not in BUILTIN), "custom"]
 
 
 @dataclass
@@ -134,7 +126,7 @@ class Template:
         if msgs and msgs[0]["role"] == "system":
             system = msgs[0]["content"]
             msgs = msgs[1:]
-        if (system or f.system_always) and f.system_in_user is None:
+        if system and f.system_in_user is None:
             out.append((f.system.format(content=system), False))
         first_user = True
         for m in msgs:
@@ -214,6 +206,8 @@ class Template:
             s = self.fmt.stop.replace("<eos>", self.eos).strip()
             if s and s not in stops:
                 stops.append(s)
+        elif self.name in BUILTIN_JINJA and BUILTIN_JINJA[self.name].stop not in stops:
+            stops.append(BUILTIN_JINJA[self.name].stop)
         return stops
 
     # ---- persistence ---------------------------------------------------------------------------------------
@@ -303,8 +297,7 @@ def chat_template_jinja(template: Template) -> str | None:
         system_turn = ""
     else:
         content = "m['content']"
-        cond = "true" if f.system_always else "system"
-        system_turn = "{% if " + cond + " %}{{ " + _fill(f.system, {"content": "system"}) + " }}{% endif %}"
+        system_turn = "{% if system %}{{ " + _fill(f.system, {"content": "system"}) + " }}{% endif %}"
     return (
         "{% set ns = namespace(first_user=true) %}"
         "{% set system = " + _lit(default_system) + " %}"
@@ -359,8 +352,9 @@ def build_template(name: str, tokenizer, system: str | None = None, custom: dict
         probe = render_jinja(jinja, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], False,
                              bos_token=bos, eos_token=eos)
         return Template("auto", system=system, jinja=jinja, eos=eos, bos=bos, add_eos=bool(eos) and eos not in probe)
-    if name in BUILTIN:
-        return Template(name, system=system, fmt=BUILTIN[name], jinja=BUILTIN_JINJA.get(name), eos=eos)
+    if name in BUILTIN or name in BUILTIN_JINJA:
+        jf = BUILTIN_JINJA.get(name)
+        return Template(name, system=system, fmt=BUILTIN.get(name), jinja=jf.jinja if jf else None, eos=eos)
     if name == "custom":
         if not custom:
             raise TunelabError("template 'custom' needs data.custom_template", where="data.custom_template",
