@@ -33,7 +33,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from tunelab.errors import TunelabError
 from tunelab.infer.parts import Block, DecoderWeights, Unsupported, proj, read_proj
+from tunelab.models.families import family_of
 
 ROPE_TYPES = ("default", "linear", "llama3")  # cos/sin a function of the position alone
 ACTIVATIONS: dict[str, Callable] = {"silu": F.silu, "gelu_pytorch_tanh": partial(F.gelu, approximate="tanh")}
@@ -41,6 +43,9 @@ ACTIVATIONS: dict[str, Callable] = {"silu": F.silu, "gelu_pytorch_tanh": partial
 
 @dataclass(frozen=True)
 class Arch:
+    """One family's layer: the module names its weights are read from (a norm None: the layer has
+    none there) and the pieces its forward adds to Llama's; the defaults are Llama's."""
+
     qkv: tuple[str, ...] = ("q_proj", "k_proj", "v_proj")
     gate_up: tuple[str, ...] = ("gate_proj", "up_proj")
     attn_in: str | None = "input_layernorm"
@@ -74,9 +79,6 @@ ARCHS: dict[str, Arch] = {
 
 def arch_of(cfg) -> tuple[str, Arch]:
     """(family name, Arch) of a transformers config; Unsupported for an architecture not listed."""
-    from tunelab.errors import TunelabError
-    from tunelab.models.families import family_of
-
     try:
         name = family_of(cfg).name
     except TunelabError:

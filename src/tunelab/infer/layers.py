@@ -1,4 +1,5 @@
-"""The decode engine's forward for every family whose layer is not Llama's (infer/arch.py says what
+"""The decode engine's shared pieces (a projection with its adapters, the two RMSNorm kinds, rope's
+rotate_half) and its forward for every family whose layer is not Llama's (infer/arch.py says what
 each adds; decode.py's `_forward` keeps Llama's own, branch-free). Same contract as
 `DecodeEngine._forward`; per block, with every piece the weights do not have skipped:
 
@@ -51,8 +52,6 @@ def linear(x: torch.Tensor, p: Proj, route: Route | None = None) -> torch.Tensor
         else:  # y[rows] += (x[rows] A^T)(s B^T): one adapter's rows of a mixed batch
             y = y.index_add(0, rows, (x.index_select(0, rows) @ lo.at) @ lo.bt)
     return y
-
-
 
 
 def rmsnorm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
