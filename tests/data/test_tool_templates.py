@@ -235,3 +235,13 @@ def test_a_template_without_tools_names_the_example():
     ex = ChatExample(TOOL1, where="d.jsonl:7", tools=TOOLS)
     with pytest.raises(TunelabError, match=r"data.template \(d.jsonl:7\): template 'gemma' has no tool-call format"):
         tokenize_example(ex, build_template("gemma", tok("gemma")), None, 512)
+
+
+@pytest.mark.parametrize("model_type, arch, want", [("qwen3", "Qwen3ForCausalLM", "qwen3"),
+                                                    ("llama", "LlamaForCausalLM", "chatml")])
+def test_auto_without_a_chat_template_takes_the_familys_builtin_with_its_tools(model_type, arch, want, tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": model_type, "architectures": [arch]}))
+    t = build_template("auto", SimpleNamespace(bos_token="", eos_token="<|im_end|>", chat_template=None,
+                                               name_or_path=str(tmp_path)))
+    assert (t.name, t.extra) == (want, {"fallback_from": "auto"}) and t.supports_tools
+    assert ours(want, TOOL1, TOOLS, family="qwen3") == "".join(s for s, _ in t.segments(TOOL1, tools=TOOLS))

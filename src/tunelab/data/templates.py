@@ -347,8 +347,10 @@ def build_template(name: str, tokenizer, system: str | None = None, custom: dict
             from tunelab.models.base_format import family_template
 
             base = family_template(tokenizer)
-            base = base if base in BUILTIN else "alpaca"
-            return Template(base, system=system, fmt=BUILTIN[base], eos=eos, extra={"fallback_from": "auto"})
+            base = base if base in BUILTIN or base in BUILTIN_JINJA else "alpaca"
+            fallback = build_template(base, tokenizer, system)  # qwen3/llama3/chatml/mistral with their tools
+            fallback.extra = {"fallback_from": "auto"}
+            return fallback
         probe = render_jinja(jinja, [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}], False,
                              bos_token=bos, eos_token=eos)
         return Template("auto", system=system, jinja=jinja, eos=eos, bos=bos, add_eos=bool(eos) and eos not in probe)
