@@ -251,6 +251,31 @@ def test_q8_0_on_gemma3_and_phi3(tiny, tmp_path):
         assert (a - b).abs().max().item() < 0.25, name
 
 
+def test_a_resaved_qwen2_tokenizer_is_named_by_its_split_regex(tiny, tmp_path):
+    """transformers saves a loaded Qwen2Tokenizer with its splitter spelled out (Split(regex) + ByteLevel
+    without regex), as a merged run's folder has it: the probe hash of the tiny vocabulary is unknown,
+    the regex is llama.cpp's "qwen2" one, and the reloaded tokenizer encodes as the folder's does."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tunelab.export.gguf import write_gguf
+
+    src = shutil.copytree(tiny["qwen2"], tmp_path / "model")
+    AutoTokenizer.from_pretrained(src).save_pretrained(src)
+    pre = json.loads((src / "tokenizer.json").read_text())["pre_tokenizer"]
+    assert pre["type"] == "Sequence" and pre["pretokenizers"][0]["type"] == "Split"
+    info = write_gguf(src, tmp_path / "q.gguf", "f32")
+    from gguf import GGUFReader
+
+    assert GGUFReader(info.path).fields["tokenizer.ggml.pre"].contents() == "qwen2"
+    ref = AutoTokenizer.from_pretrained(src)
+    got = AutoTokenizer.from_pretrained(info.path.parent, gguf_file=info.path.name)
+    for t in ["Hello world, how are you? 12345 67", "  spaces\n\n tabs\t end", "naïve café — 3.14 🚀",
+              "<|im_start|>user\nhi<|im_end|>\n", "I've 'RE 'll"]:
+        assert got(t)["input_ids"] == ref(t)["input_ids"], t
+
+
 # ---- LoRA adapters ---------------------------------------------------------------------------------------------------
 def _peft_adapter(src: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
@@ -340,3 +365,38 @@ def test_refusals_are_one_line_and_name_the_architecture(tiny, tmp_path):
         write_gguf(g2, out)
     _one_line(e, "gemma2", "query_pre_attn_scalar 256")
     assert not out.exists()
+
+
+# ---- slow: the real Gemma 3 270M ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_gemma3_f16_reloads_with_the_same_tokens_and_greedy_tokens(tmp_path):
+    """Gemma 3 270M (alias gemma3-270m, 262k sentencepiece-style vocabulary): the f16 GGUF reloads in
+    transformers' GGUF loader with the same tokenization and the same 24 greedy tokens as the model folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.export.gguf import write_gguf
+    from tunelab.models.registry import resolve
+
+    try:
+        src = Path(resolve("gemma3-270m").path)
+    except TunelabError:
+        pytest.skip("gemma3-270m is not installed")
+    if not (src / "DONE").is_file():
+        pytest.skip("gemma3-270m is not installed")
+    info = write_gguf(src, tmp_path / "gemma3-270m-f16.gguf", "f16")
+    assert info.arch == "gemma3" and info.notes == ()
+    f, _ = _fields(info.path)
+    assert f["general.architecture"] == "gemma3" and f["gemma3.attention.sliding_window"] == 512
+    ref_tok = AutoTokenizer.from_pretrained(src)
+    got_tok = AutoTokenizer.from_pretrained(info.path.parent, gguf_file=info.path.name)
+    texts = ["Hello world, how are you?", "  spaces\n\n tabs\t end", "naïve café — 3.14 🚀", "日本語のテキスト",
+             "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n", "<table><tr><td>x</td></tr></table>"]
+    for t in texts:
+        assert got_tok(t)["input_ids"] == ref_tok(t)["input_ids"], t
+    ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    got = AutoModelForCausalLM.from_pretrained(info.path.parent, gguf_file=info.path.name, dtype=torch.float32).eval()
+    for prompt in ["The capital of France is", "def fibonacci(n):"]:
+        ids = ref_tok(prompt, return_tensors="pt")["input_ids"]
+        a = ref.generate(ids, max_new_tokens=24, do_sample=False)[0].tolist()
+        b = got.generate(ids, max_new_tokens=24, do_sample=False)[0].tolist()
+        assert a == b, (prompt, ref_tok.decode(a), ref_tok.decode(b))

@@ -1,7 +1,7 @@
 """The `tokenizer.*` metadata of a GGUF file, from a transformers tokenizer folder.
 
 Written as llama.cpp's convert_hf_to_gguf.py writes a GPT-2 style byte-level BPE vocabulary
-(`_set_vocab_gpt2`), which is what SmolLM2, Llama 3, Qwen2 and tunelab's tiny test model use:
+(`_set_vocab_gpt2`), which is what SmolLM2, Llama 3, Qwen2 and tunelab's tiny test models use:
 
     tokenizer.ggml.model          "gpt2"  (byte-level BPE)
     tokenizer.ggml.pre            the pre-tokenizer (the regex that splits text before BPE), by name
@@ -14,9 +14,17 @@ Written as llama.cpp's convert_hf_to_gguf.py writes a GPT-2 style byte-level BPE
 
 The pre-tokenizer name is found the way llama.cpp finds it: encode a fixed probe text and look the
 SHA-256 of the ids up in a table of known tokenizers. When the hash is unknown and the folder's
-pre-tokenizer is plain GPT-2 ByteLevel (regex on, no prefix space), it is "gpt-2"; anything else is
-refused, since a wrong name would tokenize some texts differently in llama.cpp. Sentencepiece
-(`tokenizer.model`, Llama 2 style) vocabularies are refused too.
+pre-tokenizer is plain GPT-2 ByteLevel (regex on, no prefix space), it is "gpt-2"; when it is a Split
+on llama.cpp's own regex for "qwen2" or "llama-bpe" before a regex-free ByteLevel, that name; anything
+else is refused, since a wrong name would tokenize some texts differently in llama.cpp.
+
+A sentencepiece vocabulary saved as tokenizer.json (BPE with byte fallback over "\u2581"-spaced text:
+Gemma, Llama 2) is written as _set_vocab_sentencepiece writes it (`_add_sentencepiece`):
+
+    tokenizer.ggml.model "llama", pre "default", tokens, scores (-id), token_type (2 unknown, 6 byte),
+    add_space_prefix, + the merges (so transformers' loader rebuilds exactly this tokenizer)
+
+A folder with only `tokenizer.model` (no tokenizer.json) is refused.
 """
 
 from __future__ import annotations
@@ -48,8 +56,15 @@ KNOWN_PRE = {
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral-Nemo
 }
 
+# llama.cpp's split regex per tokenizer.ggml.pre (llama-vocab.cpp), for a tokenizer that states its regex
+# (Sequence[Split(regex), ByteLevel(use_regex=False)], as transformers' Qwen2 / Llama 3 tokenizers save it)
+# when the probe hash is not in KNOWN_PRE (a vocabulary of its own with that splitter)
+_LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                 r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+SPLIT_PRE = {_LLAMA3_SPLIT: "llama-bpe", _LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}"): "qwen2"}
+
 # gguf.TokenType values
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
 def _looks_special(token: str) -> bool:
@@ -74,13 +89,22 @@ def _is_byte_level_bpe(tj: dict) -> bool:
 
 
 def pre_tokenizer_name(tok, tj: dict) -> str:
-    """tokenizer.ggml.pre for this tokenizer: by probe hash, else "gpt-2" for plain GPT-2 ByteLevel."""
+    """tokenizer.ggml.pre for this tokenizer: by probe hash, else "gpt-2" for plain GPT-2 ByteLevel, else
+    by the split regex it states (SPLIT_PRE)."""
     chkhsh = sha256(str(tok.encode(CHKTXT)).encode()).hexdigest()
     if chkhsh in KNOWN_PRE:
         return KNOWN_PRE[chkhsh]
     pre = tj.get("pre_tokenizer") or {}
     if pre.get("type") == "ByteLevel" and pre.get("use_regex", True) and not pre.get("add_prefix_space", False):
         return "gpt-2"
+    parts = pre.get("pretokenizers") or []
+    if (pre.get("type") == "Sequence" and len(parts) == 2 and parts[0].get("type") == "Split"
+            and parts[0].get("behavior") == "Isolated" and not parts[0].get("invert")
+            and parts[1].get("type") == "ByteLevel" and not parts[1].get("use_regex", True)
+            and not parts[1].get("add_prefix_space", False)):
+        name = SPLIT_PRE.get((parts[0].get("pattern") or {}).get("Regex"))
+        if name is not None:
+            return name
     raise TunelabError(f"unrecognised BPE pre-tokenizer (probe hash {chkhsh[:16]})", where="GGUF export",
                        hint="llama.cpp needs a known tokenizer.ggml.pre; this tokenizer is not one tunelab can name")
 
@@ -138,27 +162,57 @@ def _adds_special(tok) -> tuple[bool, bool]:
     return add_bos, add_eos
 
 
-def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> dict:
-    """Write the folder's tokenizer into `writer` (a gguf.GGUFWriter); returns a summary
-    {"model", "pre", "tokens", "merges", "chat_template"} for logs and tests."""
-    import gguf
-    from transformers import AutoTokenizer
+def _is_sentencepiece_bpe(tj: dict) -> bool:
+    """A sentencepiece vocabulary saved as tokenizer.json (Gemma, Llama 2): BPE over "\u2581"-spaced
+    text with byte fallback (<0xNN> tokens), no byte-level alphabet."""
+    model = tj.get("model") or {}
+    return model.get("type") == "BPE" and bool(model.get("byte_fallback")) and "\u2581" in json.dumps(
+        [tj.get("normalizer"), tj.get("pre_tokenizer")], ensure_ascii=False)
 
-    tj = _read_tokenizer_json(model_dir)
-    if not _is_byte_level_bpe(tj):
-        kind = (tj.get("model") or {}).get("type")
-        raise TunelabError(f"tokenizer is {kind} without byte-level pre-tokenization", where="GGUF export",
-                           hint="only GPT-2 style byte-level BPE tokenizers are exported")
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    pre = pre_tokenizer_name(tok, tj)
-    tokens, types = _tokens(tok, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
+
+def _sentencepiece_tokens(tok, tj: dict, vocab_size: int) -> tuple[list[str], list[float], list[int]]:
+    """Token texts, scores and types by id, as _set_vocab_sentencepiece writes them: <unk> UNKNOWN,
+    special added tokens CONTROL, other added tokens USER_DEFINED (a run of "\u2581" spelled as the
+    spaces llama.cpp matches in raw text), <0xNN> BYTE, the rest NORMAL. Score of id i = -i: llama.cpp
+    merges the adjacent pair whose merged token scores highest, i.e. the lowest id, which is the merge
+    order of a vocabulary read back from a GGUF (transformers ranks Gemma's merges by position)."""
+    reverse = {i: t for t, i in tok.get_vocab().items()}
+    if reverse and max(reverse) >= vocab_size:
+        raise TunelabError(f"tokenizer has id {max(reverse)} but the model's vocab_size is {vocab_size}",
+                           where="GGUF export")
+    added = {a["id"]: a for a in tj.get("added_tokens") or []}
+    tokens, scores, types = [], [], []
+    for i in range(vocab_size):
+        token = reverse.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            scores.append(-10000.0)
+            types.append(UNUSED)
+            continue
+        if i == tok.unk_token_id:
+            typ = UNKNOWN
+        elif i in added and added[i].get("special"):
+            typ = CONTROL
+        elif i in added:
+            typ = USER_DEFINED
+            token = " " * len(token) if set(token) == {"\u2581"} else token
+        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
+            typ = BYTE
+        else:
+            typ = NORMAL
+        tokens.append(token)
+        scores.append(-float(i))
+        types.append(typ)
+    return tokens, scores, types
+
+
+def _add_special(writer, model_dir: Path, tok, vocab_size: int, merges: list[str]) -> dict:
+    """Special token ids, add_bos / add_eos, merges and chat template (gguf.SpecialVocab); returns its
+    chat template."""
+    import gguf
 
     special = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=vocab_size)  # chat template (+ its guesses)
-    special.merges = _merges(tj)
+    special.merges = merges
     # the ids and flags the loaded tokenizer actually uses win over what SpecialVocab read from configs
     special.special_token_ids = {}
     for typ, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id), ("unk", tok.unk_token_id),
@@ -169,8 +223,53 @@ def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> dict:
     special.add_special_token = {"bos": add_bos, "eos": add_eos}
     template = getattr(tok, "chat_template", None)
     special.chat_template = template if template is not None else special.chat_template
-    if not special.merges:
-        raise TunelabError("tokenizer.json has no BPE merges", where="GGUF export")
     special.add_to_gguf(writer, quiet=True)
-    return {"model": "gpt2", "pre": pre, "tokens": len(tokens), "merges": len(special.merges),
-            "chat_template": special.chat_template}
+    return special.chat_template
+
+
+def add_tokenizer(writer, model_dir: Path, vocab_size: int) -> dict:
+    """Write the folder's tokenizer into `writer` (a gguf.GGUFWriter); returns a summary
+    {"model", "pre", "tokens", "merges", "chat_template"} for logs and tests."""
+    from transformers import AutoTokenizer
+
+    tj = _read_tokenizer_json(model_dir)
+    if _is_sentencepiece_bpe(tj):
+        return _add_sentencepiece(writer, model_dir, tj, vocab_size)
+    if not _is_byte_level_bpe(tj):
+        kind = (tj.get("model") or {}).get("type")
+        raise TunelabError(f"tokenizer is {kind} without byte-level pre-tokenization or byte fallback",
+                           where="GGUF export",
+                           hint="byte-level BPE (GPT-2 style) and sentencepiece-style BPE tokenizers are exported")
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    pre = pre_tokenizer_name(tok, tj)
+    tokens, types = _tokens(tok, vocab_size)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    merges = _merges(tj)
+    if not merges:
+        raise TunelabError("tokenizer.json has no BPE merges", where="GGUF export")
+    template = _add_special(writer, model_dir, tok, vocab_size, merges)
+    return {"model": "gpt2", "pre": pre, "tokens": len(tokens), "merges": len(merges), "chat_template": template}
+
+
+def _add_sentencepiece(writer, model_dir: Path, tj: dict, vocab_size: int) -> dict:
+    """tokenizer.ggml.model "llama" with tokens, scores and types (_set_vocab_sentencepiece), pre "default",
+    add_space_prefix as the tokenizer behaves ("a" -> "\u2581a" or "a"), and the BPE merges too: llama.cpp
+    ignores them for "llama", and transformers' GGUF loader takes them as they are instead of rebuilding
+    them from the vocabulary, so the reloaded tokenizer is this one."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tokens, scores, types = _sentencepiece_tokens(tok, tj, vocab_size)
+    writer.add_tokenizer_model("llama")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
+    writer.add_token_types(types)
+    writer.add_add_space_prefix(tok.tokenize("a")[:1] == ["\u2581a"])
+    merges = _merges(tj)
+    template = _add_special(writer, model_dir, tok, vocab_size, merges)
+    return {"model": "llama", "pre": "default", "tokens": len(tokens), "merges": len(merges),
+            "chat_template": template}

@@ -23,7 +23,8 @@ class GgufResult(ExportResult):
         if g is None:
             return []
         fb = f", {len(g.f16_fallback)} tensors kept in f16" if getattr(g, "f16_fallback", ()) else ""
-        return [f"GGUF {g.quant} ({g.arch}): {g.tensors} tensors{fb}"]
+        return [f"GGUF {g.quant} ({g.arch}): {g.tensors} tensors{fb}"] + [
+            f"note: {n}" for n in getattr(g, "notes", ())]
 
     def usage(self) -> list[str]:
         return [f"use: llama-cli -m {shlex.quote(str(self.gguf.path))} -cnv"] if self.gguf is not None else []
