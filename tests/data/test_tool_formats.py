@@ -81,3 +81,9 @@ def test_bad_tool_records_name_the_field(record, phrase):
     with pytest.raises(TunelabError) as e:
         to_chat(record)
     assert phrase in str(e.value) and "d.jsonl:1" in str(e.value)
+
+
+def test_a_structured_tool_result_becomes_its_json_text():
+    rec = openai_record({})
+    rec.data["messages"][2]["content"] = {"temp": 21, "sky": "clear"}
+    assert to_chat(rec).messages[2]["content"] == '{"temp": 21, "sky": "clear"}'

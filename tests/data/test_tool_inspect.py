@@ -50,3 +50,37 @@ def test_data_inspect_reports_what_is_learned_of_calls_reasoning_and_tool_output
     line = next(n for n in inspect_config(cfg).notes if n.startswith("tool calls and reasoning"))
     learned, masked = line.split("learned tokens: ")[1].split("; masked: ")
     assert "reasoning" not in learned and "reasoning" in masked
+
+
+REAL = {"qwen3": "Qwen-Qwen3-0.6B.jinja", "llama3": "meta-llama-Llama-3.3-70B-Instruct.jinja",
+        "mistral": "mistralai-Mistral-Nemo-Instruct-2407.jinja", "phi3": "microsoft-Phi-3.5-mini-instruct.jinja",
+        "gemma": "google-gemma-3-it.jinja"}
+
+
+def test_data_inspect_on_each_real_template(tiny_model_dir, tmp_path):
+    """template: auto with each family's real chat template: replies and calls learned, tool outputs not; the two
+    templates without tools (Phi-3.5, Gemma 3) learn the replies and their reasoning."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer
+
+    fixtures = Path(__file__).parent.parent / "fixtures" / "chat_templates"
+    plain = {"messages": [{"role": "user", "content": "2+2?"},
+                          {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\n4"}]}
+    tool_record = json.loads(json.dumps(RECORD))
+    del tool_record["messages"][1]["tool_calls"][0]["id"], tool_record["messages"][2]["tool_call_id"]  # call00001
+    for family, name in REAL.items():
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+        tok.chat_template = (fixtures / name).read_text()
+        with_tools = family in ("qwen3", "llama3", "mistral")
+        path = tmp_path / f"{family}.jsonl"
+        path.write_text(json.dumps(tool_record if with_tools else plain) + "\n")
+        cfg = from_dict({"model": {"name": str(tiny_model_dir)}, "data": {"train": str(path), "max_length": 4096}})
+        rep = inspect_config(cfg, tokenizer=tok)
+        line = next(n for n in rep.notes if n.startswith("tool calls and reasoning"))
+        learned, masked = line.split("learned tokens: ")[1].split("; masked: ")
+        assert "tool output" not in learned, (family, line)
+        if with_tools:
+            assert "tool call" in learned and "reply" in learned and "tool output" in masked, (family, line)
+        else:
+            assert "reply" in learned and "reasoning" in learned and masked == "nothing", (family, line)

@@ -22,6 +22,7 @@ before detection. Every error names the record's file:line and the field.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from tunelab.data.reasoning import split_message_reasoning
@@ -190,6 +191,8 @@ def _message(rec: Record, key: str, i: int, m, counter: list[int]) -> dict:
     content = m.get("content")
     if content is None and calls:
         content = ""
+    if m["role"] == "tool" and isinstance(content, (dict, list)):  # a structured result: its JSON text
+        content = json.dumps(content, ensure_ascii=False)
     if not isinstance(content, str):
         raise TunelabError(f"{key}[{i}].content must be a string, got {type(content).__name__}", where=rec.where)
     out = {"role": m["role"], "content": content}
@@ -240,8 +243,6 @@ def _sharegpt(rec: Record) -> list[dict]:
 
 
 def _sharegpt_call(rec: Record, i: int, value, counter: list[int]) -> dict:
-    import json
-
     if isinstance(value, str):
         try:
             value = json.loads(value)
