@@ -181,12 +181,13 @@ def test_forced_tool_choice_opens_the_call(scripted):
 def test_a_conversation_with_calls_and_results(scripted):
     client, pool, _ = scripted
     pool.script = "It is 21 C in Paris."
-    messages = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+    messages = ASK + [{"role": "assistant", "content": None, "reasoning_content": "Paris needs a lookup.", "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
         {"role": "tool", "tool_call_id": "call_1", "content": "21 C, sunny"}]
     r = client.chat.completions.create(model="tuned", messages=messages, tools=[WEATHER])
     assert r.choices[0].message.content == "It is 21 C in Paris." and r.choices[0].finish_reason == "stop"
     assert "21 C, sunny" in pool.prompt_text() and '"city": "Paris"' in pool.prompt_text()
+    assert "<think>\nParis needs a lookup.\n</think>" in pool.prompt_text()  # chatml writes reasoning inline
 
 
 @pytest.mark.parametrize("change, param", [

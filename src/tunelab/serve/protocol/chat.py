@@ -51,6 +51,7 @@ class Message(StrictRequest):
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning_content: str | None = None  # an earlier reply's reasoning (the template decides whether it is shown)
 
     def text(self) -> str:
         if self.content is None:
@@ -106,6 +107,8 @@ def openai_message(m: Message) -> dict:
     out = {"role": m.role, "content": m.text()}
     if m.tool_calls:
         out["tool_calls"] = [c.model_dump() for c in m.tool_calls]
+    if m.role == "assistant" and m.reasoning_content is not None:
+        out["reasoning_content"] = m.reasoning_content
     if m.role == "tool":
         out["tool_call_id"] = m.tool_call_id
         if m.name:
