@@ -169,18 +169,22 @@ def inspect_config(cfg: RunConfig, tokenizer=None) -> DataReport:
 
 
 # ---- what is learned in tool calls and reasoning ----------------------------------------------------------------
-def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], template: Template) -> list[tuple[str, str, bool]]:
+Part = tuple[str, str, bool]  # (part, text, learned)
+
+
+def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], template: Template) -> list[Part]:
     """Each segment cut into labelled pieces (part, text, learned): part is "reasoning" (a think block),
-    "tool call" (the template's call syntax, data/tool_syntax.py, in learned text), "tool output" (a tool message's content found
-    in the text), "reply" (the rest of a learned segment) or "prompt" (the rest of a masked one)."""
+    "tool call" (the template's call syntax, data/tool_syntax.py, in learned text), "tool output" (a tool
+    message's content found in the text), "reply" (the rest of a learned segment) or "prompt" (the rest of a
+    masked one)."""
+    import json
     import re
 
     from tunelab.data.reasoning import CLOSE, OPEN
     from tunelab.data.tool_syntax import syntax_for
 
-    pats = [("reasoning", re.escape(OPEN) + r".*?" + re.escape(CLOSE) + r"\s*"), ("tool call", syntax_for(template).pattern)]
-    import json
-
+    think = re.escape(OPEN) + r".*?" + re.escape(CLOSE) + r"\s*"
+    pats = [("reasoning", think), ("tool call", syntax_for(template).pattern)]
     # a tool's output as written, or as a JSON string (Llama 3.1's template writes it so)
     outputs = sorted({v for m in messages if m["role"] == "tool" and m["content"]
                       for v in (m["content"], json.dumps(m["content"], ensure_ascii=False))}, key=len, reverse=True)
@@ -189,13 +193,13 @@ def learned_parts(segments: list[tuple[str, bool]], messages: list[dict], templa
     # calls are looked for in learned text only (a masked prompt may quote the syntax, as Qwen's tools text does)
     rx = {flag: re.compile("|".join(f"(?P<p{i}>{p})" for i, (part, p) in enumerate(pats)
                                     if p and (flag or part != "tool call")), re.S) for flag in (True, False)}
-    out = []
+    out: list[Part] = []
     for text, learned in segments:
-        pos = 0
+        rest, pos = "reply" if learned else "prompt", 0
         for m in rx[learned].finditer(text):
-            out += [("reply" if learned else "prompt", text[pos:m.start()], learned), (names[m.lastgroup], m.group(0), learned)]
+            out += [(rest, text[pos:m.start()], learned), (names[m.lastgroup], m.group(0), learned)]
             pos = m.end()
-        out.append(("reply" if learned else "prompt", text[pos:], learned))
+        out.append((rest, text[pos:], learned))
     return [p for p in out if p[1]]
 
 
@@ -217,8 +221,11 @@ def parts_line(examples, template: Template, tok, reasoning: str = "learn", earl
     if not n:
         return ""
     order = ["reply", "tool call", "reasoning", "tool output"]
-    fmt = lambda flag: ", ".join(f"{p} {counts[(p, flag)]}" for p in order if counts[(p, flag)]) or "nothing"  # noqa: E731
-    return f"tool calls and reasoning in {n} train examples: learned tokens: {fmt(True)}; masked: {fmt(False)}"
+
+    def listed(flag: bool) -> str:
+        return ", ".join(f"{p} {counts[(p, flag)]}" for p in order if counts[(p, flag)]) or "nothing"
+
+    return f"tool calls and reasoning in {n} train examples: learned tokens: {listed(True)}; masked: {listed(False)}"
 
 
 def length_bins(lengths: list[int], bins: int = 10) -> list[tuple[int, int, int]]:

@@ -10,7 +10,8 @@ Built-ins:
   llama2   <s>[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{user} [/INST] {reply} </s>
   mistral  <s>[INST] {system}\\n\\n{user} [/INST]{reply}</s>                              (+ tools)
   gemma    <start_of_turn>user\\n{system}\\n\\n{user}<end_of_turn>\\n<start_of_turn>model\\n{reply}<end_of_turn>\\n
-  chatml   <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n<|im_start|>assistant\\n{reply}<|im_end|>\\n (+ tools)
+  chatml   <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{user}<|im_end|>\\n
+           <|im_start|>assistant\\n{reply}<|im_end|>\\n                                         (+ tools)
   qwen3    chatml + Qwen3's <think> handling                                             (+ tools)
   llama3   <|begin_of_text|><|start_header_id|>system<|end_header_id|>\\n\\n(dates){system}<|eot_id|>... (+ tools)
   phi3     <|system|>\\n{system}<|end|>\\n<|user|>\\n{user}<|end|>\\n<|assistant|>\\n{reply}<|end|>\\n
@@ -19,7 +20,7 @@ Built-ins:
   auto     the model's own chat template (tokenizer.chat_template), split into turns
   custom   data.custom_template = {system, user, assistant, stop} with {content} placeholders
 
-The built-ins marked (+ tools) render through their Jinja (data/chat_jinja.py): `tools`, assistant `tool_calls`,
+The built-ins marked (+ tools) render through their Jinja (data/chat_jinja.py; qwen3 and llama3 have no TurnFormat): `tools`, assistant `tool_calls`,
 `tool` results and `reasoning_content`; the others refuse a conversation with tools (one line) and get
 reasoning written inline. Learned spans: a Jinja with `{% generation %}` markers gives them directly; any other
 Jinja is split by rendering prefixes (`_prefix_segments`).
@@ -262,7 +263,8 @@ def render_jinja(jinja: str, messages: list[dict], add_generation_prompt: bool, 
                                                eos_token=eos_token, **kwargs)
     except jinja2.exceptions.TemplateError as e:
         raise TunelabError(f"chat template: {e}", where="data.template",
-                           hint="the conversation does not fit the template; data.template=chatml renders any") from None
+                           hint="the conversation does not fit the template; data.template=chatml renders any") \
+            from None
     return (texts[0], indices[0]) if spans else texts[0]
 
 
