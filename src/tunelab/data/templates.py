@@ -20,9 +20,9 @@ Built-ins:
   auto     the model's own chat template (tokenizer.chat_template), split into turns
   custom   data.custom_template = {system, user, assistant, stop} with {content} placeholders
 
-The built-ins marked (+ tools) render through their Jinja (data/chat_jinja.py; qwen3 and llama3 have no TurnFormat): `tools`, assistant `tool_calls`,
-`tool` results and `reasoning_content`; the others refuse a conversation with tools (one line) and get
-reasoning written inline. Learned spans: a Jinja with `{% generation %}` markers gives them directly; any other
+The built-ins marked (+ tools) render through their Jinja (data/chat_jinja.py; qwen3 and llama3 have no
+TurnFormat): `tools`, assistant `tool_calls`, `tool` results and `reasoning_content`; the others refuse a
+conversation with tools (one line) and get reasoning written inline. Learned spans: a Jinja with `{% generation %}` markers gives them directly; any other
 Jinja is split by rendering prefixes (`_prefix_segments`).
 
 `chat_template_jinja(template)` writes any of them as a Jinja chat template that renders the same
