@@ -19,6 +19,7 @@ template, one parser for both APIs).
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Literal
 
@@ -135,6 +136,13 @@ class ResponsesRequest(Request):
             if isinstance(item, MessageItem):
                 out.append({"role": item.role, "content": item.text()})
             elif isinstance(item, FunctionCallItem):
+                try:
+                    ok = isinstance(json.loads(item.arguments or "{}"), dict)
+                except ValueError:
+                    ok = False
+                if not ok:
+                    raise APIError(400, f"the arguments of function_call '{item.call_id}' are not a JSON object",
+                                   param=f"input.{i}.arguments", code="invalid_value")
                 call = {"id": item.call_id, "type": "function",
                         "function": {"name": item.name, "arguments": item.arguments}}
                 prev = out[-1] if out else None
