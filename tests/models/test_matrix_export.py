@@ -119,7 +119,7 @@ def _check_ollama(run) -> None:
     printed = cli("export", run, "--to", "ollama", "--check")
     modelfile = printed[printed.index("FROM "):]
     rd, _ = load_run(run)
-    assert check_modelfile(modelfile, rd.template()) == len(probe_conversations()) > 0
+    assert check_modelfile(modelfile, rd.template()) >= len(probe_conversations()) > 0  # + tool probes
 
 
 @pytest.mark.parametrize("family", NAMES)
