@@ -41,6 +41,30 @@ def _check_trained(run, method: str) -> None:
     assert adapted == linears, f"adapted {sorted(adapted - linears)[:3]}, missed {sorted(linears - adapted)[:3]}"
     zero_b = [k for k, v in sd.items() if "lora_B" in k and not v.abs().max() > 0]
     assert not zero_b, f"{len(zero_b)} B matrices still zero (the adapter did not train): {zero_b[0]}"
+    _check_loss(run)
+
+
+def _check_loss(run) -> None:
+    """The training loss (losses.reply_loss_sum: the head on learned positions only, a shared opening
+    run once, the MLPs skipping padding) is transformers' own loss of the trained model on a batch
+    with all three: two rows sharing a 24-token opening, 6 and 11 learned tokens, right padding."""
+    from tunelab.losses import reply_loss_sum
+    from tunelab.runs.load import load_run_model
+
+    model, _, _ = load_run_model(run, device="cpu")
+    model.float().eval()
+    g = torch.Generator().manual_seed(0)
+    opening = torch.randint(5, 400, (24,), generator=g)
+    rows = [torch.cat([opening, torch.randint(5, 400, (n,), generator=g)]) for n in (6, 11)]
+    ids = torch.zeros(2, 35, dtype=torch.long)
+    mask, labels = torch.zeros_like(ids), torch.full_like(ids, -100)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)], mask[i, :len(r)], labels[i, 24:len(r)] = r, 1, r[24:]
+    with torch.no_grad():
+        total, count = reply_loss_sum(model, ids, mask, labels)
+        want = model(input_ids=ids, attention_mask=mask, labels=labels).loss.item()
+    got = total.item() / count
+    assert count == 6 + 11 and abs(got - want) < 1e-4, f"training loss {got:.5f} != transformers' {want:.5f}"
 
 
 @pytest.mark.parametrize("family", NAMES)
