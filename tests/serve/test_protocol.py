@@ -51,8 +51,8 @@ def test_requests_take_the_sdks_payloads():
     req = ChatRequest.model_validate(chat)
     assert req.check(2048, req.max_tokens_param()) == 8 and req.stops() == ["\n"] and req.include_usage()
     assert req.conversation() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]
-    with pytest.raises(APIError, match="unsupported parameter 'tools'"):
-        ChatRequest.model_validate({**chat, "tools": []}).check(2048)
+    with pytest.raises(APIError, match="unsupported parameter 'functions'"):  # the legacy name; tools are served
+        ChatRequest.model_validate({**chat, "functions": []}).check(2048)
     comp: CompletionCreateParams = {"model": "m", "prompt": [[1, 2, 3]], "max_tokens": 4, "stream": True}
     assert CompletionRequest.model_validate(comp).prompts() == [1, 2, 3]
     emb: EmbeddingCreateParams = {"model": "minilm-l6", "input": ["a", "b"], "encoding_format": "base64"}
