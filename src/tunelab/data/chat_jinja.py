@@ -26,8 +26,8 @@ GENERATION_TAG = re.compile(r"\{%-?\s*(?:end)?generation\s*-?%\}")
 
 _THINK_INLINE = (
     "{%- if message.reasoning_content is defined and message.reasoning_content is not none %}"
-    "{{- '<think>\\n' + message.reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + message.content.lstrip('\\n') }}"
-    "{%- else %}{{- message.content }}{%- endif %}"
+    "{{- '<think>\\n' + message.reasoning_content.strip('\\n') + '\\n</think>\\n\\n' + (message.content or '').lstrip('\\n') }}"
+    "{%- else %}{{- message.content or '' }}{%- endif %}"  # content is null beside tool_calls (OpenAI's shape)
 )
 
 _HERMES_CALLS = (

@@ -126,8 +126,9 @@ def run_sft(cfg: RunConfig, quiet: bool = False, console: Console | None = None)
 def tokenize(cfg: RunConfig, tok, template, train_ex, val_ex, console) -> SftData:
     """Conversations -> token ids with reply-token labels (`data.train_on`), cut to `data.max_length`."""
     d = cfg.data
-    train_tok, dropped = tokenize_all(train_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
-    val_tok, _ = tokenize_all(val_ex, template, tok, d.max_length, d.truncation_side, d.train_on)
+    opts = dict(reasoning=d.reasoning, earlier_reasoning=d.earlier_reasoning)  # learn|mask, drop|keep
+    train_tok, dropped = tokenize_all(train_ex, template, tok, d.max_length, d.truncation_side, d.train_on, **opts)
+    val_tok, _ = tokenize_all(val_ex, template, tok, d.max_length, d.truncation_side, d.train_on, **opts)
     if not train_tok:
         raise TunelabError("no training example has a reply token left after truncation", where="data.max_length",
                            hint="raise data.max_length or use data.truncation_side=left")
