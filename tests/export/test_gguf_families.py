@@ -146,7 +146,8 @@ def test_tensor_names_are_llama_cpps(name, tiny, f16):
     cfg = _cfg(tiny[name])
     _, tensors = _fields(f16[name].path)
     assert set(tensors) <= _llama_cpp_names(f16[name].arch, cfg["num_hidden_layers"]), name
-    assert {"token_embd.weight", "output_norm.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight"} <= set(tensors)
+    must = {"token_embd.weight", "output_norm.weight", "blk.0.attn_output.weight", "blk.0.ffn_down.weight"}
+    assert must <= set(tensors)
 
 
 def test_gemma3_keys_norm_shift_and_names(tiny, f16):
@@ -389,7 +390,7 @@ def test_real_gemma3_f16_reloads_with_the_same_tokens_and_greedy_tokens(tmp_path
     assert f["general.architecture"] == "gemma3" and f["gemma3.attention.sliding_window"] == 512
     ref_tok = AutoTokenizer.from_pretrained(src)
     got_tok = AutoTokenizer.from_pretrained(info.path.parent, gguf_file=info.path.name)
-    texts = ["Hello world, how are you?", "  spaces\n\n tabs\t end", "naïve café — 3.14 🚀", "日本語のテキスト",
+    texts = ["Hello world, how are you?", "  spaces\n\n tabs\t end", "naïve café — 3.14 🚀", "日本語",
              "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n", "<table><tr><td>x</td></tr></table>"]
     for t in texts:
         assert got_tok(t)["input_ids"] == ref_tok(t)["input_ids"], t

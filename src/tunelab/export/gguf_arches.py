@@ -185,7 +185,8 @@ def _layer_pattern_fit(family: str, cfg: dict, every: int, same_rope: bool = Tru
     have = cfg.get("layer_types") or want
     if have != want and cfg.get("sliding_window"):
         first = next(i for i, (a, b) in enumerate(zip(have, want)) if a != b)
-        what = f"layer {first} is {have[first]} where llama.cpp's {family} (every {every}th layer global) has {want[first]}"
+        what = (f"layer {first} is {have[first]} where llama.cpp's {family} (every {every}th layer global) "
+                f"has {want[first]}")
         if not same_rope:
             _refuse(family, what + " with another rope base")
         fit.cap(cfg["sliding_window"], f"{family}: {what}")
