@@ -13,6 +13,7 @@ from tunelab.data.tool_syntax import SYNTAXES
 from tunelab.errors import TunelabError
 from tunelab.export.gotemplate import GoTemplate
 from tunelab.export.ollama import check_modelfile, modelfile_text, ollama_template, parse_modelfile, render_chat
+from tunelab.export.ollama_families import reasoning_probes
 from tunelab.export.ollama_tools import call_tag, go_json, json_tokens, same_but_json, tool_probes
 
 
@@ -43,7 +44,7 @@ def test_a_chatml_run_exports_a_tool_template_that_renders_as_the_run(system):
         assert same_but_json(got, want), (got, want)
         # only the JSON's spacing and key order may differ: the text around it is the same, token for token
         assert [t for t in json_tokens(got) if isinstance(t, str)] == [t for t in json_tokens(want) if isinstance(t, str)]
-    assert check_modelfile(text, template) == 8 + len(tool_probes())
+    assert check_modelfile(text, template) == 8 + len(tool_probes()) + len(reasoning_probes())
 
 
 def test_the_json_is_what_ollama_writes():

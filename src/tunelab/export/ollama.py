@@ -11,14 +11,18 @@ How Ollama fills the template (server/routes.go, template/template.go): a chat r
 Modelfile's SYSTEM as a first system message when it has none of its own; `.System` is all system
 messages joined by a blank line, `.Messages` every message (system ones included, consecutive
 messages of one role merged with "\\n\\n"); the template itself must write the assistant prefix after
-the last user message. `render_chat` reproduces exactly that, on our Go-template interpreter.
+the last user message. `render_chat` (export/ollama_reader.py) reproduces exactly that, on our
+Go-template interpreter.
 
-Built-in and custom formats are translated from their TurnFormat (as `chat_template_jinja` does for
-Jinja): a conversation ending with a user turn renders as `template.prompt_text(messages)`, one ending
-with an assistant turn as the training text `"".join(template.segments(messages))`. An `auto` template
-(the model's own Jinja) is exported as the built-in format that renders identically on the probe
-conversations (system + user, user alone, multi-turn, with and without a final reply; a default system
-prompt of the Jinja, like SmolLM2's, is found and kept); when none does, `--to ollama` is refused.
+The formats with tools (chatml, qwen3, llama3, mistral) get their family's hand-written TEMPLATE
+(export/ollama_families.py) when it renders every plain, tool and reasoning probe as the run does. The
+other built-in and custom formats are translated from their TurnFormat (as `chat_template_jinja` does
+for Jinja): a conversation ending with a user turn renders as `template.prompt_text(messages)`, one
+ending with an assistant turn as the training text `"".join(template.segments(messages))`. An `auto`
+template (the model's own Jinja) is exported as the built-in format that renders identically on the
+probe conversations (system + user, user alone, multi-turn, with and without a final reply; a default
+system prompt of the Jinja, like SmolLM2's, is found and kept), else as the family whose TEMPLATE
+does; when none does, `--to ollama` is refused.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-from tunelab.data.templates import BUILTIN, Template, TurnFormat
+from tunelab.data.chat_jinja import BUILTIN_JINJA
+from tunelab.data.templates import BUILTIN, Template, TurnFormat, render_jinja
 from tunelab.errors import TunelabError
 from tunelab.export.gotemplate import GoTemplate, GoTemplateError, go_quote
-from tunelab.export.ollama_tools import hermes_template, same_but_json, template_message, template_tool, tool_probes
+from tunelab.export.ollama_families import FAMILIES, OllamaFamily, reasoning_probes
+from tunelab.export.ollama_reader import parse_modelfile, render_chat
+from tunelab.export.ollama_tools import same_but_json, tool_probes
 
 OLLAMA_DEFAULT_CTX = 2048  # Ollama's long-standing default num_ctx
 
@@ -167,53 +174,89 @@ class OllamaTemplate:
     stops: list[str]  # PARAMETER stop values
     format: str  # the format it reproduces: "chatml", or "chatml (matched from auto)"
     source: Template  # the run's template, what `check_modelfile` compares against
-    tools: bool = False  # the TEMPLATE renders .Tools, .ToolCalls and tool messages (Hermes, ollama_tools.py)
+    tools: bool = False  # the TEMPLATE renders .Tools, .ToolCalls and tool messages (export/ollama_families.py)
+    calls: str = ""  # how a call reads, for the Modelfile comment: "Hermes <tool_call> calls"
+    thinking: bool = False  # the TEMPLATE writes Qwen3-style reasoning blocks and reads Ollama's `think`
 
 
 def ollama_template(template: Template) -> OllamaTemplate:
     """The Ollama TEMPLATE, SYSTEM and stop strings of a run's template.
 
+    A format with tools (export/ollama_families.FAMILIES: chatml, qwen3, llama3, mistral) gets its family's
+    TEMPLATE when that renders every plain, tool and reasoning probe as the run's template does; the other
+    TurnFormats get `go_template` (no tools). An `auto` Jinja is matched by rendering: a TurnFormat
+    (`match_builtin`, then its family's tools when they match too), else a family's TEMPLATE as a whole.
+
     Raises:
-        TunelabError: an `auto` template that no built-in format reproduces, or a template with no format."""
-    fmt_t = template
-    label = template.name
+        TunelabError: a template that neither a TurnFormat nor a family reproduces."""
+    system = template.system if template.system and _quotable(template.system) else None
+    fmt_t, label = template, template.name
     if template.fmt is None:
         fmt_t = match_builtin(template) if template.jinja is not None else None
         if fmt_t is None:
-            raise TunelabError(f"the run's `{template.name}` chat template matches no built-in format, so no "
-                               "Ollama TEMPLATE equivalent to it can be written", where="--to ollama",
-                               hint="train with data.template: chatml (or llama2, mistral, gemma, alpaca, qa, "
-                                    "custom), or export --to gguf and write the TEMPLATE yourself")
+            found = _family_by_rendering(template, system)
+            if found is None:
+                raise TunelabError(f"the run's `{template.name}` chat template matches no built-in format, so no "
+                                   "Ollama TEMPLATE equivalent to it can be written", where="--to ollama",
+                                   hint="train with data.template: chatml, qwen3, llama3 or mistral (or llama2, "
+                                        "gemma, phi3, alpaca, qa, custom), or export --to gguf and write the "
+                                        "TEMPLATE yourself")
+            fam, text = found
+            label = fam.name if template.name == fam.name else f"{fam.name} (matched from {template.name})"
+            return _with_family(template, fam, text, system, label)
         label = f"{fmt_t.name} (matched from {template.name})"
     f = fmt_t.fmt
     default = template.system if template.system is not None else f.default_system
-    system = template.system if template.system and _quotable(template.system) else None
-    if f == replace(BUILTIN["chatml"], default_system=f.default_system) and _hermes_tools(template, default, system):
-        return OllamaTemplate(hermes_template(default), system, fmt_t.stop_strings, label, template, tools=True)
+    for fam in FAMILIES.values():
+        if fam.name in BUILTIN and f == replace(BUILTIN[fam.name], default_system=f.default_system):
+            text = fam.template(default)
+            if getattr(template, "supports_tools", False) and _mismatch(text, system, template) is None:
+                return _with_family(template, fam, text, system, label, fmt_t.stop_strings)
     return OllamaTemplate(go_template(f, default, template.eos), system, fmt_t.stop_strings, label, template)
 
 
-def _hermes_tools(template: Template, default: str, system: str | None) -> bool:
-    """Does the run's template write tools, calls and results as the Hermes TEMPLATE does (every tool probe
-    alike but for JSON spacing and key order)? False for a template without tools."""
-    from tunelab.data.tool_syntax import syntax_for
-
-    if not getattr(template, "supports_tools", False) or syntax_for(template).name != "hermes":
-        return False
-    try:
-        return not _tool_mismatch(hermes_template(default), system, template)
-    except Exception:  # a run's Jinja that refuses a probe: no tools in the export
-        return False
+def _with_family(template: Template, fam: OllamaFamily, text: str, system: str | None, label: str,
+                 stops: list[str] | None = None) -> OllamaTemplate:
+    stops = list(dict.fromkeys([*(stops or template.stop_strings), BUILTIN_JINJA[fam.name].stop]))
+    return OllamaTemplate(text, system, stops, label, template, tools=True, calls=fam.calls, thinking=fam.thinking)
 
 
-def _tool_mismatch(template_text: str, system: str | None, template: Template) -> str | None:
-    """The first tool probe the TEMPLATE renders unlike the run's template (a message), or None."""
-    for tools, conv in tool_probes():
+def _family_by_rendering(template: Template, system: str | None) -> tuple[OllamaFamily, str] | None:
+    """The family (the run's own name first) whose TEMPLATE renders every probe as the run's Jinja does."""
+    if template.jinja is None or not getattr(template, "supports_tools", False):
+        return None
+    default = template.system or ""
+    for fam in sorted(FAMILIES.values(), key=lambda fam: fam.name != template.name):
+        text = fam.template(default)
+        try:
+            if _mismatch(text, system, template, plain=True) is None:
+                return fam, text
+        except Exception:  # a Jinja that refuses a probe: not this family
+            continue
+    return None
+
+
+def _mismatch(template_text: str, system: str | None, template: Template, plain: bool = False) -> str | None:
+    """The first probe the TEMPLATE renders unlike the run's template (a message), or None: the plain probes
+    (with `plain`), the tool probes and the reasoning probes. JSON is compared as values (`same_but_json`)."""
+    if plain:
+        for conv in probe_conversations():
+            got, want = render_chat(template_text, conv, system), _text(template, conv)
+            if got != want:
+                return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}..."
+    for tools, conv in tool_probes() + reasoning_probes():
         got = render_chat(template_text, conv, system, tools)
         want = "".join(t for t, _ in template.segments(conv, add_generation_prompt=conv[-1]["role"] != "assistant",
                                                        tools=tools or None))
         if not same_but_json(got, want):
-            return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}... (tools)"
+            return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}... (tools, reasoning)"
+    if "isthinkset" in GoTemplate(template_text).identifiers():  # think: false = the Jinja's enable_thinking=false
+        conv = [{"role": "user", "content": _U1}]
+        got = render_chat(template_text, conv, system, think=False)
+        msgs = conv if template.system is None else [{"role": "system", "content": template.system}, *conv]
+        want = render_jinja(template.jinja, msgs, True, template.bos, template.eos, enable_thinking=False)
+        if got != want:
+            return f"with think false the TEMPLATE renders {got[-60:]!r}, the run's template {want[-60:]!r}"
     return None
 
 
@@ -261,7 +304,7 @@ def modelfile_text(gguf_name: str, ot: OllamaTemplate, num_ctx: int, temperature
         raise TunelabError("the generated TEMPLATE cannot be quoted in a Modelfile", where="--to ollama")
     lines = [f"# written by tunelab{f' from run {run_name}' if run_name else ''}: ollama create NAME -f Modelfile",
              f"# TEMPLATE reproduces the run's prompt format: {ot.format}"
-             + (" with tools (Hermes <tool_call> calls)" if ot.tools else ""),
+             + (f" with tools ({ot.calls})" if ot.tools else "") + (", thinking" if ot.thinking else ""),
              f"FROM ./{gguf_name}", f'TEMPLATE """{ot.text}"""']
     if ot.system is not None:
         lines.append(f'SYSTEM """{ot.system}"""')
@@ -280,96 +323,7 @@ def ollama_name(run_name: str) -> str:
     return name or "tuned"
 
 
-# ---- what Ollama does with it (for the check and the tests) --------------------------------------------------
-_COMMANDS = {"from", "license", "template", "system", "adapter", "draft", "renderer", "parser", "parameter",
-             "message", "requires"}
-
-
-def _unquote(s: str) -> tuple[str, bool]:
-    if s[:3] == '"""':
-        return (s[3:-3], True) if len(s) >= 6 and s[-3:] == '"""' else ("", False)
-    if s[:1] == '"':
-        return (s[1:-1], True) if len(s) >= 2 and s[-1] == '"' else ("", False)
-    return s, True
-
-
-def parse_modelfile(text: str) -> list[tuple[str, str]]:
-    """(command, value) pairs as Ollama's parser reads them (parser/parser.go ParseFile): FROM is
-    "model", PARAMETER gives (its name, value). Raises ValueError where Ollama would fail."""
-    cmds: list[tuple[str, str]] = []
-    state, buf, name = "nil", [], ""
-    for ch in text:
-        space, newline = ch in " \t", ch in "\r\n"
-        if state == "nil":
-            nxt, keep = ("comment", False) if ch == "#" else ("nil", False) if space or newline else ("name", True)
-        elif state == "name":
-            if not (ch.isascii() and ch.isalpha()) and not space:
-                raise ValueError("invalid command")
-            nxt, keep = ("name", True) if not space else ("value", False)
-        elif state == "parameter":
-            if not (ch.isascii() and (ch.isalnum() or ch == "_")) and not space:
-                raise ValueError("unexpected EOF")
-            nxt, keep = ("parameter", True) if not space else ("value", False)
-        elif state == "value":
-            nxt, keep = ("nil", True) if space or newline else ("value", True)
-        else:  # comment
-            nxt, keep = ("nil", False) if newline else ("comment", False)
-        if nxt != state:
-            word = "".join(buf)
-            if state == "name":
-                if word.lower() not in _COMMANDS:
-                    raise ValueError(f"invalid command {word!r}")
-                if word.lower() == "parameter":
-                    nxt = "parameter"
-                name = "model" if word.lower() == "from" else word.lower()
-            elif state == "parameter":
-                name = word
-            elif state == "value":
-                s, ok = _unquote(word.strip())
-                if not ok or space:
-                    buf.append(ch)
-                    continue
-                cmds.append((name, s))
-            buf, state = [], nxt
-        if keep and ch.isprintable():  # Go: strconv.IsPrint (a zeroed rune, keep=False, is never written)
-            buf.append(ch)
-    if state == "value":
-        s, ok = _unquote("".join(buf).strip())
-        if not ok:
-            raise ValueError("unexpected EOF in a quoted value")
-        cmds.append((name, s))
-    elif state not in ("nil", "comment"):
-        raise ValueError("unexpected EOF")
-    if not any(c == "model" for c, _ in cmds):
-        raise ValueError("no FROM line")
-    return cmds
-
-
-def render_chat(template_text: str, messages: list[dict], system: str | None = None,
-                tools: list[dict] | None = None) -> str:
-    """The prompt Ollama's /api/chat builds from `messages` (OpenAI's shapes: tool_calls, tool results,
-    reasoning_content) and `tools` with this TEMPLATE and a Modelfile SYSTEM (export/ollama_tools.py)."""
-    t = GoTemplate(template_text)
-    if "messages" not in t.identifiers():
-        raise ValueError("only .Messages templates are emulated (not the legacy .Prompt/.Response form)")
-    msgs = [dict(m) for m in messages]
-    if msgs and msgs[0]["role"] != "system" and system:  # routes.go: the model's SYSTEM leads a chat without one
-        msgs.insert(0, {"role": "system", "content": system})
-    collated: list[dict] = []
-    for m in msgs:  # template.go collate: consecutive messages of one role are merged
-        if collated and collated[-1]["role"] == m["role"] and m["role"] != "tool":
-            collated[-1]["content"] = (collated[-1]["content"] or "") + "\n\n" + (m["content"] or "")
-        else:
-            collated.append(dict(m))
-    values = {
-        "System": "\n\n".join(m["content"] for m in msgs if m["role"] == "system"),
-        "Messages": [template_message(m) for m in collated],
-        "Tools": [template_tool(t) for t in tools] if tools else None,
-        "Response": "", "Think": False, "ThinkLevel": "", "IsThinkSet": False,
-    }
-    return t.execute(values)
-
-
+# ---- the check ----------------------------------------------------------------------------------------------
 def check_modelfile(text: str, template: Template) -> int:
     """Read the Modelfile as Ollama does and render every probe conversation through its TEMPLATE and
     SYSTEM; returns how many matched the run's `template`. TunelabError at the first that differs."""
@@ -383,11 +337,12 @@ def check_modelfile(text: str, template: Template) -> int:
                                    f"{want[:60]!r}... ({len(conv)} messages)", where="Modelfile",
                                    hint="please report this: the export would format prompts unlike training")
         if "tools" in GoTemplate(cmds["template"]).identifiers():  # Ollama: the model supports tools
-            bad = _tool_mismatch(cmds["template"], cmds.get("system"), template)
+            bad = _mismatch(cmds["template"], cmds.get("system"), template)
             if bad:
                 raise TunelabError(bad, where="Modelfile", hint="please report this: the export would format "
                                                                "tool calls unlike training")
-            return len(convs) + len(tool_probes())
+            thinking = "isthinkset" in GoTemplate(cmds["template"]).identifiers()
+            return len(convs) + len(tool_probes()) + len(reasoning_probes()) + thinking
     except (ValueError, GoTemplateError, KeyError) as e:
         raise TunelabError(f"the Modelfile does not read back: {e}", where="Modelfile") from e
     return len(convs)

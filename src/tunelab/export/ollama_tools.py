@@ -188,8 +188,8 @@ _WEATHER = {"type": "function", "function": {
     "parameters": {"type": "object", "required": ["city"], "properties": {
         "unit": {"type": "string", "enum": ["C", "F"], "description": "Unit"},
         "city": {"type": "string", "description": "The city's name"}}}}}
-_TIME = {"type": "function", "function": {"name": "get_time", "description": "The time now.",
-                                          "parameters": {"type": "object", "properties": {}}}}
+TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "The time now.",
+                                              "parameters": {"type": "object", "properties": {}}}}
 
 
 def tool_probes() -> list[tuple[list[dict], list[dict]]]:
@@ -205,7 +205,7 @@ def tool_probes() -> list[tuple[list[dict], list[dict]]]:
     r1 = {"role": "tool", "tool_call_id": "call_1", "content": "4 C"}
     r2 = {"role": "tool", "tool_call_id": "call_2", "content": "12:00"}
     done = {"role": "assistant", "content": "4 C in Oslo at noon."}
-    tools = [_WEATHER, _TIME]
+    tools = [_WEATHER, TIME_TOOL]
     return [(tools, [u]), (tools, [s, u]), (tools, [u, a1, r1]), (tools, [s, u, a2, r1, r2]),
             (tools, [u, a2, r1, r2, done]), (tools, [s, u, a1, r1, done, {"role": "user", "content": "Thanks"}]),
             ([], [u, a1, r1, done])]
