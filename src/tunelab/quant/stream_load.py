@@ -34,6 +34,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.shards import ShardReader, checkpoint_files
 from tunelab.quant import codecs
 from tunelab.quant.codecs import FORMATS_4BIT, Packed4bit
+from tunelab.quant.int8_rows import Int8Embedding, Int8Head, quantize_rows
 from tunelab.quant.nn import QuantLinear, is_skipped
 from tunelab.runtime.allocator import _libc
 
@@ -170,13 +171,15 @@ def _copy(view: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *, dtype: torch.dtype = torch.float32,
                      skip: tuple[str, ...] = ("lm_head",), on_tensor: Callable[[str], None] | None = None,
-                     bias_dtype: torch.dtype | None = None) -> nn.Module:
+                     bias_dtype: torch.dtype | None = None, int8_rows: bool = False) -> nn.Module:
     """Load the causal LM in `path` (config.json + safetensors) with every Linear not in `skip` replaced by
     `make_linear(name, weight_view, bias)` as its weight is read (default: NF4 + double quantization, the
     QLoRA base), every other tensor copied in `dtype`; returns the model in eval mode.
 
     `on_tensor(name)` is called after each checkpoint tensor is consumed (progress, memory probes).
     `bias_dtype`: the dtype of the replaced Linears' biases (None: `dtype`).
+    `int8_rows`: the input embeddings and the (skipped or tied) output head become frozen int8 rows with
+    an fp32 scale each (`quant.int8_rows`: V d + 4 V bytes instead of 4 V d), quantized from the view.
 
     Raises:
         TunelabError: the checkpoint lacks a tensor the model needs, or holds one it does not have.
@@ -186,6 +189,8 @@ def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *,
     model = skeleton(path, dtype)
     tie = bool(getattr(model.config, "tie_word_embeddings", False))
     out_emb = model.get_output_embeddings() if tie else None
+    in_emb = model.get_input_embeddings() if int8_rows else None
+    head = model.get_output_embeddings() if int8_rows else None
     with ShardReader(path) as reader, parallel_chunks():
         available = set(reader.names())
         _refuse_mismatch(model, available, tie, path)  # before anything is read
@@ -201,6 +206,20 @@ def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *,
                 on_tensor(name)
             return t
 
+        # int8 rows first, while the model is small: each needs its bf16 view mapped beside its codes
+        for mname, mod in list(model.named_modules()) if int8_rows else []:
+            if mod is in_emb or (mod is head and not tie):
+                wname = mname + ".weight"
+                view = reader.tensor(wname)
+                layer = (Int8Embedding.from_weight(view, getattr(mod, "padding_idx", None), dtype) if mod is in_emb
+                         else Int8Head.from_weight(view))
+                del view
+                reader.release(wname)
+                used.add(wname)
+                trim_heap()
+                if on_tensor is not None:
+                    on_tensor(wname)
+                _replace(model, mname, layer)
         for mname, mod in list(model.named_modules()):
             prefix = mname + "." if mname else ""
             if type(mod) is nn.Linear and not is_skipped(mname, skip) and prefix + "weight" in available:
@@ -214,8 +233,7 @@ def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *,
                 trim_heap()
                 if on_tensor is not None:
                     on_tensor(wname)
-                parent_name, _, child = mname.rpartition(".")
-                setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+                _replace(model, mname, layer)
                 continue
             for attr, p in list(mod._parameters.items()):
                 if p is None:
@@ -227,7 +245,9 @@ def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *,
                 key = prefix + attr
                 if b is not None and attr not in mod._non_persistent_buffers_set and key in available:
                     _set_param(mod, attr, read(key, dtype if b.is_floating_point() else None), True)
-    if out_emb is not None and out_emb.weight.is_meta:  # tied head: the embeddings' tensor
+    if int8_rows and tie:  # the head reads the int8 embeddings' buffers
+        model.set_output_embeddings(Int8Head.tied(model.get_input_embeddings()))
+    elif out_emb is not None and out_emb.weight.is_meta:  # tied head: the embeddings' tensor
         out_emb.weight = model.get_input_embeddings().weight
     unexpected = sorted(available - used - ({"lm_head.weight"} if tie else set()))
     missing = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
@@ -238,6 +258,11 @@ def stream_quantized(path: str | Path, make_linear: MakeLinear | None = None, *,
     model.config.dtype = dtype
     _load_generation_config(model, path)
     return model.eval()
+
+
+def _replace(model: nn.Module, name: str, layer: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
 
 
 class CheckpointMismatch(TunelabError):
@@ -267,9 +292,10 @@ def _load_generation_config(model: nn.Module, path: Path) -> None:
 
 
 def load_quantized_causal_lm(name: str, *, dtype: str = "auto", quant_type: str = "nf4", double_quant: bool = True,
-                             where: str = "model.name"):
+                             where: str = "model.name", int8_rows: bool = False):
     """(model, tokenizer, resolved) for the CPU QLoRA base of `name`, streamed; None when `name` does not
-    resolve to a local safetensors folder (a hub id, a .bin checkpoint): the caller loads it whole."""
+    resolve to a local safetensors folder (a hub id, a .bin checkpoint): the caller loads it whole.
+    `int8_rows`: embeddings and head as frozen int8 rows (`stream_quantized`)."""
     from tunelab.models.load import load_tokenizer, pick_dtype
     from tunelab.models.registry import resolve
 
@@ -280,7 +306,8 @@ def load_quantized_causal_lm(name: str, *, dtype: str = "auto", quant_type: str 
     dt = pick_dtype(dtype, torch.device("cpu"))
     tok = load_tokenizer(rm)
     try:
-        model = stream_quantized(rm.path, default_maker(quant_type, 64, double_quant, None, dt), dtype=dt)
+        model = stream_quantized(rm.path, default_maker(quant_type, 64, double_quant, None, dt), dtype=dt,
+                                 int8_rows=int8_rows)
     except CheckpointMismatch:  # names transformers' loader would rename: load it whole instead
         return None
     return model, tok, rm
@@ -313,4 +340,5 @@ def warm_up(path: str | Path, dtype: torch.dtype = torch.float32) -> None:
     with parallel_chunks() as workers:
         quantize_4bit_chunked(w, workers=workers)
         w.to(dtype)
+        Int8Head(*quantize_rows(w[:, :64]), chunk=1)(torch.randn(1, 64))  # the int8 rows' kernels
     trim_heap()
