@@ -3,6 +3,7 @@
 MODEL: a run directory, a model alias, folder or hub id; `--base` adds each run's base, `--kb NAME`
 adds a "+rag" variant of every model (retrieval from tunelab.rag, wired in here: rag sits above eval,
 so eval's code receives the prompt rewrite as a function). Classify runs take a classification file.
+A tools file (JSON lines whose records offer `tools`) is scored by the calls each model makes (eval/tool_calls).
 Writes results.json, report.md and report.html to --out (default eval/), prints the table (or the
 results as JSON with --json). Bad input is one line, exit 2 (the root command prints TunelabError).
 """
@@ -89,6 +90,43 @@ def eval_cmd(
         raise TunelabError("give --data FILE (or --lm-eval TASKS)", where="--data")
     if not data.is_file():
         raise TunelabError(f"file not found: {data}", where="--data")
+    from tunelab.eval import tool_calls
+
+    if tool_calls.is_tools_file(data):
+        results = _tool_calls(models, data, base, max_new_tokens, batch_size, log,
+                              {"--columns": columns, "--kb": kb, "--judge": judge, "--contains": contains,
+                               "--regex": regex, "--metrics": metrics})
+    else:
+        results = _by_replies(models, data, columns, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens,
+                              batch_size, judge, judge_model, out, cache_dir, log)
+    paths = write_outputs(results, out)
+    if as_json:
+        typer.echo(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8")), indent=1, ensure_ascii=False))
+        return
+    typer.echo(markdown(results).split("\n\n", 1)[1].split("\n\nPer-example")[0])
+    typer.echo(f"written: {paths['json']}, {paths['md']}, {paths['html']}")
+
+
+def _tool_calls(models, data, base, max_new_tokens, batch_size, log, others: dict) -> dict:
+    """A tools file (records with `tools`): each model's calls scored against the references' (eval/tool_calls)."""
+    from tunelab.eval.compare import contenders_for
+    from tunelab.eval.tool_calls import evaluate_tools, load_tool_items
+
+    given = next((name for name, v in others.items() if v), None)
+    if given:
+        raise TunelabError(f"{given} does not apply to a tools file, which is scored by its tool calls", where=given,
+                           hint="evaluate the tools file without it")
+    if any(_is_classify(m) for m in models):
+        raise TunelabError("a tools file evaluates generative runs and models, not classify runs", where="MODEL")
+    items = load_tool_items(data)
+    contenders = [c for m in models for c in contenders_for(m, base)]
+    return evaluate_tools(contenders, items, max_new_tokens=max_new_tokens, batch_size=batch_size, data=str(data),
+                          log=log)
+
+
+def _by_replies(models, data, columns, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens, batch_size,
+                judge, judge_model, out, cache_dir, log) -> dict:
+    """Chat, prompt/completion or classification data: reply metrics, or classify runs' label metrics."""
     cols = eval_columns(columns, models, data, log)
     classify = [_is_classify(m) for m in models]
     if any(classify):
@@ -102,16 +140,9 @@ def eval_cmd(
 
         for m in models:
             require_run(m, ("classify",), "eval", where="MODEL")
-        results = evaluate_classify(models, data, batch_size=batch_size, log=log)
-    else:
-        results = _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens,
-                              batch_size, judge, judge_model, out, cache_dir, log, cols)
-    paths = write_outputs(results, out)
-    if as_json:
-        typer.echo(json.dumps(json.loads(paths["json"].read_text(encoding="utf-8")), indent=1, ensure_ascii=False))
-        return
-    typer.echo(markdown(results).split("\n\n", 1)[1].split("\n\nPer-example")[0])
-    typer.echo(f"written: {paths['json']}, {paths['md']}, {paths['html']}")
+        return evaluate_classify(models, data, batch_size=batch_size, log=log)
+    return _generative(models, data, base, kb, kb_dir, k, contains, regex, metrics, max_new_tokens,
+                       batch_size, judge, judge_model, out, cache_dir, log, cols)
 
 
 def parse_columns(given: list[str]) -> dict[str, str]:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from tunelab.eval import bootstrap
 
+DEFAULT_MAX_NEW_TOKENS = 256  # a call with its arguments runs past a run's 64-token report samples
 METRICS = ("decision", "function", "call_exact", "needed_exact", "none_right", "valid_json")
 
 
@@ -156,3 +157,89 @@ def summarize(rows: list[dict]) -> dict:
         else:
             out[m] = {"value": None, "low": None, "high": None, "n": 0}
     return out
+
+
+# ---- `tunelab eval` on a tools file ----------------------------------------------------------------------------
+class _WithTools:
+    """A template that renders `tools` into every prompt it builds (Generator.reply_batch renders messages only)."""
+
+    def __init__(self, template, tools: list[dict]):
+        self._template, self._tools = template, tools
+
+    def segments(self, messages: list[dict], add_generation_prompt: bool = False, tools: list[dict] | None = None):
+        return self._template.segments(messages, add_generation_prompt, tools=tools or self._tools or None)
+
+    def __getattr__(self, name):
+        return getattr(self._template, name)
+
+
+def generate_replies(gen, items: list[ToolItem], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy replies of a `tunelab.infer.generate.Generator` to each item, its tools rendered by the
+    generator's template (items that offer the same tools are batched together)."""
+    groups: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        groups.setdefault(json.dumps(it.tools, sort_keys=True), []).append(i)
+    replies: list[str] = [""] * len(items)
+    template = gen.template
+    try:
+        for idx in groups.values():
+            gen.template = _WithTools(template, items[idx[0]].tools)
+            for i, r in zip(idx, gen.reply_batch([items[i].messages for i in idx], max_new_tokens=max_new_tokens,
+                                                 batch_size=batch_size)):
+                replies[i] = r
+    finally:
+        gen.template = template
+    return replies
+
+
+def evaluate_tools(contenders: list, items: list[ToolItem], *, max_new_tokens: int | None = None,
+                   batch_size: int = 16, data: str = "", log=None) -> dict:
+    """results.json of `tunelab eval` on a tools file: per contender (eval/compare.Contender) its greedy
+    replies (at most `max_new_tokens`, default DEFAULT_MAX_NEW_TOKENS, not a run's eval.max_new_tokens),
+    read with its template's tool syntax (data/tool_syntax.syntax_for), scored per example and summarized
+    with bootstrap intervals; the shape eval/outputs.write_outputs writes."""
+    from tunelab.data.tool_syntax import syntax_for
+
+    per_model, syntaxes = {}, {}
+    for c in contenders:
+        if log:
+            log(f"loading {c.label}")
+        gen = c.load()
+        syntax = syntax_for(gen.template)
+        syntaxes[c.label] = syntax.name
+        replies = generate_replies(gen, items, max_new_tokens or DEFAULT_MAX_NEW_TOKENS, batch_size)
+        rows = []
+        for it, reply in zip(items, replies):
+            scores, calls, content = score_text(reply, it.expected, syntax)
+            rows.append({"reply": reply, "scores": {k: v for k, v in scores.items() if v is not None},
+                         "calls": calls, "all": scores})
+        per_model[c.label] = rows
+    labels = [c.label for c in contenders]
+    return {
+        "data": str(data), "n_examples": len(items), "metrics": list(METRICS), "task": "tool_calls",
+        "n_need_call": sum(bool(it.expected) for it in items),
+        "settings": {"max_new_tokens": max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                     "greedy": True, "tool_syntax": syntaxes,
+                     "bootstrap": {"resamples": bootstrap.RESAMPLES, "seed": bootstrap.SEED, "level": 0.95}},
+        "models": [{"label": c.label, "source": c.source, "kind": c.kind, "variant": c.variant,
+                    "max_new_tokens": max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                    "metrics": summarize([r["all"] for r in per_model[c.label]])} for c in contenders],
+        "examples": [{"where": it.where, "prompt": _render(it.messages),
+                      "reference": _render_calls(it.expected) if it.expected else it.reference,
+                      "models": {lab: {"reply": per_model[lab][i]["reply"], "scores": per_model[lab][i]["scores"]}
+                                 for lab in labels}}
+                     for i, it in enumerate(items)],
+    }
+
+
+def _render_calls(calls: list[dict]) -> str:
+    """get_weather({"city": "Oslo"}) per call, the arguments as written."""
+    out = []
+    for c in calls:
+        args = c.get("function", c).get("arguments", {})
+        out.append(f"{_name(c)}({args if isinstance(args, str) else json.dumps(args, ensure_ascii=False)})")
+    return "\n".join(out)
+
+
+def _render(turns: list[dict]) -> str:
+    return "\n".join(f"{t['role']}: " + (t.get("content") or _render_calls(t.get("tool_calls") or [])) for t in turns)
