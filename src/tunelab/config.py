@@ -7,7 +7,7 @@
     train:  {lr, epochs, max_steps, batch_size, grad_accum, warmup_ratio, weight_decay, scheduler, precision, ...}
     output: {dir, name, overwrite}
     eval:   {prompts, max_new_tokens, expect_suffix}
-    task:   sft (default) | classify | pretrain | reward | dpo; task-specific sections `classify`, `preference`
+    task:   sft | classify | pretrain | reward | dpo | grpo; task sections `classify`, `preference`, `grpo`
 
 Unknown keys are rejected with the closest valid name: `train.lr_rate: unknown key - did you mean 'lr'?`.
 """
@@ -203,7 +203,7 @@ class PreferenceConfig(_Section):
 
 
 class RunConfig(_Section):
-    task: Literal["sft", "classify", "pretrain", "reward", "dpo"] = "sft"
+    task: Literal["sft", "classify", "pretrain", "reward", "dpo", "grpo"] = "sft"
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
@@ -212,6 +212,7 @@ class RunConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    grpo: dict[str, Any] = Field(default_factory=dict)  # task grpo; validated by train/grpo_config.py
     base_dir: str = "."  # the working folder: output.dir is relative to it, and input paths fall back to it
     # the config file's folder (load_config): relative input paths (data files, a model folder) are read from here
     config_dir: str | None = None
