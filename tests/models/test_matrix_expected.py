@@ -37,13 +37,12 @@ DOC_END = "<!-- end of generated matrix -->"
 
 # What each stage does today, per family: OK, or a piece of the reason it gives (matched as a substring).
 _NO_GGUF_GEMMA3 = "llama.cpp's gemma3 (every 6th layer global)"
-_NO_OLLAMA_TEMPLATE = "chat template matches no built-in format, so no Ollama TEMPLATE"
 EXPECTED: dict[str, dict[str, str]] = {
     "llama": {},
-    "llama3": {"gguf": "reloaded rope_scaling 'default' (trained 'llama3')", "ollama": _NO_OLLAMA_TEMPLATE},
+    "llama3": {"gguf": "reloaded rope_scaling 'default' (trained 'llama3')"},
     "mistral": {"gguf": "reloaded sliding_window None (trained 16)"},
     "qwen2": {"gguf": "unrecognised BPE pre-tokenizer"},
-    "qwen3": {"gguf": "tensor shapes differ, reloaded head_dim 128 (trained 16)", "ollama": _NO_OLLAMA_TEMPLATE},
+    "qwen3": {"gguf": "tensor shapes differ, reloaded head_dim 128 (trained 16)"},
     "gemma2": {"gguf": "reloaded query_pre_attn_scalar 256 (trained 16)"},
     "gemma3": {"gguf": _NO_GGUF_GEMMA3, "lora-gguf": _NO_GGUF_GEMMA3},
     "phi3": {"serve": "HTTP 400: model 'phi3-lora' cannot be served: LoRA on gate_up_proj, qkv_proj"},
