@@ -35,14 +35,14 @@ stage does anything else.
 
 | stage | what ran | what is checked |
 |---|---|---|
-| LoRA train | `tunelab.train`, method lora, 2 steps, r 4 | every linear layer of the blocks adapted (fused ones included), every B moved off zero, finite loss |
+| LoRA train | `tunelab.train`, method lora, 2 steps, r 4 | every linear layer of the blocks adapted (fused ones included), every B moved off zero, finite loss; the training loss (shared opening, padding) equal to transformers' own |
 | QLoRA train (NF4) | the same, method qlora | the base recorded as NF4, the same adapter checks |
 | merge = peft | `tunelab merge` of the LoRA and the QLoRA run | every tensor equals peft's `merge_and_unload` of the adapter on the fp32 base (QLoRA: the NF4 base decoded), within 1e-5 |
-| decode engine | `tunelab.load(run)` | greedy replies equal transformers' `generate` on 3 prompts, or a fallback to `generate` with its `engine_reason` |
+| decode engine | `tunelab.load(run)` | 16 greedy tokens of 3 prompts in one batch (no stop token) equal to transformers' `generate`, or a fallback to `generate` with its `engine_reason` |
 | GGUF f16 | `tunelab export --to gguf --quant f16` | reloaded by transformers' GGUF loader: every weight within f16 rounding, logits within 0.05 of the run (else the config fields the reload lost) |
 | LoRA GGUF | `tunelab export --to lora-gguf` | llama.cpp adapter metadata, alpha, one A/B pair per adapted layer with the PEFT pair's shapes and product norm |
 | Ollama template | `tunelab export --to ollama --check` | the Modelfile TEMPLATE renders the probe conversations as the run's template does |
-| serve + openai | the app of `tunelab serve --base tiny-<family> --no-auth` | one chat completion through the `openai` client equal to the run's greedy reply |
+| serve + openai | the app of `tunelab serve --base <the tiny model> --no-auth` | greedy chat completions through the `openai` client (3 prompts, the run and the base) equal to `tunelab.load(run)`'s replies and the base's |
 """
 REPRODUCE = """## Reproduce
 

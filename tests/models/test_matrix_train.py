@@ -12,6 +12,7 @@ import pytest
 import torch
 from test_matrix_expected import CONVS, NAMES, cli, expect, matrix_runs, outcome_of  # noqa: F401 (fixture)
 
+NEW_TOKENS = 16
 MERGE_TOL = 1e-5  # fp32: the merged weights are W0 + (alpha/r) B A summed in fp32 on both sides
 
 
@@ -114,18 +115,34 @@ def test_merge_equals_peft(family, matrix_runs, tmp_path):
 
 
 def _check_engine(run):
-    """None when the engine decodes the run and its greedy replies are generate's; the engine_reason
-    when the Generator falls back to transformers (which must then reply)."""
+    """None when the engine decodes the run (3 prompts in one batch, 16 tokens each, no stop token so
+    that an early EOS cannot make the comparison trivial) with the greedy tokens of transformers'
+    `generate` (each prompt alone, no padding); the engine_reason when the Generator falls back to
+    transformers (which must then reply)."""
+    import copy
+
     from tunelab.infer.generate import Generator
+    from tunelab.infer.sampling import Sampler
 
     ours = Generator.from_run(run, device="cpu")
     if ours.engine_name != "tunelab":
         assert ours.engine_reason, "fell back to transformers without an engine_reason"
         assert isinstance(ours.reply(CONVS[0], max_new_tokens=4), str)
         return f"falls back to generate: {ours.engine_reason}"
-    hf = Generator(ours.model, ours.tokenizer, ours.template, engine="hf")
-    got, want = ours.reply_batch(CONVS, max_new_tokens=16), hf.reply_batch(CONVS, max_new_tokens=16)
-    assert got == want, f"engine {got[0][:40]!r} != generate {want[0][:40]!r}"
+    prompts = [ours.prompt_ids(c)[0] for c in CONVS]
+    got = ours.engine.generate([p.tolist() for p in prompts], NEW_TOKENS, frozenset(), Sampler(0.0, 1.0, None))
+    config = copy.deepcopy(ours.model.generation_config)
+    config.eos_token_id = None  # as many tokens as the engine: no stop
+    want = []
+    with torch.no_grad():
+        for p in prompts:
+            out = ours.model.generate(input_ids=p[None], attention_mask=torch.ones_like(p)[None], do_sample=False,
+                                      max_new_tokens=NEW_TOKENS, generation_config=config,
+                                      pad_token_id=ours.tokenizer.pad_token_id)
+            want.append(out[0, len(p):].tolist())
+    assert [len(w) for w in want] == [NEW_TOKENS] * len(CONVS)
+    first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), None)
+    assert first is None, f"engine tokens {got[first][:6]} != generate's {want[first][:6]} (prompt {first})"
     return None
 
 
