@@ -99,6 +99,10 @@ class DecoderWeights:
     attn_softcap: float | None = None  # scores = c tanh(scores / c)
     final_softcap: float | None = None  # logits = c tanh(logits / c)
 
+    def __post_init__(self):
+        if not self.ropes:  # one rope for every layer: the model's rotary embedding
+            self.ropes = {"default": self.rotary}
+
     @property
     def hidden(self) -> int:
         return self.embed.shape[1]
