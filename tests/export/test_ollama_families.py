@@ -20,7 +20,8 @@ from tunelab.export.ollama_tools import call_tag, json_tokens, same_but_json, to
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "chat_templates"
 EOS = {"chatml": "<|im_end|>", "qwen3": "<|im_end|>", "llama3": "<|eot_id|>", "mistral": "</s>",
        "phi3": "<|endoftext|>", "gemma": "<eos>"}
-SYSTEMS = [None, "You are TuneBot.", 'Line one.\nLine two with "quotes" and {{ braces }}.']
+# none; plain; a SYSTEM line with quotes and Go actions; one no SYSTEM line can quote (the TEMPLATE holds it)
+SYSTEMS = [None, "You are TuneBot.", 'Line one.\nLine two with "quotes" and {{ braces }}.', 'Say """x""" \\ {{ .Prompt }}']
 CALLS = {"chatml": "Hermes <tool_call> calls", "qwen3": "Hermes <tool_call> calls", "llama3": "Llama 3.1 JSON calls",
          "mistral": "Mistral [TOOL_CALLS] calls"}
 
@@ -55,7 +56,7 @@ def test_a_family_with_tools_exports_a_template_that_renders_as_the_run(name, sy
     assert ot.tools and ot.format == name and ot.thinking == (name == "qwen3")
     assert ot.stops[-1] == {"llama3": "<|eot_id|>", "mistral": "</s>"}.get(name, "<|im_end|>")
     text, cmds = _read_back(template)
-    assert f"with tools ({CALLS[name]})" in text
+    assert f"with tools ({CALLS[name]})" in text and ("system" in cmds) == (ot.system is not None)
     assert {"tools", "toolcalls", "messages", "thinking"} <= GoTemplate(cmds["template"]).identifiers()
     for conv in probe_conversations():  # plain chats: the same text, character for character
         assert render_chat(cmds["template"], conv, cmds.get("system")) == _run_text(template, conv)
