@@ -123,8 +123,9 @@ def cli(*argv: str) -> str:
 def matrix_runs(tmp_path_factory):
     """matrix_runs(family, method) -> the folder of a finished 2-step run of tiny-<family> (trained once
     per process, on the model `build_tiny` writes into this session's temporary folder, as the tiny-<family>
-    alias does into the model cache: xdist workers never write one folder at the same time): r=4, alpha=16, lr 2e-2, batch 4, max_length 512, fp32, no evaluation passes, in the
-    family's built-in chat format (`Family.template`: what the Ollama and serving stages then render)."""
+    alias does into the model cache: xdist workers never write one folder at the same time): r=4, alpha=16,
+    lr 2e-2, batch 4, max_length 512, fp32, no evaluation passes, in the family's built-in chat format
+    (`Family.template`: what the Ollama and serving stages then render)."""
     from tunelab import train
     from tunelab.models.families import build_tiny
 
