@@ -20,6 +20,7 @@ RECIPES = {
     "pretrain": ("tunelab.train.recipes.pretrain", "run_pretrain"),
     "reward": ("tunelab.train.recipes.reward", "run_reward"),
     "dpo": ("tunelab.train.recipes.dpo", "run_dpo"),
+    "grpo": ("tunelab.train.recipes.grpo", "run_grpo"),
 }
 
 

@@ -1,0 +1,103 @@
+"""task grpo end to end on the tiny Llama: `tunelab train` for 2 steps changes the adapter and writes the
+statistics; the decode engine's unmerged LoRA follows the trained adapter (`refresh_adapters`); rollouts
+come in groups of G with their truncation flags."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tunelab.train.grpo_rollout import Rollout, refresh_adapters, rollout_engine, sample
+
+STATS = ("reward", "reward_std", "frac_reward_zero_std", "completion_length", "truncated", "clip_ratio", "kl",
+         "rewards/length/mean", "rewards/length/std", "rewards/contains/mean", "rewards/contains/std")
+
+
+@pytest.fixture(scope="module")
+def grpo_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("grpo")
+    rows = [{"prompt": f"What is {a} + {b}? End with '#### N'.", "answer": str(a + b)}
+            for a, b in [(23, 58), (11, 12), (40, 2), (7, 70)]]
+    (tmp / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp / "cfg.yaml").write_text(f"""task: grpo
+model: {{name: {tiny_model_dir}}}
+data: {{train: train.jsonl}}
+method: {{name: lora, r: 4, alpha: 16}}
+train: {{lr: 1.0e-2, max_steps: 2, precision: fp32, warmup_ratio: 0.0, scheduler: constant}}
+grpo:
+  num_generations: 4
+  prompts_per_step: 2
+  max_completion_length: 8
+  beta: 0.1
+  rewards:
+    - {{name: length, target: 4}}
+    - {{name: contains, column: answer, weight: 0.5}}
+output: {{dir: {tmp / 'runs'}, name: g}}
+""")
+    exe = Path(sys.executable).parent / "tunelab"
+    p = subprocess.run([str(exe), "train", str(tmp / "cfg.yaml")], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return tmp / "runs" / "g", p
+
+
+def test_two_steps_change_the_adapter_and_log_the_statistics(grpo_run):
+    from safetensors.torch import load_file
+
+    run, p = grpo_run
+    assert (run / "DONE").exists() and (run / "report.md").exists()
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    b = [v for k, v in weights.items() if "lora_B" in k]
+    assert b and max(float(v.abs().max()) for v in b) > 0  # PEFT starts B at 0: training moved it
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        assert all(k in r for k in STATS), sorted(r)
+        assert 0 < r["completion_length"] <= 8 and 0 <= r["frac_reward_zero_std"] <= 1
+        assert r["reward"] == pytest.approx(r["rewards/length/mean"] + 0.5 * r["rewards/contains/mean"], abs=1e-4)
+    assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0  # the first rollout's policy is the reference
+    assert "mean reward: step 1" in p.stdout + p.stderr
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["task"] == "grpo" and saved["grpo"]["loss_type"] == "grpo" and saved["grpo"]["epsilon"] == 0.2
+
+
+def test_engine_follows_the_trained_adapter(tiny_lora):
+    model = tiny_lora()
+    model.eval()
+    engine = rollout_engine(model)
+    ids = [1, 5, 9, 13, 17]
+    with torch.no_grad():
+        before = model(input_ids=torch.tensor([ids])).logits[0]
+    torch.testing.assert_close(engine.logits(ids), before, atol=1e-4, rtol=1e-4)
+    base_w = engine.w.blocks[0].qkv.w
+    with torch.no_grad():  # an optimizer step's worth of change to every LoRA matrix
+        for k, prm in model.named_parameters():
+            if "lora_" in k:
+                prm.add_(torch.randn_like(prm) * 0.05)
+        after = model(input_ids=torch.tensor([ids])).logits[0]
+    assert (after - before).abs().max() > 1e-3
+    assert (engine.logits(ids) - after).abs().max() > 1e-4  # stale until refreshed
+    refresh_adapters(engine, model)
+    torch.testing.assert_close(engine.logits(ids), after, atol=1e-4, rtol=1e-4)
+    assert engine.w.blocks[0].qkv.w is base_w  # the base copy was not rebuilt
+
+
+def test_sample_groups_and_truncation(tiny_lora, tiny_model_dir):
+    from tunelab.infer.sampling import Sampler
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    engine = rollout_engine(tiny_lora())
+    prompts = [[1, 5, 9], [1, 7]]
+    ro = sample(engine, tok, prompts, 3, 6, {2}, Sampler(1.0, 1.0, seed=0))
+    assert isinstance(ro, Rollout) and ro.prompt_ids == [prompts[0]] * 3 + [prompts[1]] * 3
+    for c, cut in zip(ro.completion_ids, ro.truncated):
+        assert 1 <= len(c) <= 6
+        assert cut == (c[-1] != 2) and (not cut or len(c) == 6)
+    again = sample(engine, tok, prompts, 3, 6, {2}, Sampler(1.0, 1.0, seed=0))
+    assert again.completion_ids == ro.completion_ids  # seeded: the same draws
