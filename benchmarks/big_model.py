@@ -5,7 +5,8 @@
 1. a synthetic bf16 checkpoint (`tunelab.models.synthetic`, random init, written in a subprocess so its
    memory is not this process's), unless one is there already;
 2. the streamed quantized load (`tunelab.quant.stream_load`): every block Linear to NF4 + double quant
-   as it is read, embeddings, norms and the head in fp32 (this CPU's compute dtype);
+   as it is read, embeddings and head as frozen int8 rows (`--embed-quant int8`, the default here;
+   `none`: fp32), norms in fp32 (this CPU's compute dtype);
 3. LoRA r=16 on all 7 projections of every block, gradient checkpointing, one step of batch 1 x 256
    tokens (every position a target) and AdamW, as tunelab's trainer runs it (glibc tunables of
    `tunelab train`, `keep_freed_memory`).
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--r", type=int, default=16)
     ap.add_argument("--keep", action="store_true", help="keep the checkpoint folder")
+    ap.add_argument("--embed-quant", choices=("int8", "none"), default="int8",
+                    help="embeddings and head as frozen int8 rows (quant.int8_rows) or in fp32")
     args = ap.parse_args()
 
     from tunelab.adapters.lora import apply_lora
@@ -92,7 +95,7 @@ def main() -> None:
     rss0 = status_mb("VmRSS")
     reset_peak_rss()
     t = time.perf_counter()
-    model = stream_load.stream_quantized(folder)
+    model = stream_load.stream_quantized(folder, int8_rows=args.embed_quant == "int8")
     load_s = time.perf_counter() - t
     load_peak = (status_mb("VmHWM") - rss0) * 2**20
     mbytes = stream_load.model_bytes(model)
@@ -135,10 +138,11 @@ def main() -> None:
     from tunelab.memory.estimator import estimate
 
     est = estimate(str(folder / "config.json"), "qlora", batch=1, seq=args.seq, grad_checkpointing=True, r=args.r,
-                   device="cpu", autocast=amp is not None, layers="all", detect=False)
+                   device="cpu", autocast=amp is not None, layers="all", detect=False,
+                   embed_quant=args.embed_quant)
     floor_s = 6 * params * args.seq / (gflops * 1e9)
     out = {
-        "params": params, "preset": args.params, "disk_gb": round(disk / GB, 3), "write_seconds": round(write_s, 1),
+        "params": params, "preset": args.params, "embed_quant": args.embed_quant, "disk_gb": round(disk / GB, 3), "write_seconds": round(write_s, 1),
         "load_seconds": round(load_s, 1), "load_peak_gb": round(load_peak / GB, 3),
         "load_bound_gb": round(bound / GB, 3), "model_gb": round(mbytes / GB, 3),
         "peak_rss_gb": round(peak / GB, 3), "estimate_gb": round(getattr(est, "rss", est.total) / GB, 3),

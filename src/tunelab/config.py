@@ -119,6 +119,9 @@ class MethodConfig(_Section):
     quant_type: Literal["auto", "nf4", "fp4", "gguf"] = "auto"
     double_quant: bool = True
     quant_backend: Literal["auto", "tunelab", "bitsandbytes"] = "auto"
+    # qlora's streamed CPU base: int8 = embeddings and head as frozen int8 rows + an fp32 scale each
+    # (quant/int8_rows.py: 1/4 of their fp32 bytes); none = fp32. Why not the default: docs/memory.md
+    embed_quant: Literal["none", "int8"] = "none"
     freeze_layers: int = Field(2, ge=0)  # method freeze: train the last N blocks (+ lm_head)
     qat_format: Literal["int8", "int4", "nf4", "fp4", "ternary"] = "int8"  # method qat: the format trained for
 

@@ -114,6 +114,7 @@ from __future__ import annotations
 
 from tunelab.errors import TunelabError
 from tunelab.memory.available import detect_memory
+from tunelab.memory.base_layout import EMBED_QUANT, base_bits_of, int8_head_loss, int8_head_rows, int8_rows_bytes
 from tunelab.methods import METHODS as REGISTRY
 from tunelab.methods import method_of
 from tunelab.methods.qlora import QLORA_BITS  # noqa: F401  (its value: methods/qlora.py)
@@ -133,7 +134,8 @@ PROCESS_BYTES = 430 * 10**6
 def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int = 512, grad_checkpointing: bool = False,
              r: int = 16, optimizer: str = "adamw", device: str = "auto", weights_dtype: str = "auto",
              lora_dropout: float = 0.0, target_fraction: float = 1.0, autocast: bool = True,
-             detect: bool = True, layers: int | str = "all", grad_accum: int = 1) -> MemoryEstimate:
+             detect: bool = True, layers: int | str = "all", grad_accum: int = 1, embed_quant: str = "none",
+             base: str | dict | None = "auto") -> MemoryEstimate:
     """Estimate the training memory of `model` (alias, folder, config.json path, or a config dict).
 
     Args:
@@ -149,11 +151,19 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         layers: lora/qlora adapt the last `layers` blocks ("all": every block). Blocks below record no
             autograd graph, so only the adapted blocks keep activations and weight copies.
         grad_accum: micro-batches per optimizer step; above 1, gradients live through later forwards.
+        embed_quant: qlora: none (embeddings and head in wb) | int8 (frozen int8 rows + an fp32 scale each,
+            `quant.int8_rows`: V h + 4 V bytes a matrix; the head's logits then go through plain
+            cross-entropy, see `memory.base_layout`).
+        base: qlora's stored block Linears: auto (a GGUF that qlora keeps as blocks when `model` is one, else
+            NF4 + double quant) | nf4 | a GGML type ("Q4_K") | a .gguf file | {ggml type: weights}, priced at
+            the block types' bits (`memory.base_layout`).
     """
     if method not in METHODS:
         raise TunelabError(f"unknown method '{method}'", where="--method", hint=f"one of: {', '.join(METHODS)}")
     if optimizer not in ADAM_BYTES:
         raise TunelabError(f"unknown optimizer '{optimizer}'", where="--optimizer", hint="adamw or adamw8bit")
+    if embed_quant not in EMBED_QUANT:
+        raise TunelabError(f"unknown embed_quant '{embed_quant}'", where="--embed-quant", hint="none or int8")
     if batch < 1 or seq < 1 or r < 1:
         raise TunelabError("batch, seq and r must be >= 1", where="memory")
     cfg, name = (model, model.get("_name_or_path", "config")) if isinstance(model, dict) else read_config(model)
@@ -163,7 +173,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
     dev = "cpu" if dev == "auto" else dev
     wb = {"auto": 2 if dev == "cuda" else 4, "fp32": 4, "bf16": 2}[weights_dtype]
     adam = ADAM_BYTES[optimizer]
-    n, lin = s.params, s.linear_params
+    n, lin, h = s.params, s.linear_params, s.hidden
     # the method's terms (methods/base.py, MemoryTerms): full trains every weight; lora and qlora train
     # adapters on a frozen base, which qlora stores in 4 bits and decodes again in backward
     terms = method_of(method).memory
@@ -192,11 +202,19 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
             rows.append(("weights (frozen)", weights, f"{fmt_bytes(n)} params x {wb} ({w_name})"))
             bpp = f"{wb} frozen weights"
         else:
+            mix = base_bits_of(base, quant_bits, model)
+            quant_bits, fmt_name = mix.bits, mix.label
             quant = int(lin * quant_bits / 8)
-            weights = quant + (n - lin) * wb
+            rows_int8 = embed_quant == "int8"
+            emb = s.vocab * h * (1 if s.tied else 2)  # embeddings (+ the untied head)
+            emb_bytes = int8_rows_bytes(s) if rows_int8 else emb * wb
+            weights = quant + (n - lin - emb) * wb + emb_bytes
+            emb_how = (f"{fmt_bytes(emb)} embeddings{'' if s.tied else ' + head'} x (1 + 4/h) (int8 rows)"
+                       if rows_int8 else f"{fmt_bytes(emb)} embeddings{'' if s.tied else ' + head'} x {wb} ({w_name})")
             rows.append(("weights (frozen)", weights,
-                         f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 (NF4+DQ) + {fmt_bytes(n - lin)} other x {wb} ({w_name})"))
-            bpp = f"{quant_bits / 8:.3f} x {lin / n:.1%} NF4 + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
+                         f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 ({fmt_name}) + {emb_how} "
+                         f"+ {fmt_bytes(n - lin - emb)} other x {wb}"))
+            bpp = f"{quant_bits / 8:.3f} x {lin / n:.1%} {fmt_name} + {weights - quant:,} B other"
         adapters = 4 * t
         grads, opt, master = 4 * t, int(t * adam), 0
         rows += [("adapters (fp32)", adapters, f"T = {fmt_bytes(t)} = L' r sum(in+out) = {nb} x {r} x "
@@ -206,7 +224,7 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         bpp += f" + (4 + 4 + {adam:g}) x T/N ({t / n:.2%})"
 
     # ---- activations (bytes kept per layer per token) -----------------------------------------------------------
-    h, q, kv, i = s.hidden, s.q_dim, s.kv_dim, s.intermediate
+    q, kv, i = s.q_dim, s.kv_dim, s.intermediate
     act = 2 if autocast else 4  # bytes of a matmul output
     res = 4 if (wb == 4 or not autocast) else 2  # bytes of the residual stream and the RMSNorm values
     cast32 = autocast and wb == 4  # autocast casts the fp32 weights and activations to bf16 for every matmul
@@ -266,16 +284,22 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         head_cast = s.vocab * h * 2
         if full and -(-positions // LOSS_CHUNK) > 1:
             head_cast += max(0, s.vocab * h * 2 - live * s.vocab * 4)
+    int8_head = embed_quant == "int8" and quant_bits is not None
+    if int8_head:  # plain cross-entropy on the int8 head's chunked product (`memory.base_layout.int8_head_loss`)
+        loss_grad, transient, head_cast = int8_head_loss(s, positions, act)
     activations = kept + loss_grad
     how = (f"B S (L' h x {res} + block) = {tokens:,} x ({nb} x {h} x {res} + {block:,})" if grad_checkpointing
            else f"B S L' block = {tokens:,} x {nb} x {block:,}" + (f" - B S x {lowest:,} (lowest block)" if lowest else ""))
     rows.append(("activations", kept, f"{how} bytes (block below; L' = blocks in backward)"))
-    rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
-                 + (" + V h x 4 (the head's dL/dW)" if full else "")))
-    rows.append(("logits (transient)", transient,
-                 f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
-                 + ("(2 + 4): bf16 and fp32 logits" if autocast else "4")
-                 + f" (one chunk of the loss; P = B S x {target_fraction:g})"))
+    if int8_head:
+        rows += int8_head_rows(loss_grad, transient, act, target_fraction)
+    else:
+        rows.append(("loss gradient (kept)", loss_grad, f"B S x {target_fraction:g} x h x {res} (dL/dh)"
+                     + (" + V h x 4 (the head's dL/dW)" if full else "")))
+        rows.append(("logits (transient)", transient,
+                     f"ceil(P / ceil(P / {LOSS_CHUNK})) x V x "
+                     + ("(2 + 4): bf16 and fp32 logits" if autocast else "4")
+                     + f" (one chunk of the loss; P = B S x {target_fraction:g})"))
     if head_cast:
         rows.append(("head weight cast (transient)", head_cast,
                      "V h x 2 (bf16 cast of the fp32 head in the loss's matmuls)"
@@ -316,13 +340,13 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
         else max(r * max(a, b) for _, a, b in s.linears())
     step_temp = int(2 * largest * 4) if dev == "cpu" else int(t * 4 * 2)
     # qlora: each 4-bit layer decodes its weight when it runs (forward, recompute, backward), one at a time:
-    # the int32 copy of the codes (n/2 x 4), the gathered code values and their product with the block
-    # constants (n x act each) for the largest block Linear (n = in x out)
+    # the int32 copy of the codes (n/2 x 4) and the gathered code values (n x act), multiplied by the block
+    # constants in place (`codecs.dequantize_packed`), for the largest block Linear (n = in x out)
     decode = 0
     if redecode:
         big = max(a * b for _, a, b in s.linears())
-        decode = 2 * big + 2 * act * big
-        how = f"largest block Linear {fmt_bytes(big)} x (2 + 2 x {act}): codes as int32, code values, values x absmax"
+        decode = 2 * big + act * big
+        how = f"largest block Linear {fmt_bytes(big)} x (2 + {act}): codes as int32, code values (x absmax in place)"
         rows.append(("4-bit decode (transient)", decode, how))
     rows.append(("optimizer step temporaries", step_temp,
                  ("2 x largest trainable tensor" if dev == "cpu" else "2 x T") + " x 4 (AdamW's sqrt(v), denominator)"))

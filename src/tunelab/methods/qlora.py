@@ -13,8 +13,10 @@ one of three small objects picked by the resolved `method.quant_type` and `metho
     quant_backend auto -> tunelab for gguf (the blocks are tunelab's), else `choose_backend`: bitsandbytes
                   on CUDA when it is installed, tunelab elsewhere
 
-Memory: 4.127/8 bytes per block-Linear weight (4 NF4 code + 8/64 absmax + 32/(64 x 256) its fp32 scale)
-+ wb per other weight + (4 + 4 + adam) T; the base decodes again in backward (no bf16 copies kept).
+Memory: 4.127/8 bytes per block-Linear weight (4 NF4 code + 8/64 absmax + 32/(64 x 256) its fp32 scale;
+a GGUF-blocks base: its types' block bytes x 8 / block weights, e.g. Q4_K 4.5, Q6_K 6.5625, memory/base_layout.py)
++ wb per other weight (embeddings and head: 1 + 4/h with `method.embed_quant: int8`, streamed CPU base only)
++ (4 + 4 + adam) T; the base decodes again in backward (no bf16 copies kept).
 Merged by decoding the 4-bit base first: W0' = dequant(quant(W0)), then + (alpha/r) B A.
 """
 
@@ -63,7 +65,7 @@ class TunelabNf4(QuantBase):
 
         m = cfg.method
         streamed = load_quantized_causal_lm(cfg.model.name, dtype=cfg.model.dtype, quant_type=m.quant_type,
-                                            double_quant=m.double_quant)
+                                            double_quant=m.double_quant, int8_rows=m.embed_quant == "int8")
         return None if streamed is None else Base(*streamed, self.backend, device, quantized=True)
 
 
