@@ -2,7 +2,8 @@
 the reason), and an adapter read from its safetensors file onto the engine's projections.
 
 Served: finished sft / pretrain / dpo runs whose `adapter/` is a plain LoRA (PEFT, safetensors)
-on the q, k, v, o, gate, up, down projections of the served base. Refused, each with its reason:
+on the attention and MLP projections of the served base (Phi-3: its fused qkv_proj and gate_up_proj).
+Refused, each with its reason:
     classify / reward runs          not a text generator (their head is a classifier)
     full / freeze runs (model/)     their own weights: serve them with `--base runs/NAME/model`
     qat / bitnet runs (quantized/)  a packed quantized model, not an adapter
@@ -29,9 +30,21 @@ from tunelab.errors import TunelabError
 from tunelab.infer.weights import DecoderWeights, Lora, fuse_loras
 from tunelab.serve.errors import APIError
 
-FUSED = {"self_attn": [("qkv", ("q_proj", "k_proj", "v_proj")), ("o", ("o_proj",))],
-         "mlp": [("gate_up", ("gate_proj", "up_proj")), ("down", ("down_proj",))]}
-PROJS = {name for groups in FUSED.values() for _, names in groups for name in names}
+
+
+def fused_groups(family: str) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
+    """{module group: [(engine slot, the family's projections stacked into it)]}: q, k, v -> qkv and
+    gate, up -> gate_up for Llama's layout; Phi-3's qkv_proj and gate_up_proj are one projection each
+    (infer/arch.py `Arch.qkv`, `Arch.gate_up`)."""
+    from tunelab.infer.arch import ARCHS
+
+    arch = ARCHS[family]
+    return {"self_attn": [("qkv", tuple(arch.qkv)), ("o", ("o_proj",))],
+            "mlp": [("gate_up", tuple(arch.gate_up)), ("down", ("down_proj",))]}
+
+
+# every projection name any family's adapter may target (the served modules)
+PROJS = {"q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj"}
 _MODULE = re.compile(r"^model\.layers\.(\d+)\.(self_attn|mlp)\.(\w+)$")
 
 
@@ -137,20 +150,23 @@ def read_adapter(name: str, adapter_dir: Path, w: DecoderWeights) -> dict[tuple[
         files = read_files(adapter_dir)
     except TunelabError as e:
         raise refuse(name, e.message) from None
+    groups = fused_groups(w.family)
+    served = {g: {p for _, names in slots for p in names} for g, slots in groups.items()}
     found: dict[tuple[int, str, str], dict[str, torch.Tensor]] = {}
     for module, (a, b) in files.modules.items():
         m = _MODULE.match(module)
-        if m is None or m.group(3) not in PROJS or m.group(2) not in FUSED:
+        if m is None or m.group(2) not in groups or m.group(3) not in served.get(m.group(2), ()):
             raise refuse(name, f"unexpected adapter tensor '{module}'")
         found[(int(m.group(1)), m.group(2), m.group(3))] = {"A": a.float(), "B": b.float(), "module": module}
     nq, nkv, hd = w.n_heads, w.n_kv_heads, w.head_dim
     inter = w.blocks[0].down.w.shape[0 if w.blocks[0].down.transposed else 1] if w.blocks else 0
     shapes = {"q_proj": (w.hidden, nq * hd), "k_proj": (w.hidden, nkv * hd), "v_proj": (w.hidden, nkv * hd),
               "o_proj": (nq * hd, w.hidden), "gate_proj": (w.hidden, inter), "up_proj": (w.hidden, inter),
-              "down_proj": (inter, w.hidden)}  # (in, out)
+              "down_proj": (inter, w.hidden),  # (in, out)
+              "qkv_proj": (w.hidden, (nq + 2 * nkv) * hd), "gate_up_proj": (w.hidden, 2 * inter)}
     out: dict[tuple[int, str], Lora] = {}
     for i in range(len(w.blocks)):
-        for group, fused in FUSED.items():
+        for group, fused in groups.items():
             for slot, names in fused:
                 parts = []
                 for proj in names:
