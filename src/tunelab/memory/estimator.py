@@ -209,12 +209,18 @@ def estimate(model: str | dict, method: str = "lora", batch: int = 1, seq: int =
             emb = s.vocab * h * (1 if s.tied else 2)  # embeddings (+ the untied head)
             emb_bytes = int8_rows_bytes(s) if rows_int8 else emb * wb
             weights = quant + (n - lin - emb) * wb + emb_bytes
-            emb_how = (f"{fmt_bytes(emb)} embeddings{'' if s.tied else ' + head'} x (1 + 4/h) (int8 rows)"
-                       if rows_int8 else f"{fmt_bytes(emb)} embeddings{'' if s.tied else ' + head'} x {wb} ({w_name})")
-            rows.append(("weights (frozen)", weights,
-                         f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 ({fmt_name}) + {emb_how} "
-                         f"+ {fmt_bytes(n - lin - emb)} other x {wb}"))
-            bpp = f"{quant_bits / 8:.3f} x {lin / n:.1%} {fmt_name} + {weights - quant:,} B other"
+            short = "NF4" if fmt_name == "NF4+DQ" else fmt_name
+            if rows_int8:
+                rows.append(("weights (frozen)", weights,
+                             f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 ({fmt_name}) + {fmt_bytes(emb)} "
+                             f"embeddings{'' if s.tied else ' + head'} x (1 + 4/h) (int8 rows) "
+                             f"+ {fmt_bytes(n - lin - emb)} other x {wb} ({w_name})"))
+                bpp = (f"{quant_bits / 8:.3f} x {lin / n:.1%} {short} + int8 rows x {emb / n:.1%} "
+                       f"+ {wb} x {(n - lin - emb) / n:.1%} {w_name}")
+            else:
+                rows.append(("weights (frozen)", weights, f"{fmt_bytes(lin)} block-Linear x {quant_bits:.3f}/8 "
+                             f"({fmt_name}) + {fmt_bytes(n - lin)} other x {wb} ({w_name})"))
+                bpp = f"{quant_bits / 8:.3f} x {lin / n:.1%} {short} + {wb} x {n - lin and (n - lin) / n:.1%} {w_name}"
         adapters = 4 * t
         grads, opt, master = 4 * t, int(t * adam), 0
         rows += [("adapters (fp32)", adapters, f"T = {fmt_bytes(t)} = L' r sum(in+out) = {nb} x {r} x "
