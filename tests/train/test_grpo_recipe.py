@@ -26,7 +26,8 @@ def grpo_run(tmp_path_factory, tiny_model_dir):
 model: {{name: {tiny_model_dir}}}
 data: {{train: train.jsonl}}
 method: {{name: lora, r: 4, alpha: 16}}
-train: {{lr: 1.0e-2, max_steps: 2, precision: fp32, warmup_ratio: 0.0, scheduler: constant}}
+train: {{lr: 1.0e-2, max_steps: 2, precision: fp32, warmup_ratio: 0.0, scheduler: constant, save_every: 1,
+        keep_checkpoints: all}}
 grpo:
   num_generations: 4
   prompts_per_step: 2
@@ -40,13 +41,13 @@ output: {{dir: {tmp / 'runs'}, name: g}}
     exe = Path(sys.executable).parent / "tunelab"
     p = subprocess.run([str(exe), "train", str(tmp / "cfg.yaml")], capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    return tmp / "runs" / "g", p
+    return tmp / "runs" / "g", p, tmp / "cfg.yaml"
 
 
 def test_two_steps_change_the_adapter_and_log_the_statistics(grpo_run):
     from safetensors.torch import load_file
 
-    run, p = grpo_run
+    run, p, _ = grpo_run
     assert (run / "DONE").exists() and (run / "report.md").exists()
     weights = load_file(run / "adapter" / "adapter_model.safetensors")
     b = [v for k, v in weights.items() if "lora_B" in k]
@@ -64,6 +65,35 @@ def test_two_steps_change_the_adapter_and_log_the_statistics(grpo_run):
 
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["task"] == "grpo" and saved["grpo"]["loss_type"] == "grpo" and saved["grpo"]["epsilon"] == 0.2
+
+
+def test_resume_samples_and_trains_what_the_whole_run_did(grpo_run, tmp_path):
+    """The run cut back to its step-1 checkpoint and rerun: the same step 2 (the sampling seed comes from
+    torch's RNG, which the checkpoint restores), so the same adapter, bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from tunelab.config import load_config
+    from tunelab.train.recipes import run_task
+
+    run, _, cfg_path = grpo_run
+    whole = load_file(run / "adapter" / "adapter_model.safetensors")
+    rows = (run / "metrics.jsonl").read_text()
+    shutil.copytree(run, tmp_path / "kept")
+    try:
+        (run / "DONE").unlink()
+        shutil.rmtree(run / "checkpoints" / "step-2")
+        run_task(load_config(cfg_path), quiet=True)
+        again = load_file(run / "adapter" / "adapter_model.safetensors")
+        assert all(torch.equal(whole[k], again[k]) for k in whole)
+        timing = ("tokens_per_s", "elapsed_s", "peak_rss_mb")
+        step2 = [{k: v for k, v in json.loads(x).items() if k not in timing}
+                 for x in ((run / "metrics.jsonl").read_text().splitlines()[1], rows.splitlines()[1])]
+        assert step2[0] == step2[1] and step2[0]["step"] == 2  # the same rollouts, rewards and loss
+    finally:  # the module's run as it was, for the other tests
+        shutil.rmtree(run)
+        shutil.copytree(tmp_path / "kept", run)
 
 
 def test_engine_follows_the_trained_adapter(tiny_lora):
