@@ -80,9 +80,15 @@ def test_tied_head_reads_the_embedding_buffers():
 
 @pytest.fixture(scope="module")
 def untied(tmp_path_factory):
-    from tunelab.models.synthetic import write_synthetic_llama
+    """A small Llama with its own head (tie_word_embeddings false), saved as safetensors."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    return write_synthetic_llama(tmp_path_factory.mktemp("synth8") / "m", "100m", max_shard_bytes=64 * 1024**2)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=640, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    path = tmp_path_factory.mktemp("untied") / "m"
+    LlamaForCausalLM(cfg).save_pretrained(str(path), safe_serialization=True)
+    return path
 
 
 @pytest.mark.parametrize("which", ["tied", "untied"])
