@@ -58,6 +58,7 @@ def test_two_steps_change_the_adapter_and_log_the_statistics(grpo_run):
     for r in steps:
         assert all(k in r for k in STATS), sorted(r)
         assert 0 < r["completion_length"] <= 8 and 0 <= r["frac_reward_zero_std"] <= 1
+        assert 0 < r["rollout_s"] < r["elapsed_s"] + 1
         assert r["reward"] == pytest.approx(r["rewards/length/mean"] + 0.5 * r["rewards/contains/mean"], abs=1e-4)
     assert steps[0]["kl"] == 0.0 and steps[1]["kl"] > 0  # the first rollout's policy is the reference
     assert "mean reward: step 1" in p.stdout + p.stderr
@@ -87,7 +88,7 @@ def test_resume_samples_and_trains_what_the_whole_run_did(grpo_run, tmp_path):
         run_task(load_config(cfg_path), quiet=True)
         again = load_file(run / "adapter" / "adapter_model.safetensors")
         assert all(torch.equal(whole[k], again[k]) for k in whole)
-        timing = ("tokens_per_s", "elapsed_s", "peak_rss_mb")
+        timing = ("tokens_per_s", "elapsed_s", "peak_rss_mb", "rollout_s")
         step2 = [{k: v for k, v in json.loads(x).items() if k not in timing}
                  for x in ((run / "metrics.jsonl").read_text().splitlines()[1], rows.splitlines()[1])]
         assert step2[0] == step2[1] and step2[0]["step"] == 2  # the same rollouts, rewards and loss

@@ -15,7 +15,7 @@ validation pass yet (data.validation / val_split are refused).
 Statistics per step (metrics.jsonl, means over the step's micro-batches): reward (mean total), reward_std
 (mean of the groups' std), rewards/<name>/mean and /std per function, frac_reward_zero_std (groups whose
 G rewards are all equal: no gradient from them), completion_length (mean tokens), truncated (share
-without a stop token), clip_ratio, kl (beta > 0).
+without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling).
 """
 
 from __future__ import annotations
@@ -163,8 +163,10 @@ class GrpoObjective:
         rows = [self.rows[i] for i in batch["index"].tolist()]
         refresh_adapters(self.engine, model)  # the adapter as the last optimizer step left it
         seed = int(torch.randint(0, 2 ** 62, (1,)))  # from torch's RNG: checkpointed, so resumes sample alike
+        t0 = time.perf_counter()
         ro = sample(self.engine, self.tok, [r.ids for r in rows], g.num_generations, g.max_completion_length,
                     self.stops, Sampler(g.temperature, g.top_p, seed))
+        rollout_s = time.perf_counter() - t0
         n = len(ro.texts)
         rep = [r for r in rows for _ in range(g.num_generations)]
         cols = {k: [r.columns[k] for r in rep] for k in rows[0].columns}
@@ -185,7 +187,7 @@ class GrpoObjective:
         st = {"reward": float(rewards.mean()), "reward_std": float(std.view(-1, g.num_generations)[:, 0].mean()),
               "frac_reward_zero_std": float(torch.isclose(std, torch.zeros_like(std)).float().mean()),
               "completion_length": sum(lengths) / n, "truncated": sum(ro.truncated) / n,
-              "clip_ratio": out.clip_ratio}
+              "clip_ratio": out.clip_ratio, "rollout_s": rollout_s}
         if g.beta:
             st["kl"] = out.kl
         for name, vals in per.items():
@@ -196,11 +198,11 @@ class GrpoObjective:
         return out.loss, 1
 
     def pop_stats(self) -> dict:
-        """The mean of each statistic over the micro-batches since the last call."""
+        """The mean of each statistic over the micro-batches since the last call (rollout_s: their sum)."""
         if not self.stats:
             return {}
         keys, k = self.stats[0].keys(), len(self.stats)
-        out = {key: round(sum(s[key] for s in self.stats) / k, 5) for key in keys}
+        out = {key: round(sum(s[key] for s in self.stats) / (1 if key == "rollout_s" else k), 5) for key in keys}
         self.stats = []
         return out
 
@@ -269,9 +271,10 @@ def write_report(run, cfg: RunConfig, g: GrpoConfig, steps: list[dict], seconds:
              f"beta {g.beta}, epsilon {g.epsilon}, temperature {g.temperature}, "
              f"max_completion_length {g.max_completion_length}", "",
              f"{len(steps)} steps in {seconds:.0f}s (rollouts included)", "",
-             "| step | loss | reward | reward_std | zero-std groups | completion length | truncated |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| step | loss | reward | reward_std | zero-std groups | completion length | truncated | sampling s |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in steps:
         lines.append(f"| {s['step']} | {s['loss']:.4f} | {s['reward']:.3f} | {s['reward_std']:.3f} | "
-                     f"{s['frac_reward_zero_std']:.0%} | {s['completion_length']:.1f} | {s['truncated']:.0%} |")
+                     f"{s['frac_reward_zero_std']:.0%} | {s['completion_length']:.1f} | {s['truncated']:.0%} | "
+                     f"{s['rollout_s']:.1f} |")
     run.write_text("report.md", "\n".join(lines) + "\n")
