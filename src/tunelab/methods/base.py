@@ -79,7 +79,8 @@ class MemoryTerms:
     base_bits       bits per stored block-Linear weight of the frozen base, None: the load dtype (wb x 8)
                     (qlora: 4 + 8/64 + 32/(64 x 256) = 4.127, NF4 + double-quantized absmax)
     base_recomputed the frozen base decodes its weights again in backward: no bf16 copies of them are kept,
-                    one layer's decode is alive at a time (largest in x out, x (2 + act): the int32 index is freed before the in-place multiply)
+                    one layer's decode is alive at a time (largest in x out, x (2 + act):
+                    the int32 index is freed before the in-place multiply)
     """
 
     label: str
