@@ -78,6 +78,18 @@ def stop_ids(tok, template) -> set[int]:
     return {i for i in ids if i is not None}
 
 
+def seeded_sampler(temperature: float, top_p: float, seed: int, device: torch.device):
+    """infer/sampling.py's Sampler with its generator on the engine's device (multinomial on CUDA
+    logits needs a CUDA generator; on the CPU this is the Sampler as it is)."""
+    from tunelab.infer.sampling import Sampler
+
+    sampler = Sampler(temperature, top_p, seed)
+    if sampler.generator is not None and device.type != "cpu":
+        sampler.generator = torch.Generator(device=device)
+        sampler.generator.manual_seed(seed)
+    return sampler
+
+
 @torch.no_grad()
 def sample(engine, tok, prompts: list[list[int]], group: int, max_new: int, stops: set[int],
            sampler) -> Rollout:

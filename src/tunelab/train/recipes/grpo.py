@@ -40,7 +40,7 @@ from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.grpo_config import GrpoConfig, grpo_settings
 from tunelab.train.grpo_loss import completion_logprobs, group_advantages, grpo_loss
-from tunelab.train.grpo_rollout import refresh_adapters, rollout_engine, sample, stop_ids
+from tunelab.train.grpo_rollout import refresh_adapters, rollout_engine, sample, seeded_sampler, stop_ids
 from tunelab.train.loggers import MetricsLogger
 from tunelab.train.recipes._common import (Outcome, adapt, begin_run, finish_run, load_base, quantize_for_training,
                                            setup_run, train_engine)
@@ -157,15 +157,13 @@ class GrpoObjective:
         return self.tokens
 
     def loss_sum(self, model, batch) -> tuple[torch.Tensor, int]:
-        from tunelab.infer.sampling import Sampler
-
         g = self.g
         rows = [self.rows[i] for i in batch["index"].tolist()]
         refresh_adapters(self.engine, model)  # the adapter as the last optimizer step left it
         seed = int(torch.randint(0, 2 ** 62, (1,)))  # from torch's RNG: checkpointed, so resumes sample alike
         t0 = time.perf_counter()
         ro = sample(self.engine, self.tok, [r.ids for r in rows], g.num_generations, g.max_completion_length,
-                    self.stops, Sampler(g.temperature, g.top_p, seed))
+                    self.stops, seeded_sampler(g.temperature, g.top_p, seed, self.engine.device))
         rollout_s = time.perf_counter() - t0
         n = len(ro.texts)
         rep = [r for r in rows for _ in range(g.num_generations)]
