@@ -132,3 +132,27 @@ def test_sample_groups_and_truncation(tiny_lora, tiny_model_dir):
         assert cut == (c[-1] != 2) and (not cut or len(c) == 6)
     again = sample(engine, tok, prompts, 3, 6, {2}, Sampler(1.0, 1.0, seed=0))
     assert again.completion_ids == ro.completion_ids  # seeded: the same draws
+
+
+def test_prompt_rows_and_length_limit(tmp_path):
+    from tunelab.config import from_dict
+    from tunelab.errors import TunelabError
+    from tunelab.train.recipes.grpo import check_lengths, load_prompts
+
+    (tmp_path / "p.jsonl").write_text(
+        json.dumps({"prompt": "What is 1 + 2?", "answer": "3"}) + "\n"
+        + json.dumps({"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2 + 2?"}],
+                      "answer": "4"}) + "\n")
+    cfg = from_dict({"task": "grpo", "data": {"train": str(tmp_path / "p.jsonl")}})
+    rows = load_prompts(cfg)
+    assert [r.messages[-1]["content"] for r in rows] == ["What is 1 + 2?", "2 + 2?"]
+    assert [r.columns for r in rows] == [{"answer": "3"}, {"answer": "4"}]
+    rows[1].ids = list(range(10))
+    rows[0].ids = list(range(3))
+    check_lengths(rows, 14, 4)
+    with pytest.raises(TunelabError, match="the prompt is 10 tokens; with grpo.max_completion_length 5") as e:
+        check_lengths(rows, 14, 5)
+    assert e.value.where.endswith(":2")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
+    with pytest.raises(TunelabError, match="needs 'prompt'"):
+        load_prompts(from_dict({"task": "grpo", "data": {"train": str(tmp_path / "bad.jsonl")}}))

@@ -129,6 +129,16 @@ def load_prompts(cfg: RunConfig) -> list[PromptRow]:
     return [PromptRow(i, r.prompt, r.messages, r.columns, r.where) for i, r in enumerate(rows)]
 
 
+def check_lengths(rows: list[PromptRow], max_length: int, max_new: int) -> None:
+    """data.max_length bounds prompt + completion: a prompt of more than max_length - max_new tokens
+    is refused in one line (naming the row) before any model work."""
+    for r in rows:
+        if len(r.ids) + max_new > max_length:
+            raise TunelabError(f"the prompt is {len(r.ids)} tokens; with grpo.max_completion_length {max_new} "
+                               f"that passes data.max_length {max_length}", where=r.where,
+                               hint="raise data.max_length or shorten the prompt")
+
+
 def refuse_validation(cfg: RunConfig) -> None:
     if cfg.data.validation or cfg.data.val_split:
         raise TunelabError("task grpo has no validation pass yet", where="data.validation" if cfg.data.validation
@@ -237,6 +247,7 @@ def run_grpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None
     template = cfg_template(cfg, tok)
     for r in rows:
         r.ids, _ = encode_segments(tok, template.segments(r.messages, add_generation_prompt=True))
+    check_lengths(rows, cfg.data.max_length, g.max_completion_length)
     console.print(f"data: {len(rows)} prompts x {g.num_generations} completions; "
                   f"rewards: {', '.join(f'{x.name} (x{x.weight:g})' for x in rewards)}")
     resume_step = begin_run(run, cfg, base.rm.path, template, console)
