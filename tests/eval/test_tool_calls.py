@@ -102,6 +102,16 @@ def test_tools_file_items(tmp_path):
     items = tc.load_tool_items(p)
     assert [len(i.expected) for i in items] == [1, 0] and items[1].reference == "Hello!"
     assert items[0].messages == rows[0]["messages"][:1] and items[0].where.endswith(":1")
+    # a reply from a tool result: the turns before it normalized as training reads them (no null content,
+    # arguments as an object), the request as the file wrote it (what an OpenAI client sends)
+    answer = {"tools": rows[0]["tools"], "messages": rows[0]["messages"] + [
+        {"role": "tool", "tool_call_id": "call_x", "content": "{\"c\": 4}"}, {"role": "assistant", "content": "4 C."}]}
+    p.write_text(p.read_text() + json.dumps(answer) + "\n")
+    third = tc.load_tool_items(p)[2]
+    assert third.expected == [] and third.reference == "4 C."
+    assert third.messages[1]["content"] == "" and third.messages[1]["tool_calls"][0]["function"]["arguments"] == {
+        "city": "Oslo"}
+    assert third.request == answer["messages"][:-1] and third.request[1]["content"] is None
     plain = tmp_path / "plain.jsonl"
     plain.write_text(json.dumps({"messages": rows[1]["messages"]}) + "\n")
     assert not tc.is_tools_file(plain)

@@ -34,36 +34,35 @@ METRICS = ("decision", "function", "call_exact", "needed_exact", "none_right", "
 
 @dataclass
 class ToolItem:
-    """One held-out request: the turns sent, the tools offered, the reference's calls ([] when none)."""
+    """One held-out request: the turns before the reference normalized as training reads them (arguments as
+    objects, null content as ""), the same turns as the file wrote them (`request`: OpenAI's shapes, what a
+    client sends), the tools offered, the reference's calls ([] when none) and its text."""
 
     messages: list[dict]
     tools: list[dict]
     expected: list[dict]
     where: str = ""
     reference: str = ""  # the reference's text when it has no call
-    meta: dict = field(default_factory=dict)
+    request: list[dict] = field(default_factory=list)
 
 
 def load_tool_items(path: str | Path) -> list[ToolItem]:
-    """The examples of a tools file ({"tools": [...], "messages": [... , reference assistant turn]})."""
+    """The examples of a tools file ({"tools": [...], "messages": [... , reference assistant turn]}), each
+    checked and normalized by the data layer (data/formats.to_chat: one-line errors naming file:line)."""
+    from tunelab.data.formats import to_chat
+    from tunelab.data.sources import read_records
     from tunelab.errors import TunelabError
 
     items = []
-    for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            rec = json.loads(line)
-        except ValueError as e:
-            raise TunelabError(f"not JSON ({e.msg})", where=where) from None
-        msgs = rec.get("messages") if isinstance(rec, dict) else None
+    for rec in read_records(path, "--data"):
+        msgs = rec.data.get("messages")
         if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict) or msgs[-1].get("role") != "assistant":
             raise TunelabError("a tools example needs messages ending with the assistant turn to compare against",
-                               where=where)
-        last = msgs[-1]
-        items.append(ToolItem(msgs[:-1], rec.get("tools") or [], list(last.get("tool_calls") or []), where,
-                              last.get("content") or ""))
+                               where=rec.where)
+        ex = to_chat(rec)
+        last = ex.messages[-1]
+        items.append(ToolItem(ex.messages[:-1], ex.tools, list(last.get("tool_calls") or []), rec.where,
+                              last.get("content") or "", request=msgs[:-1]))
     if not items:
         raise TunelabError("the file holds no example", where=str(path))
     return items
