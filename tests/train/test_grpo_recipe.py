@@ -156,3 +156,13 @@ def test_prompt_rows_and_length_limit(tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"question": "x"}) + "\n")
     with pytest.raises(TunelabError, match="needs 'prompt'"):
         load_prompts(from_dict({"task": "grpo", "data": {"train": str(tmp_path / "bad.jsonl")}}))
+
+
+def test_a_grpo_run_generates_like_an_sft_run(grpo_run):
+    """runs/kinds: grpo is a generative task, so generate (and chat, merge, export, serve) take its run."""
+    run, _, _ = grpo_run
+    exe = Path(sys.executable).parent / "tunelab"
+    p = subprocess.run([str(exe), "generate", str(run), "-p", "What is 1 + 2?", "-p", "2 + 2?", "--max-new-tokens", "4"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.count("### ") == 2  # one reply per prompt (tests/cli/test_cli_flow.py)

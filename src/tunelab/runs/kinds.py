@@ -13,13 +13,14 @@ from tunelab.errors import TunelabError
 from tunelab.runs.run import Run, read_raw
 
 # ---- what kind of run a folder holds, and which commands read it ---------------------------------------------
-GENERATIVE_TASKS = ("sft", "pretrain", "dpo")  # causal LMs: generate, chat, merge, rag ask, synth --teacher
+GENERATIVE_TASKS = ("sft", "pretrain", "dpo", "grpo")  # causal LMs: generate, chat, merge, rag ask, synth --teacher
 
 
 USED_BY = {  # task -> how its model is used (the hint when a command gets the wrong kind)
     "sft": "use `tunelab generate {run}` or `tunelab chat {run}`",
     "pretrain": "use `tunelab generate {run}`",
     "dpo": "use `tunelab generate {run}` or `tunelab chat {run}`",
+    "grpo": "use `tunelab generate {run}` or `tunelab chat {run}`",
     "classify": "use `tunelab predict {run}`",
     "reward": "a reward model scores text; no tunelab command serves it: load {run}/adapter with peft",
 }
