@@ -31,15 +31,12 @@ def _write_config(model_dir: Path, **changes) -> None:
 
 def _build(root: Path, name: str) -> Path:
     """tiny-<name> in root/<name>/model (general.name "model": transformers' loader re-labels a llama file
-    whose name contains "mistral" as a model type its own tensor map does not know). gemma3: 6 layers with
-    llama.cpp's fixed layer pattern (every 6th global); the 2-layer tiny one is refused (test below)."""
+    whose name contains "mistral" as a model type its own tensor map does not know). gemma3: its tiny model
+    has 6 layers in Gemma 3's pattern, every 6th global, which llama.cpp's graph fixes (another pattern is
+    refused: test below)."""
     from tunelab.models.families import build_tiny
 
-    if name != "gemma3":
-        return build_tiny(name, root / name / "model")
-    out = build_tiny(name, root / name / "model", layers=6)
-    _write_config(out, layer_types=["sliding_attention"] * 5 + ["full_attention"])
-    return out
+    return build_tiny(name, root / name / "model")
 
 
 @pytest.fixture(scope="module")
@@ -347,9 +344,10 @@ def test_refusals_are_one_line_and_name_the_architecture(tiny, tmp_path):
     with pytest.raises(TunelabError) as e:
         write_gguf(bad, out)
     _one_line(e, "GPT2LMHeadModel", "not supported for GGUF")
-    # the 2-layer tiny Gemma 3: layer 1 global where llama.cpp's fixed pattern has a sliding layer with
+    # a 2-layer Gemma 3 with layer 1 global, where llama.cpp's fixed pattern has a sliding layer with
     # the local rope base (10000 vs 1e6): wrong at every position, so refused rather than capped
-    two = build_tiny("gemma3", tmp_path / "g2")
+    two = build_tiny("gemma3", tmp_path / "g2", layers=2)
+    _write_config(two, layer_types=["sliding_attention", "full_attention"])
     with pytest.raises(TunelabError) as e:
         write_gguf(two, out)
     _one_line(e, "gemma3", "layer 1", "cannot express")

@@ -31,10 +31,38 @@ def _config_diff(ref, got) -> str:
     return "; ".join(diff) or "no config field differs"
 
 
+def _file_facts(path) -> tuple[dict, dict]:
+    """(the GGUF's metadata {key: value}, its tensors {name: numpy array}) as llama.cpp reads them."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    r = GGUFReader(path)
+    meta = {}
+    for f in r.fields.values():
+        if f.types and f.data and len(f.data) == 1 and f.name.count(".") >= 1:
+            v = f.parts[f.data[0]]
+            meta[f.name] = v.tolist()[0] if getattr(v, "size", 0) == 1 else v
+    return meta, {t.name: np.array(t.data) for t in r.tensors}
+
+
+def _loader_gaps(meta: dict, tensors: dict) -> dict:
+    """Config values transformers' GGUF loader does not read from the file (it keeps its defaults), taken
+    from the file's own keys, as llama.cpp reads them: the key length is qwen3's head_dim, and Gemma's
+    attention scale is 1/sqrt(key_length) in llama.cpp (query_pre_attn_scalar = key_length)."""
+    arch = bytes(meta["general.architecture"]).decode() if not isinstance(meta["general.architecture"], str) \
+        else meta["general.architecture"]
+    key_length = meta.get(f"{arch}.attention.key_length")
+    return {"qwen3": {"head_dim": key_length},
+            "gemma2": {"query_pre_attn_scalar": key_length},
+            "gemma3": {"query_pre_attn_scalar": key_length}}.get(arch, {})
+
+
 def _check_gguf(run, out) -> None:
     """The f16 file reloads in transformers' GGUF loader with every weight within f16 rounding of the
-    merged model's and logits within F16_TOL; when the logits are not, the reason names the config
-    fields the reload lost."""
+    merged model's and logits within F16_TOL over the context the file declares. What the loader does not
+    read is given from the file itself (`_loader_gaps`; llama3's rope_freqs divide the rotary
+    frequencies, as llama.cpp applies them); when the logits differ, the reason names the config fields
+    the reload lost."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from tunelab.runs.load import load_run_model
@@ -42,22 +70,29 @@ def _check_gguf(run, out) -> None:
     cli("export", run, "--to", "gguf", "--quant", "f16", "--out", out)
     files = sorted(out.glob("*.gguf"))
     assert len(files) == 1, f"{len(files)} .gguf files written"
+    meta, tensors = _file_facts(files[0])
     ref, _, _ = load_run_model(run, with_adapter=True, device="cpu")
     ref = ref.merge_and_unload().float().eval()
     try:
-        got = AutoModelForCausalLM.from_pretrained(out, gguf_file=files[0].name, dtype=torch.float32).eval()
+        got = AutoModelForCausalLM.from_pretrained(out, gguf_file=files[0].name, dtype=torch.float32,
+                                                   **_loader_gaps(meta, tensors)).eval()
     except (ValueError, KeyError, NotImplementedError) as e:
         raise AssertionError(f"transformers' GGUF loader: {str(e).splitlines()[0][:160]}") from None
     except RuntimeError:  # shapes the reloaded config does not match
         reloaded = AutoConfig.from_pretrained(out, gguf_file=files[0].name)
         raise AssertionError(f"transformers' GGUF loader: tensor shapes differ, reloaded "
                              f"{_config_diff(ref.config, reloaded)}") from None
+    if "rope_freqs.weight" in tensors:  # llama.cpp: theta_i = pos * base^(-2i/d) / rope_freqs[i]
+        rot = got.model.rotary_emb
+        rot.inv_freq = rot.inv_freq / torch.from_numpy(tensors["rope_freqs.weight"].astype("float32"))
     want, have = ref.state_dict(), got.state_dict()
     assert set(want) == set(have), f"reloaded tensors differ: {sorted(set(want) ^ set(have))[:3]}"
     for k, w in want.items():  # f16 keeps 11 significant bits: |err| <= |w| 2^-11 (+ subnormals)
         assert torch.allclose(have[k], w, rtol=2**-10, atol=1e-6), f"weight {k} differs after the round trip"
+    ctx = next((int(v) for k, v in meta.items() if k.endswith(".context_length")), 24)
+    ids = _ids()[:, : min(24, ctx)]  # a file capped at a sliding window (mistral) is exact within it
     with torch.no_grad():
-        err = (ref(input_ids=_ids()).logits - got(input_ids=_ids()).logits).abs().max().item()
+        err = (ref(input_ids=ids).logits - got(input_ids=ids).logits).abs().max().item()
     assert err < F16_TOL, (f"weights round-trip, logits differ by {err:.2f}: reloaded "
                            f"{_config_diff(ref.config, got.config)}")
 

@@ -33,6 +33,7 @@ class Family:
     tiny_config: Callable[..., object]  # (vocab, eos, pad, hidden, layers, heads) -> PretrainedConfig
     template: str  # built-in chat format for a base model with no chat template of its own
     quirks: tuple[str, ...] = field(default_factory=tuple)
+    tiny_layers: int = 2  # the tiny model's depth: enough for every layer kind the family has
 
 
 # ---- tiny configs: transformers' own config classes, the shapes of tiny-llama (hidden 64, 2 layers) -------------
@@ -87,14 +88,15 @@ def _gemma2(vocab, eos, pad, hidden=64, layers=2, heads=4):
                         sliding_window=16, query_pre_attn_scalar=hidden // heads)
 
 
-def _gemma3(vocab, eos, pad, hidden=64, layers=2, heads=4):
-    """Gemma 3 text: layer 0 sliding (window 16), layer 1 global, q/k norms, a local and a global rope."""
+def _gemma3(vocab, eos, pad, hidden=64, layers=6, heads=4):
+    """Gemma 3 text: Gemma 3's own layer pattern, every 6th layer global and the others sliding (window 16)
+    (llama.cpp's gemma3 graph fixes that pattern in code), q/k norms, a local and a global rope."""
     from transformers import Gemma3TextConfig
 
     return Gemma3TextConfig(**_common(vocab, eos, pad, hidden, layers, heads), head_dim=hidden // heads,
                             sliding_window=16, query_pre_attn_scalar=hidden // heads,
-                            layer_types=["sliding_attention", "full_attention"][:layers]
-                            + ["full_attention"] * max(0, layers - 2))
+                            layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                                         for i in range(layers)])
 
 
 def _phi3(vocab, eos, pad, hidden=64, layers=2, heads=4):
@@ -123,7 +125,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in [
             "soft-capping")),
     Family("gemma3", "Gemma 3", ("gemma3_text", "gemma3"), "Gemma3ForCausalLM", _gemma3, "gemma",
            ("sliding window", "embeddings x sqrt(hidden)", "(1 + w) norms", "post norms", "gelu-tanh",
-            "q/k norms", "local rope")),
+            "q/k norms", "local rope"), tiny_layers=6),
     Family("phi3", "Phi-3 / Phi-4", ("phi3",), "Phi3ForCausalLM", _phi3, "phi3", ("fused qkv", "fused gate_up")),
     Family("olmo2", "OLMo 2", ("olmo2",), "Olmo2ForCausalLM", _olmo2, "chatml", ("post norms only", "q/k norms")),
 ]}
@@ -150,9 +152,15 @@ def family_of(cfg, where: str = "model") -> Family:
     return family
 
 
-def build_tiny(name: str, out: Path, *, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0) -> Path:
+def tiny_done_text(name: str, layers: int | None = None) -> str:
+    """The DONE text of a tiny model: a cache written for another depth is rebuilt (models/registry.py)."""
+    return f"tiny random {name}, {layers or FAMILIES[name].tiny_layers} layers\n"
+
+
+def build_tiny(name: str, out: Path, *, hidden: int = 64, layers: int | None = None, heads: int = 4,
+               seed: int = 0) -> Path:
     """Write the tiny random-weight model of family `name` + the tiny BPE tokenizer to `out` (atomically,
-    with a DONE marker), as models/tiny.py does for tiny-llama."""
+    with a DONE marker), as models/tiny.py does for tiny-llama; `layers` None: the family's tiny depth."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -160,6 +168,7 @@ def build_tiny(name: str, out: Path, *, hidden: int = 64, layers: int = 2, heads
     from tunelab.models.tiny import build_tokenizer
 
     family = FAMILIES[name]
+    layers = layers or family.tiny_layers
     tok = build_tokenizer()
     config = family.tiny_config(len(tok), tok.eos_token_id, tok.pad_token_id, hidden=hidden, layers=layers,
                                 heads=heads)
@@ -170,7 +179,7 @@ def build_tiny(name: str, out: Path, *, hidden: int = 64, layers: int = 2, heads
             if "norm" in n:
                 p.add_(0.1 * torch.randn_like(p))
     out = Path(out)
-    with building(out, f"tiny random {name}\n") as tmp:
+    with building(out, tiny_done_text(name, layers)) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
     return out

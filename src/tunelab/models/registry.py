@@ -185,11 +185,11 @@ def resolve(name: str, where: str = "model.name") -> ResolvedModel:
                 build_tiny_llama(out)
             return ResolvedModel(name, str(out), "alias", alias.task)
         if alias.builder:  # tiny-<family>
-            out = model_cache_dir(name)
-            if not _is_complete(out):
-                from tunelab.models.families import build_tiny
+            from tunelab.models.families import build_tiny, tiny_done_text
 
-                build_tiny(alias.builder.removeprefix("tiny-"), out)
+            out, family = model_cache_dir(name), alias.builder.removeprefix("tiny-")
+            if not _is_complete(out) or (out / "DONE").read_text() != tiny_done_text(family):
+                build_tiny(family, out)
             return ResolvedModel(name, str(out), "alias", alias.task)
         out = model_cache_dir(name)
         if alias.gguf_file and _is_complete(out):  # converted before: the GGUF is not needed again
