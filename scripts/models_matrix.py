@@ -28,7 +28,7 @@ DOC_TEST = "tests/models/test_matrix_expected.py"
 INTRO = """# Model families: what each stage of tunelab does on each architecture
 
 Every cell is the outcome of a test run on a tiny random-weight model of the family (`tiny-<family>`,
-hidden 64, 2 layers, 4 heads, the tiny BPE tokenizer): ✅ when the stage ran and its check held,
+hidden 64, 2 layers (gemma3: 6, Gemma 3's every-6th-global pattern), 4 heads, the tiny BPE tokenizer): ✅ when the stage ran and its check held,
 otherwise the one line the stage gave (a refusal, a fallback) or `fails: ...` (it ran and its check did
 not hold). The tests (tests/models/test_matrix_*.py) hold the same table as EXPECTED and fail when a
 stage does anything else.
@@ -39,7 +39,7 @@ stage does anything else.
 | QLoRA train (NF4) | the same, method qlora | the base recorded as NF4, the same adapter checks |
 | merge = peft | `tunelab merge` of the LoRA and the QLoRA run | every tensor equals peft's `merge_and_unload` of the adapter on the fp32 base (QLoRA: the NF4 base decoded), within 1e-5 |
 | decode engine | `tunelab.load(run)` | 16 greedy tokens of 3 prompts in one batch (no stop token) equal to transformers' `generate`, or a fallback to `generate` with its `engine_reason` |
-| GGUF f16 | `tunelab export --to gguf --quant f16` | reloaded by transformers' GGUF loader: every weight within f16 rounding, logits within 0.05 of the run (else the config fields the reload lost) |
+| GGUF f16 | `tunelab export --to gguf --quant f16` | reloaded by transformers' GGUF loader (what it does not read, taken from the file: key_length, rope_freqs): every weight within f16 rounding, logits within 0.05 of the run over the context the file declares (else the config fields the reload lost) |
 | LoRA GGUF | `tunelab export --to lora-gguf` | llama.cpp adapter metadata, alpha, one A/B pair per adapted layer with the PEFT pair's shapes and product norm |
 | Ollama template | `tunelab export --to ollama --check` | the Modelfile TEMPLATE renders the probe conversations as the run's template does |
 | serve + openai | the app of `tunelab serve --base <the tiny model> --no-auth` | greedy chat completions through the `openai` client (3 prompts, the run and the base) equal to `tunelab.load(run)`'s replies and the base's |
