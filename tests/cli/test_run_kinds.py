@@ -60,7 +60,7 @@ def test_require_run_checks_existence_kind_and_done(tmp_path):
     with pytest.raises(TunelabError, match=r"is not a tunelab run directory \(no config.yaml\)"):
         require_run(tmp_path, ("sft",), "generate")
     clf = make_run(tmp_path, "c", "classify")
-    with pytest.raises(TunelabError, match="is a classify run; generate needs an sft, pretrain or dpo run") as e:
+    with pytest.raises(TunelabError, match="is a classify run; generate needs an sft, pretrain, dpo or grpo run") as e:
         require_run(clf, ("sft", "pretrain", "dpo"), "generate")
     assert e.value.hint == f"use `tunelab predict {clf}`"
     with pytest.raises(TunelabError, match="predict needs a classify run") as e:
@@ -102,7 +102,7 @@ def test_refuse_run_for_commands_that_take_a_model(tmp_path):
 def test_generative_commands_refuse_a_classify_run(tmp_path, cmd):
     clf = make_run(tmp_path / "runs", "c", "classify")
     code, _, err = cli(*[a.format(run=clf) for a in cmd])
-    one_line_error(code, err, f"{clf} is a classify run; {cmd[0]} needs an sft, pretrain or dpo run",
+    one_line_error(code, err, f"{clf} is a classify run; {cmd[0]} needs an sft, pretrain, dpo or grpo run",
                    f"use `tunelab predict {clf}`")
 
 
@@ -120,7 +120,7 @@ def test_model_commands_refuse_a_run(tmp_path):
                    "quantize takes a model", "tiny-llama")
     one_line_error(*cli("memory", sft)[::2], "memory takes a model")
     one_line_error(*cli("rag", "ask", "kb", "q", "--run", str(make_run(tmp_path, "c", "classify")))[::2],
-                   "--run:", "rag ask needs an sft, pretrain or dpo run")
+                   "--run:", "rag ask needs an sft, pretrain, dpo or grpo run")
 
 
 def test_generate_on_a_classify_run_or_a_plain_folder_is_one_line_through_the_real_cli(tmp_path):
@@ -141,7 +141,7 @@ def test_generate_base_needs_a_run():
 def test_generator_from_run_refuses_a_classify_run_from_python(tmp_path):
     from tunelab.infer.generate import Generator
 
-    with pytest.raises(TunelabError, match="is a classify run; generation needs an sft, pretrain or dpo run"):
+    with pytest.raises(TunelabError, match="is a classify run; generation needs an sft, pretrain, dpo or grpo run"):
         Generator.from_run(make_run(tmp_path, "c", "classify"))
 
 
