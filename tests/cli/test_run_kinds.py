@@ -61,7 +61,7 @@ def test_require_run_checks_existence_kind_and_done(tmp_path):
         require_run(tmp_path, ("sft",), "generate")
     clf = make_run(tmp_path, "c", "classify")
     with pytest.raises(TunelabError, match="is a classify run; generate needs an sft, pretrain, dpo or grpo run") as e:
-        require_run(clf, ("sft", "pretrain", "dpo"), "generate")
+        require_run(clf, ("sft", "pretrain", "dpo", "grpo"), "generate")
     assert e.value.hint == f"use `tunelab predict {clf}`"
     with pytest.raises(TunelabError, match="predict needs a classify run") as e:
         require_run(sft, ("classify",), "predict")
