@@ -109,6 +109,9 @@ def test_ctrl_c_in_an_update_waits_for_its_end():
     import os
     import signal
 
+    # Python's own handler, as in a terminal: a background job (nohup, `make test &`) starts with SIGINT
+    # ignored, and install() leaves an ignored SIGINT alone
+    launched_with = signal.signal(signal.SIGINT, signal.default_int_handler)
     ints = Interrupts()
     ints.install()
     try:
@@ -121,7 +124,8 @@ def test_ctrl_c_in_an_update_waits_for_its_end():
         assert done == ["update finished"]
     finally:
         ints.uninstall()
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.signal(signal.SIGINT, launched_with)
 
 
 def test_keep_checkpoints_of_a_finished_run(tmp_path):
