@@ -94,9 +94,10 @@ def burst(client, model: str, n: int, tokens: int) -> dict:
 
 
 @contextlib.contextmanager
-def local_server(base: str, max_batch: int):
-    """`tunelab serve --no-auth` in a subprocess (the client's threads do not share its GIL);
-    yields (its /v1 URL, seconds from launch to the first answer of GET /v1/models)."""
+def local_server(base: str, max_batch: int, runs: Path | None = None, ready_within: float = 180):
+    """`tunelab serve --no-auth` in a subprocess (the client's threads do not share its GIL), serving
+    the runs in `runs` (None: an empty folder); yields (its /v1 URL, seconds from launch to the first
+    answer of GET /v1/models). Also used by benchmarks/tool_use.py."""
     import subprocess
     import sys
     import tempfile
@@ -108,7 +109,7 @@ def local_server(base: str, max_batch: int):
     tmp = tempfile.mkdtemp(prefix="tunelab-serve-bench-")
     env = {**os.environ, "TUNELAB_SERVE_HOME": tmp, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "tunelab", "serve", "--no-auth", "--port", str(port), "--base", base,
-           "--runs", str(Path(tmp) / "runs"), "--max-batch", str(max_batch), "--log-level", "warning"]
+           "--runs", str(runs or Path(tmp) / "runs"), "--max-batch", str(max_batch), "--log-level", "warning"]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
@@ -116,8 +117,8 @@ def local_server(base: str, max_batch: int):
         while True:
             if proc.poll() is not None:
                 raise SystemExit(f"the server exited ({proc.returncode})")
-            if time.perf_counter() - t > 180:
-                raise SystemExit("the server did not answer within 180 s")
+            if time.perf_counter() - t > ready_within:
+                raise SystemExit(f"the server did not answer within {ready_within:.0f} s")
             try:
                 urllib.request.urlopen(url + "/models", timeout=2).read()
                 break

@@ -23,16 +23,11 @@ rendered the same way for both), greedy text read with the template's tool synta
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,37 +36,13 @@ sys.path.insert(0, str(ROOT / "src"))
 from tunelab.eval import tool_calls as tc  # noqa: E402
 
 
-@contextlib.contextmanager
 def local_server(base: str, runs: Path, max_batch: int = 8):
-    """`tunelab serve --no-auth` on a free loopback port; yields (its /v1 URL, seconds to the first answer)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    tmp = tempfile.mkdtemp(prefix="tools_bench_")
-    env = {**os.environ, "TUNELAB_SERVE_HOME": tmp, "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "tunelab", "serve", "--no-auth", "--port", str(port), "--base", base,
-           "--runs", str(runs), "--max-batch", str(max_batch), "--log-level", "warning"]
-    t = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"the server exited ({proc.returncode})")
-            if time.perf_counter() - t > 300:
-                raise SystemExit("the server did not answer within 300 s")
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.2)
-        yield url, time.perf_counter() - t
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    """`tunelab serve --no-auth` on a free loopback port serving `runs`: benchmarks/serve.py's, which
+    yields (its /v1 URL, seconds to the first answer)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from serve import local_server as serving  # benchmarks/serve.py
+
+    return serving(base, max_batch, runs=runs, ready_within=300)
 
 
 def _calls(message) -> list[dict]:
