@@ -52,10 +52,14 @@ def test_completion_options_are_offered_and_install(tmp_path):
     root = help_text()
     assert "--install-completion" in root and "--show-completion" in root
     env = {**os.environ, "HOME": str(tmp_path), "SHELL": "/bin/bash"}  # never touches the real ~/.bashrc
-    shown = subprocess.run([*TUNELAB, "--show-completion", "bash"], capture_output=True, text=True, env=env,
+    # typer finds the shell in the parent processes (shellingham): run under bash, as from a terminal, not
+    # as a child of whatever started pytest (a background job's parent is no shell); `; exit` keeps bash
+    # from exec-ing the command in its place
+    in_bash = ["bash", "-c", '"$@"; exit $?', "_"]
+    shown = subprocess.run([*in_bash, *TUNELAB, "--show-completion"], capture_output=True, text=True, env=env,
                            timeout=120)
     assert shown.returncode == 0 and "_TUNELAB_COMPLETE=complete_bash" in shown.stdout, shown.stderr
-    installed = subprocess.run([*TUNELAB, "--install-completion", "bash"], capture_output=True, text=True,
+    installed = subprocess.run([*in_bash, *TUNELAB, "--install-completion"], capture_output=True, text=True,
                                env=env, timeout=120)
     assert installed.returncode == 0, installed.stderr
     assert "_TUNELAB_COMPLETE" in (tmp_path / ".bash_completions" / "tunelab.sh").read_text()
