@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tunelab.export.gotemplate import go_quote
-from tunelab.export.ollama_tools import TIME_TOOL, hermes_template
+from tunelab.export.ollama_tools import HERMES_TOOL_RESULTS, TIME_TOOL, hermes_template
 
 _TOOLS_TEXT = ("# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are provided "
                "with function signatures within <tools></tools> XML tags:\n<tools>")
@@ -76,12 +76,7 @@ def qwen3_template(default_system: str) -> str:
         "{{ else if eq .Role \"assistant\" }}<|im_start|>assistant\n"
         "{{ if and (gt $i $lastUser) (or $last .Thinking) }}<think>\n{{ .Thinking }}\n</think>\n\n{{ end }}"
         "{{ .Content }}" + _hermes_calls() + "<|im_end|>\n"
-        "{{ else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}<|im_start|>user{{ end }}"
-        "\n<tool_response>\n{{ .Content }}\n</tool_response>"
-        "\n{{- end }}"
-        "\n{{- $prev = .Role }}"
-        "\n{{- end }}"
-        "\n{{- if eq $prev \"tool\" }}<|im_end|>\n{{ end }}"
+        + HERMES_TOOL_RESULTS +
         "\n{{- if ne $prev \"assistant\" }}<|im_start|>assistant\n"
         "{{ if and $.IsThinkSet (not $.Think) }}<think>\n\n</think>\n\n{{ end }}{{ end }}"
     )

@@ -29,6 +29,18 @@ from tunelab.export.gotemplate import Struct, go_quote
 _ESCAPES = {"<": "\\u003c", ">": "\\u003e", "&": "\\u0026", "\u2028": "\\u2028", "\u2029": "\\u2029"}
 
 
+# consecutive tool results as one user turn of <tool_response> blocks, and the end of the message loop:
+# the Hermes tail shared by the chatml and qwen3 TEMPLATEs (export/ollama_families.py)
+HERMES_TOOL_RESULTS = (
+    "{{ else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}<|im_start|>user{{ end }}"
+    "\n<tool_response>\n{{ .Content }}\n</tool_response>"
+    "\n{{- end }}"
+    "\n{{- $prev = .Role }}"
+    "\n{{- end }}"
+    "\n{{- if eq $prev \"tool\" }}<|im_end|>\n{{ end }}"
+)
+
+
 def go_json(value) -> str:
     """Go's json.Marshal of `value` (dicts as given: sort a Go map's keys before calling)."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
@@ -136,12 +148,7 @@ def hermes_template(default_system: str) -> str:
         "\n{{- if .ToolCalls }}{{ range $i, $c := .ToolCalls }}<tool_call>\n"
         "{\"name\": \"{{ .Function.Name }}\", \"arguments\": {{ .Function.Arguments }}}\n</tool_call>"
         "{{ if gt (len (slice $calls $i)) 1 }}\n{{ end }}{{ end }}{{ end }}<|im_end|>\n"
-        "{{ else if eq .Role \"tool\" }}{{ if ne $prev \"tool\" }}<|im_start|>user{{ end }}"
-        "\n<tool_response>\n{{ .Content }}\n</tool_response>"
-        "\n{{- end }}"
-        "\n{{- $prev = .Role }}"
-        "\n{{- end }}"
-        "\n{{- if eq $prev \"tool\" }}<|im_end|>\n{{ end }}"
+        + HERMES_TOOL_RESULTS +
         "\n{{- if ne $prev \"assistant\" }}<|im_start|>assistant\n{{ end }}"
     )
 
