@@ -10,7 +10,8 @@ at its 400-line limit; the section's schema lives here, beside the recipe that r
       epsilon: 0.2                  clip range of the ratio: [1 - eps, 1 + eps]
       prompts_per_step: null        prompts per micro-batch (null: train.batch_size)
       mask_truncated_completions: false   completions without a stop token get no loss
-      rewards: [{name | function, weight, column, pattern, target}]   train/rewards.py
+      rewards: [{name | function | grader, weight, column, pattern, target}]   train/rewards.py
+                                    (grader: an OpenAI grader object, train/graders/)
 
 `grpo_settings(cfg)` returns the validated GrpoConfig, or raises a one-line TunelabError naming the key
 (an unknown key gets the closest valid name, as config.py does for the other sections).
@@ -24,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import TunelabError
+from tunelab.train.graders import validate_grader
 
 
 class _Section(BaseModel):
@@ -31,12 +33,14 @@ class _Section(BaseModel):
 
 
 class RewardSpec(_Section):
-    """One reward: a built-in (`name`: exact_match | contains | regex | length | json_valid) or a python
+    """One reward: a built-in (`name`: exact_match | contains | regex | length | json_valid), a python
     function (`function`: "module:function" or "path.py:function", the path relative to the config's
-    folder); its score counts `weight` times in the total."""
+    folder) or an OpenAI grader object (`grader`: {type: string_check | text_similarity | score_model |
+    python | multi, ...}, checked by train/graders' validate_grader); its score counts `weight` times."""
 
     name: str | None = None
     function: str | None = None
+    grader: dict | None = None
     weight: float = 1.0
     column: str | None = None  # exact_match, contains: the data column holding the expected text
     pattern: str | None = None  # regex: the format to match; exact_match: extract group 1 (or the match) first
@@ -44,8 +48,9 @@ class RewardSpec(_Section):
 
     @model_validator(mode="after")
     def _one(self) -> "RewardSpec":
-        if (self.name is None) == (self.function is None):
-            raise ValueError("a reward has either 'name' (a built-in) or 'function' (module:function), not both")
+        if sum(x is not None for x in (self.name, self.function, self.grader)) != 1:
+            raise ValueError("a reward has one of 'name' (a built-in), 'function' (module:function) or "
+                             "'grader' (an OpenAI grader object)")
         return self
 
 
@@ -73,9 +78,13 @@ def grpo_settings(section: dict) -> GrpoConfig:
             raise TunelabError("unknown key", where=f"grpo.{key}",
                                hint=f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(fields)}")
     try:
-        return GrpoConfig.model_validate(section)
+        g = GrpoConfig.model_validate(section)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise TunelabError(err["msg"].removeprefix("Value error, "), where=f"grpo.{loc}",
                            hint="see docs/grpo.md") from None
+    for i, r in enumerate(g.rewards):  # a grader's own fields, before any model loads
+        if r.grader is not None:
+            validate_grader(r.grader, f"grpo.rewards[{i}].grader")
+    return g

@@ -15,6 +15,11 @@ Built-ins (`grpo.rewards: [{name: ...}]`), each scoring in [0, 1]:
     length       max(0, 1 - |words - target| / target), words = len(completion.split())
     json_valid   1 if the stripped completion parses as JSON
 
+Graders (`{grader: {type: string_check | text_similarity | score_model | python | multi, ...}}`, OpenAI's
+grader objects, train/graders/): the item is the completion's data row (its columns), sample.output_text
+the completion. A grade that fails (a python grader raising or timing out, a judge's reply without a
+score) scores 0 and is counted in the reward function's `errors` (flag -> count); it never stops training.
+
 User functions (`{function: "module:function"}` or `{function: "path.py:function"}`, the path
 relative to the config's folder) are imported when the rewards load: a missing module, file or
 function is a one-line TunelabError (exit 2) naming it.
@@ -34,6 +39,7 @@ from pathlib import Path
 from typing import Callable
 
 from tunelab.errors import TunelabError
+from tunelab.train.graders import GradeContext, default_context, run_grader, validate_grader
 
 
 # ---- built-ins -----------------------------------------------------------------------------------------------
@@ -143,8 +149,27 @@ def load_function(ref: str, base: Path | None, where: str) -> Callable:
     return fn
 
 
-def load_rewards(specs: list, base: Path | None = None) -> list[Reward]:
-    """The rewards of `grpo.rewards` (RewardSpec list); TunelabError (one line) for a bad one."""
+def grader_reward(grader: dict, ctx: GradeContext | None = None) -> Callable:
+    """A reward (TRL's signature) from an OpenAI grader object: item = the row's columns, sample = the
+    completion; `reward.errors` counts the failed grades by OpenAI error flag."""
+    context = ctx or default_context()
+
+    def reward(prompts, completions, **cols):
+        items = [{k: v[i] for k, v in cols.items()} for i in range(len(completions))]
+        graded = run_grader(grader, list(completions), items, context)
+        for g in graded:
+            for flag, on in g.errors.items():
+                if on is True:
+                    reward.errors[flag] = reward.errors.get(flag, 0) + 1
+        return [g.score for g in graded]
+    reward.errors = {}
+    reward.__name__ = grader.get("name") or f"grader_{grader.get('type')}"
+    return reward
+
+
+def load_rewards(specs: list, base: Path | None = None, ctx: GradeContext | None = None) -> list[Reward]:
+    """The rewards of `grpo.rewards` (RewardSpec list); TunelabError (one line) for a bad one. `ctx`: the
+    graders' services (default_context(): MiniLM for cosine, the environment's openai client)."""
     if not specs:
         raise TunelabError("task grpo needs at least one reward", where="grpo.rewards",
                            hint="e.g. rewards: [{name: exact_match, column: answer}]")
@@ -154,6 +179,11 @@ def load_rewards(specs: list, base: Path | None = None) -> list[Reward]:
         if s.function is not None:
             fn = load_function(s.function, base, f"{where}.function")
             out.append(Reward(getattr(fn, "__name__", s.function), fn, s.weight))
+            continue
+        if s.grader is not None:
+            validate_grader(s.grader, f"{where}.grader")
+            fn = grader_reward(s.grader, ctx)
+            out.append(Reward(fn.__name__, fn, s.weight))
             continue
         b = BUILTINS.get(s.name)
         if b is None:

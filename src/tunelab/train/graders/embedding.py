@@ -1,0 +1,40 @@
+"""The default embedder of text_similarity cosine: all-MiniLM-L6-v2 (`minilm-l6`, offline from its wheel),
+token states of the last layer averaged over the attention mask, then L2-normalised - sentence-transformers'
+recipe, the one rag/embed.py computes. The server injects rag's cached Embedder instead (one copy of the
+model in the process); this one serves training, which sits below rag/ in the layer order
+(tests/train/test_graders.py checks both give the same vectors).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from tunelab.errors import TunelabError
+
+
+@functools.lru_cache(maxsize=1)
+def _model(name: str):
+    from transformers import AutoModel, AutoTokenizer
+
+    from tunelab.models.registry import resolve
+
+    src = resolve(name, where="text_similarity cosine")
+    try:
+        return AutoTokenizer.from_pretrained(str(src.path)), AutoModel.from_pretrained(str(src.path)).eval()
+    except OSError as e:
+        raise TunelabError(f"cannot load the embedder {name!r} ({e})", where="text_similarity cosine") from None
+
+
+def encode(texts: list[str], name: str = "minilm-l6", max_tokens: int = 256) -> np.ndarray:
+    """Unit vectors (len(texts), dim), float32: mean of the last hidden states over real tokens, / its norm."""
+    import torch
+
+    tok, model = _model(name)
+    with torch.inference_mode():
+        enc = tok(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
+        hidden = model(**enc).last_hidden_state  # (n, seq, dim)
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
