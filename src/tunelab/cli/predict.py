@@ -1,6 +1,8 @@
 """`tunelab predict RUN --text "..."` or `--file in.jsonl --out preds.jsonl`: a classify run's labels.
 
 Text mode prints one line per text: the label, then every label's probability.
+A run with offsets.json (classify.offsets) predicts argmax_k (z_k + b_k), probabilities softmax(z + b);
+`--no-offsets` uses the raw logits z (infer/classify.py).
 File mode reads .jsonl/.json/.csv/.tsv records, classifies `--field` (default `text`) in batches,
 and writes each record with `prediction` and `probabilities` added, as JSONL, atomically
 (a `.tmp` file renamed at the end: an interrupted run leaves no half-written output).
@@ -47,6 +49,8 @@ def predict_cmd(
     out: Path = typer.Option(None, "--out", "-o", help="Where --file predictions go (JSONL)."),
     field: str = typer.Option("text", "--field", help="The record field holding the text (--file)."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    offsets: bool = typer.Option(True, "--offsets/--no-offsets",
+                                 help="Add the run's tuned per-class logit offsets (offsets.json) before the argmax."),
 ) -> None:
     """Classify texts with a model trained by `task: classify`."""
     from tunelab.infer.classify import Classifier
@@ -63,7 +67,7 @@ def predict_cmd(
 
         records = read_records(file, "--file")
         texts_in = _texts(records, field)
-    clf = Classifier.from_run(run)
+    clf = Classifier.from_run(run, offsets=offsets)
     for t, p in zip(text or [], clf.predict(list(text or []), batch_size)):
         probs = "  ".join(f"{k}={v:.3f}" for k, v in p["probs"].items())
         print(f"{p['label']}\t{probs}\t{t}")

@@ -4,6 +4,11 @@
     clf = Classifier.from_run("runs/sentiment")                               # base + adapter (or model/)
     clf.predict(["what a film"])   # -> [{"label": "pos", "probs": {"neg": 0.08, "pos": 0.92}}]
 
+Logit offsets: a run trained with `classify.offsets` (the default) holds offsets.json, per-class offsets b
+tuned on its validation split for macro-F1 (eval/logit_offsets.py). `from_run` loads them and `predict`
+returns argmax_k (z_k + b_k) with probabilities softmax(z + b); `from_run(..., offsets=False)` (or
+`tunelab predict --no-offsets`) uses the raw logits z. `logits()` always returns the raw z.
+
 The head is `AutoModelForSequenceClassification`'s: an encoder classifies its pooled [CLS]
 vector (`classifier`), a decoder its last non-pad token (`score`). A decoder needs a pad token to
 find that position: pad = eos when the tokenizer has one, else a new `<|pad|>` token whose
@@ -21,6 +26,7 @@ import torch
 from tunelab.errors import TunelabError
 
 PAD_TOKEN = "<|pad|>"
+OFFSETS_FILE = "offsets.json"  # written by the classify recipe (eval/logit_offsets.py: FILE)
 
 
 def pad_batch(ids: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -121,21 +127,35 @@ def batched_logits(model, ids: list[list[int]], pad_id: int, batch_size: int = 3
     return torch.stack(out) if out else torch.zeros((0, model.config.num_labels))
 
 
+def read_offsets(run_dir: Path, labels: list[str]) -> list[float] | None:
+    """The run's offsets.json offsets (in `labels` order), or None when it has none."""
+    path = Path(run_dir) / OFFSETS_FILE
+    if not path.exists():
+        return None
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    if saved.get("labels") != labels or len(saved.get("offsets", ())) != len(labels):
+        raise TunelabError(f"{path} does not match the run's labels", where=str(path),
+                           hint="delete it, or predict with --no-offsets")
+    return [float(b) for b in saved["offsets"]]
+
+
 class Classifier:
     """A trained classifier: texts -> label + probabilities (softmax of the logits)."""
 
     def __init__(self, model, tokenizer, labels: list[str], max_length: int = 512, truncation_side: str = "right",
-                 amp: torch.dtype | None = None):
+                 amp: torch.dtype | None = None, offsets: list[float] | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.labels = labels
         self.max_length = max_length
         self.truncation_side = truncation_side
         self.amp = amp
+        self.offsets = None if offsets is None else torch.tensor(offsets, dtype=torch.float32)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, device: str = "auto") -> "Classifier":
-        """Rebuild the trained model of a finished `task: classify` run."""
+    def from_run(cls, run_dir: str | Path, device: str = "auto", offsets: bool = True) -> "Classifier":
+        """Rebuild the trained model of a finished `task: classify` run (with its logit offsets, if it
+        saved any, unless `offsets` is False)."""
         from tunelab.models.load import pick_device
         from tunelab.runtime.precision import autocast_dtype
         from tunelab.runs.load import load_run
@@ -160,7 +180,8 @@ class Classifier:
             model = PeftModel.from_pretrained(model, str(rd.adapter_dir))
         dev = next(model.parameters()).device
         amp = autocast_dtype(cfg.train.precision, dev)
-        return cls(model, tok, labels, cfg.data.max_length, cfg.data.truncation_side, amp)
+        return cls(model, tok, labels, cfg.data.max_length, cfg.data.truncation_side, amp,
+                   read_offsets(rd.path, labels) if offsets else None)
 
     def logits(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
         ids = encode_texts(self.tokenizer, texts, self.max_length, self.truncation_side)
@@ -170,6 +191,7 @@ class Classifier:
         """[{"label": best label, "probs": {label: probability}}] for each text, in order."""
         if not texts:
             return []
-        probs = torch.softmax(self.logits(texts, batch_size), dim=-1)
+        z = self.logits(texts, batch_size)
+        probs = torch.softmax(z if self.offsets is None else z + self.offsets, dim=-1)
         return [{"label": self.labels[int(p.argmax())], "probs": {x: float(v) for x, v in zip(self.labels, p)}}
                 for p in probs]

@@ -20,7 +20,7 @@ Only rank 0 logs and writes checkpoints; every rank resumes from the same one.
 bf16 autocast on CPUs with AVX-512-BF16 and on CUDA with bf16 (master weights and adapters stay
 fp32). Evaluation = the objective's `evaluate` on the validation set each epoch (or every
 `cfg.eval_every` steps); with keep_best the best evaluation's trainable weights are restored at
-the end.
+the end. "Best" and early stopping's "improvement" follow `cfg.metric_for_best` (`score_of`).
 
 Why our own loop and not transformers.Trainer: it is short, it controls exactly when the 4-bit
 base runs in eval mode (bitsandbytes' CPU repacking trap: `before_step`), it counts trained tokens
@@ -57,6 +57,17 @@ from tunelab.train.state import (
 def total_steps(n_examples: int, cfg: TrainConfig, world: int = 1) -> int:
     per_epoch = math.ceil(math.ceil(n_examples / cfg.batch_size) / (cfg.grad_accum * world))
     return cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(per_epoch * cfg.epochs))
+
+
+def score_of(metrics: dict, metric: str) -> float:
+    """Higher is better: -val_loss for "loss" (and an unsettled "auto"), else the metric itself
+    (accuracy, macro_f1: what a classify objective's `evaluate` reports)."""
+    if metric in ("loss", "auto"):
+        return -metrics["val_loss"]
+    if metric not in metrics:
+        raise TunelabError(f"the validation reports no {metric}", where="train.metric_for_best",
+                           hint=f"use one of: loss, {', '.join(k for k in metrics if k != 'val_loss')}")
+    return metrics[metric]
 
 
 def _should_eval(cfg: TrainConfig, step: int, epoch_end: bool) -> bool:
@@ -112,6 +123,7 @@ class Trainer:
                                    self.opt, num_warmup_steps=int(cfg.warmup_ratio * self.total),
                                    num_training_steps=self.total)
         self.res, self.best_state, self.bad_evals = TrainResult(), None, 0
+        self.best_score = None  # score_of(the best evaluation) (higher is better); None before the first
         self.epoch, self.start_group, self.group, self.n_batches = 0, 0, 0, 0
         self.stop, self.final_checkpoint = False, final_checkpoint
         # the last safe point: {epoch, group, pending_eval, rng} (`mark`); what a Ctrl-C checkpoint saves
@@ -131,7 +143,7 @@ class Trainer:
         res.steps, self.epoch, self.start_group = pos["step"], pos["epoch"], pos["group"]
         res.trained_tokens, res.val_history = r["trained_tokens"], [tuple(x) for x in r["val_history"]]
         res.best_val, res.best_epoch, self.best_state = r["best_val"], r["best_epoch"], r.get("best_state")
-        self.bad_evals = r.get("bad_evals", 0)
+        self.bad_evals, self.best_score = r.get("bad_evals", 0), r.get("best_score")
         res.resumed_from = self.saved = res.steps
         self.group, self.pending_eval = self.start_group, pos.get("pending_eval")
         if self.cfg.early_stopping_patience and self.bad_evals >= self.cfg.early_stopping_patience:
@@ -167,7 +179,7 @@ class Trainer:
             save_checkpoint(self.ckpt_dir, self.model, self.opt, self.sched, position,
                             {"trained_tokens": res.trained_tokens, "val_history": res.val_history,
                              "best_val": res.best_val, "best_epoch": res.best_epoch, "best_state": self.best_state,
-                             "bad_evals": self.bad_evals}, rng=safe["rng"],
+                             "bad_evals": self.bad_evals, "best_score": self.best_score}, rng=safe["rng"],
                             keep=None if self.cfg.keep_checkpoints == "all" else 2)
         if self.world > 1:
             dist.barrier()
@@ -223,7 +235,8 @@ class Trainer:
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def evaluate(self, at: float, final: bool) -> bool:
-        """Validate, track the best, return True when early stopping says stop."""
+        """Validate, track the best (by `cfg.metric_for_best`; res.best_val is that evaluation's val loss),
+        return True when early stopping says stop."""
         cfg, res = self.cfg, self.res
         metrics = self.validate()
         v = metrics["val_loss"]
@@ -231,9 +244,10 @@ class Trainer:
             res.val_history.append((at, v))
             self.log({"step": res.steps, "epoch": at, **{k: round(x, 5) if isinstance(x, float) else x
                                                            for k, x in metrics.items()}})
-            improved = not (v >= res.best_val - cfg.early_stopping_min_delta)  # comparisons with nan are False
-            if not (v >= res.best_val):
-                res.best_val, res.best_epoch = v, at
+            s, best = score_of(metrics, cfg.metric_for_best), self.best_score
+            improved = best is None or s > best + cfg.early_stopping_min_delta  # comparisons with nan are False
+            if best is None or s > best:
+                self.best_score, res.best_val, res.best_epoch = s, v, at
                 if cfg.keep_best:
                     self.best_state = trainable_state(self.model) if not final else None
             self.bad_evals = 0 if improved else self.bad_evals + 1

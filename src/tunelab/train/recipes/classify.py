@@ -2,17 +2,22 @@
 
 setup:  data ({"text", "label"} records) -> label set (sorted, or `classify.labels` order)
         -> base + a new head (`AutoModelForSequenceClassification`, id2label/label2id) -> tokenize
+        -> class weights (`classify.class_weights`) and, with `classify.sampler: balanced`, the training
+           set oversampled to equal class counts (train/class_balance.py)
 before: validation loss / accuracy / macro-F1 of the untrained head
-train:  adapt -> engine.train_loop with `ClassifyObjective`
+train:  adapt -> engine.train_loop with `ClassifyObjective` (keep_best / early stopping follow
+        `train.metric_for_best`: macro_f1 unless set)
           lora:   peft task_type SEQ_CLS; the head is trained in full and saved in the adapter
                   (`modules_to_save`), so the adapter alone rebuilds the classifier
           full:   every weight
           freeze: the head (+ the pooler, if any) and the last `method.freeze_layers` blocks
-save:   config.yaml, labels.json, tokenizer/, adapter/ (or model/), metrics.jsonl, report.md,
+after:  `classify.offsets`: per-class logit offsets tuned on validation for macro-F1 (eval/logit_offsets.py)
+save:   config.yaml, labels.json, tokenizer/, adapter/ (or model/), offsets.json, metrics.jsonl, report.md,
         confusion.png, loss.png, DONE (last)
 
-Loss = cross-entropy summed over a micro-batch / its size (mean CE per example); e.g. batch 32,
-8,484 examples -> ceil(8484 / 32) = 266 optimizer steps per epoch.
+Loss = sum_i w_{y_i} CE(logits_i, y_i) over a micro-batch / its size (w = 1 with class_weights none:
+mean CE per example); e.g. batch 32, 8,484 examples -> ceil(8484 / 32) = 266 optimizer steps per epoch.
+The validation loss is unweighted mean CE.
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from tunelab.config import RunConfig
 from tunelab.data.formats import ClassifyExample
 from tunelab.errors import TunelabError
 from tunelab.eval.classification import classification_metrics, flat_metrics
+from tunelab.eval.logit_offsets import FILE as OFFSETS_FILE, tune_offsets
 from tunelab.infer.classify import batched_logits, encode_texts, load_sequence_classifier, pad_batch
 from tunelab.methods import method_of
 from tunelab.runs.rundir import RunDir
 from tunelab.runtime.precision import autocast_dtype
+from tunelab.train.class_balance import class_weights, oversample
 from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.loggers import MetricsLogger
@@ -52,16 +59,19 @@ class LabeledIds:
 
 
 class ClassifyObjective:
-    """Cross-entropy of the head's logits against the label id.
+    """Cross-entropy of the head's logits against the label id, weighted per class.
 
-    loss_sum = sum_i CE(logits_i, y_i) over the micro-batch, count = examples in it;
-    evaluate -> val_loss (mean CE per example), accuracy, macro_f1, precision/<label>, recall/<label>.
+    loss_sum = sum_i w_{y_i} CE(logits_i, y_i) over the micro-batch (w: `weights`, None = all 1),
+    count = examples in it; evaluate -> val_loss (unweighted mean CE per example), accuracy, macro_f1,
+    precision/<label>, recall/<label>.
     """
 
-    def __init__(self, pad_id: int, labels: list[str], eval_batch_size: int = 32):
+    def __init__(self, pad_id: int, labels: list[str], eval_batch_size: int = 32,
+                 weights: torch.Tensor | None = None):
         self.pad_id = pad_id
         self.labels = labels
         self.eval_batch_size = eval_batch_size
+        self.weights = weights
 
     def collate(self, examples: list[LabeledIds]) -> dict[str, torch.Tensor]:
         batch = pad_batch([e.input_ids for e in examples], self.pad_id)
@@ -70,11 +80,16 @@ class ClassifyObjective:
 
     def loss_sum(self, model, batch):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return F.cross_entropy(logits.float(), batch["labels"], reduction="sum"), int(batch["labels"].numel())
+        w = None if self.weights is None else self.weights.to(logits.device)
+        return (F.cross_entropy(logits.float(), batch["labels"], weight=w, reduction="sum"),
+                int(batch["labels"].numel()))
 
-    def measure(self, model, examples: list[LabeledIds], amp=None) -> dict:
+    def logits(self, model, examples: list[LabeledIds], amp=None) -> torch.Tensor:
+        return batched_logits(model, [e.input_ids for e in examples], self.pad_id, self.eval_batch_size, amp)
+
+    def measure(self, model, examples: list[LabeledIds], amp=None, logits: torch.Tensor | None = None) -> dict:
         """val_loss plus `classification_metrics` (per-class figures and the confusion matrix)."""
-        logits = batched_logits(model, [e.input_ids for e in examples], self.pad_id, self.eval_batch_size, amp)
+        logits = self.logits(model, examples, amp) if logits is None else logits
         y = torch.tensor([e.label for e in examples], dtype=torch.long)
         m = classification_metrics(y.tolist(), logits.argmax(-1).tolist(), self.labels)
         m["val_loss"] = float(F.cross_entropy(logits, y)) if len(examples) else float("nan")
@@ -99,6 +114,7 @@ class ClassifyOutcome(Outcome):
     trainable: str
     before: dict = field(default_factory=dict)  # `ClassifyObjective.measure` of the untrained head
     after: dict = field(default_factory=dict)  # ... of the trained model (best evaluation kept)
+    offsets: dict = field(default_factory=dict)  # `tune_offsets` on validation ({} when classify.offsets is off)
     n_train: int = 0
     n_val: int = 0
     n_trainable: int = 0  # trainable parameters (LoRA + head, or the unfrozen weights)
@@ -110,6 +126,11 @@ class ClassifyOutcome(Outcome):
             b, a = self.before, self.after
             lines.append(f"validation accuracy: untrained head {b['accuracy']:.3f} -> tuned {a['accuracy']:.3f}; "
                          f"macro-F1 {b['macro_f1']:.3f} -> {a['macro_f1']:.3f} ({self.n_val} examples)")
+        if self.offsets:
+            o = self.offsets
+            lines.append(f"logit offsets {', '.join(f'{x}={b:+.1f}' for x, b in zip(self.labels, o['offsets']))}: "
+                         f"validation macro-F1 {o['macro_f1_before']:.3f} -> {o['macro_f1_after']:.3f} "
+                         f"(predict applies them; --no-offsets to leave them out)")
         lines.append(f"{r.speed_line()}; {self.trainable}")
         weights = "model/" if RunDir(self.run_dir).model_dir.exists() else "adapter/"
         lines.append(f"run saved to {self.run_dir} (report.md, confusion.png, {weights}); "
@@ -203,9 +224,15 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     train_tok = tokenize_examples(tok, train_ex, labels, d.max_length, d.truncation_side)
     val_tok = tokenize_examples(tok, val_ex, labels, d.max_length, d.truncation_side)
     console.print(f"data: {len(train_tok)} train / {len(val_tok)} validation examples, {len(labels)} labels")
+    c = cfg.classify
+    weights = class_weights(c.class_weights, labels, [e.label for e in train_tok])
+    if c.sampler == "balanced":
+        train_tok = oversample(train_tok, [e.label for e in train_tok], cfg.train.seed)
+        console.print(f"balanced sampler: {len(train_tok)} training examples per epoch (every class oversampled "
+                      f"to the largest's count)")
     resume_step = begin_classify_run(run, cfg, tok, labels, head, console)
     amp = autocast_dtype(cfg.train.precision, next(model.parameters()).device)
-    objective = ClassifyObjective(tok.pad_token_id, labels, cfg.train.batch_size)
+    objective = ClassifyObjective(tok.pad_token_id, labels, cfg.train.batch_size, weights)
     logger = MetricsLogger(run, cfg.train.report_to)
 
     # ---- before: the untrained head ------------------------------------------------------------------------
@@ -223,11 +250,15 @@ def run_classify(cfg: RunConfig, quiet: bool = False, console: Console | None = 
     result = train_engine(model, train_tok, val_tok, cfg, run, logger, quiet, resume_step, objective=objective)
 
     # ---- after + save --------------------------------------------------------------------------------------
-    after = objective.measure(model, val_tok, amp) if val_tok else {}
+    val_logits = objective.logits(model, val_tok, amp) if val_tok else None
+    after = objective.measure(model, val_tok, amp, val_logits) if val_tok else {}
+    offsets = tune_offsets(val_logits, [e.label for e in val_tok], labels) if val_tok and c.offsets else {}
     if is_main():
         model.save_pretrained(str(run.adapter_dir if method_of(cfg).adapters else run.model_dir))
-    outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, len(train_tok), len(val_tok),
-                              count_params(model)[0])
+        if offsets:
+            run.write_text(OFFSETS_FILE, json.dumps({"labels": labels, **offsets}, indent=2) + "\n")
+    outcome = ClassifyOutcome(run.path, result, labels, trainable, before, after, offsets, len(train_tok),
+                              len(val_tok), count_params(model)[0])
     if is_main():
         write_classify_report(run, cfg, outcome)
     finish_run(run, result, cfg.train.keep_checkpoints)
