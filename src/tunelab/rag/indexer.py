@@ -11,7 +11,7 @@ Page furniture (navigation lists, Next/Previous bars, breadcrumbs: `furniture.fu
 is dropped while reading unless `furniture=False`; `IndexReport.furniture_dropped` counts it
 for the files read in this call.
 
-Changing the embedder, chunk size, overlap, headings, drop patterns or furniture, or a tunelab release
+Changing the embedder, chunk size, overlap, context, drop patterns or furniture, or a tunelab release
 that cleans documents differently (`INGEST_VERSION`), rebuilds everything. All new chunks of a run are embedded in one length-sorted
 pass, so a handful of changed files costs seconds.
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.rag.chunk import chunk_document
+from tunelab.rag.context import DEFAULT_CONTEXT, contextual_text, style
 from tunelab.rag.embedders import load_embedder
 from tunelab.rag.ingest import DEFAULT_DROP, INGEST_VERSION, format_of, read_document
 from tunelab.rag.store import KnowledgeBase, kb_dir
@@ -72,6 +73,11 @@ def find_files(docs: list[str | Path]) -> dict[str, str]:
     return found
 
 
+def _has_title(doc) -> bool:
+    """Does the document name itself (a first heading), rather than `Document.title` falling back to the file name?"""
+    return any(b.section_path for b in doc.blocks)
+
+
 def file_hash(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -83,9 +89,14 @@ def file_hash(path: str) -> str:
 def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Path | None = None,
           embedder: str = "minilm-l6", size: int = 256, overlap: int = 25,
           drop: list[str] | None = None, headings: bool = True, batch_size: int = 32,
-          furniture: bool = True, log=None) -> IndexReport:
-    """Index `docs` into knowledge base `kb` (or folder `directory`); see the module docstring."""
+          furniture: bool = True, context: str | None = None, log=None) -> IndexReport:
+    """Index `docs` into knowledge base `kb` (or folder `directory`); see the module docstring.
+
+    `context` (tunelab.rag.context: none | path | title+path, default title+path) is written above
+    each chunk for embedding and BM25; `headings=False` alone means context "none"."""
     t0 = time.perf_counter()
+    context = context or (DEFAULT_CONTEXT if headings else "none")
+    ctx = style(context)
     where = kb_dir(kb, directory)  # validates the name before any work
     files = find_files(docs)
     drop_patterns = list(DEFAULT_DROP if drop is None else drop)
@@ -94,7 +105,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
             re.compile(pat)
         except re.error as e:
             raise TunelabError(f"invalid drop pattern {pat!r} ({e})", where="--drop") from e
-    settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "headings": headings,
+    settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "context": context,
                 "drop": drop_patterns, "furniture": furniture, "ingest_version": INGEST_VERSION}
     store = KnowledgeBase.open_or_create(where, settings)
     known = store.files
@@ -116,18 +127,19 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         chunks = chunk_document(doc, emb.tokenizer, size=size, overlap=overlap)
         per_file[p] = len(chunks)
         for c in chunks:
+            search = contextual_text(c.text, title=doc.title if _has_title(doc) else "", source=files[p],
+                                     section_path=c.section_path, context=context)
             rows.append({
                 "id": hashlib.sha1(f"{p}:{c.start}:{c.end}".encode()).hexdigest()[:16],
                 "source": files[p], "path": p, "section": c.section, "section_path": c.section_path,
                 "start": c.start, "end": c.end, "n_tokens": c.n_tokens, "text": c.text,
-                "search_text": f"{c.section_path}\n{c.text}" if headings else c.text,
-                "file_hash": hashes[p], "_embed": c.embed_text(headings),
+                "search_text": search, "file_hash": hashes[p], "_embed": search,
             })
     if log:
         log(f"{len(todo)} file(s) to embed ({len(rows)} chunks), {len(files) - len(todo)} unchanged, {len(gone)} removed")
     t2 = time.perf_counter()
     texts = [r.pop("_embed") for r in rows]
-    window = size + 2 + (32 if headings else 0)  # + [CLS]/[SEP] + the heading line
+    window = size + 2 + ctx.extra_tokens  # + [CLS]/[SEP] + the context lines
     vectors = emb.encode(texts, batch_size=batch_size, max_tokens=window) if emb is not None else []
     for r, v in zip(rows, vectors):
         r["vector"] = v.tolist()
