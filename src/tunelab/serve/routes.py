@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from fastapi import APIRouter
 
-from tunelab.serve import files_api, inference, jobs_api, responses, studio
+from tunelab.serve import files_api, graders_api, inference, jobs_api, responses, studio
 from tunelab.serve.protocol.common import ErrorResponse
 
 
@@ -60,12 +60,14 @@ def mounted(routes) -> list[tuple[str, str, Callable]]:
 MODULES = {"models": inference.__name__, "chat": inference.__name__, "completions": inference.__name__,
            "responses": inference.__name__,  # mounted with the inference routes; its endpoint is serve/responses.py's
            "embeddings": inference.__name__, "files": files_api.__name__, "jobs": jobs_api.__name__,
-           "studio": studio.__name__}
+           "studio": studio.__name__,
+           "graders": inference.__name__}  # mounted with the inference routes; the endpoints are serve/graders_api.py's
 
 _JOBS = "/v1/fine_tuning/jobs"
 ROUTES: list[Route] = [
     Route("GET", "/v1/models", "models", inference.list_models),
     Route("GET", "/v1/models/{model_id:path}", "models", inference.get_model),
+    Route("DELETE", "/v1/models/{model_id:path}", "models", inference.delete_model),
     Route("POST", "/v1/chat/completions", "chat", inference.chat_completions, proxied=True),
     Route("POST", "/v1/completions", "completions", inference.completions, proxied=True),
     Route("POST", "/v1/responses", "responses", responses.create_response),
@@ -79,8 +81,12 @@ ROUTES: list[Route] = [
     Route("GET", _JOBS, "jobs", jobs_api.list_jobs),
     Route("GET", _JOBS + "/{job_id}", "jobs", jobs_api.retrieve_job),
     Route("POST", _JOBS + "/{job_id}/cancel", "jobs", jobs_api.cancel_job),
+    Route("POST", _JOBS + "/{job_id}/pause", "jobs", jobs_api.pause_job),
+    Route("POST", _JOBS + "/{job_id}/resume", "jobs", jobs_api.resume_job),
     Route("GET", _JOBS + "/{job_id}/events", "jobs", jobs_api.list_events),
     Route("GET", _JOBS + "/{job_id}/checkpoints", "jobs", jobs_api.list_checkpoints),
+    Route("POST", "/v1/fine_tuning/alpha/graders/run", "graders", graders_api.run_grader_route),
+    Route("POST", "/v1/fine_tuning/alpha/graders/validate", "graders", graders_api.validate_grader_route),
     # the Studio's pages, fragments and JSON routes, as its routers declare them (serve/studio/)
     *(Route(m, path, "studio") for m, path, _ in mounted(studio.router.routes)),
 ]

@@ -57,6 +57,8 @@ def validate_grader(grader: dict, where: str = "grader") -> None:
     if not isinstance(grader, dict):
         raise TunelabError(f"a grader is an object with a type, not {type(grader).__name__}", where=where)
     kind = grader.get("type")
+    if not isinstance(kind, str):
+        raise TunelabError(f"type must be one of {', '.join(GRADERS)}", where=f"{where}.type")
     if kind in NOT_BUILT:
         raise TunelabError(NOT_BUILT[kind], where=f"{where}.type")
     if kind not in GRADERS:

@@ -34,6 +34,8 @@ def parse_formula(text: str, names, where: str) -> ast.Expression:
         tree = ast.parse(text.replace("^", "**"), mode="eval")
     except SyntaxError as e:
         raise TunelabError(f"calculate_output does not parse: {e.msg}", where=where) from None
+    except (RecursionError, MemoryError):
+        raise TunelabError("calculate_output is nested too deeply", where=where) from None
     for node in ast.walk(tree):
         if isinstance(node, ast.Name):
             if node.id not in names and node.id not in FUNCTIONS:
@@ -95,6 +97,7 @@ class Multi:
             if not isinstance(name, str) or not name.isidentifier():
                 raise TunelabError(f"grader name {name!r} is not usable in a formula (letters, digits, _)", where=w)
             kind = sub.get("type") if isinstance(sub, dict) else None
+            kind = kind if isinstance(kind, str) else None
             if kind == self.type:
                 raise TunelabError("a multi grader cannot hold another multi grader", where=w)
             if kind not in self.registry:

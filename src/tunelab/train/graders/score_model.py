@@ -30,6 +30,14 @@ ROLES = {"user": "user", "assistant": "assistant", "system": "system", "develope
 TEXT_PARTS = ("input_text", "output_text")
 SAMPLING = {"max_completions_tokens": "max_completion_tokens", "temperature": "temperature", "top_p": "top_p",
             "seed": "seed", "reasoning_effort": "reasoning_effort"}
+# each sampling param's check: (test, what it must be)
+SAMPLING_CHECKS = {
+    "max_completions_tokens": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
+    "temperature": (lambda v: finite(v) is not None and 0 <= v <= 2, "a number in [0, 2]"),
+    "top_p": (lambda v: finite(v) is not None and 0 < v <= 1, "a number in (0, 1]"),
+    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    "reasoning_effort": (lambda v: isinstance(v, str), "a string"),
+}
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -40,7 +48,7 @@ def _parts(content, where: str) -> list:
         if isinstance(p, str):
             continue
         kind = p.get("type") if isinstance(p, dict) else None
-        if kind not in TEXT_PARTS:
+        if not isinstance(kind, str) or kind not in TEXT_PARTS:
             raise TunelabError(f"content part of type {kind!r} is not supported (text only: a string, "
                                f"{', '.join(TEXT_PARTS)})", where=f"{where}[{i}]")
         extra = sorted(set(p) - {"type", "text"})
@@ -83,7 +91,8 @@ class ScoreModel:
             extra = sorted(set(m) - {"role", "content", "type"})
             if extra:
                 raise TunelabError(f"unknown field(s) {', '.join(extra)} in a message", where=w)
-            if m.get("role") not in ROLES or "content" not in m or m.get("type", "message") != "message":
+            if not isinstance(m.get("role"), str) or m["role"] not in ROLES or "content" not in m \
+                    or m.get("type", "message") != "message":
                 raise TunelabError(f"a message needs role ({', '.join(ROLES)}) and content", where=w)
             for p in _parts(m["content"], f"{w}.content"):
                 check_template(p if isinstance(p, str) else p["text"], f"{w}.content")
@@ -96,6 +105,10 @@ class ScoreModel:
             if extra:
                 raise TunelabError(f"unknown field(s) {', '.join(extra)} in sampling_params",
                                    where=f"{where}.sampling_params", hint=f"known: {', '.join(SAMPLING)}")
+            for k, v in sp.items():
+                ok, what = SAMPLING_CHECKS[k]
+                if v is not None and not ok(v):
+                    raise TunelabError(f"{k} must be {what}", where=f"{where}.sampling_params.{k}")
 
     @staticmethod
     def range(g: dict, where: str = "grader") -> tuple[float, float]:

@@ -31,7 +31,7 @@ class StringCheck:
         check_fields(g, self.required, self.optional, where)
         for key in ("input", "reference"):
             check_template(need_str(g, key, where), f"{where}.{key}")
-        if g["operation"] not in OPERATIONS:
+        if not isinstance(g["operation"], str) or g["operation"] not in OPERATIONS:
             raise TunelabError(f"unknown operation {g['operation']!r}", where=f"{where}.operation",
                                hint=f"one of {', '.join(OPERATIONS)}")
 

@@ -27,7 +27,7 @@ class TextSimilarity:
         check_fields(g, self.required, self.optional, where)
         for key in ("input", "reference"):
             check_template(need_str(g, key, where), f"{where}.{key}")
-        metric = g["evaluation_metric"]
+        metric = need_str(g, "evaluation_metric", where)
         if metric in REFUSED:
             raise TunelabError(f"evaluation_metric {metric} is not supported: {REFUSED[metric]}",
                                where=f"{where}.evaluation_metric", hint=f"supported: {', '.join(SUPPORTED)}")
