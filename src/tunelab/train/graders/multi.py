@@ -20,6 +20,7 @@ import operator
 from tunelab.errors import TunelabError
 from tunelab.train.graders.base import Graded, check_fields, need_str
 
+MAX_FORMULA = 1000  # characters: keeps the tree shallow enough for evaluate's recursion
 BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
           ast.Pow: operator.pow}
 UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos}
@@ -30,6 +31,8 @@ FUNCTIONS = {"min": min, "max": max, "abs": abs, "floor": lambda x: float(math.f
 
 def parse_formula(text: str, names, where: str) -> ast.Expression:
     """The formula's tree, every node and name checked (TunelabError naming the first bad one)."""
+    if len(text) > MAX_FORMULA:
+        raise TunelabError(f"calculate_output is longer than {MAX_FORMULA} characters", where=where)
     try:
         tree = ast.parse(text.replace("^", "**"), mode="eval")
     except SyntaxError as e:
@@ -126,7 +129,7 @@ class Multi:
                 if not math.isfinite(value):
                     raise ValueError(value)
                 result.score = value
-            except (ArithmeticError, ValueError, TypeError):
+            except (ArithmeticError, ValueError, TypeError, RecursionError):
                 result.errors["formula_parse_error"] = True
             out.append(result)
         return out

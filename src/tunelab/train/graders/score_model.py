@@ -53,7 +53,7 @@ def _parts(content, where: str) -> list:
                                f"{', '.join(TEXT_PARTS)})", where=f"{where}[{i}]")
         extra = sorted(set(p) - {"type", "text"})
         if extra or not isinstance(p.get("text"), str):
-            raise TunelabError(f"a {kind} part has exactly 'type' and 'text' (a string)"
+            raise TunelabError(f"the {kind} part has exactly 'type' and 'text' (a string)"
                                + (f"; unknown: {', '.join(extra)}" if extra else ""), where=f"{where}[{i}]")
     return items
 
