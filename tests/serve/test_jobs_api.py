@@ -199,7 +199,8 @@ def test_malformed_jobs_are_refused_and_write_nothing(jobs_server, tiny_model_di
         (dict(method={"type": "dpo"}), 400, "training_file"),  # dpo on chat examples
         (dict(training_file=pairs, method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}), 400,
          "hyperparameters.beta"),
-        (dict(method={"type": "reinforcement"}), 400, "method.type"),
+        (dict(method={"type": "reinforcement"}), 400, "method.reinforcement.grader"),
+        (dict(method={"type": "rlhf"}), 400, "method.type"),
         (dict(suffix="../x"), 400, "suffix"),
         (dict(suffix="a" * 41), 400, "suffix"),
         (dict(hyperparameters={"n_epochs": 0}), 400, "hyperparameters.n_epochs"),

@@ -71,8 +71,16 @@ def test_requests_take_the_sdks_payloads():
     ({"model": "m", "training_file": "f", "n_gpus": 8}, "Unrecognized request argument supplied: n_gpus", "n_gpus"),
     ({"training_file": "f"}, "Missing required parameter: 'model'", "model"),
     ({"model": "m"}, "Missing required parameter: 'training_file'", "training_file"),
+    ({"model": "m", "training_file": "f", "method": {"type": "rlhf"}},
+     "method type 'rlhf' is not available: use supervised, dpo, reinforcement", "method.type"),
     ({"model": "m", "training_file": "f", "method": {"type": "reinforcement"}},
-     "method type 'reinforcement' is not available: use supervised or dpo", "method.type"),
+     "Missing required parameter: 'method.reinforcement.grader'", "method.reinforcement.grader"),
+    ({"model": "m", "training_file": "f", "method": {"type": "reinforcement", "reinforcement": {
+        "grader": {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a",
+                   "operation": "eq"}, "hyperparameters": {"eval_interval": 10}}}},
+     "hyperparameter eval_interval=10 is not supported for method reinforcement: task grpo has no validation pass "
+     "yet (the reward of each step is in the job's metrics events); leave it out or use 'auto'",
+     "hyperparameters.eval_interval"),
     ({"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": 0}},
      "invalid hyperparameter n_epochs=0: use 'auto' or an integer in 1..100", "hyperparameters.n_epochs"),
     ({"model": "m", "training_file": "f", "hyperparameters": {"beta": 0.2}},
@@ -136,6 +144,14 @@ def test_responses_round_trip_the_sdks_types():
     job = _round_trip(FineTuningJob.from_row(JOB_ROW), SDKJob)
     assert (job.method.type, job.method.dpo.hyperparameters.beta, job.error.code) == ("dpo", 0.1, "training_failed")
     assert job.organization_id == "alice" and not hasattr(job.hyperparameters, "beta")
+    grader = {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "{{item.a}}",
+              "operation": "eq"}
+    hp = {"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0, "finetuning_type": "lora",
+          "compute_multiplier": 1.5, "eval_interval": "auto", "eval_samples": "auto", "reasoning_effort": "default"}
+    rl = _round_trip(FineTuningJob.from_row({**JOB_ROW, "method": {"type": "reinforcement", "grader": grader},
+                                             "hyperparameters": hp, "status": "running"}), SDKJob)
+    assert rl.method.reinforcement.grader.operation == "eq" and rl.method.reinforcement.hyperparameters.n_epochs == 2
+    assert rl.method.reinforcement.hyperparameters.compute_multiplier == 1.5 and rl.method.dpo is None
     _round_trip(JobEvent.from_row({"id": "ftevent-1", "created_at": 1, "level": "info", "message": "Step 1",
                                    "type": "metrics", "data": {"step": 1, "train_loss": 2.0}}), SDKEvent)
     ckpt = _round_trip(JobCheckpoint.from_row({"id": "ftckpt-1", "created_at": 1, "name": "ft-x:step-2",

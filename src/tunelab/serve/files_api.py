@@ -14,6 +14,9 @@ An upload is copied to `files_dir/.tmp-<id><suffix>` (at most `state.upload_limi
     preference  {"prompt", "chosen", "rejected"}                              -> dpo jobs
     openai_dpo  OpenAI's DPO lines {"input": {"messages"}, "preferred_output",
                 "non_preferred_output"}, read as preference pairs             -> dpo jobs
+    prompts     prompts to complete: `messages` ending with a user turn, or a  -> reinforcement jobs
+                `prompt` without a completion, with any other fields (OpenAI's
+                RFT lines), read as task grpo reads them (the fields go to the grader)
 
 A file the data layer refuses is kept with `status: error` and `status_details` = the data
 layer's message with the upload's name for the server's path ("train.jsonl:3: invalid JSON ...");
@@ -71,12 +74,29 @@ def openai_dpo_record(rec: Record) -> Record:
 
 
 def file_kind(data: dict) -> str:
-    """sft | preference | openai_dpo, from the first record's fields."""
+    """sft | preference | openai_dpo | prompts, from the first record's fields."""
     if "preferred_output" in data or "non_preferred_output" in data:
         return "openai_dpo"
     if "chosen" in data or "rejected" in data:
         return "preference"
+    msgs = data.get("messages")
+    if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user":
+        return "prompts"
+    if "prompt" in data and "completion" not in data:
+        return "prompts"
     return "sft"
+
+
+def check_prompts(records: list[Record]) -> None:
+    """Every record a prompt row as task grpo reads it, all with the first one's other fields."""
+    from tunelab.train.recipes.grpo import _row
+
+    rows = [_row(r, i) for i, r in enumerate(records)]
+    keys = set(rows[0].columns)
+    for r in rows:
+        if set(r.columns) != keys:
+            raise TunelabError(f"fields {sorted(r.columns)} differ from the first line's {sorted(keys)}", where=r.where,
+                               hint="every prompt line needs the same fields (the grader reads them as item.*)")
 
 
 def check_training_file(path: Path, display: str, columns: dict[str, str] | None = None
@@ -87,6 +107,9 @@ def check_training_file(path: Path, display: str, columns: dict[str, str] | None
     try:
         records = read_records(path, field="file")
         kind = file_kind(apply_columns(records[0], columns).data)
+        if kind == "prompts":
+            check_prompts([apply_columns(r, columns) for r in records])
+            return kind, None
         if kind == "openai_dpo" and not columns:
             records = [openai_dpo_record(r) for r in records]
         to_examples(records, "auto", "sft" if kind == "sft" else "dpo", columns=columns or None)

@@ -7,6 +7,8 @@ runner thread
                              exit 3 (interrupted: SIGINT,  -> queued again (resumes)
                                      the checkpoint saved)
                              anything else                 -> failed (the worker's error, else its exit)
+                             a `paused` job's worker (`interrupt`: SIGINT) -> stays paused (an event
+                                     names the checkpoint it resumes from), or succeeded if it was DONE
     2. validates each `validating_files` job: its files' bytes linked into home/jobs/<id>/ (the
        job's own copy: deleting the file later changes nothing), the RunConfig built
        (`job_config`) and checked, written to home/jobs/<id>/config.json -> queued, or failed
@@ -15,10 +17,10 @@ runner thread
        (its output appended to home/jobs/<id>/worker.log) -> running
 
 The run is `state.tenant_runs(tenant)/<run name>`; a job resumes from its run's last checkpoint
-(`train.resume: auto`: the engine's for supervised, the Trainer's, kept as step-N, for dpo). At
-startup (`start`), a `running` job belongs to a server that died: a worker of it still alive is killed, then a run
-with DONE is recorded succeeded (it finished, the server did not see it), any other is queued
-again. A status change is a conditional transition (jobs_db.transition), so a cancelled job
+(`train.resume: auto`: the engine's for supervised and reinforcement, the Trainer's, kept as step-N,
+for dpo). At startup (`start`), a `running` job belongs to a server that died: a worker of it still
+alive is killed, then a run with DONE is recorded succeeded (it finished, the server did not see it),
+any other is queued again; a `paused` one stays paused (a worker of it still alive is killed). A status change is a conditional transition (jobs_db.transition), so a cancelled job
 stays cancelled whatever its worker does meanwhile. `shutdown` interrupts the workers (SIGINT:
 the engine checkpoints), waits up to 10 s, kills what is left and leaves the jobs `running`,
 for the next start to resume. One runner per home: `start` takes an flock on home/jobs.lock, and
@@ -41,6 +43,7 @@ from tunelab.config import apply_overrides, default_lr, from_dict
 from tunelab.errors import TunelabError
 from tunelab.runs.rundir import RunDir
 from tunelab.serve import jobs_db
+from tunelab.serve.job_methods import METHODS
 
 log = logging.getLogger("tunelab.serve.jobs")
 INTERRUPTED = 3  # the worker's exit code when training was interrupted with the checkpoint saved
@@ -69,11 +72,12 @@ def job_config(job: dict, train: Path, validation: Path | None, runs: Path, over
                columns: dict[str, dict] | None = None) -> dict:
     """The RunConfig (as a dict) of a job: the recipe of its method on its files, hyperparameters
     resolved (jobs_api), lr = default_lr(method.name) x learning_rate_multiplier (unless an
-    override sets train.lr), then the server's `key=value` overrides (state.job_overrides).
+    override sets train.lr), the method's own sections (job_methods: dpo's preference.beta,
+    reinforcement's grpo), then the server's `key=value` overrides (state.job_overrides).
     `columns` {"train": ..., "validation": ...}: the files' column mappings (files_api.map_columns),
     the training file's as `data.columns`, a validation file's own as its spec's `columns`."""
-    hp, dpo = job["hyperparameters"], job["method"]["type"] == "dpo"
-    cfg = {"task": "dpo" if dpo else "sft", "model": {"name": job["model"]},
+    hp, method = job["hyperparameters"], METHODS[job["method"]["type"]]
+    cfg = {"task": method.task, "model": {"name": job["model"]},
            "data": {"train": str(train), "seed": job["seed"]}, "method": {"name": hp.get("finetuning_type", "lora")},
            "train": {"epochs": hp["n_epochs"], "batch_size": hp["batch_size"], "seed": job["seed"],
                      "resume": "auto", "eval_every": "epoch" if validation else "never"},
@@ -85,8 +89,7 @@ def job_config(job: dict, train: Path, validation: Path | None, runs: Path, over
         cfg["data"]["columns"] = dict(cols["train"])
     if validation is not None and (cols.get("validation") or {}) != (cols.get("train") or {}):
         cfg["data"]["validation"] = [{"path": str(validation), "columns": dict(cols.get("validation") or {})}]
-    if dpo:
-        cfg["preference"] = {"beta": hp["beta"]}
+    method.config(cfg, job)
     apply_overrides(cfg, list(overrides))
     cfg["output"].update(dir=str(runs), name=job["run_name"])  # an override never moves the run
     if "lr" not in cfg["train"]:
@@ -150,6 +153,9 @@ class JobRunner:
             where = f"resumes from its checkpoint at step {steps[-1]}" if steps else "starts again"
             jobs_db.transition(c, job, "queued", ("running",), f"The server restarted: the job is queued and {where}",
                                worker_pid=None)
+        for job in jobs_db.jobs_with_status(c, "paused"):
+            _kill_stale(job.get("worker_pid"), job["id"])
+            jobs_db.set_job(c, job["id"], only_if=("paused",), worker_pid=None)
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Interrupt the workers (SIGINT), kill what is left after `grace` s, stop the thread, release
@@ -177,6 +183,14 @@ class JobRunner:
 
     def notify(self) -> None:
         with self.cond:
+            self.cond.notify_all()
+
+    def interrupt(self, job_id: str) -> None:
+        """SIGINT the job's worker, if it has one: the engine checkpoints and the worker exits 3 (pause)."""
+        with self.cond:
+            proc = self.procs.get(job_id)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
             self.cond.notify_all()
 
     def cancel(self, job_id: str) -> None:
@@ -211,7 +225,8 @@ class JobRunner:
         for job in jobs_db.jobs_with_status(self.db, "validating_files"):
             self._guarded(self._prepare, job)
         while len(self.procs) < self.max_concurrent and not self.stopping:
-            queued = jobs_db.jobs_with_status(self.db, "queued")
+            # a job resumed while its paused worker is still stopping waits for it to be reaped
+            queued = [j for j in jobs_db.jobs_with_status(self.db, "queued") if j["id"] not in self.procs]
             if not queued or not self._guarded(self._launch, queued[0]):
                 break
 
@@ -275,10 +290,18 @@ class JobRunner:
 
     def _finished(self, job_id: str, rc: int) -> None:
         job = jobs_db.job_by_id(self.db, job_id)
-        if job is None or job["status"] != "running" or self.stopping:
+        if job is None or job["status"] not in ("running", "paused", "queued") or self.stopping:
             return  # cancelled (the cancel said so), or shutting down: the next start resumes it
-        if rc == 0 and RunDir(run_dir(self.state, job)).done:
-            self._succeed(job)
+        run = run_dir(self.state, job)
+        if rc == 0 and RunDir(run).done:
+            self._succeed(job)  # also a job paused (and perhaps resumed) as its run ended
+        elif job["status"] == "queued":
+            return  # paused, then resumed before this worker stopped: it starts again from its checkpoint
+        elif job["status"] == "paused":  # interrupted (or it failed meanwhile: resuming tells)
+            steps = checkpoint_steps(run)
+            where = f"its checkpoint at step {steps[-1]}" if steps else "the start (no checkpoint yet)"
+            jobs_db.set_job(self.db, job_id, only_if=("paused",), worker_pid=None)
+            jobs_db.add_event(self.db, job, f"The job is paused; it resumes from {where}")
         elif rc == INTERRUPTED:
             jobs_db.transition(self.db, job, "queued", ("running",), "The worker was interrupted: the job is queued "
                                "and resumes from its last checkpoint", worker_pid=None)
@@ -290,7 +313,7 @@ class JobRunner:
 
     def _succeed(self, job: dict) -> None:
         name = job["run_name"]
-        jobs_db.transition(self.db, job, "succeeded", ("running",),
+        jobs_db.transition(self.db, job, "succeeded", ("running", "paused", "queued"),
                            f"The job has successfully completed: new fine-tuned model {name}", fine_tuned_model=name,
                            finished_at=jobs_db.now(), worker_pid=None)
 

@@ -2,8 +2,8 @@
 
     python -m tunelab.serve.job_worker --db DB --job ID --config home/jobs/ID/config.json --parent PID
 
-It runs the recipe of the config exactly as `tunelab train` does (task sft -> run_sft, dpo ->
-run_dpo) into the run folder the config names, while a monitor thread turns what the recipe
+It runs the recipe of the config exactly as `tunelab train` does (RECIPES: task sft -> run_sft,
+dpo -> run_dpo, grpo -> run_grpo) into the run folder the config names, while a monitor thread turns what the recipe
 writes into the job's records, every 0.25 s and once more at the end:
 
     run/metrics.jsonl rows      -> `metrics` events; data: step, train_loss (loss), valid_loss
@@ -21,27 +21,34 @@ exits when the parent process is no longer `--parent`.
 
 Exit codes: 0 the run is DONE; 2 a TunelabError, 1 any other error (both recorded as the job's
 `error` for the runner to fail it with; the traceback goes to the worker's log); 3 interrupted
-(SIGINT; the engine saved a checkpoint): the runner queues the job again.
+(SIGINT; the engine saved a checkpoint): the runner queues the job again, or keeps it paused.
+SIGINT is the runner's interrupt (shutdown, pause): the worker takes it from its first line, even when
+it was started with SIGINT ignored (a server run as a background job); one during the imports ends it
+before any training (the runner keeps a paused job paused, whatever the exit).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import signal
-import sys
-import threading
-import time
-import traceback
-from pathlib import Path
 
-from tunelab.config import from_dict
-from tunelab.errors import TunelabError
-from tunelab.runs.rundir import RunDir
-from tunelab.serve import jobs_db
-from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps
-from tunelab.train.state import BEFORE_PRUNE, is_final
+if __name__ == "__main__":  # the runner's interrupt (pause, shutdown), also while the imports below run
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from tunelab.config import from_dict  # noqa: E402
+from tunelab.errors import TunelabError  # noqa: E402
+from tunelab.runs.rundir import RunDir  # noqa: E402
+from tunelab.serve import jobs_db  # noqa: E402
+from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps  # noqa: E402
+from tunelab.train.state import BEFORE_PRUNE, is_final  # noqa: E402
 
 _KEYS = {"loss": "train_loss", "val_loss": "valid_loss", "lr": "learning_rate"}
 
@@ -156,14 +163,15 @@ def die_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="tunelab-job-watchdog", daemon=True).start()
 
 
+RECIPES = {"sft": "tunelab.train.recipes.sft:run_sft", "dpo": "tunelab.train.recipes.dpo:run_dpo",
+           "grpo": "tunelab.train.recipes.grpo:run_grpo"}  # a job's task: its recipe (imported when run)
+
+
 def _recipe(task: str):
-    if task == "dpo":
-        from tunelab.train.recipes.dpo import run_dpo
+    import importlib
 
-        return run_dpo
-    from tunelab.train.recipes.sft import run_sft
-
-    return run_sft
+    module, _, name = RECIPES[task].partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def run_job(db_path: str, job_id: str, config: Path) -> int:

@@ -4,26 +4,39 @@
     GET  /v1/fine_tuning/jobs                     ?after, limit (20), newest first
     GET  /v1/fine_tuning/jobs/{id}                the job
     POST /v1/fine_tuning/jobs/{id}/cancel         -> the job, cancelled (its worker killed)
+    POST /v1/fine_tuning/jobs/{id}/pause          a running job -> paused: its worker is interrupted
+                                                  (SIGINT: the engine saves a checkpoint) and not restarted
+    POST /v1/fine_tuning/jobs/{id}/resume         a paused job -> queued: it runs again from that checkpoint
     GET  /v1/fine_tuning/jobs/{id}/events         ?after, limit (20), newest first; ?stream=true:
                                                   Server-Sent Events, oldest first, each `data: <event>`,
                                                   until the job ends, then `data: [DONE]`
     GET  /v1/fine_tuning/jobs/{id}/checkpoints    ?after, limit (10), newest first
 
 Create takes model, training_file, validation_file, hyperparameters, method {type: supervised |
-dpo, <type>: {hyperparameters}} (the method's hyperparameters win over the top-level ones),
-suffix, seed, metadata: `FineTuningJobCreate` (serve/protocol/jobs.py) checks its shape, then
-`ServingJobs` what it names. Hyperparameters ("auto" = tunelab's default) are resolved when the job
-is made:
+dpo | reinforcement, <type>: {hyperparameters}; reinforcement's also {grader}} (the method's
+hyperparameters win over the top-level ones), suffix, seed, metadata: `FineTuningJobCreate`
+(serve/protocol/jobs.py) checks its shape, then `ServingJobs` what it names. What varies by method
+(task, file kinds, hyperparameters, config) is serve/job_methods.py. Hyperparameters ("auto" =
+tunelab's default) are resolved when the job is made:
 
     n_epochs                  int 1..100       auto: train.epochs (3)
     batch_size                int 1..1024      auto: train.batch_size (8)
     learning_rate_multiplier  number (0, 100]  auto: 1; lr = default_lr(method) x multiplier
     beta (dpo)                number (0, 10]   auto: preference.beta (0.1)
     finetuning_type           lora|qlora|full  auto: lora (method.name; a server job override still wins)
+    compute_multiplier        number (0, 10]   reinforcement; auto: 1; grpo.num_generations = max(2, round(4 x it))
+    eval_interval, eval_samples   "auto"       reinforcement; any other value: 400 (no validation pass yet)
+    reasoning_effort          "default"        reinforcement; any other value: 400
+
+Pause and resume follow OpenAI's rules: only a `running` job pauses, only a `paused` job resumes;
+any other status is a 400 (invalid_request_error, param null, code job_not_pausable /
+job_not_resumable). A paused job can be cancelled. A paused job's worker that finishes the run
+before the interrupt reaches it makes the job succeeded, as a running one.
 
 Every refusal is a 4xx in OpenAI's shape and writes nothing (the shape first, then the lookups): an unknown key or model, another
 tenant's or an unknown file (404), a file that is not `processed`, a file whose kind does not
-fit the method (supervised: chat examples; dpo: preference pairs), a suffix that is not a NAME.
+fit the method (supervised: chat examples; dpo: preference pairs; reinforcement: prompts), a validation
+file for reinforcement (task grpo has no validation pass), a suffix that is not a NAME.
 `model` is an alias, the served base, a local model folder (config.json) or .gguf file of the
 server's machine (read with the server's rights), or a hub id when the hub is reachable.
 The run is named `ft-<suffix>-<8 hex of the id>` (or `ft-<8 hex>`); it becomes the job's
@@ -43,7 +56,8 @@ from tunelab.serve import jobs_db, model_names
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
 from tunelab.serve.generation import SSE_HEADERS, sse
-from tunelab.serve.job_runner import JobRunner
+from tunelab.serve.job_methods import METHODS
+from tunelab.serve.job_runner import JobRunner, checkpoint_steps, run_dir
 from tunelab.serve.names import check_name
 from tunelab.serve.protocol.common import json_body
 from tunelab.serve.protocol.jobs import (
@@ -109,6 +123,9 @@ class ServingJobs:
         method, hp = req.method.type, req.resolved_hyperparameters()
         train = self._training_file(c, req.training_file, "training_file", method)
         val = req.validation_file
+        if val is not None and METHODS[method].validation is not None:
+            raise bad(f"method {method} takes no validation_file: {METHODS[method].validation}", "validation_file",
+                      "unsupported_parameter")
         if val is not None:
             val = self._training_file(c, val, "validation_file", method)
         suffix = req.suffix
@@ -118,7 +135,7 @@ class ServingJobs:
         if (state.tenant_runs(tenant) / run_name).exists():  # 32 random bits of the id collided: take them all
             run_name = check_name(f"ft-{suffix}-{job_id[6:]}" if suffix else f"ft-{job_id[6:]}", "suffix")
         row = {"id": job_id, "tenant": tenant, "model": model, "training_file": train, "validation_file": val,
-               "method": {"type": method}, "hyperparameters": hp, "suffix": suffix, "seed": seed,
+               "method": {"type": method, **req.method_extra()}, "hyperparameters": hp, "suffix": suffix, "seed": seed,
                "metadata": req.metadata, "status": "validating_files", "run_name": run_name,
                "created_at": jobs_db.now()}
         jobs_db.insert_job(c, row)
@@ -145,6 +162,31 @@ class ServingJobs:
                            code="job_not_cancellable")
         if self.state.jobs_runner is not None:
             self.state.jobs_runner.cancel(job_id)
+        return self.retrieve(job_id)
+
+    def pause(self, job_id: str) -> FineTuningJob:
+        """running -> paused: the worker is interrupted (it checkpoints) and the runner does not restart it."""
+        c = self._db()
+        job = jobs_db.get_job(c, self.tenant, job_id)
+        if not jobs_db.transition(c, job, "paused", ("running",), "The job was paused: it stops at a checkpoint"):
+            raise bad(f"job {job_id} is {jobs_db.get_job(c, self.tenant, job_id)['status']}: only a running job "
+                      "can be paused", None, "job_not_pausable")
+        if self.state.jobs_runner is not None:
+            self.state.jobs_runner.interrupt(job_id)
+        return self.retrieve(job_id)
+
+    def resume(self, job_id: str) -> FineTuningJob:
+        """paused -> queued: the runner starts it again, from the run's last checkpoint."""
+        c = self._db()
+        job = jobs_db.get_job(c, self.tenant, job_id)
+        steps = checkpoint_steps(run_dir(self.state, job))
+        where = f"resumes from its checkpoint at step {steps[-1]}" if steps else "starts again (no checkpoint yet)"
+        if not jobs_db.transition(c, job, "queued", ("paused",), f"The job was resumed: it is queued and {where}",
+                                  worker_pid=None):
+            raise bad(f"job {job_id} is {jobs_db.get_job(c, self.tenant, job_id)['status']}: only a paused job "
+                      "can be resumed", None, "job_not_resumable")
+        if self.state.jobs_runner is not None:
+            self.state.jobs_runner.notify()
         return self.retrieve(job_id)
 
     def job_row(self, job_id: str) -> dict:
@@ -212,6 +254,14 @@ def retrieve_job(request: Request, job_id: str, tenant: str = Depends(current_te
 
 def cancel_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)) -> FineTuningJob:
     return _jobs(request, tenant).cancel(job_id)
+
+
+def pause_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)) -> FineTuningJob:
+    return _jobs(request, tenant).pause(job_id)
+
+
+def resume_job(request: Request, job_id: str, tenant: str = Depends(current_tenant)) -> FineTuningJob:
+    return _jobs(request, tenant).resume(job_id)
 
 
 async def list_events(request: Request, job_id: str, after: str | None = None, limit: int = 20, stream: bool = False,

@@ -57,7 +57,7 @@ SCHEMA = [
 ALTERS = [("files", "data_columns", "TEXT")]
 _altered: set[str] = set()
 
-ACTIVE = ("validating_files", "queued", "running")
+ACTIVE = ("validating_files", "queued", "running", "paused")  # not ended: a paused job can be cancelled
 TERMINAL = ("succeeded", "failed", "cancelled")
 _JSON = ("method", "hyperparameters", "metadata", "error", "data", "metrics", "data_columns")
 

@@ -159,6 +159,15 @@ class ModelPool:
             self.loads += 1
             return key
 
+    def unload(self, key: str) -> None:
+        """Take a deleted run's adapter off the engine (a request holding it finishes first: the run's
+        folder is gone, so no new one can)."""
+        with self._cond:
+            if self._adapters.get(key) == 0:
+                ad.detach(self.engine.w, key)
+                del self._adapters[key]
+                self._cond.notify_all()
+
     def release(self, key: str | None) -> None:
         if key is None:
             return

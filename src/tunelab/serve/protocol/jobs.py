@@ -5,8 +5,11 @@ The create request is checked here, in the order below, each refusal a 400 with 
 
     the body            a JSON object; no key outside FIELDS; `integrations` empty
     model               a non-empty string (whether it names a model is the serving class's 404)
-    method              {type: supervised | dpo, <type>: {hyperparameters}}
-    hyperparameters     an object: HYPER's names ("auto" = tunelab's default; beta is dpo's), each in range
+    method              {type: supervised | dpo | reinforcement, <type>: {hyperparameters}}; reinforcement's
+                        object also holds `grader` (an OpenAI grader object, checked by train/graders)
+    hyperparameters     an object: the method's names of HYPER (serve/job_methods.py; "auto" = tunelab's
+                        default), each in range; a name the method takes one value of only (reinforcement's
+                        eval_interval, eval_samples, reasoning_effort) refused, saying why, at any other value
     training_file,      non-empty strings (whether the tenant has them, and what they hold, is checked
     validation_file     by the serving class)
     suffix              a NAME of at most 40 characters
@@ -22,23 +25,28 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from tunelab.config import PreferenceConfig, TrainConfig
+from tunelab.errors import TunelabError
 from tunelab.serve.errors import APIError
+from tunelab.serve.job_methods import COMMON, METHODS
 from tunelab.serve.names import check_name
 from tunelab.serve.protocol.common import Page, Response
 
 FIELDS = ("model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata",
           "integrations")
-FINETUNING_TYPES = ("lora", "qlora", "full")  # method.name of the job's run
+FINETUNING_TYPES = ("lora", "qlora", "full")  # method.name of the job's run (a method may take fewer)
 # name: (kind, low (exclusive for floats), high, auto); a str kind: (str, choices, None, auto)
 HYPER = {"n_epochs": (int, 1, 100, lambda: int(TrainConfig.model_fields["epochs"].default)),
          "batch_size": (int, 1, 1024, lambda: TrainConfig.model_fields["batch_size"].default),
          "learning_rate_multiplier": (float, 0.0, 100.0, lambda: 1.0),
          "beta": (float, 0.0, 10.0, lambda: PreferenceConfig.model_fields["beta"].default),
-         "finetuning_type": (str, FINETUNING_TYPES, None, lambda: "lora")}
-KINDS = {"supervised": ("sft",), "dpo": ("preference", "openai_dpo")}  # method type: the file kinds it trains on
-KIND_TEXT = {"supervised": "chat examples (messages, prompt/completion, ...)",
-             "dpo": "preference pairs (prompt, chosen, rejected; or OpenAI's input / preferred_output)"}
-JobStatus = Literal["validating_files", "queued", "running", "succeeded", "failed", "cancelled"]
+         "finetuning_type": (str, FINETUNING_TYPES, None, lambda: "lora"),
+         "compute_multiplier": (float, 0.0, 10.0, lambda: 1.0),  # reinforcement: G = max(2, round(4 x it))
+         "eval_interval": (int, 1, 10**6, lambda: "auto"),  # reinforcement: "auto" only (job_methods.fixed)
+         "eval_samples": (int, 1, 10**6, lambda: "auto"),
+         "reasoning_effort": (str, ("default", "low", "medium", "high"), None, lambda: "default")}
+KINDS = {name: m.kinds for name, m in METHODS.items()}  # method type: the file kinds it trains on
+KIND_TEXT = {name: m.kind_text for name, m in METHODS.items()}
+JobStatus = Literal["validating_files", "queued", "running", "paused", "succeeded", "failed", "cancelled"]
 
 
 def bad(message: str, param: str | None, code: str = "invalid_value") -> APIError:
@@ -51,19 +59,27 @@ def check_hyperparameters(given, method: str) -> dict:
         given = {}
     if not isinstance(given, dict):
         raise bad("hyperparameters must be an object", "hyperparameters")
-    names = [k for k in HYPER if k != "beta" or method == "dpo"]
+    spec = METHODS[method]
     for key in given:
-        if key not in names:
-            raise bad(f"unknown hyperparameter '{key}' for method {method}: use {', '.join(names)}",
+        if key not in spec.hyper:
+            raise bad(f"unknown hyperparameter '{key}' for method {method}: use {', '.join(spec.hyper)}",
                       f"hyperparameters.{key}")
     out = {}
     for key, value in given.items():
         kind, lo, hi, _ = HYPER[key]
-        if value == "auto":
+        if key in spec.fixed:
+            want, why = spec.fixed[key]
+            if value not in ("auto", want):
+                raise bad(f"hyperparameter {key}={value!r} is not supported for method {method}: {why}; "
+                          f"leave it out or use '{want}'", f"hyperparameters.{key}", "unsupported_value")
+            out[key] = want
+        elif value == "auto":
             out[key] = value
         elif kind is str:
-            if value not in lo:
-                raise bad(f"invalid hyperparameter {key}={value!r}: use 'auto' or one of {', '.join(lo)}",
+            choices = spec.finetuning_types if key == "finetuning_type" else lo
+            if value not in choices:
+                why = f" (method {method} trains {' or '.join(choices)})" if key == "finetuning_type" else ""
+                raise bad(f"invalid hyperparameter {key}={value!r}: use 'auto' or one of {', '.join(choices)}{why}",
                           f"hyperparameters.{key}")
             out[key] = value
         else:
@@ -79,8 +95,22 @@ def check_hyperparameters(given, method: str) -> dict:
 def hyperparameters(given, method: str) -> dict:
     """Every hyperparameter of `method`, checked, "auto" resolved to tunelab's default."""
     given = check_hyperparameters(given, method)
-    names = [k for k in HYPER if k != "beta" or method == "dpo"]
-    return {k: HYPER[k][3]() if given.get(k, "auto") == "auto" else given[k] for k in names}
+    return {k: HYPER[k][3]() if given.get(k, "auto") == "auto" else given[k] for k in METHODS[method].hyper}
+
+
+def check_grader(grader, where: str) -> dict:
+    """An OpenAI grader object, checked by train/graders (unknown or unsupported fields named): 400 else,
+    `param` the field the check names."""
+    from tunelab.train.graders import validate_grader
+
+    if not isinstance(grader, dict):
+        raise bad("the grader must be an object (an OpenAI grader: string_check, text_similarity, python, "
+                  "score_model or multi)", where)
+    try:
+        validate_grader(grader, where)
+    except TunelabError as e:
+        raise bad(e.one_line(), e.where or where, "invalid_grader") from None
+    return grader
 
 
 class Hyperparameters(BaseModel):
@@ -92,6 +122,10 @@ class Hyperparameters(BaseModel):
     learning_rate_multiplier: Literal["auto"] | float = "auto"
     beta: Literal["auto"] | float = "auto"  # dpo only
     finetuning_type: Literal["auto", "lora", "qlora", "full"] = "auto"
+    compute_multiplier: Literal["auto"] | float = "auto"  # reinforcement only, as the next three
+    eval_interval: Literal["auto"] | int = "auto"
+    eval_samples: Literal["auto"] | int = "auto"
+    reasoning_effort: Literal["auto", "default", "low", "medium", "high"] = "auto"
 
     def given(self) -> dict:
         return self.model_dump(include=self.model_fields_set)
@@ -102,11 +136,16 @@ class MethodParams(BaseModel):
     hyperparameters: Hyperparameters | None = None
 
 
+class ReinforcementParams(MethodParams):
+    grader: dict[str, Any]
+
+
 class Method(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    type: Literal["supervised", "dpo"] = "supervised"
+    type: Literal["supervised", "dpo", "reinforcement"] = "supervised"
     supervised: MethodParams | None = None
     dpo: MethodParams | None = None
+    reinforcement: ReinforcementParams | None = None
 
     def params(self) -> MethodParams | None:
         return getattr(self, self.type)
@@ -148,17 +187,29 @@ class FineTuningJobCreate(BaseModel):
     @classmethod
     def _method(cls, method):
         method = method or {"type": "supervised"}
-        if not isinstance(method, dict) or method.get("type", "supervised") not in KINDS:
+        if not isinstance(method, dict) or method.get("type", "supervised") not in METHODS:
             kind = method.get("type") if isinstance(method, dict) else method
-            raise bad(f"method type '{kind}' is not available: use supervised or dpo", "method.type")
+            raise bad(f"method type '{kind}' is not available: use {', '.join(METHODS)}", "method.type")
         kind = method.get("type", "supervised")
-        extra = set(method) - {"type", kind}
+        extra = sorted(k for k in set(method) - {"type", kind} if method[k] is not None)
         if extra:
-            raise bad(f"unknown method field(s) {sorted(extra)} for type {kind}", "method")
-        sub = method.get(kind) or {}
-        if not isinstance(sub, dict) or set(sub) - {"hyperparameters"}:
-            raise bad(f"method.{kind} takes only 'hyperparameters'", f"method.{kind}")
-        return {"type": kind, kind: {"hyperparameters": check_hyperparameters(sub.get("hyperparameters"), kind)}}
+            raise bad(f"unknown method field(s) {extra} for type {kind}", f"method.{extra[0]}")
+        sub, spec = method.get(kind) or {}, METHODS[kind]
+        if not isinstance(sub, dict):
+            raise bad(f"method.{kind} must be an object", f"method.{kind}")
+        unknown = sorted(set(sub) - {"hyperparameters", *spec.extra})
+        if unknown:
+            takes = " and ".join(repr(k) for k in ("hyperparameters", *spec.extra))
+            raise bad(f"unknown field '{unknown[0]}' in method.{kind}: it takes {takes}",
+                      f"method.{kind}.{unknown[0]}", "unknown_parameter")
+        for key in spec.extra:
+            if sub.get(key) is None:
+                raise bad(f"Missing required parameter: 'method.{kind}.{key}'", f"method.{kind}.{key}",
+                          "missing_required_parameter")
+        out = {"hyperparameters": check_hyperparameters(sub.get("hyperparameters"), kind)}
+        if "grader" in spec.extra:
+            out["grader"] = check_grader(sub["grader"], f"method.{kind}.grader")
+        return {"type": kind, kind: out}
 
     @field_validator("hyperparameters", mode="before")
     @classmethod
@@ -199,6 +250,11 @@ class FineTuningJobCreate(BaseModel):
             raise bad("metadata is at most 16 string pairs (keys up to 64 characters, values up to 512)", "metadata")
         return m
 
+    def method_extra(self) -> dict:
+        """What the method's object holds besides hyperparameters (reinforcement: the grader)."""
+        params = self.method.params()
+        return {k: getattr(params, k) for k in METHODS[self.method.type].extra}
+
     def resolved_hyperparameters(self) -> dict:
         """Every hyperparameter of the method, the method's own over the top-level ones, "auto" resolved."""
         params = self.method.params()
@@ -223,11 +279,24 @@ class JobMethodParams(Response):
     hyperparameters: MethodHyperparameters
 
 
+class ReinforcementHyperparameters(JobHyperparameters):
+    compute_multiplier: float
+    eval_interval: Literal["auto"] | int
+    eval_samples: Literal["auto"] | int
+    reasoning_effort: str
+
+
+class JobReinforcement(Response):
+    grader: dict[str, Any]
+    hyperparameters: ReinforcementHyperparameters
+
+
 class JobMethod(Response):
-    OMIT_NONE = ("supervised", "dpo")
-    type: Literal["supervised", "dpo"]
+    OMIT_NONE = ("supervised", "dpo", "reinforcement")
+    type: Literal["supervised", "dpo", "reinforcement"]
     supervised: JobMethodParams | None = None
     dpo: JobMethodParams | None = None
+    reinforcement: JobReinforcement | None = None
 
 
 class JobError(Response):
@@ -261,12 +330,13 @@ class FineTuningJob(Response):
     @classmethod
     def from_row(cls, r: dict) -> FineTuningJob:
         kind, hp = r["method"]["type"], r["hyperparameters"]
+        own = {k: r["method"][k] for k in METHODS[kind].extra}  # reinforcement: the grader
         return cls(id=r["id"], created_at=r["created_at"], error=r["error"], fine_tuned_model=r["fine_tuned_model"],
-                   finished_at=r["finished_at"], hyperparameters={k: v for k, v in hp.items() if k != "beta"},
+                   finished_at=r["finished_at"], hyperparameters={k: v for k, v in hp.items() if k in COMMON},
                    model=r["model"], organization_id=r["tenant"], seed=r["seed"], status=r["status"],
                    trained_tokens=r["trained_tokens"], training_file=r["training_file"],
                    validation_file=r["validation_file"], metadata=r["metadata"], user_provided_suffix=r["suffix"],
-                   method={"type": kind, kind: {"hyperparameters": hp}})
+                   method={"type": kind, kind: {"hyperparameters": hp, **own}})
 
 
 class JobEvent(Response):
