@@ -247,3 +247,26 @@ def test_grader_as_grpo_reward_counts_failures():
         grpo_settings({"rewards": [{"grader": dict(string_check("eq"), colour="red")}]})
     with pytest.raises(TunelabError, match="one of 'name'"):
         grpo_settings({"rewards": [{"grader": string_check("eq"), "name": "regex"}]})
+
+
+def test_a_grpo_run_with_grader_rewards(tmp_path, tiny_model_dir):
+    """One GRPO step on the tiny Llama, its rewards two graders (a string check and a python grader):
+    the run finishes and logs each grader's reward under its name."""
+    from tunelab.train import run
+
+    rows = [{"prompt": "Say 4.", "answer": "4"}, {"prompt": "Say 7.", "answer": "7"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {"task": "grpo", "model": {"name": str(tiny_model_dir)}, "data": {"train": str(tmp_path / "train.jsonl")},
+           "method": {"name": "lora", "r": 2, "alpha": 4},
+           "train": {"max_steps": 1, "precision": "fp32", "warmup_ratio": 0.0},
+           "grpo": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 4, "rewards": [
+               {"grader": dict(string_check("like"), name="has_answer")},
+               {"grader": {"type": "python", "name": "short",
+                           "source": "def grade(sample, item):\n    return 1.0 / (1 + len(sample['output_text']))"},
+                "weight": 0.5}]},
+           "output": {"dir": str(tmp_path / "runs"), "name": "g"}}
+    out = run(cfg, quiet=True)
+    assert (out.run_dir / "DONE").exists()
+    step = [json.loads(x) for x in (out.run_dir / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
+    assert 0 <= step["rewards/has_answer/mean"] <= 1 and 0 < step["rewards/short/mean"] <= 1
+    assert step["reward"] == pytest.approx(step["rewards/has_answer/mean"] + 0.5 * step["rewards/short/mean"])

@@ -26,6 +26,7 @@ from tunelab.train.graders.text_similarity import TextSimilarity
 
 GRADERS: dict = {g.type: g for g in (StringCheck(), TextSimilarity(), ScoreModel(), PythonGrader())}
 GRADERS["multi"] = Multi(GRADERS)
+JUDGE_TIMEOUT_S = 120.0  # a score_model request, then the openai client's own retries
 NOT_BUILT = {"label_model": "label_model graders are not supported (use score_model, or string_check on a label)"}
 
 __all__ = ["ERROR_DETAILS", "ERROR_FLAGS", "GRADERS", "GradeContext", "Graded", "Sample", "default_context",
@@ -39,7 +40,7 @@ def openai_client():
     except ImportError:
         raise TunelabError("score_model graders need the openai package", where="grader",
                            hint="pip install openai") from None
-    return openai.OpenAI()
+    return openai.OpenAI(timeout=JUDGE_TIMEOUT_S)
 
 
 def default_context(python_timeout_s: float = 10.0) -> GradeContext:

@@ -54,7 +54,8 @@ class PythonGrader:
         try:
             payload = json.dumps(job, default=str)
         except ValueError as e:
-            return [Graded.failed("python_grader_server_error", "python_grader_server_error_type", str(e))] * n
+            return [Graded.failed("python_grader_server_error", "python_grader_server_error_type", str(e))
+                    for _ in range(n)]
         with tempfile.TemporaryDirectory(prefix="tunelab_grader_") as cwd:
             try:
                 done = subprocess.run([sys.executable, "-I", str(CHILD)], input=payload, capture_output=True,
@@ -62,13 +63,14 @@ class PythonGrader:
                                       timeout=(n + 1) * limit + 5)
             except subprocess.TimeoutExpired:
                 return [Graded.failed("python_grader_runtime_error", "python_grader_runtime_error_details",
-                                      f"the grader ran over {(n + 1) * limit + 5:g} s")] * n
+                                      f"the grader ran over {(n + 1) * limit + 5:g} s") for _ in range(n)]
         try:
             results = json.loads(done.stdout)
             assert isinstance(results, list) and len(results) == n
         except (ValueError, AssertionError):
             tail = (done.stderr or "").strip().splitlines()[-1:] or [f"exit code {done.returncode}"]
-            return [Graded.failed("python_grader_server_error", "python_grader_server_error_type", tail[0])] * n
+            return [Graded.failed("python_grader_server_error", "python_grader_server_error_type", tail[0])
+                    for _ in range(n)]
         return [Graded(r["score"]) if "score" in r else
                 Graded.failed("python_grader_runtime_error", "python_grader_runtime_error_details", r["error"])
                 for r in results]
