@@ -132,10 +132,25 @@ def test_python_grader_scores_raises_times_out_and_has_no_network():
     assert all(x.errors.get("python_grader_runtime_error") for x in out[2:6])
 
 
-def test_python_grader_blocks_processes_and_a_broken_top_level():
+def test_python_grader_blocks_processes_files_and_a_broken_top_level(tmp_path):
     spawn = {"type": "python", "name": "p",
              "source": "import subprocess\ndef grade(s, i):\n    return len(subprocess.run(['true']).args)\n"}
     assert grade(spawn, ["x"], [{}])[0].errors["python_grader_runtime_error"] is True
+    secret = tmp_path / "secret.txt"
+    secret.write_text("key")
+    files = {"type": "python", "name": "p", "source": (
+        "import os, statistics\n"
+        "def grade(sample, item):\n"
+        "    t = sample['output_text']\n"
+        "    if t == 'read': return len(open(item['path']).read())\n"
+        "    if t == 'list': return len(os.listdir(os.path.dirname(item['path'])))\n"
+        "    if t == 'write': open(item['path'], 'w')\n"
+        "    with open('own.txt', 'w') as f: f.write('ok')\n"  # its own working folder
+        "    return float(open('own.txt').read() == 'ok') + statistics.mean([0, 0])\n")}
+    out = grade(files, ["read", "list", "write", "own"], [{"path": str(secret)}] * 4)
+    assert [x.score for x in out] == [0.0, 0.0, 0.0, 1.0]
+    assert all("PermissionError" in x.errors["python_grader_runtime_error_details"] for x in out[:3])
+    assert secret.read_text() == "key"
     top = {"type": "python", "name": "p", "source": "raise RuntimeError('at import')\ndef grade(s, i):\n    return 1\n"}
     out = grade(top, ["x", "y"], [{}, {}])
     assert [x.score for x in out] == [0.0, 0.0] and "at import" in out[0].errors["python_grader_runtime_error_details"]

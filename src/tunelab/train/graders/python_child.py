@@ -3,8 +3,10 @@
 stdin: {"source": str, "timeout_s": float, "cases": [[sample, item], ...]}
 stdout (the original fd 1; the user's prints go to stderr): [{"score": float} | {"error": str}, ...]
 
-Before the user's code runs: an audit hook refuses sockets (creating, connecting, resolving names) and
-starting processes (so a child without the hook cannot do it instead), and the address space is limited.
+Before the user's code runs: an audit hook refuses sockets (creating, connecting, resolving names),
+starting processes (so a child without the hook cannot do it instead), and opening or listing files
+outside the python installation (read only: the standard library, site-packages) and the child's own
+empty working folder (read and write); the address space and the size of a written file are limited.
 Each `grade(sample, item)` call runs under a SIGALRM timer of timeout_s; the source's own top level too.
 This keeps a grader from reaching the network by accident or hanging a job; it is not a sandbox for
 hostile code (ctypes, for one, stays available).
@@ -22,6 +24,22 @@ BLOCKED = ("socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinf
            "os.spawn", "os.fork", "os.forkpty", "pty.spawn")
 
 
+WORK = os.path.realpath(os.getcwd()) + os.sep
+READABLE = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix,
+                                                          sys.base_exec_prefix)}) + (WORK,)
+DEVICES = ("/dev/null", "/dev/urandom")
+WRITES = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+
+def _allowed(path, write: bool) -> bool:
+    if isinstance(path, int):  # an open descriptor (the child's own 0, 1, 2)
+        return True
+    real = os.path.realpath(os.path.join(WORK, os.fsdecode(path)))
+    if real in DEVICES:
+        return True
+    return any((real + os.sep).startswith(root) for root in ((WORK,) if write else READABLE))
+
+
 class GradeTimeout(BaseException):  # BaseException: a user's `except Exception` does not swallow it
     pass
 
@@ -29,6 +47,13 @@ class GradeTimeout(BaseException):  # BaseException: a user's `except Exception`
 def _audit(event, args):
     if event in BLOCKED:
         raise PermissionError(f"{event} is not allowed in a python grader (no network, no processes)")
+    if event == "open":
+        path, mode, flags = args
+        write = any(c in mode for c in "wax+") if isinstance(mode, str) else bool((flags or 0) & WRITES)
+        if path is not None and not _allowed(path, write):
+            raise PermissionError(f"a python grader may not open {os.fsdecode(path)!r}")
+    elif event in ("os.listdir", "os.scandir") and args[0] is not None and not _allowed(args[0], False):
+        raise PermissionError("a python grader may not list that folder")
 
 
 def _alarm(signum, frame):
@@ -50,6 +75,7 @@ def main() -> None:
     limit = float(job["timeout_s"])
     gib = 4 << 30
     resource.setrlimit(resource.RLIMIT_AS, (gib, gib))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))  # a written file: 64 MiB
     signal.signal(signal.SIGALRM, _alarm)
     sys.addaudithook(_audit)
     scope = {"__name__": "grader"}

@@ -2,8 +2,8 @@
 
 One child per batch (`python -I`, cwd a fresh temporary folder, env PATH only): the source runs once,
 then grade() once per (sample, item), each under `GradeContext.python_timeout_s`; the whole child
-under (cases + 1) x that + 5 s. No network and no new processes inside (an audit hook), 4 GiB of
-address space. `sample` = {"output_text", "output_json" (None when not JSON), "output_tools": [],
+under (cases + 1) x that + 5 s. No network, no new processes, no file outside the python installation
+(read) and the child's folder (read, write) inside (an audit hook), 4 GiB of address space. `sample` = {"output_text", "output_json" (None when not JSON), "output_tools": [],
 "choices": []}; `item` = the data row.
 
 A grade that raises, returns something other than a finite number, or times out scores 0 with
