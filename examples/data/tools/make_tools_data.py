@@ -211,9 +211,17 @@ def split_records(seed: int, split: int, kinds: dict[str, int]) -> list[dict]:
 
 
 def main() -> None:
-    # 150 train: 70 calls, 45 call+result+reply, 15 replies from a given result, 20 without a call (14 chats x ~1.4)
-    train = split_records(1, 0, {"call": 70, "full": 45, "answer": 15, "chat": 20})
-    validation = split_records(2, 0, {"call": 4, "answer": 2, "chat": 2})
+    from train_variety import check_unlike_held_out, variety_records  # training-only records (parallel calls, tool lists)
+
+    check_unlike_held_out()
+    # 137 train: single calls, parallel calls (same function on 2-3 values, or different functions), call + result +
+    # reply, replies from a given result, no-call chats, and requests whose function the record's tools lack
+    train = variety_records(1, {("call", "single"): 35, ("call", "same"): 25, ("call", "mixed"): 18,
+                                ("full", "single"): 12, ("full", "same"): 8, ("full", "mixed"): 6,
+                                ("answer", "single"): 6, ("answer", "same"): 3, ("answer", "mixed"): 3,
+                                ("chat", ""): 16, ("missing", ""): 5})
+    validation = variety_records(2, {("call", "single"): 2, ("call", "same"): 1, ("call", "mixed"): 1,
+                                     ("answer", "single"): 1, ("answer", "same"): 1, ("chat", ""): 2})
     # 40 held-out: 28 need a call, 6 answer from a tool result, 6 need no call (all in held-out phrasings/values)
     test = split_records(3, 1, {"call": 28, "answer": 6, "chat": 6})
     for name, rows in (("train", train), ("validation", validation), ("test", test)):
