@@ -177,13 +177,14 @@ def test_multi_formula():
 
 
 def judge_context(replies: list, seen: list) -> GradeContext:
-    """An OpenAI client whose transport answers each chat request with the next of `replies` (a dict:
-    the message; an int: that HTTP status) and records the request bodies."""
+    """An OpenAI client whose transport answers a chat request whose user turn starts "Q: k" with replies[k]
+    (a dict: the message; an int: that HTTP status) and records the request bodies (requests run in parallel)."""
     import openai
 
     def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(json.loads(request.content))
-        r = replies[len(seen) - 1]
+        body = json.loads(request.content)
+        seen.append(body)
+        r = replies[int(body["messages"][-1]["content"].split()[1])]
         if isinstance(r, int):
             return httpx.Response(r, json={"error": {"message": "down", "type": "server_error"}})
         return httpx.Response(200, json={
@@ -205,10 +206,11 @@ def test_score_model_request_and_parsing():
     replies = [{"content": '{"result": 7, "steps": []}'}, {"content": "I'd say 3.5 out of 10... final: 8"},
                {"content": "great"}, {"content": "11"}, {"content": None, "refusal": "no"}, 500]
     ctx = judge_context(replies, seen)
-    out = grade(g, ["x"] * 6, [{"q": "2+2"}] * 6, ctx)
-    assert seen[0]["messages"] == [{"role": "system", "content": "Score 0-10."},
-                                   {"role": "user", "content": "Q: 2+2\nA: x"}]
-    assert seen[0]["temperature"] == 0.0 and seen[0]["max_completion_tokens"] == 8 and seen[0]["seed"] == 3
+    out = grade(g, ["x"] * 6, [{"q": k} for k in range(6)], ctx)
+    first = next(b for b in seen if b["messages"][-1]["content"].startswith("Q: 0"))
+    assert first["messages"] == [{"role": "system", "content": "Score 0-10."}, {"role": "user", "content": "Q: 0\nA: x"}]
+    assert first["temperature"] == 0.0 and first["max_completion_tokens"] == 8 and first["seed"] == 3
+    assert len(seen) == 6
     assert [x.score for x in out] == [7.0, 8.0, 0.0, 0.0, 0.0, 0.0]
     assert [sorted(k for k, v in x.errors.items() if v is True) for x in out] == [
         [], [], ["model_grader_parse_error"], ["model_grader_parse_error"], ["model_grader_refusal_error"],

@@ -15,12 +15,14 @@ max_completion_tokens), temperature, top_p, seed, reasoning_effort (sent only wh
 A reply with a refusal -> model_grader_refusal_error; no score or one outside the range ->
 model_grader_parse_error; the endpoint failing -> model_grader_server_error with its message. Each
 scores 0. Token usage is reported per model as OpenAI does (prompt, completion, total, cached tokens).
+A batch's requests run JUDGE_CONCURRENCY at a time.
 """
 
 from __future__ import annotations
 
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from tunelab.errors import TunelabError
 from tunelab.train.graders.base import Graded, check_fields, finite, need_str
@@ -38,6 +40,7 @@ SAMPLING_CHECKS = {
     "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
     "reasoning_effort": (lambda v: isinstance(v, str), "a string"),
 }
+JUDGE_CONCURRENCY = 8  # requests in flight for one batch (a GRPO step's G x P completions)
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
@@ -132,7 +135,10 @@ class ScoreModel:
         lo, hi = self.range(g)
         params = {SAMPLING[k]: v for k, v in (g.get("sampling_params") or {}).items() if v is not None}
         client = ctx.client()
-        return [self._one(client, g, s, item, lo, hi, params) for s, item in zip(samples, items)]
+        if len(samples) <= 1:
+            return [self._one(client, g, s, item, lo, hi, params) for s, item in zip(samples, items)]
+        with ThreadPoolExecutor(min(JUDGE_CONCURRENCY, len(samples))) as pool:  # the replies in input order
+            return list(pool.map(lambda si: self._one(client, g, si[0], si[1], lo, hi, params), zip(samples, items)))
 
     def _one(self, client, g, sample, item, lo, hi, params) -> Graded:
         import openai

@@ -74,7 +74,7 @@ def lookup(path: str, sample: Sample, item: dict):
 
 
 def as_text(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
 
 
 def fill(text: str, sample: Sample, item: dict) -> str:
