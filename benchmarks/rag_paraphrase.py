@@ -121,10 +121,14 @@ def settings(reranker_model: str) -> dict[str, tuple[dict, dict]]:
         "dense+context": ({"context": "title+path"}, {}),
         "hybrid+context": ({"context": "title+path"}, {"hybrid": True}),
         "hybrid+context+fitted": ({"context": "title+path"}, {"hybrid": True, "fit": True}),
+        "dense+context+chunk128": (SMALL, {}),
+        "hybrid+context+chunk128+fitted": (SMALL, {"hybrid": True, "fit": True}),
         "dense+context+rerank": ({"context": "title+path"}, {"rerank": reranker_model}),
-        "hybrid+context+fitted+rerank": ({"context": "title+path"},
-                                         {"hybrid": True, "fit": True, "rerank": reranker_model}),
+        "dense+context+rerank-mix0.5": ({"context": "title+path"}, {"rerank": reranker_model, "mix": 0.5}),
     }
+
+
+SMALL = {"context": "title+path", "size": 128, "overlap": 16}
 
 
 def kb_for(docs: Path, index_kwargs: dict, log) -> Path:
@@ -169,11 +173,11 @@ def query_args(name: str, spec: dict, kb: Path, tuning: list[dict], log) -> dict
         fit = fit_fusion(None, tuning, directory=kb)
         log(f"{name}: fusion fitted on {len(tuning)} tuning questions: {fit}")
         args["alpha"] = fit["alpha"]
-    model = args.pop("rerank", None)
+    model, mix = args.pop("rerank", None), args.pop("mix", 1.0)
     if model:
         from tunelab.rag.rerank import LLMReranker
 
-        args["reranker"] = LLMReranker.load(model)
+        args["reranker"] = LLMReranker.load(model, mix=mix)
     return args
 
 
@@ -184,6 +188,7 @@ def main() -> None:
     ap.add_argument("--headings-kept", action="store_true", help="also the original pages (dense), for reference")
     ap.add_argument("--per-question", action="store_true")
     ap.add_argument("-k", type=int, default=3)
+    ap.add_argument("--every", type=int, default=1, help="ask every N-th question only (the LLM reranker is slow)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
@@ -195,7 +200,7 @@ def main() -> None:
         return
     variant = bench.data_dir() / "faq-headings-removed"
     labels = build_variant(src / "faq", variant)
-    qs = relabel(load_jsonl(QUESTIONS), labels)
+    qs = relabel(load_jsonl(QUESTIONS), labels)[:: args.every]
     tuning = relabel([q for q in bench.faq_questions(src) if q["source"] != "faq/index.rst.txt"], labels)
     table = settings(args.reranker)
     names = [s for s in args.settings.split(",") if s] or list(table)

@@ -40,9 +40,8 @@ def _stem(source: str) -> str:
 
 
 def _title_path(title: str, source: str, path: str) -> list[str]:
-    title = title or _stem(source)
     stem = _stem(source).replace("_", " ").replace("-", " ")
-    head = title if stem.lower() in title.lower() else f"{title} ({stem})"
+    head = stem if not title else title if stem.lower() in title.lower() else f"{title} ({stem})"
     if path == title or path.startswith(title + " > "):
         path = path[len(title):].removeprefix(" > ")
     return [head] + ([path] if path else [])

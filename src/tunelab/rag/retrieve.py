@@ -3,9 +3,11 @@
     vectors (default)   the question is embedded with the KB's embedder; nearest chunks by
                         cosine similarity (ANN index once the KB is large, re-ranked exactly)
     hybrid=True         + BM25 over heading path + text; candidates of both searches are scored
-                        score = alpha * similarity + (1 - alpha) * bm25 / best bm25  (alpha 0.5)
-                        (chosen over reciprocal rank fusion on the Python-docs FAQ check:
-                        docs/rag.md, "Fusion check")
+                        score = alpha * similarity + (1 - alpha) * bm25 / best bm25
+                        alpha: the KB's fitted weight (manifest "fusion", set by
+                        tunelab.rag.fusion.fit_fusion on held-out questions) or 0.5
+                        (convex fusion was chosen over reciprocal rank fusion on the
+                        Python-docs FAQ check: docs/rag.md, "Fusion check")
     reranker            any callable (question, hits) -> hits, applied to the candidates
                         (4 x k of them) before the top k are kept: a cross-encoder, an LLM
                         judge, a recency rule...
@@ -42,6 +44,7 @@ class Hit:
     start: int
     end: int
     id: str = ""
+    bm25: float = 0.0  # BM25 / best BM25 among the candidates (hybrid only), in [0, 1]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +74,14 @@ def open_kb(kb: str | KnowledgeBase | None = None, directory: str | Path | None 
 def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: float | None = None, *,
           directory: str | Path | None = None, hybrid: bool = False,
           reranker: Reranker | None = None, candidates: int | None = None,
-          alpha: float = HYBRID_ALPHA) -> list[Hit]:
+          alpha: float | None = None) -> list[Hit]:
     """The `k` best chunks for `question`, best first (see the module docstring)."""
     store = open_kb(kb, directory)
     emb = load_embedder(store.manifest["embedder"])
     qv = emb.encode([question])[0]
     n = max(k, candidates or (4 * k if (hybrid or reranker) else k))
+    if alpha is None:
+        alpha = float(store.manifest.get("fusion", {}).get("alpha", HYBRID_ALPHA))
     by_id: dict[str, dict] = {}
     for row in store.search_vector(qv, n):
         by_id.setdefault(row["id"], row)
@@ -89,9 +94,10 @@ def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: flo
     hits = []
     for cid, row in by_id.items():
         sim = float(np.dot(np.asarray(row["vector"], dtype=np.float32), qv))
-        score = alpha * sim + (1 - alpha) * bm25.get(cid, 0.0) / best if hybrid else sim
+        share = bm25.get(cid, 0.0) / best
+        score = alpha * sim + (1 - alpha) * share if hybrid else sim
         hits.append(Hit(0, score, sim, row["text"], row["source"], row["section"], row["section_path"],
-                        int(row["start"]), int(row["end"]), cid))
+                        int(row["start"]), int(row["end"]), cid, share))
     if cutoff is not None:
         hits = [h for h in hits if h.similarity >= cutoff]
     hits.sort(key=lambda h: (-h.score, -h.similarity))

@@ -1,0 +1,78 @@
+"""Hybrid fusion weight per knowledge base, fitted on held-out questions: `fit_fusion(kb, questions)`.
+
+Hybrid search ranks the union of the vector and BM25 candidates by
+
+    score(alpha) = alpha * cosine + (1 - alpha) * bm25 / best bm25
+
+With alpha = 1 the order is the vector search's own (its top n are all among the candidates), so
+the fit tries alpha in {0, 0.05, ..., 1} on the questions, keeps the best by (recall@k, MRR) and,
+on a tie, the larger alpha (closer to vectors alone). Hence on the fitting questions hybrid never
+scores below vectors alone; where BM25 only hurts (questions in other words than the documents)
+the fit returns alpha = 1.
+
+Questions: qa.jsonl records (`question`, `source`, optional `section`: tunelab.rag.evaluate), or
+records with `chunk_id` (the id of the one gold chunk, as `tunelab rag tune`'s generated questions).
+The result is saved in the KB's manifest ("fusion") and used by every later `query(..., hybrid=True)`
+that does not pass `alpha`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+from tunelab.rag.evaluate import is_gold, load_questions
+from tunelab.rag.retrieve import Hit, open_kb, query
+
+GRID = tuple(round(0.05 * i, 2) for i in range(21))
+
+
+def _gold(hit: Hit, q: dict) -> bool:
+    if q.get("chunk_id"):
+        return hit.id == q["chunk_id"]
+    return is_gold(hit, q["source"], q.get("section"))
+
+
+def _first_gold(hits: list[Hit], q: dict, alpha: float, depth: int) -> int | None:
+    """Rank (1-based, within `depth`) of the first gold hit when the candidates are ordered by score(alpha)."""
+    order = sorted(hits, key=lambda h: (-(alpha * h.similarity + (1 - alpha) * h.bm25), -h.similarity))
+    return next((i for i, h in enumerate(order[:depth], 1) if _gold(h, q)), None)
+
+
+def scores_at(ranks: list[int | None], k: int) -> dict:
+    """recall@1, recall@k and MRR of first-gold ranks (None = not found)."""
+    n = max(1, len(ranks))
+    return {"recall@1": round(sum(r == 1 for r in ranks) / n, 4),
+            f"recall@{k}": round(sum(1 for r in ranks if r and r <= k) / n, 4),
+            "mrr": round(sum(1 / r for r in ranks if r) / n, 4)}
+
+
+def fit_alpha(candidates: list[list[Hit]], questions: list[dict], k: int = 3) -> tuple[float, dict]:
+    """(best alpha, {alpha: scores}) over `GRID` for each question's hybrid candidates (Hits carrying
+    `similarity` and `bm25`); best by (recall@k, MRR, alpha), so never below alpha = 1 (vectors alone)."""
+    depth = max(k, 10)
+    table = {a: scores_at([_first_gold(h, q, a, depth) for h, q in zip(candidates, questions)], k) for a in GRID}
+    key = f"recall@{k}"
+    return max(GRID, key=lambda a: (table[a][key], table[a]["mrr"], a)), table
+
+
+def fit_fusion(kb, questions: str | Path | list[dict], *, directory=None, k: int = 3,
+               save: bool = True) -> dict:
+    """Fit the hybrid weight alpha of `kb` on `questions` (see the module docstring).
+
+    Returns {"alpha", "questions", "k", "fitted": scores at alpha, "vectors": scores at alpha = 1,
+    "bm25_weight_0.5": scores at the old default 0.5}; with `save`, stored as manifest["fusion"]."""
+    qs = load_questions(questions) if isinstance(questions, (str, Path)) else list(questions)
+    if not qs:
+        raise TunelabError("no questions to fit the fusion weight on", where="fusion")
+    store = open_kb(kb, directory)
+    depth = max(k, 10)
+    pool = 4 * depth  # as many candidates per search as `evaluate` gets (4 x its depth)
+    cands = [query(store, q["question"], k=2 * pool, hybrid=True, alpha=1.0, candidates=pool) for q in qs]
+    best, table = fit_alpha(cands, qs, k)
+    fit = {"alpha": best, "questions": len(qs), "k": k, "fitted": table[best], "vectors": table[1.0],
+           "bm25_weight_0.5": table[0.5]}
+    if save:
+        store.manifest["fusion"] = fit
+        store.save_manifest()
+    return fit
