@@ -71,7 +71,9 @@ def test_kinds_of_training_file(files_server):
                              "non_preferred_output": [{"role": "assistant", "content": "go away"}]}) + "\n"
     c = jobs_db.conn(state.db_path)
     for name, data, kind in (("chat.jsonl", _lines(TRAIN, 3), "sft"), ("pairs.jsonl", _lines(PREF, 3), "preference"),
-                             ("dpo.jsonl", openai_dpo.encode() * 2, "openai_dpo")):
+                             ("dpo.jsonl", openai_dpo.encode() * 2, "openai_dpo"),
+                             ("rft.jsonl", b'{"messages": [{"role": "user", "content": "a"}], "answer": "b"}\n' * 2,
+                              "prompts")):
         f = clients["alice"].files.create(file=(name, data), purpose="fine-tune")
         assert f.status == "processed", f.status_details
         assert jobs_db.get_file(c, "alice", f.id)["kind"] == kind
@@ -80,7 +82,7 @@ def test_kinds_of_training_file(files_server):
 @pytest.mark.parametrize("body, where", [
     (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n{"messages": [\n',
      "bad.jsonl:2: invalid JSON"),
-    (b'{"messages": [{"role": "user", "content": "a"}]}\n', "bad.jsonl:1: messages"),
+    (b'{"messages": [{"role": "system", "content": "a"}]}\n', "bad.jsonl:1: messages"),  # a user turn: a prompt
     (b'{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
      b'{"prompt": "p", "chosen": "c", "rejected": "r"}\n', "bad.jsonl:2: cannot tell the record format"),
     (b"\n\n", "the dataset is empty"),
