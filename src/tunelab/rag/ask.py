@@ -195,11 +195,15 @@ def load_generator(run: str | Path | None = None, model: str | None = None):
 
 def ask(kb, question: str, *, run: str | Path | None = None, model: str | None = None, generator=None,
         k: int = 3, cutoff: float | None = None, hybrid: bool = False, directory=None,
-        max_new_tokens: int = 256, temperature: float = 0.0) -> Answer:
-    """Retrieve, prompt, generate; see the module docstring."""
+        max_new_tokens: int = 256, temperature: float = 0.0, rewriter=None) -> Answer:
+    """Retrieve (after `rewriter`, a tunelab.rag.rewrite.QueryRewriter, when given), prompt, generate; see the
+    module docstring."""
     if run is not None and model is not None:
         raise TunelabError("give either a run or a model, not both", where="rag ask")
-    hits = query(kb, question, k=k, cutoff=cutoff, hybrid=hybrid, directory=directory)
+    if rewriter is not None:
+        hits = rewriter.query(kb, question, k=k, cutoff=cutoff, hybrid=hybrid, directory=directory)
+    else:
+        hits = query(kb, question, k=k, cutoff=cutoff, hybrid=hybrid, directory=directory)
     messages = build_messages(question, hits, run_prompt(run))
     gen = generator if generator is not None else load_generator(run, model)
     text = gen.reply(messages, max_new_tokens=max_new_tokens, temperature=temperature)

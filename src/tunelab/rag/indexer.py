@@ -30,7 +30,7 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.rag.chunk import chunk_document
 from tunelab.rag.context import DEFAULT_CONTEXT, contextual_text, style
-from tunelab.rag.embedders import load_embedder
+from tunelab.rag.embedders import kb_embedder
 from tunelab.rag.ingest import DEFAULT_DROP, INGEST_VERSION, format_of, read_document
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
@@ -114,7 +114,7 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
     todo = [p for p in files if known.get(p, {}).get("hash") != hashes[p]]
     changed = [p for p in todo if p in known]
 
-    emb = load_embedder(embedder) if todo else None  # nothing changed: no model load
+    emb = kb_embedder(store.manifest, store.dir) if todo else None  # nothing changed: no model load; a tuned KB's own
     if emb is not None:
         store.manifest["dim"] = emb.dim
     rows: list[dict] = []

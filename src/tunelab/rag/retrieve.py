@@ -26,7 +26,7 @@ from typing import Callable
 
 import numpy as np
 
-from tunelab.rag.embedders import load_embedder
+from tunelab.rag.embedders import kb_embedder
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
 HYBRID_ALPHA = 0.5
@@ -74,11 +74,11 @@ def open_kb(kb: str | KnowledgeBase | None = None, directory: str | Path | None 
 def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: float | None = None, *,
           directory: str | Path | None = None, hybrid: bool = False,
           reranker: Reranker | None = None, candidates: int | None = None,
-          alpha: float | None = None) -> list[Hit]:
-    """The `k` best chunks for `question`, best first (see the module docstring)."""
+          alpha: float | None = None, vector: np.ndarray | None = None) -> list[Hit]:
+    """The `k` best chunks for `question`, best first (see the module docstring). `vector` (a unit vector)
+    replaces the question's embedding for the vector search (HyDE, tunelab.rag.rewrite); BM25 still reads `question`."""
     store = open_kb(kb, directory)
-    emb = load_embedder(store.manifest["embedder"])
-    qv = emb.encode([question])[0]
+    qv = vector if vector is not None else kb_embedder(store.manifest, store.dir).encode([question])[0]
     n = max(k, candidates or (4 * k if (hybrid or reranker) else k))
     if alpha is None:
         alpha = float(store.manifest.get("fusion", {}).get("alpha", HYBRID_ALPHA))
