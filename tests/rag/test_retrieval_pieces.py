@@ -187,3 +187,19 @@ def test_reranker_orders_by_its_score(tiny_model_dir):
     assert [h.id for h in top2][2:] == ["id2", "id3", "id4"]  # only the first `top` are judged
     with pytest.raises(TunelabError, match="mix"):
         LLMReranker(model, tok, mix=2.0)
+
+
+def test_heldout_file_with_chunk_ids(tmp_path):
+    from tunelab.rag.fusion import load_heldout
+
+    f = tmp_path / "held.jsonl"
+    f.write_text('{"question": "why?", "chunk_id": "ab12"}\n\n{"question": "how?", "chunk_id": "cd34"}\n')
+    assert load_heldout(f) == [{"question": "why?", "chunk_id": "ab12"}, {"question": "how?", "chunk_id": "cd34"}]
+    f.write_text('{"question": "why?", "source": "a.md"}\n')
+    assert load_heldout(f)[0]["source"] == "a.md"
+    f.write_text('{"question": "why?", "chunk_id": "ab12"}\n{"chunk_id": "cd34"}\n')
+    with pytest.raises(TunelabError, match="question"):
+        load_heldout(f)
+    f.write_text('{"question": "why?"\n')
+    with pytest.raises(TunelabError, match="invalid JSON"):
+        load_heldout(f)

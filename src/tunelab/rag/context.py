@@ -7,11 +7,12 @@ on and its section name carry them. One `ContextStyle` per `--context` value:
     path          "<section path>\\n<text>"                 (the section path starts with the page
                                                               title when the page has one; the
                                                               pre-contextual `--headings` behaviour)
-    title+path    "<title> (<file stem>)\\n<section path>\\n<text>", the title and the path written
-                  once when the path already starts with the title; pages without headings (txt,
-                  pdf) get their file name as title
+    title+path    "<title> (<file stem>)\\n<section path>\\n<text>": the page title once (the path
+                  loses it when it starts with it), the file stem ("_" and "-" read as spaces) in
+                  brackets unless the title already holds it; a page without headings (txt, pdf)
+                  has its file stem as title
 
-A one-sentence `summary` (see `tunelab.rag.summary`), when given, is one more line above the text.
+A one-line `summary`, when a caller passes one, goes above the text.
 `search_text` (BM25) and the embedded text are the same string, so both searches see the context.
 """
 

@@ -18,6 +18,7 @@ that does not pass `alpha`.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from tunelab.errors import TunelabError
@@ -25,6 +26,25 @@ from tunelab.rag.evaluate import is_gold, load_questions
 from tunelab.rag.retrieve import Hit, open_kb, query
 
 GRID = tuple(round(0.05 * i, 2) for i in range(21))
+
+
+def load_heldout(path: str | Path) -> list[dict]:
+    """Questions from a file: lines with `chunk_id` ({"question", "chunk_id"}), else the qa.jsonl format."""
+    try:
+        lines = [(n, line) for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1)
+                 if line.strip()]
+    except OSError as e:
+        raise TunelabError(f"cannot read questions ({e.strerror})", where=str(path)) from e
+    try:
+        recs = [(n, json.loads(line)) for n, line in lines]
+    except json.JSONDecodeError:
+        return load_questions(path)  # reports the bad line as file:line
+    if not recs or not all(isinstance(r, dict) and r.get("chunk_id") for _, r in recs):
+        return load_questions(path)
+    for n, r in recs:
+        if not isinstance(r.get("question"), str) or not r["question"].strip():
+            raise TunelabError("missing or empty 'question'", where=f"{path}:{n}")
+    return [{"question": r["question"], "chunk_id": str(r["chunk_id"])} for _, r in recs]
 
 
 def _gold(hit: Hit, q: dict) -> bool:
@@ -62,7 +82,7 @@ def fit_fusion(kb, questions: str | Path | list[dict], *, directory=None, k: int
 
     Returns {"alpha", "questions", "k", "fitted": scores at alpha, "vectors": scores at alpha = 1,
     "bm25_weight_0.5": scores at the old default 0.5}; with `save`, stored as manifest["fusion"]."""
-    qs = load_questions(questions) if isinstance(questions, (str, Path)) else list(questions)
+    qs = load_heldout(questions) if isinstance(questions, (str, Path)) else list(questions)
     if not qs:
         raise TunelabError("no questions to fit the fusion weight on", where="fusion")
     store = open_kb(kb, directory)
