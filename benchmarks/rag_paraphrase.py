@@ -1,7 +1,8 @@
 """Paraphrase retrieval benchmark: the Python FAQ with its headings removed, asked in other words.
 
-    python benchmarks/rag_paraphrase.py                     # every setting, prints JSON
+    python benchmarks/rag_paraphrase.py                     # every setting but the LLM reranker's, JSON
     python benchmarks/rag_paraphrase.py --settings dense,hybrid --headings-kept
+    python benchmarks/rag_paraphrase.py --every 5 --settings dense+context,dense+context+rerank
 
 Data (shared/DATA.md; nothing copied into the repo): the `faq/*.rst.txt` pages of Debian's
 `python3.11-doc`, fetched by benchmarks/rag.py into $TUNELAB_HOME/datasets. From them this script
@@ -183,7 +184,7 @@ def query_args(name: str, spec: dict, kb: Path, tuning: list[dict], log) -> dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--settings", default="", help="comma-separated names (default: all)")
+    ap.add_argument("--settings", default="", help="comma-separated names (default: all but the reranker's)")
     ap.add_argument("--reranker", default="smollm2-135m-instruct")
     ap.add_argument("--headings-kept", action="store_true", help="also the original pages (dense), for reference")
     ap.add_argument("--per-question", action="store_true")
@@ -203,7 +204,10 @@ def main() -> None:
     qs = relabel(load_jsonl(QUESTIONS), labels)[:: args.every]
     tuning = relabel([q for q in bench.faq_questions(src) if q["source"] != "faq/index.rst.txt"], labels)
     table = settings(args.reranker)
-    names = [s for s in args.settings.split(",") if s] or list(table)
+    names = [s for s in args.settings.split(",") if s] or [s for s in table if "rerank" not in s]
+    unknown = [s for s in names if s not in table]
+    if unknown:
+        raise SystemExit(f"unknown settings {unknown}; known: {', '.join(table)}")
     res: dict = {"data": "python3.11-doc faq/*.rst.txt, headings removed", "questions": len(qs),
                  "tuning_questions": len(tuning), "k": args.k, "cpu": _cpu(), "settings": {}}
     kbs: dict[str, Path] = {}
