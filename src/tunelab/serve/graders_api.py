@@ -22,7 +22,6 @@ from starlette.concurrency import run_in_threadpool
 from tunelab.errors import TunelabError
 from tunelab.serve.auth import current_tenant
 from tunelab.serve.errors import APIError
-from tunelab.serve.protocol.common import json_body
 from tunelab.serve.protocol.graders import (GraderErrors, GraderRunMetadata, GraderRunRequest, GraderRunResponse,
                                             GraderValidateRequest, GraderValidateResponse)
 from tunelab.train.graders import GradeContext, run_grader, validate_grader
@@ -82,13 +81,12 @@ def run(body: GraderRunRequest, ctx: GradeContext) -> GraderRunResponse:
 
 
 # ---- routes (serve/routes.py mounts them) ------------------------------------------------------------------
-async def run_grader_route(request: Request, tenant: str = Depends(current_tenant),
-                           body: GraderRunRequest = Depends(json_body(GraderRunRequest))) -> GraderRunResponse:
+async def run_grader_route(body: GraderRunRequest, request: Request,
+                           tenant: str = Depends(current_tenant)) -> GraderRunResponse:
     return await run_in_threadpool(run, body, _context(request))
 
 
-async def validate_grader_route(request: Request, tenant: str = Depends(current_tenant),
-                                body: GraderValidateRequest = Depends(json_body(GraderValidateRequest))
-                                ) -> GraderValidateResponse:
+async def validate_grader_route(body: GraderValidateRequest, request: Request,
+                                tenant: str = Depends(current_tenant)) -> GraderValidateResponse:
     await run_in_threadpool(_check, body.grader)
     return GraderValidateResponse(grader=body.grader)

@@ -38,8 +38,10 @@ class PythonGrader:
         src = need_str(g, "source", where)
         try:
             tree = ast.parse(src)
-        except SyntaxError as e:
-            raise TunelabError(f"the source does not parse: {e.msg} (line {e.lineno})", where=f"{where}.source") from None
+        except (SyntaxError, ValueError) as e:  # ValueError: a null byte
+            line = f" (line {e.lineno})" if getattr(e, "lineno", None) else ""
+            raise TunelabError(f"the source does not parse: {getattr(e, 'msg', e)}{line}",
+                               where=f"{where}.source") from None
         if not any(isinstance(n, ast.FunctionDef) and n.name == "grade" for n in tree.body):
             raise TunelabError("the source defines no grade(sample, item)", where=f"{where}.source",
                                hint="def grade(sample, item) -> float: ...")
