@@ -56,22 +56,33 @@ def _reply_ppl(model, template, tok, convs: list[list[dict]]) -> float:
 
 
 def format_ppl(merged: Path, quant: str, template, tok, convs) -> float:
-    """Reply perplexity of the merged model with its weights rounded through `quant` in place."""
-    from gguf import quants
+    """Reply perplexity of the merged model with its weights rounded through `quant` in place (each tensor's
+    type from the quant's rules, `choose_type`; its encoder and gguf-py's decoder, export/gguf_quants.py)."""
     from transformers import AutoModelForCausalLM
 
     from tunelab.export.gguf import arch_of, choose_type, read_config, tensor_name_map
+    from tunelab.export.gguf_quants import decode, encode, gguf_quant
+    from tunelab.export.gguf_tensors import Bound
 
     cfg = read_config(merged)
     tied = bool(cfg.get("tie_word_embeddings"))
-    names = tensor_name_map(arch_of(cfg), cfg["num_hidden_layers"])
+    n_layers = cfg["num_hidden_layers"]
+    names = tensor_name_map(arch_of(cfg), n_layers)
+    bound = Bound(gguf_quant(quant), n_layers)
     model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():  # tied: lm_head is embed_tokens, listed once
-            qtype, _ = choose_type(names.get_name(name, try_suffixes=(".weight", ".bias")), tuple(p.shape), quant, tied)
-            a = p.detach().numpy()
-            p.copy_(torch.from_numpy(quants.dequantize(quants.quantize(a, qtype), qtype).reshape(a.shape)))
+            qtype, _ = choose_type(names.get_name(name, try_suffixes=(".weight", ".bias")), tuple(p.shape), bound, tied)
+            a = p.detach().numpy()  # q/k rows: the file permutes them, a row-wise format rounds the same
+            p.copy_(torch.from_numpy(decode(encode(a, qtype), qtype, a.shape)))
     return _reply_ppl(model, template, tok, convs)
+
+
+def info_params(path: Path) -> int:
+    """Weights in a GGUF file (every tensor's element count)."""
+    from gguf import GGUFReader
+
+    return sum(int(t.n_elements) for t in GGUFReader(str(path)).tensors)
 
 
 def measure(merged: Path, out_dir: Path, val: Path, quants=None) -> dict:
@@ -119,6 +130,7 @@ def measure(merged: Path, out_dir: Path, val: Path, quants=None) -> dict:
             "val_ppl": round(ppl, 4), "val_ppl_rel": round(ppl / merged_ppl - 1, 4),
             "format_ppl": round(format_ppl(merged, q, template, tok, convs), 4),
             "tokenizer_same": f"{same}/{len(texts)}", "f16_fallback": list(info.f16_fallback),
+            "types": dict(info.types), "bits_per_weight": round(8 * info.bytes / info_params(info.path), 3),
         }
         print(q, json.dumps(result["quants"][q]), flush=True)
         del model

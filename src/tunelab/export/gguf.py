@@ -20,17 +20,13 @@ Llama's q/k rows are permuted per head (`gguf_tensors.permute_qk`) because ggml'
 pairs (x[2i], x[2i+1]) where transformers' rotate_half rotates (x[i], x[i + d/2]); transformers'
 GGUF loader undoes the same permutation. The other families use the NeoX rope in llama.cpp: no permutation.
 
-Type per tensor (what the converter and llama-quantize choose):
-  1-D tensors, norms, biases                  F32
-  f32 / f16 / bf16                            everything else in that type
-  q8_0                                        Q8_0: blocks of 32 weights, fp16 scale + 32 int8
-                                              = 34 bytes / 32 weights = 8.5 bits/weight
-  q4_0                                        Q4_0: blocks of 32, fp16 scale + 16 bytes of nibbles
-                                              = 18 bytes / 32 weights = 4.5 bits/weight;
-                                              the output matrix (output, or token_embd when tied)
-                                              Q8_0, as llama-quantize keeps it at 6 bits (Q6_K,
-                                              which gguf-py cannot quantize)
-  q8_0 / q4_0 on a row not a multiple of 32   F16 (listed in GGUFInfo.f16_fallback, logged)
+Type per tensor: llama-quantize's rules for each `--quant` (one `gguf_quants.GgufQuant` each; the table is
+in that module): 1-D tensors, norms and biases F32; f32 / f16 / bf16 everything else in that type; q8_0
+and q4_0 (the output matrix Q6_K, or Q8_0 when 256 does not divide its rows); q4_k_m / q5_k_m (Q4_K / Q5_K,
+with Q6_K for the output matrix and for attn_v and ffn_down in the use_more_bits layers); tq1_0 / tq2_0 for
+the ternary weights of a BitNet run. A row length the type's block does not divide takes llama.cpp's
+fallback (Q4_K -> Q5_0, Q5_K -> Q5_1, Q6_K -> Q8_0, TQ -> Q4_0, then F16), listed in GGUFInfo.notes (F16
+ones in GGUFInfo.f16_fallback) and logged.
 
 The tensors are streamed: infos first (shapes and byte sizes are known from the safetensors
 headers), then each tensor is read, converted and written, so peak memory is about one tensor in
@@ -40,12 +36,14 @@ fp32. The file is written to a temporary sibling and renamed into place when com
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.export.staging import staged_file
 from tunelab.export.gguf_arches import GGUF_ARCHES, GgufArch, arch_of, common_hparams, rope_params  # noqa: F401
+from tunelab.export.gguf_quants import GGUF_QUANT_TYPES, gguf_quant
 from tunelab.export.gguf_tensors import (  # noqa: F401  (re-exported: lora_gguf, tests, benchmarks)
     choose_type,
     nbytes,
@@ -60,7 +58,7 @@ from tunelab.export.gguf_tensors import tensor_data as _tensor_data
 
 log = logging.getLogger(__name__)
 
-GGUF_QUANTS = ("f32", "f16", "bf16", "q8_0", "q4_0")
+GGUF_QUANTS = tuple(GGUF_QUANT_TYPES)  # f32 f16 bf16 q8_0 q4_0 q4_k_m q5_k_m tq1_0 tq2_0
 
 
 @dataclass
@@ -76,6 +74,7 @@ class GGUFInfo:
     arch: str
     f16_fallback: tuple[str, ...] = ()  # tensors kept in F16: rows not a multiple of the 32-weight block
     notes: tuple[str, ...] = ()
+    types: tuple[tuple[str, int], ...] = ()  # (tensor type, how many tensors), most frequent first
 
 
 def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GGUFInfo:
@@ -93,8 +92,7 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
 
     from tunelab.export.gguf_vocab import add_tokenizer
 
-    if quant not in GGUF_QUANTS:
-        raise TunelabError(f"unknown GGUF quant '{quant}'", where="--quant", hint=f"one of: {', '.join(GGUF_QUANTS)}")
+    q = gguf_quant(quant)  # one line naming the choices for any other name
     model_dir, out = Path(model_dir), Path(out)
     if not model_dir.is_dir():
         raise TunelabError(f"{model_dir} is not a folder", where="GGUF export", hint="give a transformers model folder")
@@ -105,13 +103,12 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
     fit = arch.check(cfg)  # refusals first: before any file is touched
     files = weight_files(model_dir)
     items = plan(files, cfg, arch, quant)
-    fallback = tuple(i.name for i in items if i.fallback)
+    fallback = tuple(i.name for i in items if i.fallback and i.qtype == gguf.GGMLQuantizationType.F16)
     if fallback:
         log.warning("GGUF %s: %d tensors kept in F16 (rows not a multiple of 32): %s", quant, len(fallback),
                     ", ".join(fallback[:4]))
-    ftype = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOSTLY_F16,
-             "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[quant]
+    notes = list(fit.notes) + fallback_notes(items)
+    ftype = q.ftype
 
     writer = gguf.GGUFWriter(path=None, arch=arch.gguf)
     writer.add_type(gguf.GGUFType.MODEL)
@@ -132,6 +129,19 @@ def write_gguf(model_dir: str | Path, out: str | Path, quant: str = "f16") -> GG
         writer.write_ti_data_to_file()
         for it in items:  # same order as the infos: the writer pairs them one by one
             writer.write_tensor_data(_tensor_data(opened[files[it.hf]] if it.hf else None, it))
-    for note in fit.notes:
+    for note in notes:
         log.warning("GGUF: %s", note)
-    return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback, tuple(fit.notes))
+    counts = Counter(it.qtype.name for it in items)
+    return GGUFInfo(out, quant, len(items), out.stat().st_size, arch.gguf, fallback, tuple(notes),
+                    tuple(counts.most_common()))
+
+
+def fallback_notes(items) -> list[str]:
+    """One line per block type taken as llama.cpp's fallback (other than F16): how many tensors, which rows."""
+    by_type: dict[str, list] = {}
+    for it in items:
+        if it.fallback and it.qtype.name != "F16":
+            by_type.setdefault(it.qtype.name, []).append(it)
+    return [f"{len(its)} tensors in {t} (llama.cpp's fallback: rows of "
+            f"{', '.join(str(n) for n in sorted({i.shape[-1] for i in its}))} are not whole blocks of the rules' type)"
+            for t, its in by_type.items()]

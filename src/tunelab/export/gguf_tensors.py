@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tunelab.errors import TunelabError
 from tunelab.export.gguf_arches import GgufArch
+from tunelab.export.gguf_quants import GgufQuant, encode, gguf_quant
 
 
 def read_config(model_dir: Path, where: str = "GGUF export") -> dict:
@@ -44,20 +45,24 @@ def tensor_name_map(arch: GgufArch, n_layers: int):
     return gguf.get_tensor_name_map(kind, n_layers)
 
 
-def choose_type(name: str, shape: tuple[int, ...], quant: str, tied: bool):
-    """(GGMLQuantizationType, fell_back_to_f16) for tensor `name` (GGUF name) of numpy `shape`."""
-    from gguf import GGML_QUANT_SIZES
-    from gguf import GGMLQuantizationType as T
+def choose_type(name: str, shape: tuple[int, ...], quant, tied: bool):
+    """(GGMLQuantizationType, fell_back) for tensor `name` (GGUF name) of numpy `shape`: the rules of the
+    quant (export/gguf_quants.py). `quant` is a quant name or a `Bound` quant (the rules that depend on the
+    layer need the model's block count: `plan` binds it)."""
+    q = quant if isinstance(quant, Bound) else Bound(gguf_quant(quant), 0)
+    return q.quant.tensor_type(name, shape, tied, q.n_layers)
 
-    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
-        return T.F32, False
-    qtype = {"f32": T.F32, "f16": T.F16, "bf16": T.BF16, "q8_0": T.Q8_0, "q4_0": T.Q4_0}[quant]
-    if qtype == T.Q4_0 and (name == "output.weight" or (tied and name == "token_embd.weight")):
-        qtype = T.Q8_0
-    block = GGML_QUANT_SIZES[qtype][0]
-    if shape[-1] % block:
-        return T.F16, True
-    return qtype, False
+
+@dataclass(frozen=True)
+class Bound:
+    """A GgufQuant with the model's block count (for use_more_bits)."""
+
+    quant: GgufQuant
+    n_layers: int
+
+    @property
+    def name(self) -> str:
+        return self.quant.name
 
 
 def nbytes(shape: tuple[int, ...], qtype) -> int:
@@ -93,7 +98,7 @@ class Item:
     shape: tuple[int, ...]
     qtype: object
     permute_heads: int = 0  # >0: permute_qk with this many heads
-    fallback: bool = False  # F16 instead of the requested block quant
+    fallback: bool = False  # llama.cpp's fallback type (Q5_0, Q8_0, F16, ...): the rows do not fit the rules' type
     data: object = None  # a generated numpy array (rope_freqs, rope factors)
     shift: float = 0.0  # added to the weights (Gemma's (1 + w) norms)
 
@@ -107,6 +112,7 @@ def plan(files: dict[str, Path], cfg: dict, arch: GgufArch, quant: str) -> list[
     n_head = cfg["num_attention_heads"]
     n_kv = cfg.get("num_key_value_heads") or n_head
     names = tensor_name_map(arch, n_layers)
+    quant = Bound(gguf_quant(quant), n_layers)
     items = []
     for path in dict.fromkeys(files.values()):
         with safe_open(str(path), framework="pt") as f:
@@ -143,9 +149,9 @@ def plan(files: dict[str, Path], cfg: dict, arch: GgufArch, quant: str) -> list[
 
 
 def tensor_data(f, item: Item):
-    """The tensor as written: fp32 numpy, permuted / shifted if needed, then encoded to item.qtype."""
+    """The tensor as written: fp32 numpy, permuted / shifted if needed, then encoded to item.qtype
+    (export/gguf_quants.encode: ours for the K-quants, gguf-py's for the others)."""
     import torch
-    from gguf import quants
 
     if item.data is not None:
         return item.data
@@ -154,4 +160,4 @@ def tensor_data(f, item: Item):
         arr = permute_qk(arr, item.permute_heads)
     if item.shift:
         arr = arr + item.shift
-    return quants.quantize(arr, item.qtype)
+    return encode(arr, item.qtype, item.name)
