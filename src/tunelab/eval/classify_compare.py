@@ -1,6 +1,7 @@
 """Classify runs on a classification file (text + label): accuracy, macro-F1 and the confusion matrix
 per run (eval/classification.py), with bootstrap 95% intervals over examples; the same results shape
-as compare.evaluate, so the reports read both."""
+as compare.evaluate, so the reports read both. A run's tuned logit offsets (offsets.json) are applied
+unless `offsets` is False, as `tunelab predict` does (infer/classify.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from tunelab.eval import bootstrap
 from tunelab.eval.classification import classification_metrics
 
 
-def evaluate_classify(runs: list[str | Path], data: str | Path, batch_size: int = 32, log=None) -> dict:
+def evaluate_classify(runs: list[str | Path], data: str | Path, batch_size: int = 32, log=None,
+                      offsets: bool = True) -> dict:
     from tunelab.data.formats import to_examples
     from tunelab.data.sources import read_records
     from tunelab.infer.classify import Classifier
@@ -21,7 +23,7 @@ def evaluate_classify(runs: list[str | Path], data: str | Path, batch_size: int 
     for run in runs:
         if log:
             log(f"loading {Path(run).name}")
-        clf = Classifier.from_run(run)
+        clf = Classifier.from_run(run, offsets=offsets)
         try:
             examples = to_examples(records, "auto", "classify", labels=clf.labels)
         except TunelabError as e:
