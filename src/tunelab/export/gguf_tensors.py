@@ -3,7 +3,7 @@
     HF name (model.layers.3.self_attn.q_proj.weight) -> GGUF name (blk.3.attn_q.weight): gguf-py's
     TensorNameMap, the table llama.cpp's converter uses.
     q/k rows of Llama-family models are permuted per head (`permute_qk`, see its docstring).
-    `choose_type` picks the storage type per tensor (the rules are in tunelab/export/gguf.py).
+    `choose_type` picks the storage type per tensor (the rules: one GgufQuant per quant, gguf_quants.py).
     `plan` lists every tensor with its shape and type from the safetensors headers alone, so the
     writer can lay out the file before a single weight is read.
 """
@@ -59,10 +59,6 @@ class Bound:
 
     quant: GgufQuant
     n_layers: int
-
-    @property
-    def name(self) -> str:
-        return self.quant.name
 
 
 def nbytes(shape: tuple[int, ...], qtype) -> int:
