@@ -119,9 +119,14 @@ def test_tune_moves_heldout_recall_installs_and_respects_overwrite(tiny_kb, caps
     teacher = ScriptedTeacher(questions)
     opts = TuneOptions(epochs=4, batch_size=8, lr=5e-3, holdout=0.25)
     rep = tune(directory=kb, teacher=teacher, options=opts)
-    assert teacher.calls == 40 and rep.chunks_with_questions == 40 and rep.heldout_chunks == 12
-    assert rep.before["recall@3"] <= 0.25 and rep.after["recall@3"] >= rep.before["recall@3"] + 0.5
+    # chunk ids hash the file's path, so which chunks are held out varies with tmp_path: about a quarter
+    assert teacher.calls == 40 and rep.chunks_with_questions == 40 and 4 <= rep.heldout_chunks <= 18
+    assert rep.train_pairs == 40 - rep.heldout_chunks == 40 - rep.heldout_questions
+    assert rep.before["recall@3"] <= 0.34 and rep.after["recall@3"] >= rep.before["recall@3"] + 0.4
     assert rep.installed and rep.epoch_loss[-1] < rep.epoch_loss[0]
+    from tunelab.rag.fusion import load_heldout
+    held = load_heldout(rep.heldout_file)
+    assert len(held) == rep.heldout_questions and all(h["question"] in questions.values() for h in held)
     manifest = json.loads((kb / "manifest.json").read_text())
     first = manifest["tuned_embedder"]["dir"]
     assert "tune_pending" not in manifest and (kb / first / "model.safetensors").exists()

@@ -6,7 +6,9 @@
                             the synth pipeline, cached and resumable)
     3. split by chunk       a chunk's questions all go to training or all to the held-out set
                             (held out when sha1(chunk id) mod 1000 < 1000 x `holdout`; at least one
-                            chunk on each side), so held-out recall measures chunks never trained on
+                            chunk on each side), so held-out recall measures chunks never trained on;
+                            written to <kb>/tune/heldout.jsonl as {"question", "chunk_id"} lines, which
+                            `tunelab rag fusion KB --questions` reads to fit the hybrid weight
     4. before               held-out recall@1, recall@k and MRR (first gold within 10) of the KB as it
                             is: its stored vectors and its query embedder, over every chunk of the KB
     5. train                from the KB's base embedder (never a previous tune), MultipleNegativesRanking
@@ -76,6 +78,7 @@ class TuneReport:
     installed: bool
     embedder_dir: str | None
     questions_file: str
+    heldout_file: str = ""  # the held-out questions, {"question", "chunk_id"} lines
     synth: dict = field(default_factory=dict)
     stages: dict = field(default_factory=dict)  # seconds: questions, before, train, embed, install
 
@@ -174,6 +177,7 @@ def tune(kb: str | None = None, *, directory: str | Path | None = None, teacher=
     row_of = {r["id"]: i for i, r in enumerate(rows)}
     held_q = [q for c in held_ids for q in found[c]]
     held_gold = [row_of[c] for c in held_ids for _ in found[c]]
+    heldout_file = _write_heldout(store.dir / "tune" / "heldout.jsonl", held_ids, found)
     t1 = time.perf_counter()
 
     current = kb_embedder(m, store.dir)
@@ -209,9 +213,21 @@ def tune(kb: str | None = None, *, directory: str | Path | None = None, teacher=
         chunks_with_questions=len(found), train_pairs=len(pairs), heldout_questions=len(held_q),
         heldout_chunks=len(held_ids), k=opts.k, before=before, after=after, epoch_loss=stats.epoch_loss,
         installed=folder is not None, embedder_dir=str(store.dir / folder) if folder else None,
-        questions_file=str(qfile), synth=synth,
+        questions_file=str(qfile), heldout_file=str(heldout_file), synth=synth,
         stages={"questions": round(t1 - t0, 1), "before": round(t2 - t1, 1), "train": round(t3 - t2, 1),
                 "embed": round(t4 - t3, 1), "install": round(time.perf_counter() - t4, 1)})
+
+
+def _write_heldout(path: Path, held_ids: list[str], found: dict[str, list[str]]) -> Path:
+    """The held-out questions as {"question", "chunk_id"} lines (what `tunelab rag fusion --questions` reads)."""
+    import json
+    import os
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps({"question": q, "chunk_id": c}, ensure_ascii=False) + "\n"
+                           for c in held_ids for q in found[c]), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def _fresh_copy(src):

@@ -30,7 +30,7 @@ QUESTION_PROMPT = (
     "Here is a passage from the documentation:\n\n{input}\n\n"
     "Write {n} that a user could ask and that this passage answers. Reply with the question only."
 )
-PASSAGE_CHARS = 1500  # the passage shown to the teacher: ~350 tokens, so the prompt stays small
+PASSAGE_CHARS = 1200  # the passage shown to the teacher: ~300 tokens, so the prompt stays small
 _NUMBER = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s*")
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]{8,}\?)[\"\u201d]")
 
