@@ -65,6 +65,8 @@ def _wait(pred, what: str, timeout: float = 90.0, every: float = 0.05):
 
 def test_reinforcement_job_pauses_at_a_checkpoint_resumes_succeeds_and_its_model_is_deleted(rft_server,
                                                                                           tiny_model_dir):
+    from tunelab.runs.rundir import RunDir
+
     state, clients, files = rft_server
     alice, bob = clients["alice"], clients["bob"]
     assert alice.files.retrieve(files["alice"]).status == "processed"
@@ -87,7 +89,7 @@ def test_reinforcement_job_pauses_at_a_checkpoint_resumes_succeeds_and_its_model
                              if e.message.startswith("The job is paused; it resumes from its checkpoint at step ")],
                     "the worker to stop at a checkpoint", timeout=30)
     at = int(stopped[0].rsplit(" ", 1)[1])
-    assert 4 <= at < 16 and (run / "checkpoints" / f"step-{at}").is_dir() and not (run / "DONE").exists()
+    assert 4 <= at < 16 and RunDir(run).checkpoint(at).is_dir() and not RunDir(run).done
     assert not state.jobs_runner.procs and jobs.retrieve(job.id).status == "paused"
     with pytest.raises(openai.BadRequestError) as e:  # OpenAI's rules: only a running job pauses
         jobs.pause(job.id)

@@ -14,9 +14,9 @@ An upload is copied to `files_dir/.tmp-<id><suffix>` (at most `state.upload_limi
     preference  {"prompt", "chosen", "rejected"}                              -> dpo jobs
     openai_dpo  OpenAI's DPO lines {"input": {"messages"}, "preferred_output",
                 "non_preferred_output"}, read as preference pairs             -> dpo jobs
-    prompts     prompts to complete: `messages` ending with a user turn, or a  -> reinforcement jobs
-                `prompt` without a completion, with any other fields (OpenAI's
-                RFT lines), read as task grpo reads them (the fields go to the grader)
+    prompts     OpenAI's RFT lines: `messages` ending with a user turn, with    -> reinforcement jobs
+                any other fields, read as task grpo reads them (the fields go to
+                the grader)
 
 A file the data layer refuses is kept with `status: error` and `status_details` = the data
 layer's message with the upload's name for the server's path ("train.jsonl:3: invalid JSON ...");
@@ -81,8 +81,6 @@ def file_kind(data: dict) -> str:
         return "preference"
     msgs = data.get("messages")
     if isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and msgs[-1].get("role") == "user":
-        return "prompts"
-    if "prompt" in data and "completion" not in data:
         return "prompts"
     return "sft"
 

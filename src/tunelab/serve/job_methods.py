@@ -73,7 +73,7 @@ METHODS: dict[str, JobMethod] = {
                      "preference pairs (prompt, chosen, rejected; or OpenAI's input / preferred_output)",
                      COMMON + ("beta",), config=_dpo),
     "reinforcement": JobMethod(
-        "grpo", ("prompts",), "prompts: chat messages ending with a user turn (or a prompt), with any other fields",
+        "grpo", ("prompts",), "prompts: OpenAI's RFT lines, messages ending with a user turn, with any other fields",
         COMMON + ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort"),
         finetuning_types=("lora", "qlora"),
         fixed={"eval_interval": ("auto", NO_VALIDATION), "eval_samples": ("auto", NO_VALIDATION),

@@ -171,9 +171,10 @@ class ServingJobs:
         if not jobs_db.transition(c, job, "paused", ("running",), "The job was paused: it stops at a checkpoint"):
             raise bad(f"job {job_id} is {jobs_db.get_job(c, self.tenant, job_id)['status']}: only a running job "
                       "can be paused", None, "job_not_pausable")
+        paused = self.retrieve(job_id)
         if self.state.jobs_runner is not None:
             self.state.jobs_runner.interrupt(job_id)
-        return self.retrieve(job_id)
+        return paused
 
     def resume(self, job_id: str) -> FineTuningJob:
         """paused -> queued: the runner starts it again, from the run's last checkpoint."""
@@ -185,9 +186,10 @@ class ServingJobs:
                                   worker_pid=None):
             raise bad(f"job {job_id} is {jobs_db.get_job(c, self.tenant, job_id)['status']}: only a paused job "
                       "can be resumed", None, "job_not_resumable")
+        resumed = self.retrieve(job_id)  # as resumed (queued): read before the runner wakes
         if self.state.jobs_runner is not None:
             self.state.jobs_runner.notify()
-        return self.retrieve(job_id)
+        return resumed
 
     def job_row(self, job_id: str) -> dict:
         return jobs_db.get_job(self._db(), self.tenant, job_id)
