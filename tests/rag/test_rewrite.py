@@ -30,8 +30,8 @@ def test_rrf_order_by_hand():
 
 def test_multi_query_parses_rephrasings_and_fuses_one_search_each():
     written = "1. How can roses be trimmed?\n2) how do i prune roses?\nRephrasing 3: When to cut rose bushes?\n4. extra?"
-    assert MultiQuery.parse(written, "How do I prune roses?") == ["How can roses be trimmed?", "When to cut rose bushes?",
-                                                                 "extra?"]
+    assert MultiQuery.parse(written, "How do I prune roses?") == [
+        "How can roses be trimmed?", "When to cut rose bushes?", "extra?"]
     asked = []
     results = {"How do I prune roses?": ranking("a", "b"), "How can roses be trimmed?": ranking("c", "b"),
                "When to cut rose bushes?": ranking("b", "c"), "extra?": ranking("d")}

@@ -56,6 +56,9 @@ def test_split_select_scores_and_question_parsing():
     assert parse_questions('What if the user asks: "How do I prune a rose bush?"') == ["How do I prune a rose bush?"]
     assert parse_questions("1. Why is the sky blue?\n2. ok\n3. Why is the sea salty?", 3) == [
         "Why is the sky blue?", "Why is the sea salty?"]
+    assert parse_questions("What a great question! Here's a possible answer:\n\nThe passage says so.") == []
+    assert parse_questions("The user asks:\n\nWhat is Py_DECREF for?") == ["What is Py_DECREF for?"]
+    assert parse_questions("What would you like to ask?\nHow is a float stored?") == ["How is a float stored?"]
 
 
 DOC_WORDS = ["automobile", "river", "violin", "mountain", "physician", "infant", "purchase", "garment",
@@ -156,3 +159,8 @@ def test_tune_moves_heldout_recall_installs_and_respects_overwrite(tiny_kb, caps
     (kb / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(TunelabError, match="interrupted `rag tune`"):
         query(None, asked, directory=kb)
+    rep3 = tune(directory=kb, teacher=teacher, options=opts)  # --overwrite completes it
+    manifest = json.loads((kb / "manifest.json").read_text())
+    assert rep3.before == {} and rep3.installed and "tune_pending" not in manifest
+    assert sorted(p.name for p in kb.glob("tuned-embedder-*")) == [manifest["tuned_embedder"]["dir"]]
+    assert query(None, asked, k=1, directory=kb)

@@ -11,6 +11,7 @@
                             `tunelab rag fusion KB --questions` reads to fit the hybrid weight
     4. before               held-out recall@1, recall@k and MRR (first gold within 10) of the KB as it
                             is: its stored vectors and its query embedder, over every chunk of the KB
+                            (unknown, {}, after an interrupted install: then the new one is installed)
     5. train                from the KB's base embedder (never a previous tune), MultipleNegativesRanking
                             loss with in-batch negatives (contrastive.py)
     6. after                the same held-out questions against every chunk re-embedded by the tuned model
@@ -87,7 +88,8 @@ class TuneReport:
 
 
 def select_chunks(rows: list[dict], sources: list[str] | None, max_chunks: int) -> list[dict]:
-    """Rows whose source matches one of `sources` (fnmatch globs; None = all), ordered by sha1(id), first `max_chunks`."""
+    """Rows whose source matches one of `sources` (fnmatch globs; None = all), ordered by sha1(id),
+    the first `max_chunks` of them (0 = all)."""
     picked = [r for r in rows if not sources or any(fnmatch.fnmatch(r["source"], g) for g in sources)]
     picked.sort(key=lambda r: hashlib.sha1(r["id"].encode()).hexdigest())
     return picked[:max_chunks] if max_chunks > 0 else picked
@@ -180,9 +182,12 @@ def tune(kb: str | None = None, *, directory: str | Path | None = None, teacher=
     heldout_file = _write_heldout(store.dir / "tune" / "heldout.jsonl", held_ids, found)
     t1 = time.perf_counter()
 
-    current = kb_embedder(m, store.dir)
-    before = retrieval_scores(current.encode(held_q), vectors, held_gold, opts.k)
-    say(f"held-out ({len(held_q)} questions on {len(held_ids)} chunks) before: {before}")
+    if m.get("tune_pending"):  # an install was cut short: the stored vectors may come from either model
+        before = {}
+        say("held-out before: unknown (an earlier install was interrupted)")
+    else:
+        before = retrieval_scores(kb_embedder(m, store.dir).encode(held_q), vectors, held_gold, opts.k)
+        say(f"held-out ({len(held_q)} questions on {len(held_ids)} chunks) before: {before}")
     t2 = time.perf_counter()
 
     src = Embedder.load(base)
@@ -198,7 +203,7 @@ def tune(kb: str | None = None, *, directory: str | Path | None = None, teacher=
     t4 = time.perf_counter()
 
     key = f"recall@{opts.k}"
-    better = (after[key], after["mrr"]) >= (before[key], before["mrr"])
+    better = not before or (after[key], after["mrr"]) >= (before[key], before["mrr"])
     folder = None
     if better or opts.keep_if_worse:
         info = {"base": base, "teacher": t.describe(), "k": opts.k, "before": before, "after": after,

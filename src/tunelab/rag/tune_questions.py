@@ -11,8 +11,10 @@ line being written, and a teacher failure is retried by the next run.
 
 A reply may hold several questions (`per_chunk` > 1 asks for that many, one a line); `parse_questions`
 keeps up to `per_chunk` of them: list numbers and labels ("1.", "Question:") stripped, a quoted
-question inside a sentence ('What if the user asks: "How ...?"') taken out of its quotes, lines
-without a letter or shorter than 8 characters dropped, repeats dropped.
+question inside a sentence ('What if the user asks: "How ...?"') taken out of its quotes; kept only
+if it ends with "?", has 4 words or more and is not chatter ("What a great question!", "What would
+you like to ask?": small teachers write these around or instead of the question); repeats dropped.
+A chunk whose reply holds no such line gets no question.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ QUESTION_PROMPT = (
 )
 PASSAGE_CHARS = 1200  # the passage shown to the teacher: ~300 tokens, so the prompt stays small
 _NUMBER = re.compile(r"^\s*(?:\d+\s*[.):]|[-*\u2022])\s*")
+_CHATTER = re.compile(r"^(?:what a great question|what (?:would|do) you (?:like|want) to (?:ask|know)"
+                      r"|what(?:'s| is) the answer to this)", re.IGNORECASE)
 _QUOTED = re.compile(r"[\"\u201c]([^\"\u201d]{8,}\?)[\"\u201d]")
 
 
@@ -49,7 +53,8 @@ def parse_questions(text: str, per_chunk: int = 1) -> list[str]:
         quoted = _QUOTED.search(line)
         if quoted:
             line = quoted.group(1).strip()
-        if len(line) < 8 or not re.search(r"[A-Za-z]", line) or line.lower() in (q.lower() for q in out):
+        if (not line.endswith("?") or len(line.split()) < 4 or _CHATTER.match(line)
+                or line.lower() in (q.lower() for q in out)):
             continue
         out.append(line)
         if len(out) == per_chunk:
