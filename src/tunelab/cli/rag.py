@@ -236,8 +236,8 @@ def tune_cmd(
         return
     key = f"recall@{rep.k}"
     typer.echo(f"{rep.chunks_with_questions} chunks with questions ({rep.train_pairs} training pairs, "
-               f"{rep.heldout_questions} held-out questions); held-out {key} {rep.before[key]} -> {rep.after[key]}, "
-               f"MRR {rep.before['mrr']} -> {rep.after['mrr']}; "
+               f"{rep.heldout_questions} held-out questions); held-out {key} {rep.before.get(key, '?')} -> "
+               f"{rep.after[key]}, MRR {rep.before.get('mrr', '?')} -> {rep.after['mrr']}; "
                + (f"installed {rep.embedder_dir}" if rep.installed else "not installed (the KB is unchanged)"))
 
 
