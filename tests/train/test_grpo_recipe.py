@@ -88,7 +88,7 @@ def test_resume_samples_and_trains_what_the_whole_run_did(grpo_run, tmp_path):
         run_task(load_config(cfg_path), quiet=True)
         again = load_file(run / "adapter" / "adapter_model.safetensors")
         assert all(torch.equal(whole[k], again[k]) for k in whole)
-        timing = ("tokens_per_s", "elapsed_s", "peak_rss_mb", "rollout_s")
+        timing = ("tokens_per_s", "elapsed_s", "peak_rss_mb", "rollout_s", "prefill_s", "decode_s")
         step2 = [{k: v for k, v in json.loads(x).items() if k not in timing}
                  for x in ((run / "metrics.jsonl").read_text().splitlines()[1], rows.splitlines()[1])]
         assert step2[0] == step2[1] and step2[0]["step"] == 2  # the same rollouts, rewards and loss

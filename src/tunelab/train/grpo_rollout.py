@@ -9,7 +9,9 @@ task grpo takes lora and qlora only.
 
 A rollout row: the prompt's ids (repeated G times, consecutive), the completion's ids (the stop token
 included when drawn), its text (stop token and special tokens removed) and whether it was truncated
-(max_completion_length tokens and no stop token).
+(max_completion_length tokens and no stop token). A rollout also times its two phases: `prefill_s`, from
+the call to the first token (the prompts' forward pass, the KV cache written, the first pick), and
+`decode_s`, the one-token steps after it.
 """
 
 from __future__ import annotations
@@ -66,6 +68,12 @@ class Rollout:
     completion_ids: list[list[int]]
     texts: list[str]
     truncated: list[bool]
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+
+    @property
+    def new_tokens(self) -> int:
+        return sum(len(c) for c in self.completion_ids)
 
 
 def stop_ids(tok, template) -> set[int]:
@@ -94,9 +102,21 @@ def seeded_sampler(temperature: float, top_p: float, seed: int, device: torch.de
 def sample(engine, tok, prompts: list[list[int]], group: int, max_new: int, stops: set[int],
            sampler) -> Rollout:
     """G = `group` completions of each prompt, in one batch of P x G rows on the engine."""
+    import time
+
     rows = [p for p in prompts for _ in range(group)]
+    outs: list[list[int]] = [[] for _ in rows]
+    t0 = time.perf_counter()
+    first = None
     with torch.autocast(engine.device.type, enabled=False):  # the engine computes in its own dtype
-        outs = engine.generate(rows, max_new, stops, sampler)
+        for step in engine.steps(rows, max_new, stops, sampler):  # as engine.generate, timed
+            if first is None:
+                first = time.perf_counter()
+            for r, t in enumerate(step):
+                if t is not None:
+                    outs[r].append(t)
+    end = time.perf_counter()
+    first = end if first is None else first
     texts = [tok.decode([t for t in o if t not in stops], skip_special_tokens=True).strip() for o in outs]
     truncated = [not (o and o[-1] in stops) for o in outs]
-    return Rollout(rows, outs, texts, truncated)
+    return Rollout(rows, outs, texts, truncated, first - t0, end - first)

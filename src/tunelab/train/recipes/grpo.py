@@ -9,17 +9,21 @@ train:  adapt (lora | qlora) -> engine.train_loop with `GrpoObjective`: each mic
 save:   adapter, template, config, metrics.jsonl (the step's loss + the GRPO statistics), report.md, DONE
 
 Checkpoints, resume and Ctrl-C are the engine's: a step's sampling seed is drawn from torch's RNG, which
-the checkpoint saves, so a resumed run samples what the uninterrupted run would have. There is no
-validation pass yet (data.validation / val_split are refused).
+the checkpoint saves, so a resumed run samples what the uninterrupted run would have. Held-out prompts
+(data.validation, or data.val_split of the train rows) get a greedy pass before training, every
+train.eval_every steps (a number) and after it (train/grpo_heldout.py): their rewards go to metrics.jsonl,
+before -> after with bootstrap intervals to report.md.
 
 Statistics per step (metrics.jsonl, means over the step's micro-batches): reward (mean total), reward_std
 (mean of the groups' std), rewards/<name>/mean and /std per function, frac_reward_zero_std (groups whose
 G rewards are all equal: no gradient from them), completion_length (mean tokens), truncated (share
-without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling).
+without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling: prefill_s
+the prompts' forward, decode_s the one-token steps), rollout_tokens (completion tokens sampled).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 import time
@@ -39,6 +43,7 @@ from tunelab.runtime.precision import autocast_dtype
 from tunelab.train.distributed import is_main
 from tunelab.train.engine import TrainResult
 from tunelab.train.grpo_config import GrpoConfig, grpo_settings
+from tunelab.train.grpo_heldout import Pass, greedy_pass, report_lines, rows_record, split_heldout
 from tunelab.train.grpo_loss import completion_logprobs, group_advantages, grpo_loss
 from tunelab.train.grpo_rollout import refresh_adapters, rollout_engine, sample, seeded_sampler, stop_ids
 from tunelab.train.loggers import MetricsLogger
@@ -48,6 +53,8 @@ from tunelab.train.resolve import resolve
 from tunelab.train.rewards import load_rewards, score
 
 METHODS = ("lora", "qlora")
+BEFORE = "heldout_before.json"  # the held-out pass before training, whole (read back on --resume)
+SUMMED = ("rollout_s", "prefill_s", "decode_s", "rollout_tokens")  # a step's totals over its micro-batches
 
 
 @dataclass
@@ -68,9 +75,13 @@ class GrpoOutcome(Outcome):
     first: dict  # the first and last step's statistics
     last: dict
     n_prompts: int = 0
+    heldout: tuple[Pass, Pass] | None = None
 
     def summary_lines(self) -> list[str]:
         lines = [f"data: {self.n_prompts} prompts"]
+        if self.heldout:
+            b, a = (p.record()["heldout/reward"] for p in self.heldout)
+            lines.append(f"held-out greedy reward ({len(self.heldout[0].total)} prompts): {b:.3f} -> {a:.3f}")
         if self.first and self.last:
             lines.append(f"mean reward: step 1 {self.first['reward']:.3f} -> step {self.last['step']} "
                          f"{self.last['reward']:.3f} (sampled, temperature > 0: noisy)")
@@ -98,19 +109,21 @@ def _row(rec, i: int) -> PromptRow:
                        hint="rename a field with data.columns, e.g. {prompt: question}")
 
 
-def load_prompts(cfg: RunConfig) -> list[PromptRow]:
-    """The prompt rows of data.train (a path, or a list of {path, weight, columns}: weights repeat/subsample
-    as for sft, deterministic in data.seed), every row's other fields kept for the rewards."""
+def load_prompts(cfg: RunConfig, key: str = "train") -> list[PromptRow]:
+    """The prompt rows of data.train (or data.validation: `key`): a path, or a list of {path, weight,
+    columns} (weights repeat/subsample as for sft, deterministic in data.seed), every row's other fields
+    kept for the rewards."""
     import random
 
     from tunelab.data.dataset import weighted
 
     d = cfg.data
-    specs = d.train if isinstance(d.train, list) else [None]
+    source = getattr(d, key)
+    specs = source if isinstance(source, list) else [None]
     rows: list[PromptRow] = []
     for k, spec in enumerate(specs):
-        path = d.train if spec is None else spec.path
-        field_name = "data.train" if spec is None else f"data.train[{k}]"
+        path = source if spec is None else spec.path
+        field_name = f"data.{key}" if spec is None else f"data.{key}[{k}]"
         recs = read_source(path, cfg.input_base(path, field_name), field_name)
         cols = spec.columns if spec is not None and spec.columns is not None else d.columns
         part = [_row(apply_columns(r, cols), 0) for r in recs]
@@ -118,7 +131,7 @@ def load_prompts(cfg: RunConfig) -> list[PromptRow]:
             part = weighted(part, spec.weight, random.Random(d.seed * 1000 + k))
         rows += part
     if not rows:
-        raise TunelabError("no prompts", where="data.train")
+        raise TunelabError("no prompts", where=f"data.{key}")
     if len(specs) > 1:
         random.Random(d.seed).shuffle(rows)
     keys = set(rows[0].columns)
@@ -139,10 +152,23 @@ def check_lengths(rows: list[PromptRow], max_length: int, max_new: int) -> None:
                                hint="raise data.max_length or shorten the prompt")
 
 
-def refuse_validation(cfg: RunConfig) -> None:
-    if cfg.data.validation or cfg.data.val_split:
-        raise TunelabError("task grpo has no validation pass yet", where="data.validation" if cfg.data.validation
-                           else "data.val_split", hint="leave it out (metrics.jsonl holds the reward per step)")
+def train_and_heldout(cfg: RunConfig) -> tuple[list[PromptRow], list[PromptRow]]:
+    """(training prompts, held-out prompts): data.validation, else data.val_split of data.train, else none."""
+    rows = load_prompts(cfg)
+    if cfg.data.validation:
+        held = load_prompts(cfg, "validation")
+    elif cfg.data.val_split:
+        rows, held = split_heldout(rows, cfg.data.val_split, cfg.data.seed)
+        if not rows:
+            raise TunelabError(f"val_split {cfg.data.val_split} leaves no training prompts", where="data.val_split")
+    else:
+        return rows, []
+    if set(held[0].columns) != set(rows[0].columns):
+        raise TunelabError(f"held-out columns {sorted(held[0].columns)} differ from the training "
+                           f"prompts' {sorted(rows[0].columns)}", where="data.validation",
+                           hint="the rewards read the same columns on both")
+    return ([PromptRow(i, r.prompt, r.messages, r.columns, r.where) for i, r in enumerate(rows)],
+            [PromptRow(i, r.prompt, r.messages, r.columns, r.where) for i, r in enumerate(held)])
 
 
 # ---- the objective -------------------------------------------------------------------------------------------
@@ -195,7 +221,8 @@ class GrpoObjective:
         st = {"reward": float(rewards.mean()), "reward_std": float(std.view(-1, g.num_generations)[:, 0].mean()),
               "frac_reward_zero_std": float(torch.isclose(std, torch.zeros_like(std)).float().mean()),
               "completion_length": sum(lengths) / n, "truncated": sum(ro.truncated) / n,
-              "clip_ratio": out.clip_ratio, "rollout_s": rollout_s}
+              "clip_ratio": out.clip_ratio, "rollout_s": rollout_s, "prefill_s": ro.prefill_s,
+              "decode_s": ro.decode_s, "rollout_tokens": ro.new_tokens}
         if g.beta:
             st["kl"] = out.kl
         for name, vals in per.items():
@@ -206,11 +233,11 @@ class GrpoObjective:
         return out.loss, 1
 
     def pop_stats(self) -> dict:
-        """The mean of each statistic over the micro-batches since the last call (rollout_s: their sum)."""
+        """The mean of each statistic over the micro-batches since the last call (times and tokens: their sum)."""
         if not self.stats:
             return {}
         keys, k = self.stats[0].keys(), len(self.stats)
-        out = {key: round(sum(s[key] for s in self.stats) / (1 if key == "rollout_s" else k), 5) for key in keys}
+        out = {key: round(sum(s[key] for s in self.stats) / (1 if key in SUMMED else k), 5) for key in keys}
         self.stats = []
         return out
 
@@ -220,13 +247,18 @@ def cfg_template(cfg: RunConfig, tok):
 
 
 class StatsLogger:
-    """The run's MetricsLogger, each step record extended with the objective's statistics."""
+    """The run's MetricsLogger, each step record extended with the objective's statistics; with held-out
+    prompts and a numeric train.eval_every, a greedy held-out pass after every eval_every-th step."""
 
-    def __init__(self, logger: MetricsLogger, objective: GrpoObjective):
-        self.logger, self.objective = logger, objective
+    def __init__(self, logger: MetricsLogger, objective: GrpoObjective, heldout=None, every: int | None = None):
+        self.logger, self.objective, self.heldout, self.every = logger, objective, heldout, every
+        self.passes: list[Pass] = []
 
     def __call__(self, record: dict) -> None:
         self.logger({**record, **self.objective.pop_stats()} if "loss" in record else record)
+        if "loss" in record and self.heldout is not None and self.every and record["step"] % self.every == 0:
+            self.passes.append(self.heldout(record["step"]))
+            self.logger(self.passes[-1].record())
 
     def __getattr__(self, name):
         return getattr(self.logger, name)
@@ -236,19 +268,19 @@ class StatsLogger:
 def run_grpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None) -> GrpoOutcome:
     from tunelab.adapters.lora import trainable_summary
 
-    console, run = setup_run(cfg, quiet, console, METHODS, checks=(refuse_validation, lambda c: grpo_settings(c.grpo)))
+    console, run = setup_run(cfg, quiet, console, METHODS, checks=(lambda c: grpo_settings(c.grpo),))
     cfg = resolve(cfg)
     g = grpo_settings(cfg.grpo)
     cfg.grpo = g.model_dump(mode="json")  # config.yaml records every setting, defaults included
-    rows = load_prompts(cfg)
+    rows, held = train_and_heldout(cfg)
     rewards = load_rewards(g.rewards, Path(cfg.config_dir or cfg.base_dir))
     base = load_base(cfg)
     tok = base.tok
     template = cfg_template(cfg, tok)
-    for r in rows:
+    for r in rows + held:
         r.ids, _ = encode_segments(tok, template.segments(r.messages, add_generation_prompt=True))
-    check_lengths(rows, cfg.data.max_length, g.max_completion_length)
-    console.print(f"data: {len(rows)} prompts x {g.num_generations} completions; "
+    check_lengths(rows + held, cfg.data.max_length, g.max_completion_length)
+    console.print(f"data: {len(rows)} prompts x {g.num_generations} completions, {len(held)} held out; "
                   f"rewards: {', '.join(f'{x.name} (x{x.weight:g})' for x in rewards)}")
     resume_step = begin_run(run, cfg, base.rm.path, template, console)
     amp = autocast_dtype(cfg.train.precision, base.device)
@@ -258,28 +290,58 @@ def run_grpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None
     console.print(trainable)
     engine = rollout_engine(model)
     objective = GrpoObjective(rows, rewards, engine, tok, template, g)
-    logger = StatsLogger(MetricsLogger(run, cfg.train.report_to), objective)
+    heldout = None
+    if held:
+        def heldout(step: int) -> Pass:
+            return greedy_pass(engine, model, tok, held, rewards, g.max_completion_length, objective.stops, step)
+    every = cfg.train.eval_every if isinstance(cfg.train.eval_every, int) else None
+    logger = StatsLogger(MetricsLogger(run, cfg.train.report_to), objective, heldout, every)
+    before = None
+    if heldout is not None and is_main():
+        kept = run.path / BEFORE
+        if resume_step is not None and kept.exists():  # a resumed run: the base's pass as the first run made it
+            before = Pass.from_json(kept.read_text(encoding="utf-8"))
+        else:
+            before = heldout(0)
+            run.write_text(BEFORE, before.to_json())
+            if resume_step is None:
+                logger(before.record())
     per_step = g.prompts_per_step or cfg.train.batch_size
-    train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": per_step})})
+    train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"batch_size": per_step,
+                                                                            "eval_every": "never"})})
     t = time.perf_counter()
     result = train_engine(model, rows, [], train_cfg, run, logger, quiet, resume_step, objective=objective,
                           before_step=base.before_step)
-    steps = [r for r in run.metrics() if "reward" in r]
+    seconds = time.perf_counter() - t
+    after = None
+    if before is not None:
+        after = logger.passes[-1] if logger.passes and logger.passes[-1].step == result.steps else None
+        if after is None:
+            after = heldout(result.steps)
+            run.log(after.record())
+    steps = [r for r in run.metrics() if "reward" in r and "loss" in r]
     first, last = (steps[0], steps[-1]) if steps else ({}, {})
     if is_main():
         run.save_weights(model, cfg.method.name, tok, source=cfg.model.name)
-        write_report(run, cfg, g, steps, time.perf_counter() - t)
-    outcome = GrpoOutcome(run.path, result, trainable, first, last, len(rows))
+        write_report(run, cfg, g, steps, seconds, (before, after) if after is not None else None,
+                     {x.name: x.weight for x in rewards})
+        if after is not None:
+            run.write_text("heldout.jsonl", "".join(json.dumps(x) + "\n" for x in rows_record(before, after, held)))
+    outcome = GrpoOutcome(run.path, result, trainable, first, last, len(rows), after and (before, after))
     finish_run(run, result, cfg.train.keep_checkpoints)
     return outcome
 
 
-def write_report(run, cfg: RunConfig, g: GrpoConfig, steps: list[dict], seconds: float) -> None:
+def write_report(run, cfg: RunConfig, g: GrpoConfig, steps: list[dict], seconds: float,
+                 passes: tuple[Pass, Pass] | None = None, weights: dict | None = None) -> None:
     lines = [f"# GRPO run {run.path.name}", "",
              f"model {cfg.model.name}, method {cfg.method.name}, loss_type {g.loss_type}, G = {g.num_generations}, "
              f"beta {g.beta}, epsilon {g.epsilon}, temperature {g.temperature}, "
              f"max_completion_length {g.max_completion_length}", "",
-             f"{len(steps)} steps in {seconds:.0f}s (rollouts included)", "",
+             f"{len(steps)} steps in {seconds:.0f}s (rollouts included)", ""]
+    if passes is not None:
+        lines += report_lines(*passes, weights or {})
+    lines += ["## Steps (sampled rollouts)", "",
              "| step | loss | reward | reward_std | zero-std groups | completion length | truncated | sampling s |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for s in steps:
