@@ -84,14 +84,11 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def run_option(name: str, over: dict | None, files: dict[str, Path], test: list[dict], a) -> dict:
     from tunelab.config import from_dict
-    from tunelab.eval.classification import classification_metrics
-    from tunelab.infer.classify import Classifier
-    from tunelab.models.registry import tunelab_home
     from tunelab.train.recipes.classify import run_classify
 
     o = None if over is None else {**PLAIN, **over}
     classify = {"labels": LABELS} | ({} if o is None else {"class_weights": o["class_weights"],
-                                                              "sampler": o["sampler"]})
+                                                              "sampler": o["sampler"], "offsets": True})
     train = {"lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size, "warmup_ratio": 0.1,
              "scheduler": "linear", "seed": a.seed, "logging_steps": 10, "threads": a.threads}
     if o is not None:
@@ -101,25 +98,44 @@ def run_option(name: str, over: dict | None, files: dict[str, Path], test: list[
         "data": {"train": str(files["train"]), "validation": str(files["validation"]), "max_length": a.max_length},
         "classify": classify, "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.1, "layers": a.layers},
         "train": train,
-        "output": {"dir": str(tunelab_home() / "bench-runs"), "name": f"imb-{a.model}-{name}", "overwrite": True},
+        "output": {"dir": str(run_dir_of(name, a).parent), "name": run_dir_of(name, a).name, "overwrite": True},
     })
     t0 = time.perf_counter()
     out = run_classify(cfg, quiet=True)
-    train_s = time.perf_counter() - t0
-    clf = Classifier.from_run(out.run_dir)
-    z = clf.logits([r["text"] for r in test])
-    y = [LABELS.index(r["label"]) for r in test]
     res = {"config": {"classify": cfg.classify.model_dump(exclude={"labels", "metric"}),
                       "metric_for_best": cfg.train.metric_for_best},
-           "train_seconds": round(train_s, 1), "best_epoch": out.result.best_epoch,
+           "train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": out.result.best_epoch,
            "val_macro_f1": round(out.after["macro_f1"], 4)}
+    return {**res, **score_run(out.run_dir, test)}
+
+
+def run_dir_of(name: str, a) -> Path:
+    from tunelab.models.registry import tunelab_home
+
+    other = f"-l{a.layers}-e{a.epochs:g}" if (a.layers, a.epochs) != (3, 4) else ""  # not the default protocol
+    return tunelab_home() / "bench-runs" / f"imb-{a.model}-{name}{other}"
+
+
+def score_run(run_dir: Path, test: list[dict]) -> dict:
+    """Test accuracy / macro-F1 / per-class F1 from the raw logits and with the run's offsets.json."""
+    import json as _json
+
+    from tunelab.eval.classification import classification_metrics
+    from tunelab.infer.classify import Classifier
+
+    clf = Classifier.from_run(run_dir)
+    z = clf.logits([r["text"] for r in test])
+    y = [LABELS.index(r["label"]) for r in test]
+    res = {}
     for key, b in (("raw", None), ("offsets", clf.offsets)):
         m = classification_metrics(y, (z if b is None else z + b).argmax(-1).tolist(), LABELS)
         res[key] = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
                     "f1": {x: round(v["f1"], 4) for x, v in m["per_class"].items()}}
-    if out.offsets:
-        res["offsets"] = dict(zip(LABELS, out.offsets["offsets"]))
-        res["val_macro_f1_offsets"] = round(out.offsets["macro_f1_after"], 4)
+    saved = Path(run_dir) / "offsets.json"
+    if saved.exists():
+        o = _json.loads(saved.read_text())
+        res["offset_values"] = dict(zip(LABELS, o["offsets"]))
+        res["val_macro_f1_offsets"] = round(o["macro_f1_after"], 4)
     return res
 
 
@@ -135,6 +151,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    ap.add_argument("--rescore", action="store_true", help="score the options' finished runs again, no training")
     a = ap.parse_args()
     names = [x.strip() for x in a.options.split(",") if x.strip()]
     unknown = [x for x in names if x not in OPTIONS]
@@ -154,7 +171,8 @@ def main() -> None:
               "sizes": {s: {x: sum(r["label"] == x for r in recs) for x in LABELS} for s, recs in splits.items()},
               "options": {}}
     for name in names:
-        report["options"][name] = run_option(name, OPTIONS[name], files, splits["test"], a)
+        report["options"][name] = (score_run(run_dir_of(name, a), splits["test"]) if a.rescore
+                                   else run_option(name, OPTIONS[name], files, splits["test"], a))
         print(json.dumps({name: report["options"][name]}), file=sys.stderr, flush=True)
         if a.out:
             a.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

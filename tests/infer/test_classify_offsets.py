@@ -23,7 +23,7 @@ def run_dir(tmp_path_factory, tiny_model_dir):
     (tmp / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = from_dict({"task": "classify", "model": {"name": str(tiny_model_dir)},
                      "data": {"train": str(tmp / "t.jsonl"), "validation": str(tmp / "t.jsonl"), "max_length": 16},
-                     "method": {"name": "lora", "r": 4}, "classify": {"sampler": "balanced"},
+                     "method": {"name": "lora", "r": 4}, "classify": {"sampler": "balanced", "offsets": True},
                      "train": {"lr": 1e-2, "epochs": 1, "batch_size": 8, "precision": "fp32"},
                      "output": {"dir": str(tmp / "runs"), "name": "o"}})
     out = run_classify(cfg, quiet=True)

@@ -4,7 +4,7 @@
     clf = Classifier.from_run("runs/sentiment")                               # base + adapter (or model/)
     clf.predict(["what a film"])   # -> [{"label": "pos", "probs": {"neg": 0.08, "pos": 0.92}}]
 
-Logit offsets: a run trained with `classify.offsets` (the default) holds offsets.json, per-class offsets b
+Logit offsets: a run trained with `classify.offsets: true` holds offsets.json, per-class offsets b
 tuned on its validation split for macro-F1 (eval/logit_offsets.py). `from_run` loads them and `predict`
 returns argmax_k (z_k + b_k) with probabilities softmax(z + b); `from_run(..., offsets=False)` (or
 `tunelab predict --no-offsets`) uses the raw logits z. `logits()` always returns the raw z.
