@@ -20,7 +20,8 @@ The run is `state.tenant_runs(tenant)/<run name>`; a job resumes from its run's 
 (`train.resume: auto`: the engine's for supervised and reinforcement, the Trainer's, kept as step-N,
 for dpo). At startup (`start`), a `running` job belongs to a server that died: a worker of it still
 alive is killed, then a run with DONE is recorded succeeded (it finished, the server did not see it),
-any other is queued again; a `paused` one stays paused (a worker of it still alive is killed). A status change is a conditional transition (jobs_db.transition), so a cancelled job
+any other is queued again; a `paused` one stays paused (a worker of it still alive is killed), unless
+its run has DONE (succeeded). A status change is a conditional transition (jobs_db.transition), so a cancelled job
 stays cancelled whatever its worker does meanwhile. `shutdown` interrupts the workers (SIGINT:
 the engine checkpoints), waits up to 10 s, kills what is left and leaves the jobs `running`,
 for the next start to resume. One runner per home: `start` takes an flock on home/jobs.lock, and
@@ -155,7 +156,10 @@ class JobRunner:
                                worker_pid=None)
         for job in jobs_db.jobs_with_status(c, "paused"):
             _kill_stale(job.get("worker_pid"), job["id"])
-            jobs_db.set_job(c, job["id"], only_if=("paused",), worker_pid=None)
+            if RunDir(run_dir(self.state, job)).done:  # it finished before the pause reached it
+                self._succeed(job)
+            else:
+                jobs_db.set_job(c, job["id"], only_if=("paused",), worker_pid=None)
 
     def shutdown(self, grace: float = 10.0) -> None:
         """Interrupt the workers (SIGINT), kill what is left after `grace` s, stop the thread, release
