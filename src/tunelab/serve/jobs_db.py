@@ -213,18 +213,6 @@ def _update(c, job_id: str, only_if, fields: dict) -> bool:
     return c.execute(sql, args).rowcount == 1
 
 
-def job_object(r: dict) -> dict:
-    method = r["method"]
-    return {"id": r["id"], "object": "fine_tuning.job", "created_at": r["created_at"], "error": r["error"],
-            "fine_tuned_model": r["fine_tuned_model"], "finished_at": r["finished_at"],
-            "hyperparameters": {k: v for k, v in r["hyperparameters"].items() if k != "beta"},
-            "model": r["model"], "organization_id": r["tenant"], "result_files": [], "seed": r["seed"],
-            "status": r["status"], "trained_tokens": r["trained_tokens"], "training_file": r["training_file"],
-            "validation_file": r["validation_file"], "estimated_finish": None, "integrations": [],
-            "metadata": r["metadata"], "user_provided_suffix": r["suffix"],
-            "method": {"type": method["type"], method["type"]: {"hyperparameters": r["hyperparameters"]}}}
-
-
 # ---- events ----------------------------------------------------------------------------------------------
 def add_event(c, job: dict, message: str, level: str = "info", type: str = "message",
               data: dict | None = None) -> None:
