@@ -30,7 +30,8 @@ def _cfg(tmp, model, extra_data: dict):
         "task": "grpo", "model": {"name": str(model)},
         "data": {"train": str(tmp / "train.jsonl"), **extra_data},
         "method": {"name": "lora", "r": 4, "alpha": 16},
-        "train": {"lr": 0.2, "max_steps": 2, "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant"},
+        "train": {"lr": 0.2, "max_steps": 2, "precision": "fp32", "warmup_ratio": 0.0, "scheduler": "constant",
+                  "eval_every": 1},
         "grpo": {"num_generations": 2, "prompts_per_step": 2, "max_completion_length": 12,
                  "rewards": [{"function": str(tmp / "rw.py") + ":chars", "weight": 0.5},
                              {"function": str(tmp / "rw.py") + ":has_digit"}]},
@@ -70,7 +71,8 @@ def test_heldout_before_and_after_are_the_greedy_rewards(tmp_path, tiny_model_di
     run = tmp_path / "runs" / "g"
     recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     passes = [r for r in recs if "heldout/reward" in r]
-    assert [p["step"] for p in passes] == [0, 2] and all(p["heldout_n"] == 3 for p in passes)
+    assert [p["step"] for p in passes] == [0, 1, 2] and all(p["heldout_n"] == 3 for p in passes)  # eval_every 1
+    passes = [passes[0], passes[2]]  # the last step's pass is the "after" one (not decoded twice)
     rows = [json.loads(x) for x in (run / "heldout.jsonl").read_text().splitlines()]
     assert [r["answer"] for r in rows] == ["7", "3", "0"]
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -256,7 +256,8 @@ class StatsLogger:
 
     def __call__(self, record: dict) -> None:
         self.logger({**record, **self.objective.pop_stats()} if "loss" in record else record)
-        if "loss" in record and self.heldout is not None and self.every and record["step"] % self.every == 0:
+        if "loss" in record and self.heldout is not None and self.every and record["step"] % self.every == 0 \
+                and is_main():  # the held-out pass runs on the main process only
             self.passes.append(self.heldout(record["step"]))
             self.logger(self.passes[-1].record())
 
@@ -314,7 +315,7 @@ def run_grpo(cfg: RunConfig, quiet: bool = False, console: Console | None = None
                           before_step=base.before_step)
     seconds = time.perf_counter() - t
     after = None
-    if before is not None:
+    if before is not None:  # main process only (before is None elsewhere)
         after = logger.passes[-1] if logger.passes and logger.passes[-1].step == result.steps else None
         if after is None:
             after = heldout(result.steps)
