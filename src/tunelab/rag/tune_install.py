@@ -2,6 +2,7 @@
 
     1. save the model + tokenizer (+ tune.json: base, teacher, held-out figures) into
        <kb>/.tuned-embedder-<stamp>.tmp, then rename it to <kb>/tuned-embedder-<stamp>
+       (stamp = local time to the second + 8 random hex digits)
     2. manifest: "tune_pending" = {"dir": ...}        (written atomically: temp file + rename)
     3. the chunks table rewritten with the new vectors (one LanceDB commit), indexes rebuilt
     4. manifest: "tuned_embedder" = {"dir": ..., ...}, "tune_pending" removed
@@ -19,6 +20,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +61,7 @@ def _replace_vectors(store: KnowledgeBase, vectors: np.ndarray) -> None:
 
 def install_tuned(store: KnowledgeBase, model, tokenizer, vectors: np.ndarray, info: dict) -> str:
     """Steps 1-5 of the module docstring; returns the new folder's name (relative to the KB folder)."""
-    name = f"tuned-embedder-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    name = f"tuned-embedder-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # unique, even twice a second
     tmp = store.dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
