@@ -19,7 +19,7 @@ Each option trains one classify run (LoRA r 16 on every linear layer of the last
 the head trained whole; lr 1e-3, 4 epochs, batch 16; the same seed and data) and is
 scored on the test split with the raw logits and with the run's tuned logit offsets (offsets.json).
 Prints JSON: per option, test accuracy, macro-F1 and per-class F1, with and without offsets, the
-validation figures and the training time.
+validation figures and the training time. Measured results and the defaults they chose: docs/classify.md.
 """
 
 from __future__ import annotations
