@@ -2,7 +2,9 @@
 
     python examples/data/tools/make_tools_data.py          (deterministic: the same files every time)
 
-Every record is {"tools": [4 function schemas], "messages": [...]} and ends with the assistant turn to learn
+test.jsonl comes from `record` below (split 1); train.jsonl and validation.jsonl come from train_variety.py,
+which adds parallel calls, tool lists that vary and look-alike distractors to the kinds below (its docstring).
+Every test record is {"tools": [4 function schemas], "messages": [...]} and ends with the assistant turn to learn
 (or, in test.jsonl, the reference): an assistant message with `tool_calls` (arguments a JSON string, as
 OpenAI sends them), or a plain reply. Four kinds of record:
   call      user asks something a tool answers -> one assistant turn with tool_calls (a few ask for two
@@ -10,6 +12,7 @@ OpenAI sends them), or a plain reply. Four kinds of record:
   answer    user asks, assistant calls, the `role: tool` result comes back -> a reply built from the result
   chat      chit-chat or a question answered directly -> a reply, no call
   full      (train only) call then result then reply in one conversation: both turns are learned
+  missing   (train only) the record's tools lack the function the request needs -> a reply, no call
 The held-out split uses its own phrasing templates and its own values (cities, dates, ticket titles, units),
 never seen in training, so a score on it measures the call format and argument copying, not recall.
 """
