@@ -92,6 +92,21 @@ def test_settle_recorded_fills_autos_of_a_run_recorded_before_resolve():
     assert settle_recorded(explicit, now)["train"]["precision"] == "bf16"  # only autos are filled
 
 
+def test_settle_recorded_gives_settings_added_later_their_default():
+    from tunelab.train.recipes._common import comparable_config, config_changes
+
+    now = resolve(_cfg(task="classify"))
+    saved = now.model_dump(mode="json")
+    del saved["train"]["metric_for_best"], saved["classify"]["class_weights"]  # a config.yaml from before them
+    settled = settle_recorded(saved, now)
+    assert settled["train"]["metric_for_best"] == "macro_f1" and settled["classify"]["class_weights"] == "auto"
+    assert config_changes(comparable_config(settled), comparable_config(now.model_dump(mode="json"))) == []
+    changed = now.model_copy(deep=True)
+    changed.classify.class_weights = "none"  # a new setting set away from its default is a change
+    assert config_changes(comparable_config(settle_recorded(saved, changed)),
+                          comparable_config(changed.model_dump(mode="json"))) == ["classify.class_weights: 'auto' -> 'none'"]
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_a_trained_run_records_the_resolved_config_and_reads_it_back(tiny_run, tmp_path, method):
     import yaml

@@ -28,7 +28,8 @@ compared with a resolved config, for resuming it.
 
 from __future__ import annotations
 
-from tunelab.config import RunConfig
+from tunelab.config import RunConfig, from_dict
+from tunelab.errors import TunelabError
 
 RESOLVED = (("train", "precision"), ("train", "gradient_checkpointing"), ("train", "keep_freed_memory"),
             ("method", "quant_type"), ("method", "quant_backend"))
@@ -88,10 +89,29 @@ def resolve(cfg: RunConfig) -> RunConfig:
 
 def settle_recorded(saved: dict, cfg: RunConfig) -> dict:
     """config.yaml's mapping `saved` with each of RESOLVED that it recorded as auto (a run started before
-    resolve() existed) taken from `cfg`, the resolved config it is compared with."""
+    resolve() existed) taken from `cfg`, the resolved config it is compared with, and each setting of a
+    recorded section that the file lacks (added to tunelab after the run started) at its default
+    (settled as loading a config settles it)."""
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in saved.items()}
     now = cfg.model_dump(mode="json")
     for section, key in RESOLVED:
         if (out.get(section) or {}).get(key) == "auto":
             out[section][key] = now[section][key]
+    added = []  # a setting added after the run was recorded: its default, settled as loading settles it
+    for section, recorded in out.items():
+        model = getattr(cfg, section, None)
+        if not isinstance(recorded, dict) or not hasattr(type(model), "model_fields"):
+            continue
+        for key, field in type(model).model_fields.items():
+            if key not in recorded and not field.is_required():
+                value = field.get_default(call_default_factory=True)
+                recorded[key] = value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+                added.append((section, key))
+    if added:
+        try:
+            loaded = from_dict(out).model_dump(mode="json")
+        except TunelabError:  # the comparison then names what differs
+            return out
+        for section, key in added:
+            out[section][key] = loaded[section][key]
     return out
