@@ -6,6 +6,7 @@ import json
 import pytest
 
 from tunelab.config import from_dict
+from tunelab.errors import TunelabError
 from tunelab.memory.estimator import estimate
 from tunelab.memory.grpo import HELDOUT_BATCH, estimate_grpo, prompt_tokens
 from tunelab.memory.shape import ModelShape, read_config
@@ -54,3 +55,29 @@ def test_prompt_length_and_heldout_count(tmp_path, tiny_model_dir):
     m = estimate_grpo(cfg, 2, 1, 8)
     assert m.prompt_tokens == len(ids) and m.kv_rows == 2  # round(3 x 0.5) = 2 held-out prompts
     assert m.rss == pytest.approx(estimate_grpo(cfg, 2, 1, 8, s_prompt=len(ids), heldout=2).rss)
+
+
+def test_memory_command_reads_a_grpo_config(tmp_path, tiny_model_dir):
+    """`tunelab memory CONFIG.yaml` prints the grpo estimate's parts and its peak; another task's config is refused."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import _mount, app
+
+    cfg = _cfg(tmp_path, tiny_model_dir)
+    path = tmp_path / "grpo.yaml"
+    path.write_text(yaml.safe_dump({**cfg.model_dump(mode="json", exclude_none=True),
+                                    "grpo": {"num_generations": 4, "prompts_per_step": 2, "max_completion_length": 16,
+                                             "rewards": [{"name": "contains", "column": "answer"}]}}))
+    _mount()
+    out = CliRunner().invoke(app, ["memory", str(path)], env={"COLUMNS": "200"})
+    assert out.exit_code == 0, out.output
+    m = estimate_grpo(from_dict(yaml.safe_load(path.read_text())), 4, 2, 16)
+    from tunelab.cli.merge import _gb
+
+    assert "N = G x P = 8 rows" in out.output and f"process peak: {_gb(m.rss)}" in out.output
+    sft = tmp_path / "sft.yaml"
+    sft.write_text(yaml.safe_dump({"task": "sft", "model": {"name": str(tiny_model_dir)},
+                                   "data": {"train": str(tmp_path / "p.jsonl")}}))
+    bad = CliRunner().invoke(app, ["memory", str(sft)])  # the TunelabError that main prints as one line, exit 2
+    assert isinstance(bad.exception, TunelabError) and "a config of task sft" in str(bad.exception)

@@ -51,6 +51,32 @@ def _gb(n: float) -> str:
     return f"{n / 1024**3:,.2f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.1f} MiB"
 
 
+def _grpo_memory(path: str) -> None:
+    """`tunelab memory <config.yaml>` for a task-grpo config: memory/grpo.py's terms and the process peak."""
+    from tunelab.config import load_config
+    from tunelab.errors import TunelabError
+    from tunelab.memory.grpo import estimate_grpo
+    from tunelab.train.grpo_config import grpo_settings
+
+    cfg = load_config(path)
+    if cfg.task != "grpo":
+        raise TunelabError(f"a config of task {cfg.task}: give its model instead", where="MODEL",
+                           hint="tunelab memory <model> --batch B --seq S (a config is read for task grpo)")
+    g = grpo_settings(cfg.grpo)
+    m = estimate_grpo(cfg, g.num_generations, g.prompts_per_step, g.max_completion_length)
+    t = Table(title=f"{cfg.model.name}: grpo, {cfg.method.name}, N = G x P = {m.rows} rows of "
+                    f"{m.prompt_tokens} + {m.completion_tokens} tokens")
+    for col in ("component", "memory", "how"):
+        t.add_column(col, justify="right" if col == "memory" else "left")
+    for name, n, how in m.parts:
+        t.add_row(name, _gb(n), how)
+    t.add_row("[bold]peak[/bold]", f"[bold]{_gb(m.total)}[/bold]", "resident + engine copy + max(training step, KV cache)")
+    c = Console()
+    c.print(t)
+    c.print(f"process peak: {_gb(m.rss)} = tensors {_gb(m.total)} + {_gb(m.policy.process)} for the interpreter "
+            f"and libraries (what RSS shows)")
+
+
 @app.command("memory")
 def memory_cmd(
     model: str = typer.Argument(..., help="Alias, model folder or config.json (weights are not loaded)."),
@@ -74,6 +100,8 @@ def memory_cmd(
     from tunelab.memory.estimator import estimate
     from tunelab.runs.kinds import refuse_run
 
+    if model.endswith((".yaml", ".yml")):  # a run config: task grpo is estimated as a whole run
+        return _grpo_memory(model)
     refuse_run(model, "memory")
     if layers != "all" and not (layers.isdigit() and int(layers) >= 1):
         raise TunelabError(f"--layers {layers!r} is not 'all' or a number >= 1", where="--layers",
