@@ -267,8 +267,8 @@ def test_grader_as_grpo_reward_counts_failures():
 
 
 def test_a_grpo_run_with_grader_rewards(tmp_path, tiny_model_dir):
-    """One GRPO step on the tiny Llama, its rewards two graders (a string check and a python grader):
-    the run finishes and logs each grader's reward under its name."""
+    """One GRPO step on the tiny Llama, its rewards graders (a string check and python graders):
+    the run finishes and logs each grader's reward under its name, and a third that always raises only counts."""
     from tunelab.train import run
 
     rows = [{"prompt": "Say 4.", "answer": "4"}, {"prompt": "Say 7.", "answer": "7"}]
@@ -280,10 +280,15 @@ def test_a_grpo_run_with_grader_rewards(tmp_path, tiny_model_dir):
                {"grader": dict(string_check("like"), name="has_answer")},
                {"grader": {"type": "python", "name": "short",
                            "source": "def grade(sample, item):\n    return 1.0 / (1 + len(sample['output_text']))"},
-                "weight": 0.5}]},
+                "weight": 0.5},
+               {"grader": {"type": "python", "name": "broken", "source": "def grade(sample, item):\n    raise ValueError"},
+                "weight": 0.25}]},
            "output": {"dir": str(tmp_path / "runs"), "name": "g"}}
     out = run(cfg, quiet=True)
     assert (out.run_dir / "DONE").exists()
     step = [json.loads(x) for x in (out.run_dir / "metrics.jsonl").read_text().splitlines() if '"reward"' in x][0]
     assert 0 <= step["rewards/has_answer/mean"] <= 1 and 0 < step["rewards/short/mean"] <= 1
     assert step["reward"] == pytest.approx(step["rewards/has_answer/mean"] + 0.5 * step["rewards/short/mean"])
+    # the grader that raises scored 0 on each of the step's G x P = 4 completions and counted them; the run went on
+    assert step["rewards/broken/mean"] == 0 and step["rewards/broken/errors"] == 4
+    assert step["rewards/has_answer/errors"] == 0 and step["rewards/short/errors"] == 0

@@ -15,8 +15,8 @@ train.eval_every steps (a number) and after it (train/grpo_heldout.py): their re
 before -> after with bootstrap intervals to report.md.
 
 Statistics per step (metrics.jsonl, means over the step's micro-batches): reward (mean total), reward_std
-(mean of the groups' std), rewards/<name>/mean and /std per function, frac_reward_zero_std (groups whose
-G rewards are all equal: no gradient from them), completion_length (mean tokens), truncated (share
+(mean of the groups' std), rewards/<name>/mean and /std per function (/errors: a grader's failed grades,
+summed), frac_reward_zero_std (groups whose G rewards are all equal: no gradient from them), completion_length (mean tokens), truncated (share
 without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling: prefill_s
 the prompts' forward, decode_s the one-token steps), rollout_tokens (completion tokens sampled).
 """
@@ -204,6 +204,7 @@ class GrpoObjective:
         n = len(ro.texts)
         rep = [r for r in rows for _ in range(g.num_generations)]
         cols = {k: [r.columns[k] for r in rep] for k in rows[0].columns}
+        failed = {r.name: sum(r.fn.errors.values()) for r in self.rewards if hasattr(r.fn, "errors")}  # graders
         total, per = score(self.rewards, [r.prompt for r in rep], ro.texts, cols)
         dev = next(model.parameters()).device
         rewards = torch.tensor(total, dtype=torch.float32, device=dev)
@@ -229,6 +230,9 @@ class GrpoObjective:
             ok = [v for v in vals if not math.isnan(v)]
             st[f"rewards/{name}/mean"] = sum(ok) / len(ok) if ok else float("nan")
             st[f"rewards/{name}/std"] = statistics.stdev(ok) if len(ok) > 1 else 0.0
+        for r in self.rewards:  # a grader's grades that failed in this micro-batch (scored 0, counted, not fatal)
+            if r.name in failed:
+                st[f"rewards/{r.name}/errors"] = sum(r.fn.errors.values()) - failed[r.name]
         self.stats.append(st)
         return out.loss, 1
 
@@ -237,7 +241,8 @@ class GrpoObjective:
         if not self.stats:
             return {}
         keys, k = self.stats[0].keys(), len(self.stats)
-        out = {key: round(sum(s[key] for s in self.stats) / (1 if key in SUMMED else k), 5) for key in keys}
+        out = {key: round(sum(s[key] for s in self.stats) / (1 if key in SUMMED or key.endswith("/errors") else k), 5)
+               for key in keys}
         self.stats = []
         return out
 
