@@ -16,8 +16,8 @@ before -> after with bootstrap intervals to report.md.
 
 Statistics per step (metrics.jsonl, means over the step's micro-batches): reward (mean total), reward_std
 (mean of the groups' std), rewards/<name>/mean and /std per function (/errors: a grader's failed grades,
-summed), frac_reward_zero_std (groups whose G rewards are all equal: no gradient from them), completion_length (mean tokens), truncated (share
-without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling: prefill_s
+summed), frac_reward_zero_std (groups whose G rewards are all equal: no gradient from them),
+completion_length (mean tokens), truncated (share without a stop token), clip_ratio, kl (beta > 0), rollout_s (seconds spent sampling: prefill_s
 the prompts' forward, decode_s the one-token steps), rollout_tokens (completion tokens sampled).
 """
 
