@@ -7,13 +7,13 @@ deleted; every malformed request is a 400 naming the field and writes nothing.""
 from __future__ import annotations
 
 import json
-import time
 
 import openai
 import pytest
 import yaml
 
 from tests.serve.conftest import uvicorn_thread
+from tests.serve.test_jobs_api import _wait as wait_for
 
 # OpenAI's RFT lines: messages ending with a user turn, and any other field for the grader (item.*)
 PROMPTS = [{"messages": [{"role": "user", "content": q}], "answer": a}
@@ -55,12 +55,7 @@ def rft_server(tmp_path_factory, tiny_model_dir):
 
 
 def _wait(pred, what: str, timeout: float = 90.0, every: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (got := pred()):
-            return got
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return wait_for(pred, what, timeout, every)  # polled closely: a pause must land between two steps
 
 
 def test_reinforcement_job_pauses_at_a_checkpoint_resumes_succeeds_and_its_model_is_deleted(rft_server,
