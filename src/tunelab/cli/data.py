@@ -11,6 +11,21 @@ from rich.table import Table
 app = typer.Typer(help="Inspect datasets as the trainer will see them.", no_args_is_help=True)
 
 
+def endpoint_key(model: str | None, api_key_env: str) -> str | None:
+    """The API key for a `--base-url` teacher, from `api_key_env` (OPENAI_API_KEY may be unset: a local
+    server needs none); one-line errors for a missing --model or a named variable that is not set."""
+    import os
+
+    from tunelab.errors import TunelabError
+
+    if not model:
+        raise TunelabError("--base-url needs --model", where="--model", hint="the model name the server serves")
+    key = os.environ.get(api_key_env)
+    if key is None and api_key_env != "OPENAI_API_KEY":
+        raise TunelabError(f"environment variable {api_key_env} is not set", where="--api-key-env")
+    return key
+
+
 @app.command("inspect")
 def inspect_cmd(
     config: Path = typer.Argument(..., help="YAML run config."),
@@ -108,8 +123,6 @@ def synth_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Make training pairs with a teacher model; safe to kill and rerun (finished items are skipped)."""
-    import os
-
     from tunelab.synth import DEFAULT_REFUSALS, Filters, LocalTeacher, OpenAITeacher, SynthOptions, run_synth
     from tunelab.synth.items import MODES
     from tunelab.errors import TunelabError
@@ -137,11 +150,7 @@ def synth_cmd(
                         price_in=price_in, price_out=price_out, overwrite=overwrite)
     opts.template  # noqa: B018 - validates {input} before a model is loaded
     if base_url is not None:
-        if not model:
-            raise TunelabError("--base-url needs --model", where="--model", hint="the model name the server serves")
-        key = os.environ.get(api_key_env)
-        if key is None and api_key_env != "OPENAI_API_KEY":
-            raise TunelabError(f"environment variable {api_key_env} is not set", where="--api-key-env")
+        key = endpoint_key(model, api_key_env)
         t = OpenAITeacher(base_url, model, key, timeout=timeout, max_attempts=max_attempts, backoff=backoff,
                           max_backoff=max_backoff, max_tokens=max_new_tokens, temperature=temperature)
     else:

@@ -207,8 +207,6 @@ def tune_cmd(
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Fine-tune the KB's embedder on questions a teacher writes about its chunks, then re-embed the KB."""
-    import os
-
     from tunelab.errors import TunelabError
     from tunelab.rag.tune import TuneOptions, tune
 
@@ -216,13 +214,10 @@ def tune_cmd(
         raise TunelabError("give one teacher", where="--teacher/--base-url",
                            hint="--teacher smollm2-135m-instruct (local) or --base-url URL --model NAME (remote)")
     if base_url is not None:
+        from tunelab.cli.data import endpoint_key
         from tunelab.synth.teachers import OpenAITeacher
 
-        if not model:
-            raise TunelabError("--base-url needs --model", where="--model", hint="the model name the server serves")
-        key = os.environ.get(api_key_env)
-        if key is None and api_key_env != "OPENAI_API_KEY":
-            raise TunelabError(f"environment variable {api_key_env} is not set", where="--api-key-env")
+        key = endpoint_key(model, api_key_env)
         t = OpenAITeacher(base_url, model, key, max_tokens=96, temperature=0.7)
     else:
         t = teacher or "smollm2-135m-instruct"
