@@ -50,7 +50,23 @@ def test_metrics_carry_the_base_validation_loss_at_step_0(tmp_path):
                                    "| | loss | perplexity |\n|---|---|---|\n| base | 2.4375 | 11.44 |\n"
                                    "| epoch 1 | 1.5000 | 4.48 |\n| final (kept) | 1.5000 | 4.48 |\n")
     assert base_valid_loss(run) == 2.4375  # the validation table's row, not a prompt that reads "base"
-    assert read_metrics(run) == {"train": [[1, 2.0]], "valid": [[2, 1.5]], "base": [[0, 2.4375]]}
+    assert read_metrics(run) == {"train": [[1, 2.0]], "valid": [[2, 1.5]], "base": [[0, 2.4375]], "axis": "loss",
+                                 "labels": ["train", "validation", "base model (validation, step 0)"]}
+
+
+def test_a_grpo_run_charts_its_rewards_with_the_pass_before_training_as_base(tmp_path):
+    from tunelab.serve.studio.runs_data import read_metrics
+
+    run = tmp_path / "g"
+    run.mkdir()
+    (run / "config.yaml").write_text("task: grpo\nmodel: {name: m}\n")
+    (run / "metrics.jsonl").write_text(  # as train/recipes/grpo.py writes them: held-out passes at 0 and 2
+        '{"step": 0, "heldout/reward": 0.25, "heldout_n": 4}\n{"step": 1, "loss": 0.1, "reward": 0.5}\n'
+        '{"step": 2, "loss": -0.2, "reward": 0.75}\n{"step": 2, "heldout/reward": 0.625, "heldout_n": 4}\n')
+    got = read_metrics(run)
+    assert (got["train"], got["valid"], got["base"], got["axis"]) == ([[1, 0.5], [2, 0.75]], [[2, 0.625]],
+                                                                      [[0, 0.25]], "reward")
+    assert got["labels"][1] == "held-out reward (greedy)"
 
 
 def test_chart_colours_are_distinct_and_step_ticks_whole(studio_client):

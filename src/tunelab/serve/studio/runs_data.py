@@ -2,7 +2,12 @@
 
     run_summary(dir)  name, status (finished: DONE exists | incomplete), task, model, method,
                       final validation loss (the last metrics.jsonl row with `val_loss`), steps, mtime
-    read_metrics(dir) {"train": [[step, loss], ...], "valid": [[step, val_loss], ...], "base": [[0, loss]] | []}
+    read_metrics(dir) {"train": [[step, loss], ...], "valid": [[step, val_loss], ...], "base": [[0, loss]] | [],
+                       "axis": "loss", "labels": [the three series' legend names]}
+
+What a chart draws varies by task in one table, CURVES (a task not in it draws LOSS): a grpo run draws its
+sampled `reward` per step, the held-out pass's greedy `heldout/reward` (train/grpo_heldout.py), and as the
+base the pass before the first step (its step-0 row), on a "reward" axis.
 
 The base model's validation loss (measured before the first step, the improvement's reference) is in
 the run's report.md, the `| base | <loss> | ... |` row of its "Validation loss" (sft) or "Held-out
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -59,19 +65,43 @@ def _rows(run: Path):
             yield row
 
 
+@dataclass(frozen=True)
+class Curves:
+    """A chart's series: the metrics.jsonl keys of the training and the evaluation rows, the y axis, the
+    legend names (training, evaluation, base), and whether the base is the evaluation's step-0 row (else
+    report.md's base validation loss)."""
+
+    train: str
+    valid: str
+    axis: str
+    labels: tuple[str, str, str]
+    base_at_step_0: bool = False
+
+
+LOSS = Curves("loss", "val_loss", "loss", ("train", "validation", "base model (validation, step 0)"))
+CURVES = {"grpo": Curves("reward", "heldout/reward", "reward",
+                         ("reward (sampled)", "held-out reward (greedy)", "base model (held-out, step 0)"), True)}
+
+
 def read_metrics(run: Path) -> dict:
     """The curves of `run` (module docstring); a row without a number is skipped."""
+    c = CURVES.get(read_config(run).get("task"), LOSS)
     train, valid = [], []
     for row in _rows(run):
         step = row.get("step")
         if not isinstance(step, (int, float)):
             continue
-        if isinstance(row.get("loss"), (int, float)):
-            train.append([step, row["loss"]])
-        if isinstance(row.get("val_loss"), (int, float)):
-            valid.append([step, row["val_loss"]])
-    base = base_valid_loss(run)
-    return {"train": train, "valid": valid, "base": [] if base is None else [[0, base]]}
+        if isinstance(row.get(c.train), (int, float)):
+            train.append([step, row[c.train]])
+        if isinstance(row.get(c.valid), (int, float)):
+            valid.append([step, row[c.valid]])
+    if c.base_at_step_0:
+        base = [p for p in valid if p[0] == 0][:1]
+        valid = [p for p in valid if p[0] != 0]
+    else:
+        loss = base_valid_loss(run)
+        base = [] if loss is None else [[0, loss]]
+    return {"train": train, "valid": valid, "base": base, "axis": c.axis, "labels": list(c.labels)}
 
 
 _BASE_SECTIONS = ("## Validation loss", "## Held-out perplexity")

@@ -225,7 +225,11 @@
       try { show(await TL.postJSON(`/v1/fine_tuning/jobs/${encodeURIComponent(id)}/cancel`, {})); }
       catch (e) { TL.showErr(err, e); }
     });
-    const run = { name: job.fine_tuned_model || "job", train: [], valid: [] };
+    // a reinforcement job charts its sampled reward per step (runs_data.CURVES' grpo labels), others their loss
+    const rewarded = job.method && job.method.type === "reinforcement";
+    const run = { name: job.fine_tuned_model || "job", train: [], valid: [],
+                  ...(rewarded ? { axis: "reward", labels: ["reward (sampled)", "held-out reward (greedy)",
+                                                            "base model (held-out, step 0)"] } : {}) };
     const chart = TL.lossChart($("job-chart"), [run]);
     const seen = new Set(), epochs = [];
     const nEpochs = job.hyperparameters.n_epochs;
@@ -235,7 +239,8 @@
       seen.add(ev.id);
       if (ev.type === "metrics" && ev.data) {
         const d = ev.data;
-        if (d.train_loss != null) run.train.push([d.step, d.train_loss]);
+        const y = rewarded ? d.reward : d.train_loss;
+        if (y != null) run.train.push([d.step, y]);
         if (d.valid_loss != null) run.valid.push([d.step, d.valid_loss]);
         if (d.epoch != null) epochs.push([ev.created_at, d.epoch, d.step]);
         if (!draw) draw = setTimeout(() => {

@@ -110,10 +110,11 @@ const TL = (() => {
     runs.forEach((r, i) => {
       const c = pal[i % pal.length];
       const who = runs.length > 1 ? r.name + " " : "";
-      series.push({ label: who + "train", stroke: c.train, width: 2, spanGaps: true, points: { show: false } });
-      series.push({ label: who + "validation", stroke: c.valid, width: 2, dash: STYLE.valid_dash, spanGaps: true,
+      const [tl, vl, bl] = r.labels || ["train", "validation", "base model (validation, step 0)"];  // runs_data.Curves
+      series.push({ label: who + tl, stroke: c.train, width: 2, spanGaps: true, points: { show: false } });
+      series.push({ label: who + vl, stroke: c.valid, width: 2, dash: STYLE.valid_dash, spanGaps: true,
                     points: { show: true, size: 6, fill: c.valid, stroke: c.valid } });
-      series.push({ label: who + "base model (validation, step 0)", stroke: c.valid, width: 0, paths: () => null,
+      series.push({ label: who + bl, stroke: c.valid, width: 0, paths: () => null,
                     points: { show: true, size: b.size, width: b.width, stroke: c.valid, fill: b.fill } });
     });
     const markers = {
@@ -125,7 +126,8 @@ const TL = (() => {
       return splits.map((v) => (Number.isInteger(v) ? String(v) : ""));
     };
     return { width, height: 260, series, scales: { x: { time: false } },
-             axes: [{ label: "step", incrs: STYLE.step_incrs, values: ticks }, { label: "loss" }],
+             axes: [{ label: "step", incrs: STYLE.step_incrs, values: ticks },
+                    { label: [...new Set(runs.map((r) => r.axis || "loss"))].join(" / ") }],
              legend: { live: false, markers } };
   }
 
