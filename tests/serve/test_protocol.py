@@ -78,8 +78,9 @@ def test_requests_take_the_sdks_payloads():
     ({"model": "m", "training_file": "f", "method": {"type": "reinforcement", "reinforcement": {
         "grader": {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a",
                    "operation": "eq"}, "hyperparameters": {"eval_interval": 10}}}},
-     "hyperparameter eval_interval=10 is not supported for method reinforcement: task grpo has no validation pass "
-     "yet (the reward of each step is in the job's metrics events); leave it out or use 'auto'",
+     "hyperparameter eval_interval=10 is not supported for method reinforcement: the jobs API does not run grpo's "
+     "validation pass yet (`tunelab train` does, with data.validation; a job's reward per step is in its metrics "
+     "events); leave it out or use 'auto'",
      "hyperparameters.eval_interval"),
     ({"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": 0}},
      "invalid hyperparameter n_epochs=0: use 'auto' or an integer in 1..100", "hyperparameters.n_epochs"),

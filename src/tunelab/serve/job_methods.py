@@ -15,7 +15,7 @@ qlora, what task grpo trains). A reinforcement job maps OpenAI's names onto task
     learning_rate_multiplier  train.lr = default_lr(method.name) x multiplier (as every method)
     compute_multiplier        grpo.num_generations G = max(2, round(4 x multiplier))  (auto: 1 -> G = 4):
                               the exploration budget, G samples per prompt
-    eval_interval, eval_samples   only "auto": task grpo has no validation pass yet
+    eval_interval, eval_samples   only "auto": the jobs API does not run grpo's validation pass yet
     reasoning_effort          only "default": tunelab's models have no reasoning-effort setting
 
 Used by the request checks (serve/protocol/jobs.py), the file checks (serve/jobs_api.py) and the
@@ -66,7 +66,8 @@ def _reinforcement(cfg: dict, job: dict) -> None:
                    "rewards": [{"grader": job["method"]["grader"], "weight": 1.0}]}
 
 
-NO_VALIDATION = "task grpo has no validation pass yet (the reward of each step is in the job's metrics events)"
+NO_VALIDATION = ("the jobs API does not run grpo's validation pass yet (`tunelab train` does, with "
+                 "data.validation; a job's reward per step is in its metrics events)")
 METHODS: dict[str, JobMethod] = {
     "supervised": JobMethod("sft", ("sft",), "chat examples (messages, prompt/completion, ...)", COMMON),
     "dpo": JobMethod("dpo", ("preference", "openai_dpo"),
