@@ -66,15 +66,17 @@ def test_reinforcement_job_pauses_at_a_checkpoint_resumes_succeeds_and_its_model
     alice, bob = clients["alice"], clients["bob"]
     assert alice.files.retrieve(files["alice"]).status == "processed"
     # 4 prompts / batch 1 = 4 steps an epoch x 4 epochs = 16 steps; checkpoints at each epoch end (4, 8, 12)
+    # the training prompts as validation file too: a greedy held-out pass before training, at steps 8 and 16
     job = alice.fine_tuning.jobs.create(model=str(tiny_model_dir), training_file=files["alice"], suffix="rl", seed=3,
+                                        validation_file=files["alice"],
                                         method=reinforcement(n_epochs=4, batch_size=1, compute_multiplier=0.5,
-                                                             learning_rate_multiplier=2.0, eval_interval="auto"))
+                                                             learning_rate_multiplier=2.0, eval_interval=8))
     rl = job.method.reinforcement
     assert job.method.type == "reinforcement" and rl.grader.type == "string_check" and rl.grader.operation == "ne"
     assert (rl.hyperparameters.n_epochs, rl.hyperparameters.batch_size, rl.hyperparameters.compute_multiplier) == \
         (4, 1, 0.5)
     assert (rl.hyperparameters.eval_interval, rl.hyperparameters.eval_samples, rl.hyperparameters.reasoning_effort) \
-        == ("auto", "auto", "default")
+        == (8, "auto", "default")
     jobs = alice.fine_tuning.jobs
     _wait(lambda: jobs.checkpoints.list(job.id).data, "the first checkpoint", every=0.02)
     paused = jobs.pause(job.id)
@@ -103,13 +105,17 @@ def test_reinforcement_job_pauses_at_a_checkpoint_resumes_succeeds_and_its_model
     train = [e.data for e in events if e.type == "metrics" and "train_loss" in e.data]
     assert [d["step"] for d in train] == list(range(1, 17))  # every step once: none lost, none run twice
     assert all(d["reward"] == 1.0 and d["rewards_not_answer_mean"] == 1.0 for d in train)
+    heldout = [e.data for e in events if e.type == "metrics" and "heldout_reward" in e.data]
+    assert [d["step"] for d in heldout] == [0, 8, 16]  # once each, across the pause
+    assert all(d["heldout_reward"] == 1.0 and d["heldout_n"] == len(PROMPTS) for d in heldout)
+    assert any(e.message == "Step 16: held-out reward=1.0000" for e in events)
     messages = [e.message for e in events]
     assert f"Training resumes from the checkpoint at step {at}" in messages
     assert f"The job was resumed: it is queued and resumes from its checkpoint at step {at}" in messages
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["task"] == "grpo" and cfg["train"]["epochs"] == 4 and cfg["train"]["lr"] == pytest.approx(2 * 4e-4)
     assert (cfg["grpo"]["num_generations"], cfg["grpo"]["prompts_per_step"]) == (2, 1)  # max(2, round(4 x 0.5))
-    assert cfg["grpo"]["rewards"][0]["grader"] == GRADER
+    assert cfg["grpo"]["rewards"][0]["grader"] == GRADER and cfg["train"]["eval_every"] == 8
 
     name = done.fine_tuned_model
     assert name == run.name and name in [m.id for m in alice.models.list()]
@@ -151,8 +157,8 @@ def test_malformed_reinforcement_jobs_are_400s_naming_the_field(rft_server, tiny
     cases = [  # (request, the param of the 400, a word its message names)
         (dict(method=rl()), "method.reinforcement.grader", "grader"),  # the grader is required
         (dict(method=rl(grader=GRADER, epochs=2)), "method.reinforcement.epochs", "epochs"),
-        (dict(method=reinforcement(eval_interval=5)), "hyperparameters.eval_interval", "validation pass"),
-        (dict(method=reinforcement(eval_samples=4)), "hyperparameters.eval_samples", "validation pass"),
+        (dict(method=reinforcement(eval_interval=0)), "hyperparameters.eval_interval", "eval_interval"),
+        (dict(method=reinforcement(eval_samples=4)), "hyperparameters.eval_samples", "greedy"),
         (dict(method=reinforcement(reasoning_effort="high")), "hyperparameters.reasoning_effort", "reasoning"),
         (dict(method=reinforcement(beta=0.1)), "hyperparameters.beta", "beta"),  # dpo's
         (dict(method=reinforcement(finetuning_type="full")), "hyperparameters.finetuning_type", "lora or qlora"),
@@ -164,7 +170,7 @@ def test_malformed_reinforcement_jobs_are_400s_naming_the_field(rft_server, tiny
         (dict(method=rl(grader="string_check")), "method.reinforcement.grader", "grader"),
         (dict(method={"type": "supervised", "supervised": {"hyperparameters": {"compute_multiplier": 2}}}),
          "hyperparameters.compute_multiplier", "compute_multiplier"),  # reinforcement's only
-        (dict(method=reinforcement(), validation_file=files["alice"]), "validation_file", "validation pass"),
+        (dict(method=reinforcement(), validation_file=chats), "validation_file", "prompts"),  # chat examples
         (dict(method=reinforcement(), training_file=chats), "training_file", "prompts"),  # chat examples
         (dict(training_file=files["alice"]), "training_file", "chat examples"),  # prompts for a supervised job
         (dict(method=reinforcement(), training_file=ragged.id), "training_file", "differ"),  # status error

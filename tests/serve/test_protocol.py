@@ -77,11 +77,10 @@ def test_requests_take_the_sdks_payloads():
      "Missing required parameter: 'method.reinforcement.grader'", "method.reinforcement.grader"),
     ({"model": "m", "training_file": "f", "method": {"type": "reinforcement", "reinforcement": {
         "grader": {"type": "string_check", "name": "g", "input": "{{sample.output_text}}", "reference": "a",
-                   "operation": "eq"}, "hyperparameters": {"eval_interval": 10}}}},
-     "hyperparameter eval_interval=10 is not supported for method reinforcement: the jobs API does not run grpo's "
-     "validation pass yet (`tunelab train` does, with data.validation; a job's reward per step is in its metrics "
-     "events); leave it out or use 'auto'",
-     "hyperparameters.eval_interval"),
+                   "operation": "eq"}, "hyperparameters": {"eval_samples": 10}}}},
+     "hyperparameter eval_samples=10 is not supported for method reinforcement: the held-out pass is greedy: one "
+     "reply per validation prompt; leave it out or use 'auto'",
+     "hyperparameters.eval_samples"),
     ({"model": "m", "training_file": "f", "hyperparameters": {"n_epochs": 0}},
      "invalid hyperparameter n_epochs=0: use 'auto' or an integer in 1..100", "hyperparameters.n_epochs"),
     ({"model": "m", "training_file": "f", "hyperparameters": {"beta": 0.2}},

@@ -15,7 +15,10 @@ qlora, what task grpo trains). A reinforcement job maps OpenAI's names onto task
     learning_rate_multiplier  train.lr = default_lr(method.name) x multiplier (as every method)
     compute_multiplier        grpo.num_generations G = max(2, round(4 x multiplier))  (auto: 1 -> G = 4):
                               the exploration budget, G samples per prompt
-    eval_interval, eval_samples   only "auto": the jobs API does not run grpo's validation pass yet
+    validation_file           grpo's held-out pass (data.validation): the greedy reply's reward before
+                              training, every eval_interval steps and after (events: heldout_reward)
+    eval_interval             train.eval_every (auto: before and after training only)
+    eval_samples              only "auto": the held-out pass is greedy, one reply per prompt
     reasoning_effort          only "default": tunelab's models have no reasoning-effort setting
 
 Used by the request checks (serve/protocol/jobs.py), the file checks (serve/jobs_api.py) and the
@@ -62,12 +65,13 @@ def _dpo(cfg: dict, job: dict) -> None:
 
 def _reinforcement(cfg: dict, job: dict) -> None:
     hp = job["hyperparameters"]
+    if hp["eval_interval"] != "auto":  # a held-out pass every n steps (with a validation_file; before and after: always)
+        cfg["train"]["eval_every"] = hp["eval_interval"]
     cfg["grpo"] = {"num_generations": num_generations(hp["compute_multiplier"]), "prompts_per_step": hp["batch_size"],
                    "rewards": [{"grader": job["method"]["grader"], "weight": 1.0}]}
 
 
-NO_VALIDATION = ("the jobs API does not run grpo's validation pass yet (`tunelab train` does, with "
-                 "data.validation; a job's reward per step is in its metrics events)")
+GREEDY = "the held-out pass is greedy: one reply per validation prompt"
 METHODS: dict[str, JobMethod] = {
     "supervised": JobMethod("sft", ("sft",), "chat examples (messages, prompt/completion, ...)", COMMON),
     "dpo": JobMethod("dpo", ("preference", "openai_dpo"),
@@ -77,7 +81,7 @@ METHODS: dict[str, JobMethod] = {
         "grpo", ("prompts",), "prompts: OpenAI's RFT lines, messages ending with a user turn, with any other fields",
         COMMON + ("compute_multiplier", "eval_interval", "eval_samples", "reasoning_effort"),
         finetuning_types=("lora", "qlora"),
-        fixed={"eval_interval": ("auto", NO_VALIDATION), "eval_samples": ("auto", NO_VALIDATION),
+        fixed={"eval_samples": ("auto", GREEDY),
                "reasoning_effort": ("default", "tunelab's models have no reasoning-effort setting")},
-        extra=("grader",), validation=NO_VALIDATION, config=_reinforcement),
+        extra=("grader",), config=_reinforcement),
 }

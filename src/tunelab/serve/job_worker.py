@@ -6,7 +6,8 @@ It runs the recipe of the config exactly as `tunelab train` does (RECIPES: task 
 dpo -> run_dpo, grpo -> run_grpo) into the run folder the config names, while a monitor thread turns what the recipe
 writes into the job's records, every 0.25 s and once more at the end:
 
-    run/metrics.jsonl rows      -> `metrics` events; data: step, train_loss (loss), valid_loss
+    run/metrics.jsonl rows      -> `metrics` events; data: step, train_loss (loss), valid_loss (val_loss) or
+                                   heldout_reward (grpo's held-out pass)
                                    (val_loss), learning_rate (lr), and the row's other keys ('/' -> '_')
     run/checkpoints/step-N/     -> a checkpoint object (step N, the metrics of step N) + an event
     (state.json, complete)
@@ -51,19 +52,23 @@ from tunelab.serve.job_runner import INTERRUPTED, checkpoint_steps  # noqa: E402
 from tunelab.train.state import BEFORE_PRUNE, is_final  # noqa: E402
 
 _KEYS = {"loss": "train_loss", "val_loss": "valid_loss", "lr": "learning_rate"}
+# the metrics.jsonl value a row is reported for -> (event kind, the event's key, what its message calls it);
+# grpo's held-out pass (train/grpo_heldout.py) reports a greedy reward, not a loss
+REPORTED = {"loss": ("train", "train_loss", "training loss"), "val_loss": ("valid", "valid_loss", "validation loss"),
+            "heldout/reward": ("valid", "heldout_reward", "held-out reward")}
 
 
-def metrics_event(row: dict) -> tuple[str, str, dict] | None:
-    """(kind "train" | "valid", message, data) of one metrics.jsonl row; None for other rows."""
-    if "step" not in row or ("loss" not in row and "val_loss" not in row):
+def metrics_event(row: dict) -> tuple[str, str, str, dict] | None:
+    """(kind "train" | "valid", the reported key, message, data) of one metrics.jsonl row; None for other rows."""
+    hit = next((k for k in REPORTED if k in row), None)
+    if "step" not in row or hit is None:
         return None
-    kind = "train" if "loss" in row else "valid"
+    kind, key, label = REPORTED[hit]
     data = {"step": int(row["step"])}
     data.update({_KEYS.get(k, k.replace("/", "_")): v for k, v in row.items() if k != "step"})
-    key = "train_loss" if kind == "train" else "valid_loss"
     val = data[key]
     shown = f"{val:.4f}" if isinstance(val, (int, float)) else str(val)
-    return kind, f"Step {data['step']}: {'training' if kind == 'train' else 'validation'} loss={shown}", data
+    return kind, key, f"Step {data['step']}: {label}={shown}", data
 
 
 class Monitor:
@@ -126,10 +131,9 @@ class Monitor:
             ev = metrics_event(row)
             if ev is None:
                 continue
-            kind, message, data = ev
+            kind, key, message, data = ev
             step = data["step"]
-            keep = "train_loss" if kind == "train" else "valid_loss"
-            self.by_step.setdefault(step, {})[keep] = data[keep]
+            self.by_step.setdefault(step, {})[key] = data[key]
             if (step, kind) not in self.seen:
                 self.seen.add((step, kind))
                 jobs_db.add_event(c, self.job, message, type="metrics", data=data)

@@ -25,7 +25,8 @@ tunelab's default) are resolved when the job is made:
     beta (dpo)                number (0, 10]   auto: preference.beta (0.1)
     finetuning_type           lora|qlora|full  auto: lora (method.name; a server job override still wins)
     compute_multiplier        number (0, 10]   reinforcement; auto: 1; grpo.num_generations = max(2, round(4 x it))
-    eval_interval, eval_samples   "auto"       reinforcement; any other value: 400 (no validation pass in jobs yet)
+    eval_interval             integer | auto   reinforcement; train.eval_every (auto: held-out pass before and after)
+    eval_samples              "auto"           reinforcement; any other value: 400 (the held-out pass is greedy)
     reasoning_effort          "default"        reinforcement; any other value: 400
 
 Pause and resume follow OpenAI's rules: only a `running` job pauses, only a `paused` job resumes;
@@ -35,8 +36,8 @@ before the interrupt reaches it makes the job succeeded, as a running one.
 
 Every refusal is a 4xx in OpenAI's shape and writes nothing (the shape first, then the lookups): an unknown key or model, another
 tenant's or an unknown file (404), a file that is not `processed`, a file whose kind does not
-fit the method (supervised: chat examples; dpo: preference pairs; reinforcement: prompts), a validation
-file for reinforcement (the jobs API runs no grpo validation pass yet), a suffix that is not a NAME.
+fit the method (supervised: chat examples; dpo: preference pairs; reinforcement: prompts, its
+validation file too), a suffix that is not a NAME.
 `model` is an alias, the served base, a local model folder (config.json) or .gguf file of the
 server's machine (read with the server's rights), or a hub id when the hub is reachable.
 The run is named `ft-<suffix>-<8 hex of the id>` (or `ft-<8 hex>`); it becomes the job's

@@ -9,7 +9,7 @@ The create request is checked here, in the order below, each refusal a 400 with 
                         object also holds `grader` (an OpenAI grader object, checked by train/graders)
     hyperparameters     an object: the method's names of HYPER (serve/job_methods.py; "auto" = tunelab's
                         default), each in range; a name the method takes one value of only (reinforcement's
-                        eval_interval, eval_samples, reasoning_effort) refused, saying why, at any other value
+                        eval_samples, reasoning_effort) refused, saying why, at any other value
     training_file,      non-empty strings (whether the tenant has them, and what they hold, is checked
     validation_file     by the serving class)
     suffix              a NAME of at most 40 characters
@@ -41,7 +41,7 @@ HYPER = {"n_epochs": (int, 1, 100, lambda: int(TrainConfig.model_fields["epochs"
          "beta": (float, 0.0, 10.0, lambda: PreferenceConfig.model_fields["beta"].default),
          "finetuning_type": (str, FINETUNING_TYPES, None, lambda: "lora"),
          "compute_multiplier": (float, 0.0, 10.0, lambda: 1.0),  # reinforcement: G = max(2, round(4 x it))
-         "eval_interval": (int, 1, 10**6, lambda: "auto"),  # reinforcement: "auto" only (job_methods.fixed)
+         "eval_interval": (int, 1, 10**6, lambda: "auto"),  # reinforcement: train.eval_every (job_methods)
          "eval_samples": (int, 1, 10**6, lambda: "auto"),
          "reasoning_effort": (str, ("default", "low", "medium", "high"), None, lambda: "default")}
 KINDS = {name: m.kinds for name, m in METHODS.items()}  # method type: the file kinds it trains on

@@ -241,7 +241,8 @@
         const d = ev.data;
         const y = rewarded ? d.reward : d.train_loss;
         if (y != null) run.train.push([d.step, y]);
-        if (d.valid_loss != null) run.valid.push([d.step, d.valid_loss]);
+        const v = rewarded ? d.heldout_reward : d.valid_loss;
+        if (v != null) run.valid.push([d.step, v]);
         if (d.epoch != null) epochs.push([ev.created_at, d.epoch, d.step]);
         if (!draw) draw = setTimeout(() => {
           draw = null;
