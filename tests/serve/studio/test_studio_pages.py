@@ -96,7 +96,8 @@ def test_fragments_need_the_key_and_keep_tenants_apart(studio):
     table = client.get("/studio/f/runs", headers=h["default"]).text
     assert "2.2500" in table and 'href="/runs/r1"' in table and "qlora" in table
     assert client.get("/studio/api/runs/r1/metrics", headers=h["default"]).json() == {
-        "name": "r1", "train": [[1, 3.0], [2, 2.5], [3, 2.0]], "valid": [[3, 2.25]], "base": []}
+        "name": "r1", "train": [[1, 3.0], [2, 2.5], [3, 2.0]], "valid": [[3, 2.25]], "base": [], "axis": "loss",
+        "labels": ["train", "validation", "base model (validation, step 0)"]}
     for url in ("/studio/api/runs/bobs/metrics", "/studio/f/runs/bobs"):
         r = client.get(url, headers=h["default"])
         assert r.status_code == 404 and r.json()["error"]["message"] == "No such run: 'bobs'"
