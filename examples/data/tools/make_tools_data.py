@@ -1,9 +1,10 @@
 """Write the tool-use dataset in OpenAI's chat shape: train.jsonl, validation.jsonl, test.jsonl.
 
-    python examples/data/tools/make_tools_data.py          (deterministic: the same files every time)
+    python examples/data/tools/make_tools_data.py [--variety]   (deterministic: the same files every time)
 
-test.jsonl comes from `record` below (split 1); train.jsonl and validation.jsonl come from train_variety.py,
-which adds parallel calls, tool lists that vary and look-alike distractors to the kinds below (its docstring).
+test.jsonl comes from `record` below (split 1), and so do train.jsonl and validation.jsonl (split 0); with
+--variety they come from train_variety.py instead, which adds parallel calls, tool lists that vary and look-alike
+distractors (its docstring; measured in docs/tools.md: it did not beat the default set).
 Every test record is {"tools": [4 function schemas], "messages": [...]} and ends with the assistant turn to learn
 (or, in test.jsonl, the reference): an assistant message with `tool_calls` (arguments a JSON string, as
 OpenAI sends them), or a plain reply. Four kinds of record:
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -214,17 +216,22 @@ def split_records(seed: int, split: int, kinds: dict[str, int]) -> list[dict]:
 
 
 def main() -> None:
-    from train_variety import check_unlike_held_out, variety_records  # training-only records (parallel calls, tool lists)
+    if "--variety" in sys.argv[1:]:  # the varied training set (docs/tools.md: measured, and not better)
+        from train_variety import check_unlike_held_out, variety_records  # parallel calls, tool lists that vary
 
-    check_unlike_held_out()
-    # 137 train: single calls, parallel calls (same function on 2-3 values, or different functions), call + result +
-    # reply, replies from a given result, no-call chats, and requests whose function the record's tools lack
-    train = variety_records(1, {("call", "single"): 35, ("call", "same"): 25, ("call", "mixed"): 18,
-                                ("full", "single"): 12, ("full", "same"): 8, ("full", "mixed"): 6,
-                                ("answer", "single"): 6, ("answer", "same"): 3, ("answer", "mixed"): 3,
-                                ("chat", ""): 16, ("missing", ""): 5})
-    validation = variety_records(2, {("call", "single"): 2, ("call", "same"): 1, ("call", "mixed"): 1,
-                                     ("answer", "single"): 1, ("answer", "same"): 1, ("chat", ""): 2})
+        check_unlike_held_out()
+        # 137 train: single calls, parallel calls (same function on 2-3 values, or different functions), call +
+        # result + reply, replies from a given result, no-call chats, requests whose function the tools lack
+        train = variety_records(1, {("call", "single"): 35, ("call", "same"): 25, ("call", "mixed"): 18,
+                                    ("full", "single"): 12, ("full", "same"): 8, ("full", "mixed"): 6,
+                                    ("answer", "single"): 6, ("answer", "same"): 3, ("answer", "mixed"): 3,
+                                    ("chat", ""): 16, ("missing", ""): 5})
+        validation = variety_records(2, {("call", "single"): 2, ("call", "same"): 1, ("call", "mixed"): 1,
+                                         ("answer", "single"): 1, ("answer", "same"): 1, ("chat", ""): 2})
+    else:
+        # 150 train: 70 calls, 45 call+result+reply, 15 replies from a given result, 20 without a call
+        train = split_records(1, 0, {"call": 70, "full": 45, "answer": 15, "chat": 20})
+        validation = split_records(2, 0, {"call": 4, "answer": 2, "chat": 2})
     # 40 held-out: 28 need a call, 6 answer from a tool result, 6 need no call (all in held-out phrasings/values)
     test = split_records(3, 1, {"call": 28, "answer": 6, "chat": 6})
     for name, rows in (("train", train), ("validation", validation), ("test", test)):
