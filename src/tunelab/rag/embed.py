@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.ops.mean_pool import mean_pool
 
 
 class Embedder:
@@ -75,17 +76,6 @@ class Embedder:
                 out[idx] = mean_pool(self.model, enc).float().numpy()
 
 
-def mean_pool(model, enc):
-    """Unit sentence vectors of a tokenized batch: e = normalize(sum_t m_t h_t / sum_t m_t), where h_t is the
-    last hidden state of token t and m_t its attention mask; shape (batch, dim). Differentiable (training uses it)."""
-    import torch
-
-    hidden = model(**enc).last_hidden_state  # (batch, seq, dim)
-    mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, p=2, dim=1)
-
-
 def set_threads() -> None:
     """One torch intra-op thread per core unless OMP_NUM_THREADS says otherwise."""
     import torch
@@ -95,19 +85,26 @@ def set_threads() -> None:
 
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str) -> Embedder:
-    from transformers import AutoModel, AutoTokenizer
+def load_pretrained(auto_class, name: str, what: str, where: str, alias: str):
+    """(tokenizer, model) of the alias or folder `name` through transformers' `auto_class`, with rag's thread
+    setting; a model that cannot load is a one-line TunelabError naming `what` and the offline `alias`."""
+    from transformers import AutoTokenizer
 
     from tunelab.models.registry import resolve
 
     set_threads()
-    src = resolve(name, where="embedder")
+    src = resolve(name, where=where)
     try:
-        tok = AutoTokenizer.from_pretrained(str(src.path))
-        model = AutoModel.from_pretrained(str(src.path))
+        return AutoTokenizer.from_pretrained(str(src.path)), auto_class.from_pretrained(str(src.path))
     except OSError as e:
-        raise TunelabError(f"cannot load embedding model {name!r} ({e})", where="embedder",
-                           hint="use the offline alias minilm-l6 or a local model folder") from e
+        raise TunelabError(f"cannot load {what} model {name!r} ({e})", where=where,
+                           hint=f"use the offline alias {alias} or a local model folder") from e
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(name: str) -> Embedder:
+    from transformers import AutoModel
+
+    tok, model = load_pretrained(AutoModel, name, "embedding", "embedder", "minilm-l6")
     limit = int(getattr(model.config, "max_position_embeddings", 512) or 512)
     return Embedder(model, tok, name, limit)

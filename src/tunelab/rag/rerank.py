@@ -120,17 +120,9 @@ def _z(xs: list[float]) -> list[float]:
 
 @functools.lru_cache(maxsize=2)
 def _load_lm(name: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from tunelab.models.registry import resolve
-    from tunelab.rag.embed import set_threads
+    from tunelab.rag.embed import load_pretrained
 
-    set_threads()
-    src = resolve(name, where="--rerank")
-    try:
-        tok = AutoTokenizer.from_pretrained(str(src.path))
-        model = AutoModelForCausalLM.from_pretrained(str(src.path))
-    except OSError as e:
-        raise TunelabError(f"cannot load reranker model {name!r} ({e})", where="--rerank",
-                           hint="use the offline alias smollm2-135m-instruct or a local model folder") from e
+    tok, model = load_pretrained(AutoModelForCausalLM, name, "reranker", "--rerank", "smollm2-135m-instruct")
     return model, tok
