@@ -12,7 +12,7 @@ twice (`distinct_batches`), or a question's own passage would also count as its 
 Training (`train_pairs`): the full encoder (every weight; MiniLM-L6 has 22.7M), AdamW with
 weight decay 0.01, the learning rate warmed up linearly over the first 10% of the steps and then
 decayed linearly to 0 (sentence-transformers' WarmupLinear), gradient norm clipped at 1.0,
-dropout on (train mode), fp32. Vectors are `tunelab.rag.embed.mean_pool` (the same pooling as
+dropout on (train mode), fp32. Vectors are `tunelab.ops.mean_pool.mean_pool` (the same pooling as
 at query time). Seeded: the same pairs and seed give the same weights.
 """
 
@@ -81,7 +81,7 @@ def train_pairs(model, tokenizer, pairs: list[tuple[str, str, str]], *, epochs: 
 
     import torch
 
-    from tunelab.rag.embed import mean_pool
+    from tunelab.ops.mean_pool import mean_pool
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
 """The default embedder of text_similarity cosine: all-MiniLM-L6-v2 (`minilm-l6`, offline from its wheel),
 token states of the last layer averaged over the attention mask, then L2-normalised - sentence-transformers'
-recipe, the one rag/embed.py computes. The server injects rag's cached Embedder instead (one copy of the
+recipe (ops/mean_pool.py, as rag/embed.py). The server injects rag's cached Embedder instead (one copy of the
 model in the process); this one serves training, which sits below rag/ in the layer order
 (tests/train/test_graders.py checks both give the same vectors).
 """
@@ -12,6 +12,7 @@ import functools
 import numpy as np
 
 from tunelab.errors import TunelabError
+from tunelab.ops.mean_pool import mean_pool
 
 
 @functools.lru_cache(maxsize=1)
@@ -34,7 +35,4 @@ def encode(texts: list[str], name: str = "minilm-l6", max_tokens: int = 256) -> 
     tok, model = _model(name)
     with torch.inference_mode():
         enc = tok(list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt")
-        hidden = model(**enc).last_hidden_state  # (n, seq, dim)
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, p=2, dim=1).float().numpy()
+        return mean_pool(model, enc).float().numpy()
