@@ -32,7 +32,6 @@ The engine's prefill activations (one layer of b x S_p tokens at a time) and the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tunelab.memory.estimator import estimate
 from tunelab.memory.result import MemoryEstimate, fmt_bytes
