@@ -20,12 +20,12 @@ from __future__ import annotations
 import copy
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from tunelab.config.classify import ClassifyConfig, check_metric_for_best
+from tunelab.config.classify import ClassifyConfig, check_metric_for_best, settle_setfit
 from tunelab.config.sections import (  # noqa: F401  (re-exported: `from tunelab.config import ...` keeps working)
     FULL_LR,
     LORA_LR,
@@ -64,6 +64,7 @@ class RunConfig(_Section):
     def _check(self) -> "RunConfig":
         if self.data.template == "custom" and not self.data.custom_template:
             raise ValueError("data.template is 'custom' but data.custom_template is missing")
+        settle_setfit(self)  # before the lr default: it gives a setfit run SetFit's lr instead
         if "lr" not in self.train.model_fields_set:
             self.train.lr = default_lr(self.method.name)
         check_metric_for_best(self)
@@ -95,8 +96,12 @@ def _fields(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _submodel(model: type[BaseModel], key: str):
+    """The section type of `key`: its annotation, or the section in an optional one (`SetFitConfig | None`)."""
     ann = _fields(model)[key].annotation
-    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    for a in (ann, *get_args(ann)):
+        if isinstance(a, type) and issubclass(a, BaseModel):
+            return a
+    return None
 
 
 def _check_keys(data: dict, model: type[BaseModel], prefix: str, source: str) -> None:

@@ -9,7 +9,10 @@ tuned on its validation split for macro-F1 (eval/logit_offsets.py). `from_run` l
 returns argmax_k (z_k + b_k) with probabilities softmax(z + b); `from_run(..., offsets=False)` (or
 `tunelab predict --no-offsets`) uses the raw logits z. `logits()` always returns the raw z.
 
-The head is `AutoModelForSequenceClassification`'s: an encoder classifies its pooled [CLS]
+A `classify.setfit` run is an encoder with a linear head on its mean-pooled vectors instead
+(infer/pooled_classifier.py); `from_run` loads it when the run holds `embedder/`.
+
+Otherwise the head is `AutoModelForSequenceClassification`'s: an encoder classifies its pooled [CLS]
 vector (`classifier`), a decoder its last non-pad token (`score`). A decoder needs a pad token to
 find that position: pad = eos when the tokenizer has one, else a new `<|pad|>` token whose
 embedding row is set to the mean of the existing rows (deterministic, so a saved adapter reloads
@@ -24,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.infer.pooled_classifier import PooledHeadClassifier, has_pooled_head
 
 PAD_TOKEN = "<|pad|>"
 OFFSETS_FILE = "offsets.json"  # written by the classify recipe (eval/logit_offsets.py: FILE)
@@ -166,7 +170,12 @@ class Classifier:
                                hint="give a run trained with task: classify")
         cfg = rd.config
         labels = json.loads(rd.labels_path.read_text(encoding="utf-8"))["labels"]
-        if rd.model_dir.exists():  # full / freeze: the whole model was saved
+        if has_pooled_head(rd.path):  # classify.setfit: the tuned encoder + a linear head on its pooled vectors
+            from transformers import AutoTokenizer
+
+            model = PooledHeadClassifier.load(rd.path, device)
+            tok = AutoTokenizer.from_pretrained(str(rd.tokenizer_dir))
+        elif rd.model_dir.exists():  # full / freeze: the whole model was saved
             from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
             model = AutoModelForSequenceClassification.from_pretrained(str(rd.model_dir))
