@@ -173,9 +173,10 @@ def test_forced_tool_choice_opens_the_call(scripted):
     got, _ = _stream(client, model="tuned", messages=ASK, tools=[WEATHER, TIME],
                      tool_choice={"type": "function", "function": {"name": "get_weather"}})
     assert [(c["name"], c["arguments"]) for c in got["calls"].values()] == [("get_weather", call.function.arguments)]
-    pool.script = '\n{"name": "get_time", "arguments": {}}\n</tool_call>'
+    pool.script = 'get_time", "arguments": {}}\n</tool_call>'
     r = client.chat.completions.create(model="tuned", messages=ASK, tools=[WEATHER, TIME], tool_choice="required")
-    assert pool.prompt_text().endswith("<tool_call>") and r.choices[0].message.tool_calls[0].function.name == "get_time"
+    assert pool.prompt_text().endswith('<tool_call>\n{"name": "')  # "required": the call is open up to its name
+    assert r.choices[0].message.tool_calls[0].function.name == "get_time"
 
 
 def test_a_conversation_with_calls_and_results(scripted):
@@ -234,3 +235,24 @@ def test_the_tiny_model_answers_with_tools_end_to_end(scripted, server):
     with pytest.raises(openai.BadRequestError) as e:
         alice.chat.completions.create(model="tuned", messages=ASK, tools=[WEATHER], max_tokens=4)
     assert e.value.body["param"] == "tools" and e.value.body["code"] == "tools_unsupported"
+
+
+def test_required_on_the_model_itself_calls_one_of_the_tools(scripted):
+    """The tiny random model decodes (no script): "required" opens the call up to its name, and the
+    name constraint makes it spell one of the request's tools, plain and streamed."""
+    client, pool, _ = scripted
+    pool.script = None
+    try:
+        for tools in ([WEATHER, TIME], [TIME]):
+            names = [t["function"]["name"] for t in tools]
+            r = client.chat.completions.create(model="tuned", messages=ASK, tools=tools, tool_choice="required",
+                                               max_tokens=12, temperature=0)
+            msg = r.choices[0].message
+            text = msg.content or ""  # random arguments do not parse: the call comes back as text
+            written = msg.tool_calls[0].function.name if msg.tool_calls else text
+            assert any(written.startswith(f'<tool_call>\n{{"name": "{n}"') or written == n for n in names), written
+            got, _ = _stream(client, model="tuned", messages=ASK, tools=tools, tool_choice="required",
+                             max_tokens=12, temperature=0)
+            assert got["content"] == (msg.content or "")
+    finally:
+        pool.script = ""

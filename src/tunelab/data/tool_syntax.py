@@ -97,6 +97,7 @@ class ToolSyntax:
     end: str = ""  # closes one call (hermes) or the list (mistral); "" when the call is bare JSON
     args_key: str = "arguments"  # llama3_json writes "parameters"
     pattern: str = ""  # a regex matching the calls' text in a rendered reply (data inspect counts what it covers)
+    call_depth: int = 1  # JSON nesting of a call object after `start` (mistral's calls sit in a list: 2)
 
     def format_calls(self, calls: list[dict]) -> str:
         """OpenAI calls -> the text the model emits for them (no content, no end-of-turn token)."""
@@ -146,7 +147,7 @@ class ToolSyntax:
 SYNTAXES: dict[str, ToolSyntax] = {
     "hermes": ToolSyntax("hermes", start="<tool_call>", end="</tool_call>", pattern=r"<tool_call>.*?</tool_call>"),
     "llama3_json": ToolSyntax("llama3_json", start='{"name"', args_key="parameters", pattern=r'\{"name": [^\n]*\}'),
-    "mistral": ToolSyntax("mistral", start="[TOOL_CALLS]", pattern=r"\[TOOL_CALLS\]\[.*\]"),
+    "mistral": ToolSyntax("mistral", start="[TOOL_CALLS]", pattern=r"\[TOOL_CALLS\]\[.*\]", call_depth=2),
 }
 
 # the built-in template name -> its convention (templates without tools are absent: they get hermes)

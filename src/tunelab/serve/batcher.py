@@ -48,6 +48,7 @@ class GenRequest:
     sampler: Sampler
     sink: Callable[[tuple], None]
     adapter: str | None = None  # the engine's name of the row's adapter (Proj.named), None = the base
+    constraint: object = None  # infer/tool_names.ToolNameConstraint: what tokens the row may draw
     cancelled: bool = False
     n_new: int = field(default=0, init=False)
 
@@ -164,6 +165,8 @@ class Batcher:
         """Send `tok`; True when the row is finished (stop id, max_new reached)."""
         req = row.req
         req.n_new += 1
+        if req.constraint is not None:
+            req.constraint.push(req.constraint.texts[tok] if tok < len(req.constraint.texts) else "")
         req.sink(("token", tok))
         if tok in req.stop_ids:
             req.sink(("end", "stop"))
@@ -176,8 +179,10 @@ class Batcher:
     @staticmethod
     def _pick(req: GenRequest, logits: torch.Tensor, greedy: int) -> int:
         if req.sampler.temperature == 0:
-            return greedy
-        return int(req.sampler.pick(logits.float().cpu().unsqueeze(0))[0])
+            tok = greedy
+        else:
+            tok = int(req.sampler.pick(logits.float().cpu().unsqueeze(0))[0])
+        return tok if req.constraint is None else req.constraint.pick(logits, req.sampler, tok)
 
     def _admit_waiting(self) -> None:
         """Prefill waiting requests into free rows, several prompts per forward: shortest first,

@@ -6,10 +6,11 @@ template. A request names the base or one of its tenant's finished runs (`model`
 
 Tools: the template renders `tools` (unless tool_choice is "none": then no tools and no parsing);
 the reply is read by serve/tool_calls.ReplyParser with the template's tool syntax
-(data/tool_syntax.syntax_for), the same code for a plain reply and a stream. "required" or a named
-function opens the reply with the syntax's start (and the function's name up to its arguments): the
-model writes the rest; what does not parse comes back as text. A <think> block is split off as
-reasoning_content.
+(data/tool_syntax.syntax_for), the same code for a plain reply and a stream. "required" opens the
+reply with a call up to its function's name, a named function with its call up to the arguments: the
+model writes the rest; what does not parse comes back as text. Once a call is open, the characters of
+its name can only spell one of the request's tools (infer/tool_names.py). A <think> block is split off
+as reasoning_content.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ _MARK = "__tunelab_arguments__"
 
 
 def forced_prefix(syntax, name: str | None) -> str:
-    """The text a reply is opened with to make the model call a tool: "" for none, the syntax's start
-    for any tool (""), else the call of `name` written up to where its arguments begin."""
+    """The text a reply is opened with to make the model call a tool: "" for none; for any tool ("")
+    the call written up to where its name begins (the name constraint then spells one of the tools:
+    infer/tool_names.py); else the call of `name` written up to where its arguments begin."""
     if name is None:
         return ""
+    text = syntax.format_calls([{"name": name or _MARK, "arguments": {_MARK: 0}}])
     if not name:
-        return syntax.start
-    text = syntax.format_calls([{"name": name, "arguments": {_MARK: 0}}])
-    return text[:text.index(_MARK) - 2]  # -2: the '{"' that opens the arguments object
+        return text[:text.index(_MARK)]
+    return text[:text.rindex(_MARK) - 2]  # -2: the '{"' that opens the arguments object
 
 
 def render_segments(template, conversation: list[dict], tools: list[dict]):
@@ -107,6 +109,18 @@ class ServingChat(ServingGeneration):
             segments = [*segments, (self.opening, False)]
         self.thinking = "".join(t for t, _ in segments).rstrip().endswith(THINK_OPEN)
         return encode_segments(self.pool.tokenizer, segments)[0], template.stop_strings + body.stops()
+
+    def constraint(self):
+        """With tools, the call's function name limited to theirs (infer/tool_names.py), the forced
+        opening already read; None without tools."""
+        if not self.tools or self.syntax is None:
+            return None
+        from tunelab.infer.tool_names import ToolNameConstraint
+
+        names = [t["function"]["name"] for t in self.tools]
+        constraint = ToolNameConstraint(names, self.syntax.start, self.syntax.call_depth, self.pool.token_texts())
+        constraint.push(self.opening)
+        return constraint
 
     def parser(self) -> tuple[ReplyParser, list]:
         """The reply's parser, and the events of the forced opening it has read (none: it opens a call)."""

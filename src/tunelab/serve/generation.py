@@ -34,7 +34,7 @@ class Generation:
     """One request on the model worker: its events, its text, its counts."""
 
     def __init__(self, pool, ids: list[int], body: SamplingRequest, budget: int, stops: list[str],
-                 key: str | None, template):
+                 key: str | None, template, constraint=None):
         from tunelab.infer.sampling import Sampler
 
         self.pool, self.key, self.n_prompt = pool, key, len(ids)
@@ -50,7 +50,7 @@ class Generation:
 
         temperature = 1.0 if body.temperature is None else body.temperature
         sampler = Sampler(temperature, 1.0 if body.top_p is None else body.top_p, body.seed)
-        self.req = GenRequest(ids, budget, stop_ids, sampler, sink, key)
+        self.req = GenRequest(ids, budget, stop_ids, sampler, sink, key, constraint=constraint)
         self.text = TextAssembler(pool.tokenizer, stops, stop_ids)
         self.finish = "stop"
         self.released = False
@@ -133,6 +133,10 @@ class ServingGeneration:
     def template(self, target):
         return self.pool.template
 
+    def constraint(self):
+        """What limits the tokens the request may draw (infer/tool_names.py), or None."""
+        return None
+
     def reply(self, head: dict, text: str, finish: str, usage: Usage, citations) -> Response:
         raise NotImplementedError
 
@@ -160,7 +164,7 @@ class ServingGeneration:
             acquiring.add_done_callback(lambda f: f.cancelled() or f.exception() or pool.release(f.result()))
             raise
         try:
-            gen = Generation(pool, ids, body, budget, stops, key, template)
+            gen = Generation(pool, ids, body, budget, stops, key, template, self.constraint())
         except BaseException:
             pool.release(key)
             raise

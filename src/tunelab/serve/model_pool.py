@@ -63,6 +63,7 @@ class ModelPool:
         self._adapters: OrderedDict[str, int] = OrderedDict()  # key -> requests holding it; LRU first
         self._cond = threading.Condition()
         self._stop_ids: dict[tuple, frozenset] = {}  # the template's stop strings -> ids
+        self._token_texts: list[str] | None = None  # token_texts(), decoded on the first request with tools
         self.loads = 0  # adapters read from disk (tests: the LRU)
 
     def close(self) -> None:
@@ -108,6 +109,14 @@ class ModelPool:
 
     def template_of(self, target: Target):
         return target.run.template if target.run is not None else target.template
+
+    def token_texts(self) -> list[str]:
+        """Every token's text on its own (infer/tool_names.token_texts), decoded once per server."""
+        if self._token_texts is None:
+            from tunelab.infer.tool_names import token_texts
+
+            self._token_texts = token_texts(self.tokenizer)
+        return self._token_texts
 
     def stop_ids(self, template) -> frozenset:
         """EOS and the template's end-of-turn texts that are one token (as the Generator stops)."""
