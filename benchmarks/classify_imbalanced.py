@@ -18,6 +18,13 @@ disjoint splits: train 600, validation 200, test 500 (per class, positive/negati
 Each option trains one classify run (LoRA r 16 on every linear layer of the last 3 blocks, `--layers`;
 the head trained whole; lr 1e-3, 4 epochs, batch 16; the same seed and data) and is
 scored on the test split with the raw logits and with the run's tuned logit offsets (offsets.json).
+
+The setfit options train `classify.setfit` runs instead (method full; every encoder weight tuned on
+`--pairs` positive + `--pairs` negative pairs per example with CosineSimilarityLoss, `--setfit-lr`,
+`--setfit-epochs`, batch 16; then a logistic head). A setfit run also reports `head_unweighted`: a head
+without class weights refitted on the same tuned encoder (stage one does not depend on class weights).
+`frozen` trains nothing: logistic heads (with and without class weights) on the untuned encoder's vectors.
+`--train-seed` changes the training seed (pairs, dropout, head init) without changing the data splits.
 Prints JSON: per option, test accuracy, macro-F1 and per-class F1, with and without offsets, the
 validation figures and the training time. Measured results and the defaults they chose: docs/classify.md.
 """
@@ -48,6 +55,11 @@ OPTIONS = {
     "sampler": {"sampler": "balanced"},
     "sampler+best_macro_f1": {"sampler": "balanced", "metric_for_best": "macro_f1"},
     "defaults": None,  # the shipped classify defaults, nothing overridden
+    # classify.setfit runs (method full): the encoder tuned on pairs, then a logistic head
+    "setfit": {"class_weights": "none", "setfit": True},
+    "setfit+weights": {"class_weights": "auto", "setfit": True},
+    "setfit+sampler+weights": {"class_weights": "auto", "sampler": "balanced", "setfit": True},
+    "frozen": {"frozen": True},  # no training: logistic heads on the untuned encoder (scored, not saved)
 }
 
 
@@ -87,33 +99,114 @@ def run_option(name: str, over: dict | None, files: dict[str, Path], test: list[
     from tunelab.train.recipes.classify import run_classify
 
     o = None if over is None else {**PLAIN, **over}
+    if o is not None and o.get("frozen"):
+        return score_frozen(files, test, a)
+    setfit = o is not None and o.get("setfit", False)
     classify = {"labels": LABELS} | ({} if o is None else {"class_weights": o["class_weights"],
                                                               "sampler": o["sampler"], "offsets": True})
     train = {"lr": a.lr, "epochs": a.epochs, "batch_size": a.batch_size, "warmup_ratio": 0.1,
-             "scheduler": "linear", "seed": a.seed, "logging_steps": 10, "threads": a.threads}
+             "scheduler": "linear", "seed": a.train_seed, "logging_steps": 10, "threads": a.threads}
+    method = {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.1, "layers": a.layers}
+    if setfit:
+        classify["setfit"] = {"pairs_per_example": a.pairs}
+        train |= {"lr": a.setfit_lr, "epochs": a.setfit_epochs}
+        method = {"name": "full"}
     if o is not None:
         train["metric_for_best"] = o["metric_for_best"]
     cfg = from_dict({
         "task": "classify", "model": {"name": a.model},
         "data": {"train": str(files["train"]), "validation": str(files["validation"]), "max_length": a.max_length},
-        "classify": classify, "method": {"name": "lora", "r": 16, "alpha": 32, "dropout": 0.1, "layers": a.layers},
+        "classify": classify, "method": method,
         "train": train,
         "output": {"dir": str(run_dir_of(name, a).parent), "name": run_dir_of(name, a).name, "overwrite": True},
     })
     t0 = time.perf_counter()
     out = run_classify(cfg, quiet=True)
     res = {"config": {"classify": cfg.classify.model_dump(exclude={"labels", "metric"}),
-                      "metric_for_best": cfg.train.metric_for_best},
+                      "metric_for_best": cfg.train.metric_for_best, "train_seed": a.train_seed},
            "train_seconds": round(time.perf_counter() - t0, 1), "best_epoch": out.result.best_epoch,
-           "val_macro_f1": round(out.after["macro_f1"], 4)}
-    return {**res, **score_run(out.run_dir, test)}
+           "val_macro_f1": round(out.after["macro_f1"], 4), "val_f1": per_class_f1(out.after),
+           "val_before": {"macro_f1": round(out.before["macro_f1"], 4), "f1": per_class_f1(out.before)}}
+    res |= score_run(out.run_dir, test)
+    if setfit:
+        res["head_unweighted"] = refit_unweighted(out.run_dir, files, test, a)
+    return res
+
+
+def per_class_f1(m: dict) -> dict:
+    return {x: round(v["f1"], 4) for x, v in m["per_class"].items()}
+
+
+def read_split(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+def head_scores(encoder, tok, files: dict[str, Path], test: list[dict], a, weights_specs) -> dict:
+    """Logistic heads (one per class-weights spec) on `encoder`'s vectors, scored on validation and test."""
+    import torch
+
+    from tunelab.eval.classification import classification_metrics
+    from tunelab.infer.classify import encode_texts
+    from tunelab.runtime.precision import autocast_dtype
+    from tunelab.train.class_balance import class_weights
+    from tunelab.train.setfit import embed_texts, fit_logistic_head
+
+    amp = autocast_dtype("auto", torch.device("cpu"))
+    data = {"train": read_split(files["train"]), "validation": read_split(files["validation"]), "test": test}
+    x = {k: embed_texts(encoder, encode_texts(tok, [r["text"] for r in v], a.max_length), tok.pad_token_id, amp=amp)
+         for k, v in data.items()}
+    y = {k: [LABELS.index(r["label"]) for r in v] for k, v in data.items()}
+    out = {}
+    for spec in weights_specs:
+        head = fit_logistic_head(x["train"], y["train"], len(LABELS), class_weights(spec, LABELS, y["train"]))
+        res = {}
+        for split in ("validation", "test"):
+            with torch.no_grad():
+                pred = head(x[split]).argmax(-1).tolist()
+            m = classification_metrics(y[split], pred, LABELS)
+            res[split] = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4),
+                          "f1": per_class_f1(m)}
+        out[f"weights {spec}"] = res
+    return out
+
+
+def refit_unweighted(run_dir: Path, files: dict[str, Path], test: list[dict], a) -> dict:
+    """A head without class weights on the run's tuned encoder (embedder/), scored on validation and test."""
+    from transformers import AutoTokenizer
+
+    from tunelab.infer.pooled_classifier import PooledHeadClassifier
+
+    model = PooledHeadClassifier.load(run_dir, "cpu")
+    tok = AutoTokenizer.from_pretrained(str(Path(run_dir) / "tokenizer"))
+    return head_scores(model.encoder, tok, files, test, a, ["none"])["weights none"]
+
+
+def score_frozen(files: dict[str, Path], test: list[dict], a) -> dict:
+    """Logistic heads on the untuned encoder's vectors (no training run), with and without class weights."""
+    from tunelab.config import from_dict
+    from tunelab.train.recipes.classify_setfit import load_encoder
+
+    cfg = from_dict({"task": "classify", "model": {"name": a.model}, "data": {"train": str(files["train"])},
+                     "method": {"name": "full"}, "classify": {"setfit": True}})
+    import torch
+
+    torch.set_num_threads(a.threads) if a.threads > 0 else None
+    t0 = time.perf_counter()
+    encoder, tok = load_encoder(cfg)
+    res = head_scores(encoder, tok, files, test, a, ["none", "auto"])
+    return {"train_seconds": round(time.perf_counter() - t0, 1), **res}
 
 
 def run_dir_of(name: str, a) -> Path:
     from tunelab.models.registry import tunelab_home
 
-    other = f"-l{a.layers}-e{a.epochs:g}" if (a.layers, a.epochs) != (3, 4) else ""  # not the default protocol
-    return tunelab_home() / "bench-runs" / f"imb-{a.model}-{name}{other}"
+    if name.startswith("setfit"):  # not the default setfit protocol: say how
+        other = f"-p{a.pairs}-e{a.setfit_epochs:g}-lr{a.setfit_lr:g}" if (a.pairs, a.setfit_epochs,
+                                                                        a.setfit_lr) != (8, 1, 2e-5) else ""
+    else:
+        other = f"-l{a.layers}-e{a.epochs:g}" if (a.layers, a.epochs) != (3, 4) else ""  # not the default protocol
+    seed = f"-s{a.train_seed}" if a.train_seed != a.seed else ""
+    return tunelab_home() / "bench-runs" / f"imb-{a.model}-{name}{other}{seed}"
 
 
 def score_run(run_dir: Path, test: list[dict]) -> dict:
@@ -149,10 +242,15 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--max-length", type=int, default=64)
-    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--seed", type=int, default=42, help="the data splits' seed (and the training seed by default)")
+    ap.add_argument("--train-seed", type=int, default=None, help="train.seed, without changing the data splits")
+    ap.add_argument("--pairs", type=int, default=8, help="setfit options: classify.setfit.pairs_per_example")
+    ap.add_argument("--setfit-lr", type=float, default=2e-5, help="setfit options: train.lr of the contrastive stage")
+    ap.add_argument("--setfit-epochs", type=float, default=1, help="setfit options: train.epochs over the pairs")
     ap.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     ap.add_argument("--rescore", action="store_true", help="score the options' finished runs again, no training")
     a = ap.parse_args()
+    a.train_seed = a.seed if a.train_seed is None else a.train_seed
     names = [x.strip() for x in a.options.split(",") if x.strip()]
     unknown = [x for x in names if x not in OPTIONS]
     if unknown:
@@ -171,7 +269,7 @@ def main() -> None:
               "sizes": {s: {x: sum(r["label"] == x for r in recs) for x in LABELS} for s, recs in splits.items()},
               "options": {}}
     for name in names:
-        report["options"][name] = (score_run(run_dir_of(name, a), splits["test"]) if a.rescore
+        report["options"][name] = (score_run(run_dir_of(name, a), splits["test"]) if a.rescore and name != "frozen"
                                    else run_option(name, OPTIONS[name], files, splits["test"], a))
         print(json.dumps({name: report["options"][name]}), file=sys.stderr, flush=True)
         if a.out:
