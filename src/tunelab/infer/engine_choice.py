@@ -6,17 +6,23 @@ decoded), so it is used when
     copy bytes = (parameters of the decoder and head) x (bytes per element of the engine dtype)
                <= half of the memory available now
 
-and the model is one it computes exactly (infer/weights.py). The engine dtype is bf16 when the
-generator runs under bf16 autocast, else the dtype of the model's parameters (`weights="auto"`);
-`weights` "fp32", "bf16" or "int8" (fbgemm, activations quantized per tensor) ask for one, and
-are never chosen automatically (docs/inference.md measures what each costs in tokens and perplexity).
+and the model is one it computes exactly (infer/weights.py). `weights="auto"` picks
+
+    int4   on a CPU with bf16 (avx512_bf16 or AMX), when every block matrix is on a 4- or 8-bit grid
+           (a model converted from a Q4/Q8 GGUF: infer/int4.py keeps its exact codes); a LoRA is
+           kept apart (unmerged), so the base stays on its grid
+    else   bf16 when the generator runs under bf16 autocast, else the dtype of the model's parameters
+
+`weights` "fp32" (transformers' exact greedy tokens), "bf16", "int4" or "int8" (fbgemm, activations
+quantized per tensor; never chosen automatically) ask for one. docs/inference.md measures what each
+costs in tokens and perplexity.
 """
 
 from __future__ import annotations
 
 import torch
 
-WEIGHTS = ("auto", "fp32", "bf16", "int8")
+WEIGHTS = ("auto", "fp32", "bf16", "int4", "int8")
 
 
 def _copy_bytes(model, dtype: torch.dtype) -> int:
@@ -40,6 +46,14 @@ def engine_dtype(model, autocast_dtype: torch.dtype | None) -> torch.dtype:
     return torch.float32
 
 
+def int4_fits(device) -> bool:
+    """int4 weights are worth trying here: a CPU whose bf16 is native, and torch's int4 kernel."""
+    from tunelab.infer.int4 import int4_kernel_available
+    from tunelab.runtime.precision import cpu_has_bf16
+
+    return torch.device(device).type == "cpu" and cpu_has_bf16() and int4_kernel_available()
+
+
 def build_engine(model, autocast_dtype: torch.dtype | None = None, required: bool = False,
                  weights: str = "auto"):
     """(DecodeEngine, "") or (None, the reason transformers' generate is used). With `required`, a model
@@ -48,17 +62,23 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
     from tunelab.infer.decode import DecodeEngine, Unsupported
     from tunelab.memory.available import detect_memory
 
-    dtype = {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16}.get(weights) \
-        or engine_dtype(model, autocast_dtype)
     device = next(model.parameters()).device
-    need = _copy_bytes(model, torch.int8 if weights == "int8" else dtype)
+    if weights == "auto" and int4_fits(device):
+        try:
+            return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4"), ""
+        except Unsupported:
+            pass  # not on a grid: the dense choice below
+    dtype = {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16,
+             "int4": torch.bfloat16}.get(weights) or engine_dtype(model, autocast_dtype)
+    need = _copy_bytes(model, torch.int8 if weights in ("int8", "int4") else dtype)
     _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
     try:
         if avail is not None and need > avail // 2:
             raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
-        if weights == "int8" and device.type != "cpu":
-            raise Unsupported("int8 weights run on the CPU (fbgemm)")
-        return DecodeEngine.from_model(model, dtype=dtype, weights="int8" if weights == "int8" else "dense"), ""
+        if weights in ("int8", "int4") and device.type != "cpu":
+            raise Unsupported(f"{weights} weights run on the CPU")
+        kind = weights if weights in ("int8", "int4") else "dense"
+        return DecodeEngine.from_model(model, dtype=dtype, merge=kind != "int4", weights=kind), ""
     except Unsupported as e:
         if required:
             raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",

@@ -37,6 +37,10 @@ def linear(x: torch.Tensor, p: Proj, route: Route | None = None) -> torch.Tensor
     (rows None: every row); a name this projection has no adapter for adds nothing."""
     if p.packed is not None:  # int8: fbgemm quantizes x per tensor (u8, reduced range) and adds the bias
         y = torch.ops.quantized.linear_dynamic(x, p.packed, True)
+    elif p.int4 is not None:  # exact 4-bit codes (infer/int4.py), bf16 activations
+        y = p.int4.matmul(x)
+        if p.bias is not None:
+            y = y + p.bias
     else:
         y = x @ p.w if p.transposed else F.linear(x, p.w)
         if p.bias is not None:

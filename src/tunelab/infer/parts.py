@@ -7,7 +7,9 @@ product `x @ Wt` streams it faster than `F.linear(x, W)`; bf16 keeps `W` ([out, 
 kernels are fast on (docs/inference.md has both measurements). With `weights="int8"` a matrix is
 stored per output channel as int8, `W ~= q * scale[out]` (scale = absmax / 127), prepacked for
 fbgemm's dynamic-quantized linear: y = dequant(quant_u8(x) @ q) + b, a quarter of fp32's bytes to
-read per token, and no longer transformers' arithmetic (tokens can differ from fp32).
+read per token, and no longer transformers' arithmetic (tokens can differ from fp32). With
+`weights="int4"` (bf16 engine) a matrix already on a 4- or 8-bit grid (a GGUF Q4/Q8 source) is
+stored as its exact 4-bit codes for torch's int4 kernel (infer/int4.py); the others stay bf16.
 
 A LoRA layer contributes either merged, `Wt = (W0 + s B A).T` formed in fp32 (what `tunelab merge`
 writes), or kept apart as `(A.T, s B.T)` so that `y = x Wt + (x A.T)(s B.T)`: adapters stay
@@ -52,6 +54,7 @@ class Proj:
     loras: list[Lora] = field(default_factory=list)
     transposed: bool = True
     packed: object = None  # torch.ops.quantized.linear_prepack(...) for int8
+    int4: object = None  # infer/int4.Int4Weight: the weight's exact 4-bit codes (weights="int4")
     named: dict[str, Lora] = field(default_factory=dict)  # adapters applied to the rows a route gives them
 
 
@@ -180,6 +183,14 @@ def proj(parts: list[tuple], dtype: torch.dtype, bias_ok: bool, weights: str = "
     loras = [fused] if fused is not None else []
     if weights == "int8":
         return Proj(None, None, loras, packed=_pack_int8(full, bias))
+    if weights == "int4":
+        from tunelab.infer.int4 import pack_exact
+
+        codes = pack_exact(full)
+        if codes is None:
+            raise Unsupported("a matrix is not on a 4- or 8-bit grid (int4 weights hold a model converted from "
+                              "a Q4/Q8 GGUF exactly; use bf16)")
+        return Proj(None, bias, loras, int4=codes)
     return Proj(wt, bias, loras, transposed=transposed)
 
 

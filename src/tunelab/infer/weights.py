@@ -33,15 +33,24 @@ from tunelab.infer.parts import (  # noqa: F401  (re-exported: the engine's cont
     unwrap,
 )
 
-WEIGHTS = ("dense", "int8")
+WEIGHTS = ("dense", "int8", "int4")
 
 
 def read_weights(model, dtype: torch.dtype = torch.float32, merge: bool = True,
                  weights: str = "dense") -> DecoderWeights:
     """The engine's copy of `model`'s weights in `dtype` (see the module docstring), its matrices int8
-    with `weights="int8"`; Unsupported if the engine cannot compute this model."""
+    with `weights="int8"`, or with `weights="int4"` (dtype bf16) every block matrix as its exact 4-bit
+    codes (infer/int4.py: Unsupported when one is not on a grid); Unsupported if the engine cannot
+    compute this model."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}")
+    if weights == "int4":
+        from tunelab.infer.int4 import int4_kernel_available
+
+        if dtype != torch.bfloat16:
+            raise ValueError("int4 weights take bf16 activations: dtype must be torch.bfloat16")
+        if not int4_kernel_available():
+            raise Unsupported("this torch build has no CPU int4 kernel (_weight_int4pack_mm_for_cpu)")
     if weights == "int8" and torch.backends.quantized.engine not in ("x86", "fbgemm"):
         raise Unsupported(f"int8 weights need fbgemm (x86); this build's engine is "
                           f"'{torch.backends.quantized.engine}'")
@@ -56,7 +65,11 @@ def read_weights(model, dtype: torch.dtype = torch.float32, merge: bool = True,
     embed_mod = dec.embed_tokens
     if hasattr(embed_mod, "base_layer"):
         raise Unsupported("a LoRA on the embedding")
-    head = proj([read_proj(hf.get_output_embeddings(), adapter, merge)], dtype, True, weights)
+    head_parts = [read_proj(hf.get_output_embeddings(), adapter, merge)]
+    try:
+        head = proj(head_parts, dtype, True, weights)
+    except Unsupported:  # int4: a head off the grid stays bf16 (the blocks' matrices may not)
+        head = proj(head_parts, dtype, True, "dense")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     scalar = getattr(cfg, "query_pre_attn_scalar", None) if arch.query_scalar else None
     w = DecoderWeights(

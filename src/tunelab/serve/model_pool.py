@@ -44,6 +44,9 @@ class ModelPool:
     def __init__(self, state, device: str = "auto"):
         from tunelab.data.templates import build_template
         from tunelab.infer.decode import DecodeEngine, Unsupported
+        import torch
+
+        from tunelab.infer.engine_choice import int4_fits
         from tunelab.models.load import load_causal_lm
 
         self.state = state
@@ -52,7 +55,14 @@ class ModelPool:
         model.eval()
         dtype = next(model.parameters()).dtype
         try:
-            self.engine = DecodeEngine.from_model(model, dtype=dtype, merge=True)
+            self.engine = None
+            if int4_fits(next(model.parameters()).device):  # the fastest exact setting (infer/engine_choice.py)
+                try:
+                    self.engine = DecodeEngine.from_model(model, dtype=torch.bfloat16, weights="int4")
+                except Unsupported:
+                    pass
+            if self.engine is None:
+                self.engine = DecodeEngine.from_model(model, dtype=dtype, merge=True)
         except Unsupported as e:
             raise TunelabError(f"the server's decode engine cannot run this base: {e}", where="--base") from None
         self.tokenizer = tok  # the transformers model is dropped: the engine holds every weight it uses
