@@ -8,9 +8,14 @@ Per engine, batch 1, greedy, EOS ignored so every engine decodes the same number
     prefill tok/s = prompt tokens / time to the first new token
     decode tok/s  = (tokens - 1) / (time for the rest)
     speedup_vs_hf_generate = tunelab fp32 decode tok/s / transformers decode tok/s
+    (speedup_<setting>_vs_hf_generate for bf16, int8 and int4: infer/int4.py, run where the CPU has bf16)
+    validation_ppl         = exp(mean next-token NLL), the quickstart's validation conversations
+    fastest_within_1pct_ppl = the fastest setting whose validation_ppl <= 1.01 x the fp32 engine's
+    weight_mb_per_token    = weight bytes one step reads; share_of_memory_bandwidth = those bytes x
+                             tok/s / memory_gb_s (a plain sum over 256 MB, measured in the same run)
 `same_tokens_fp32` compares the first 64 greedy tokens of the fp32 engine with transformers'.
 Batched rows report aggregate decode tok/s (B x tokens / decode time). With `--run`, the run's
-adapter is decoded unmerged (A, B kept apart) and merged.
+adapter is decoded unmerged (A, B kept apart) and merged, and unmerged over int4 base weights.
 Prints one JSON object.
 """
 
@@ -73,7 +78,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from tunelab.cli.main import quiet_libraries
-    from tunelab.infer.decode import DecodeEngine
+    from tunelab.infer.decode import DecodeEngine, Unsupported
+    from tunelab.infer.engine_choice import int4_fits
     from tunelab.models.load import load_causal_lm
 
     quiet_libraries()
@@ -100,17 +106,30 @@ def main() -> None:
     hf = per_prompt(lambda p, k: _hf_time(model, torch.tensor([p]), k))
     res["hf_generate"] = {k: v for k, v in hf.items() if k != "tokens"}
     texts = _validation_texts(tok)
-    for name, dtype, weights in (("tunelab_fp32", torch.float32, "dense"), ("tunelab_bf16", torch.bfloat16, "dense"),
-                                 ("tunelab_int8", torch.float32, "int8")):
+    res["memory_gb_s"] = _bandwidth()
+    settings = [("tunelab_fp32", torch.float32, "dense"), ("tunelab_bf16", torch.bfloat16, "dense"),
+                ("tunelab_int8", torch.float32, "int8")]
+    if int4_fits("cpu"):
+        settings.append(("tunelab_int4", torch.bfloat16, "int4"))
+    else:
+        res["tunelab_int4"] = "not run: this CPU has no native bf16 (or torch no CPU int4 kernel)"
+    for name, dtype, weights in settings:
         t0 = time.perf_counter()
-        eng = DecodeEngine.from_model(model, dtype=dtype, weights=weights)
+        try:
+            eng = DecodeEngine.from_model(model, dtype=dtype, weights=weights)
+        except Unsupported as e:
+            res[name] = f"not run: {e}"
+            continue
         build = time.perf_counter() - t0
         r = per_prompt(lambda p, k: (lambda o: (o[0][0], o[1], o[2]))(_engine_time(eng, [p], k)))
         toks = r.pop("tokens")
         same = [a[:64] == b[:64] for a, b in zip(toks, hf["tokens"])]
         agree = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(toks, hf["tokens"])]
+        bytes_tok = _weight_bytes(eng.w)
         res[name] = {**r, "build_s": round(build, 2), "same_first_64_as_hf": sum(same), "of": len(same),
-                     "tokens_before_first_difference": agree, "validation_ppl": _ppl(eng, texts)}
+                     "tokens_before_first_difference": agree, "validation_ppl": _ppl(eng, texts),
+                     "weight_mb_per_token": round(bytes_tok / 1e6, 1),
+                     "share_of_memory_bandwidth": round(bytes_tok * r["decode_tok_s"] / 1e9 / res["memory_gb_s"], 3)}
         if name == "tunelab_fp32":
             res["same_tokens_fp32"] = all(same)
             for b in [int(x) for x in args.batch.split(",") if x]:
@@ -119,20 +138,58 @@ def main() -> None:
                 res[f"tunelab_fp32_batch{b}"] = _rates(sum(map(len, rows)) / b, n, b, first, total)
         del eng
     res["speedup_vs_hf_generate"] = round(res["tunelab_fp32"]["decode_tok_s"] / res["hf_generate"]["decode_tok_s"], 2)
-    for name in ("bf16", "int8"):
-        res[f"speedup_{name}_vs_hf_generate"] = round(res[f"tunelab_{name}"]["decode_tok_s"]
-                                                      / res["hf_generate"]["decode_tok_s"], 2)
+    hf_rate, ppl32 = res["hf_generate"]["decode_tok_s"], res["tunelab_fp32"]["validation_ppl"]
+    for name in ("bf16", "int8", "int4"):
+        if isinstance(res.get(f"tunelab_{name}"), dict):
+            res[f"speedup_{name}_vs_hf_generate"] = round(res[f"tunelab_{name}"]["decode_tok_s"] / hf_rate, 2)
+    kept = {k: v for k, v in res.items() if k.startswith("tunelab_") and isinstance(v, dict)
+            and v["validation_ppl"] <= 1.01 * ppl32}  # quality kept: perplexity within +1% of fp32's
+    best = max(kept, key=lambda k: kept[k]["decode_tok_s"])
+    res["fastest_within_1pct_ppl"] = {"setting": best, "speedup_vs_hf_generate":
+                                      round(kept[best]["decode_tok_s"] / hf_rate, 2)}
     if args.run:
         from tunelab.runs.load import load_run_model
 
         peft_model, _, _ = load_run_model(args.run, with_adapter=True, device="cpu")
         peft_model.eval()
-        for name, merge in (("lora_merged", True), ("lora_unmerged", False)):
-            eng = DecodeEngine.from_model(peft_model, merge=merge)
+        runs = [("lora_merged", torch.float32, True, "dense"), ("lora_unmerged", torch.float32, False, "dense")]
+        if int4_fits("cpu"):
+            runs.append(("lora_int4_unmerged", torch.bfloat16, False, "int4"))
+        for name, dtype, merge, weights in runs:
+            try:
+                eng = DecodeEngine.from_model(peft_model, dtype=dtype, merge=merge, weights=weights)
+            except Unsupported as e:
+                res[name] = f"not run: {e}"
+                continue
             r = per_prompt(lambda p, k: (lambda o: (o[0][0], o[1], o[2]))(_engine_time(eng, [p], k)))
-            res[name] = {k: v for k, v in r.items() if k != "tokens"}
+            res[name] = {**{k: v for k, v in r.items() if k != "tokens"}, "validation_ppl": _ppl(eng, texts)}
     res["llama_cpp"] = _llama_cpp(args.gguf, prompts, n)
     print(json.dumps(res, indent=2))
+
+
+def _bandwidth() -> float:
+    """GB/s of a plain sum over 256 MB (fp32): the memory ceiling the weights are read against."""
+    big = torch.ones(64 * 2**20)
+    big.sum()
+    t0 = time.perf_counter()
+    for _ in range(10):
+        big.sum()
+    return round(big.numel() * 4 * 10 / (time.perf_counter() - t0) / 1e9, 1)
+
+
+def _weight_bytes(w) -> int:
+    """Bytes of weights one decode step reads: every block matrix and the head (int4 codes and their
+    scales, int8 one byte a weight, else the dense tensor); the embedding row is negligible."""
+    n = 0
+    for p in [m for b in w.blocks for m in (b.qkv, b.o, b.gate_up, b.down)] + [w.head]:
+        if p.int4 is not None:
+            n += p.int4.nbytes
+        elif p.packed is not None:
+            n += torch.ops.quantized.linear_unpack(p.packed)[0].numel()
+        else:
+            n += p.w.numel() * p.w.element_size()
+        n += sum(lo.at.numel() * lo.at.element_size() + lo.bt.numel() * lo.bt.element_size() for lo in p.loras)
+    return n
 
 
 def _validation_texts(tok, path: str = "examples/data/tunebot/validation.jsonl") -> list[list[int]]:

@@ -18,8 +18,8 @@ def facts():
 
 
 def test_json_has_every_section_with_its_types(facts):
-    assert set(facts) == {"versions", "python", "platform", "device", "cpu", "precision", "memory", "paths",
-                          "models", "quant_backend"}
+    assert set(facts) == {"versions", "python", "platform", "device", "cpu", "precision", "decode", "memory",
+                          "paths", "models", "quant_backend"}
     assert set(facts["versions"]) == {"tunelab", "torch", "transformers", "peft", "bitsandbytes", "trl",
                                       "accelerate"}
     assert all(v is None or isinstance(v, str) for v in facts["versions"].values())
@@ -56,7 +56,10 @@ def test_versions_and_choices_match_this_process(facts):
     dev = pick_device("auto")
     assert facts["device"]["selected"] == dev.type
     if dev.type == "cpu":
+        from tunelab.runtime.precision import cpu_int4_decode
+
         assert facts["precision"]["auto"] == ("bf16" if cpu_has_bf16() else "fp32")
+        assert facts["decode"]["auto"].startswith("int4") == cpu_int4_decode()  # the rule engine_choice applies
         assert facts["quant_backend"]["auto"] == choose_backend("auto", dev) == "tunelab"
     else:
         assert facts["precision"]["auto"] in ("bf16", "fp16", "fp32")
@@ -66,7 +69,7 @@ def test_text_mode_prints_one_screen():
     r = subprocess.run([*TUNELAB, "doctor"], capture_output=True, text=True, timeout=180,
                        env={**os.environ, "COLUMNS": "120"})
     assert r.returncode == 0, r.stderr
-    for word in ("torch", "precision: auto", "quant_backend: auto", "RAM", "tunelab home", "tiny-llama", "AVX2"):
+    for word in ("torch", "precision: auto", "quant_backend: auto", "--weights auto", "RAM", "tunelab home", "tiny-llama", "AVX2"):
         assert word in r.stdout, word
     assert len(r.stdout.splitlines()) <= 50
 

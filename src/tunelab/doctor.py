@@ -11,6 +11,7 @@
     cpu            model name, cores, flags (avx2, avx512f, avx512_bf16, amx from /proc/cpuinfo; None
                    where unknown), torch's CPU capability (e.g. "AVX2", "AVX512"), mkldnn_bf16
     precision      auto: the autocast `train.precision: auto` picks on that device (bf16 | fp16 | fp32), why
+    decode         auto: the decode engine's weights `--weights auto` picks on that device, why
     memory         RAM total / available bytes
     paths          tunelab home ($TUNELAB_HOME), model cache, knowledge bases, Hugging Face hub cache, offline
     models         per registry alias: source, installed, converted (safetensors cache), ready_offline
@@ -49,6 +50,7 @@ def gather() -> dict:
         "device": device_info(device),
         "cpu": cpu_info(),
         "precision": {"auto": precision, "why": why, "device": device.type},
+        "decode": dict(zip(("auto", "why"), decode_auto(device)), device=device.type),
         "memory": memory_info(),
         "paths": paths(),
         "models": models(),
@@ -147,6 +149,20 @@ def precision_auto(device) -> tuple[str, str]:
     else:
         why = f"no autocast on {device.type}: its weights dtype decides"
     return name, why
+
+
+def decode_auto(device) -> tuple[str, str]:
+    """(the engine weights `--weights auto` and `tunelab serve` decode with on `device`, why), by
+    infer/engine_choice.py's rule."""
+    from tunelab.runtime.precision import cpu_int4_decode
+
+    if device.type == "cpu" and cpu_int4_decode():
+        return ("int4 for a model on a 4/8-bit grid, else the model's dtype",
+                "native bf16 and torch's int4 kernel: a model converted from a Q4_0/Q4_1/Q8_0 GGUF (SmolLM2's) "
+                "decodes on its exact 4-bit codes")
+    return "the model's dtype (fp32: transformers' exact greedy tokens)", (
+        "no native bf16 on this CPU, so no int4 weights" if device.type == "cpu" else
+        f"int4 weights are CPU-only; on {device.type} the model's dtype")
 
 
 def memory_info() -> dict:

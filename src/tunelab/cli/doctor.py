@@ -45,6 +45,8 @@ def rows(facts: dict) -> list[tuple[str, str, str]]:
     out.append(("training", "precision: auto", f"{p['auto']} on {p['device']} - {p['why']}"))
     q = facts["quant_backend"]
     out.append(("training", "quant_backend: auto", f"{q['auto']} - {q['why']}"))
+    d = facts["decode"]
+    out.append(("inference", "--weights auto", f"{d['auto']} on {d['device']} - {d['why']}"))
     m = facts["memory"]
     out.append(("memory", "RAM", f"{_gib(m['ram_available_bytes'])} available of {_gib(m['ram_total_bytes'])}"))
     for g in dev["cuda"]:

@@ -11,9 +11,10 @@ from rich.console import Console
 from tunelab.cli.app import app
 
 
-WEIGHTS_HELP = ("The decode engine's weights: auto (the model's dtype: fp32 gives transformers' tokens) | bf16 "
-                "(half the bytes, ~1.9x faster on CPU, tokens can differ) | int8 (fbgemm, faster still, loses "
-                "quality: docs/inference.md).")
+WEIGHTS_HELP = ("The decode engine's weights: auto (int4 where it is exact and the CPU does bf16, else the "
+                "model's dtype: `tunelab doctor` says which) | fp32 (transformers' exact tokens) | bf16 | int4 "
+                "(the exact 4-bit codes of a model converted from a Q4/Q8 GGUF, LoRA kept apart) | int8 (fbgemm, "
+                "loses quality): docs/inference.md.")
 ENGINE_HELP = "auto (tunelab's decode engine when it runs the model) | engine | hf (transformers' generate)."
 
 

@@ -48,10 +48,9 @@ def engine_dtype(model, autocast_dtype: torch.dtype | None) -> torch.dtype:
 
 def int4_fits(device) -> bool:
     """int4 weights are worth trying here: a CPU whose bf16 is native, and torch's int4 kernel."""
-    from tunelab.infer.int4 import int4_kernel_available
-    from tunelab.runtime.precision import cpu_has_bf16
+    from tunelab.runtime import precision
 
-    return torch.device(device).type == "cpu" and cpu_has_bf16() and int4_kernel_available()
+    return torch.device(device).type == "cpu" and precision.cpu_int4_decode()
 
 
 def build_engine(model, autocast_dtype: torch.dtype | None = None, required: bool = False,
