@@ -139,6 +139,16 @@ def check_adapter_config(name: str, adapter_dir: Path) -> dict:
     return cfg
 
 
+def _in_features(p) -> int:
+    """A projection's input width however the engine stores it: dense w ([in, out] transposed, else
+    [out, in]), int4 codes (scales_and_zeros [in / group, out, 2]) or an int8 prepacked matrix ([out, in])."""
+    if p.w is not None:
+        return p.w.shape[0 if p.transposed else 1]
+    if p.int4 is not None:
+        return p.int4.parts[0][1].shape[0] * p.int4.group
+    return torch.ops.quantized.linear_unpack(p.packed)[0].shape[1]
+
+
 def read_adapter(name: str, adapter_dir: Path, w: DecoderWeights) -> dict[tuple[int, str], Lora]:
     """{(block index, "qkv" | "o" | "gate_up" | "down"): fused Lora in the engine's dtype and device}.
 
@@ -159,7 +169,7 @@ def read_adapter(name: str, adapter_dir: Path, w: DecoderWeights) -> dict[tuple[
             raise refuse(name, f"unexpected adapter tensor '{module}'")
         found[(int(m.group(1)), m.group(2), m.group(3))] = {"A": a.float(), "B": b.float(), "module": module}
     nq, nkv, hd = w.n_heads, w.n_kv_heads, w.head_dim
-    inter = w.blocks[0].down.w.shape[0 if w.blocks[0].down.transposed else 1] if w.blocks else 0
+    inter = _in_features(w.blocks[0].down) if w.blocks else 0
     shapes = {"q_proj": (w.hidden, nq * hd), "k_proj": (w.hidden, nkv * hd), "v_proj": (w.hidden, nkv * hd),
               "o_proj": (nq * hd, w.hidden), "gate_proj": (w.hidden, inter), "up_proj": (w.hidden, inter),
               "down_proj": (inter, w.hidden),  # (in, out)
