@@ -95,7 +95,7 @@ def test_the_engine_runs_grid_weights_as_int4_and_refuses_others(grid_model, tin
         DecodeEngine.from_model(grid_model, dtype=torch.float32, weights="int4")
 
 
-def test_auto_picks_int4_where_the_cpu_does_bf16_and_keeps_a_lora_apart(grid_model, monkeypatch):
+def test_auto_picks_int4_where_the_cpu_does_bf16_and_int4_keeps_a_lora_apart(grid_model, monkeypatch):
     from tunelab.adapters.lora import apply_lora
     from tunelab.config import MethodConfig
     from tunelab.infer import engine_choice
@@ -110,6 +110,8 @@ def test_auto_picks_int4_where_the_cpu_does_bf16_and_keeps_a_lora_apart(grid_mod
             torch.nn.init.normal_(p, std=0.05)
     peft.eval()
     eng, _ = engine_choice.build_engine(peft)
+    assert eng.w.blocks[0].qkv.int4 is None and eng.w.dtype == torch.float32  # auto: a LoRA run merges in fp32
+    eng, _ = engine_choice.build_engine(peft, weights="int4")
     assert eng.w.blocks[0].qkv.int4 is not None and eng.w.blocks[0].qkv.loras  # the base on its grid, A, B apart
     ids = list(range(5, 25))
     with torch.no_grad():
@@ -117,6 +119,6 @@ def test_auto_picks_int4_where_the_cpu_does_bf16_and_keeps_a_lora_apart(grid_mod
     got = eng.logits(ids).float()
     assert (got - ref).abs().max() <= 0.05 * (ref.max() - ref.min())
     monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: False)
-    eng, _ = engine_choice.build_engine(peft)
-    assert eng.w.blocks[0].qkv.int4 is None and eng.w.dtype == torch.float32  # no bf16 here: fp32, as before
     peft.unload()
+    eng, _ = engine_choice.build_engine(grid_model)
+    assert eng.w.blocks[0].qkv.int4 is None and eng.w.dtype == torch.float32  # no bf16 here: fp32, as before

@@ -9,8 +9,9 @@ decoded), so it is used when
 and the model is one it computes exactly (infer/weights.py). `weights="auto"` picks
 
     int4   on a CPU with bf16 (avx512_bf16 or AMX), when every block matrix is on a 4- or 8-bit grid
-           (a model converted from a Q4/Q8 GGUF: infer/int4.py keeps its exact codes); a LoRA is
-           kept apart (unmerged), so the base stays on its grid
+           (a model converted from a Q4/Q8 GGUF: infer/int4.py keeps its exact codes) and no LoRA
+           is on it: a LoRA would have to stay apart (merged, the base leaves its grid), and its
+           two extra products per projection cost what the int4 base saves (docs/inference.md)
     else   bf16 when the generator runs under bf16 autocast, else the dtype of the model's parameters
 
 `weights` "fp32" (transformers' exact greedy tokens), "bf16", "int4" or "int8" (fbgemm, activations
@@ -62,7 +63,7 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
     from tunelab.memory.available import detect_memory
 
     device = next(model.parameters()).device
-    if weights == "auto" and int4_fits(device):
+    if weights == "auto" and int4_fits(device) and not hasattr(model, "get_base_model"):
         try:
             return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4"), ""
         except Unsupported:
@@ -76,7 +77,7 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
             raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
         if weights in ("int8", "int4") and device.type != "cpu":
             raise Unsupported(f"{weights} weights run on the CPU")
-        kind = weights if weights in ("int8", "int4") else "dense"
+        kind = weights if weights in ("int8", "int4") else "dense"  # int4 asked for: a LoRA kept apart
         return DecodeEngine.from_model(model, dtype=dtype, merge=kind != "int4", weights=kind), ""
     except Unsupported as e:
         if required:
