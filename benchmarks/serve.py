@@ -14,6 +14,8 @@
 
 Completion tokens are the server's `usage` (a stream asks for it with include_usage).
   server_ready_s     launch of `tunelab serve` to its first answer (imports, model load, engine)
+`--weights fp32,auto` runs the whole set once per server --weights, one after the other, and prints
+{weights: results}: compare settings within one run.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def burst(client, model: str, n: int, tokens: int) -> dict:
 
 
 @contextlib.contextmanager
-def local_server(base: str, max_batch: int, runs: Path | None = None, ready_within: float = 180):
+def local_server(base: str, max_batch: int, runs: Path | None = None, ready_within: float = 180,
+                 weights: str = "auto"):
     """`tunelab serve --no-auth` in a subprocess (the client's threads do not share its GIL), serving
     the runs in `runs` (None: an empty folder); yields (its /v1 URL, seconds from launch to the first
     answer of GET /v1/models). Also used by benchmarks/tool_use.py."""
@@ -109,7 +112,7 @@ def local_server(base: str, max_batch: int, runs: Path | None = None, ready_with
     tmp = tempfile.mkdtemp(prefix="tunelab-serve-bench-")
     env = {**os.environ, "TUNELAB_SERVE_HOME": tmp, "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "tunelab", "serve", "--no-auth", "--port", str(port), "--base", base,
-           "--runs", str(runs or Path(tmp) / "runs"), "--max-batch", str(max_batch), "--log-level", "warning"]
+           "--runs", str(runs or Path(tmp) / "runs"), "--max-batch", str(max_batch), "--log-level", "warning", "--weights", weights]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/v1"
@@ -143,6 +146,8 @@ def main() -> None:
     ap.add_argument("--burst", type=int, default=50)
     ap.add_argument("--burst-tokens", type=int, default=16)
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--weights", default="auto", help="the server's --weights; several, comma-separated, "
+                    "are run one after the other in this run (e.g. fp32,auto)")
     args = ap.parse_args()
     import openai
     import torch
@@ -163,9 +168,13 @@ def main() -> None:
     if args.url:
         result = run(args.url)
     else:
-        with local_server(args.model, args.max_batch) as (url, ready_s):
-            result = run(url)
-            result["server_ready_s"] = round(ready_s, 2)
+        result = {}
+        for weights in args.weights.split(","):
+            with local_server(args.model, args.max_batch, weights=weights) as (url, ready_s):
+                result[weights] = run(url)
+                result[weights]["server_ready_s"] = round(ready_s, 2)
+        if len(result) == 1:
+            result = next(iter(result.values()))
     print(json.dumps(result, indent=1))
 
 

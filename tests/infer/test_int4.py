@@ -122,3 +122,20 @@ def test_auto_picks_int4_where_the_cpu_does_bf16_and_int4_keeps_a_lora_apart(gri
     peft.unload()
     eng, _ = engine_choice.build_engine(grid_model)
     assert eng.w.blocks[0].qkv.int4 is None and eng.w.dtype == torch.float32  # no bf16 here: fp32, as before
+
+
+def test_the_server_engine_takes_int4_where_it_fits_or_asked(grid_model, tiny_model_dir, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.infer.decode import Unsupported
+    from tunelab.infer.engine_choice import serving_engine
+
+    monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: True)
+    assert serving_engine(grid_model).w.blocks[0].o.int4 is not None
+    assert serving_engine(grid_model, "fp32").w.dtype == torch.float32
+    random = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    assert serving_engine(random).w.dtype == torch.float32  # auto: off the grid, the base's dtype
+    with pytest.raises(Unsupported):
+        serving_engine(random, "int4")
+    monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: False)
+    assert serving_engine(grid_model).w.blocks[0].o.int4 is None

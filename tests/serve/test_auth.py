@@ -90,6 +90,7 @@ def test_rate_limiter_window():
 @pytest.mark.parametrize("argv, words", [
     (["serve", "--host", "0.0.0.0"], "--allow-remote"),
     (["serve", "--host", "192.168.1.5", "--allow-remote", "--no-auth"], "--no-auth is refused"),
+    (["serve", "--weights", "int9"], "--weights"),
 ])
 def test_remote_binds_need_allow_remote_and_keys(argv, words, capsys):
     code, _, err = _cli(argv, capsys)

@@ -63,6 +63,9 @@ def serve(
     runs: Path = typer.Option(Path("runs"), "--runs", help="Folder of the runs served as models."),
     max_adapters: int = typer.Option(4, "--max-adapters", help="LoRA adapters kept in memory (LRU)."),
     max_batch: int = typer.Option(16, "--max-batch", help="Requests decoded together at most."),
+    weights: str = typer.Option("auto", "--weights", help="The decode engine's weights: auto (int4 where the base "
+                                "is on a 4-bit grid and the CPU does bf16, else its dtype; `tunelab doctor` says "
+                                "which) | fp32 (transformers' exact tokens) | bf16 | int4."),
     no_auth: bool = typer.Option(False, "--no-auth", help="No API keys: one tenant ('default'). Loopback only."),
     allow_remote: bool = typer.Option(False, "--allow-remote", help="Allow a non-loopback --host."),
     log_level: str = typer.Option("info", "--log-level", help="uvicorn's log level."),
@@ -80,6 +83,10 @@ def serve(
         raise TunelabError("--max-adapters and --max-batch must be at least 1", where="serve")
     if not 0 < port < 65536:
         raise TunelabError(f"invalid port {port}", where="--port")
+    from tunelab.infer.engine_choice import SERVE_WEIGHTS
+
+    if weights not in SERVE_WEIGHTS:
+        raise TunelabError(f"unknown weights '{weights}'", where="--weights", hint=", ".join(SERVE_WEIGHTS))
     if engine not in ("tunelab", "vllm"):
         raise TunelabError(f"unknown engine '{engine}'", where="--engine", hint="use tunelab or vllm")
     if engine == "vllm":
@@ -92,9 +99,10 @@ def serve(
     from tunelab.serve.state import ServeState
 
     state = ServeState(home=_home(), runs=runs.resolve(), base=base, auth=not no_auth,
-                       max_adapters=max_adapters, max_batch=max_batch)
+                       max_adapters=max_adapters, max_batch=max_batch, weights=weights)
     pool = ModelPool(state)  # load before binding: a bad --base fails here, as one line
-    typer.echo(f"tunelab serve: {base} ({pool.engine.w.dtype}, {pool.engine.device}), runs in {state.runs}, "
+    kind = "int4" if pool.engine.w.blocks[0].qkv.int4 is not None else str(pool.engine.w.dtype).replace("torch.", "")
+    typer.echo(f"tunelab serve: {base} ({kind} weights, {pool.engine.device}), runs in {state.runs}, "
                f"{'no auth' if no_auth else 'API keys required'}; http://{host}:{port}/v1, Studio at http://{host}:{port}/")
     try:
         uvicorn.run(create_app(state, pool=pool), host=host, port=port, log_level=log_level,

@@ -84,3 +84,25 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
             raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",
                                hint="use engine='auto' or 'hf' (transformers' generate)") from None
         return None, str(e)
+
+
+SERVE_WEIGHTS = ("auto", "fp32", "bf16", "int4")
+
+
+def serving_engine(model, weights: str = "auto"):
+    """The server's engine over a base (its adapters are attached apart, per row): `auto` is int4 where
+    `int4_fits` and the base is on a grid, else the base's dtype; fp32, bf16 and int4 ask for one.
+    Unsupported when the engine cannot run the base in that setting."""
+    from tunelab.infer.decode import DecodeEngine, Unsupported
+
+    if weights not in SERVE_WEIGHTS:
+        raise ValueError(f"weights must be one of {SERVE_WEIGHTS}")
+    device = next(model.parameters()).device
+    if weights == "int4" or (weights == "auto" and int4_fits(device)):
+        try:
+            return DecodeEngine.from_model(model, dtype=torch.bfloat16, weights="int4")
+        except Unsupported:
+            if weights == "int4":
+                raise
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(weights) or next(model.parameters()).dtype
+    return DecodeEngine.from_model(model, dtype=dtype, merge=True)

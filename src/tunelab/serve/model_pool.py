@@ -43,26 +43,16 @@ class Target:
 class ModelPool:
     def __init__(self, state, device: str = "auto"):
         from tunelab.data.templates import build_template
-        from tunelab.infer.decode import DecodeEngine, Unsupported
-        import torch
-
-        from tunelab.infer.engine_choice import int4_fits
+        from tunelab.infer.decode import Unsupported
+        from tunelab.infer.engine_choice import serving_engine
         from tunelab.models.load import load_causal_lm
 
         self.state = state
         check_safetensors(state.base)
         model, tok, _ = load_causal_lm(state.base, device=device)
         model.eval()
-        dtype = next(model.parameters()).dtype
-        try:
-            self.engine = None
-            if int4_fits(next(model.parameters()).device):  # the fastest exact setting (infer/engine_choice.py)
-                try:
-                    self.engine = DecodeEngine.from_model(model, dtype=torch.bfloat16, weights="int4")
-                except Unsupported:
-                    pass
-            if self.engine is None:
-                self.engine = DecodeEngine.from_model(model, dtype=dtype, merge=True)
+        try:  # the fastest setting that keeps the base's weights (infer/engine_choice.py), or --weights
+            self.engine = serving_engine(model, getattr(state, "weights", "auto"))
         except Unsupported as e:
             raise TunelabError(f"the server's decode engine cannot run this base: {e}", where="--base") from None
         self.tokenizer = tok  # the transformers model is dropped: the engine holds every weight it uses

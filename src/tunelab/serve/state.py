@@ -46,6 +46,7 @@ class AppState:
     body_limit: int = 2**20
     rate_per_minute: int = 600
     max_batch: int = 16  # requests the model worker decodes together (serve/batcher.py)
+    weights: str = "auto"  # the decode engine's weights (infer/engine_choice.serving_engine)
     kb: Path | None = None  # knowledge bases (serve/embeddings.py); None: $TUNELAB_HOME/kb
     jobs_max_concurrent: int = 1
     job_overrides: list[str] = field(default_factory=list)
