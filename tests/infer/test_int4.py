@@ -39,7 +39,7 @@ def test_fit_grid_recovers_the_codes_and_refuses_what_is_off_the_grid():
     sym = torch.randint(0, 15, (16, 64)).float()  # Q4_0-style: d (k - 8), the ends not all used
     sym[:, ::GROUP] = 0  # -8 d in every group: the absmax is 8 d
     d = torch.rand(16, 2, 1) + 0.1
-    fit = fit_grid((sym.view(16, 2, GROUP) - 8) .mul(d).view(16, 64), 16)
+    fit = fit_grid((sym.view(16, 2, GROUP) - 8).mul(d).view(16, 64), 16)
     assert fit is not None and int(fit[0].max()) <= 15
     assert fit_grid(torch.randn(64, 128), 16) is None and fit_grid(torch.randn(64, 128), 256) is None
     assert fit_grid(w[:, :100], 16) is None  # not whole groups
@@ -65,15 +65,9 @@ def grid_model(tiny_model_dir):
     """The tiny Llama with every 2-D weight moved onto a Q4_1 grid (the head and embedding too)."""
     from transformers import AutoModelForCausalLM
 
-    m = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2 and p.shape[1] % GROUP == 0:
-                g = (p * 4).view(p.shape[0], -1, GROUP)
-                lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-                d = ((hi - lo) / 15).clamp(min=1e-6)  # a constant group (a zero row): any step
-                p.copy_((lo + d * torch.round((g - lo) / d)).view_as(p))
-    return m
+    from tests.q4_grid import snap_to_q4_1
+
+    return snap_to_q4_1(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval())
 
 
 def test_the_engine_runs_grid_weights_as_int4_and_refuses_others(grid_model, tiny_model_dir):

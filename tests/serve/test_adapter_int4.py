@@ -7,8 +7,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from tests.q4_grid import snap_to_q4_1
 from tunelab.infer.decode import DecodeEngine
-from tunelab.infer.int4 import GROUP, int4_kernel_available
+from tunelab.infer.int4 import int4_kernel_available
 from tunelab.infer.weights import read_weights
 from tunelab.models.families import build_tiny
 from tunelab.serve.adapters import attach, read_adapter
@@ -20,14 +21,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 def grid_base(tmp_path_factory):
     """A tiny Llama folder whose 2-D weights sit on a Q4_1 grid (as a GGUF-sourced base's do)."""
     tmp = tmp_path_factory.mktemp("int4_base")
-    model = AutoModelForCausalLM.from_pretrained(build_tiny("llama", tmp / "raw"), dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2 and p.shape[1] % GROUP == 0:
-                g = (p * 4).view(p.shape[0], -1, GROUP)
-                lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-                d = ((hi - lo) / 15).clamp(min=1e-6)
-                p.copy_((lo + d * torch.round((g - lo) / d)).view_as(p))
+    model = snap_to_q4_1(AutoModelForCausalLM.from_pretrained(build_tiny("llama", tmp / "raw"), dtype=torch.float32))
     model.save_pretrained(tmp / "grid")
     return tmp / "grid"
 
