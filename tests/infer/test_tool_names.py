@@ -105,10 +105,43 @@ def test_the_batcher_decodes_a_tool_name_on_a_random_model(tiny_model_dir):
         c.push(opening)
         events: list = []
         rows.append(events)
-        batcher.submit(GenRequest(prompt, 12, frozenset(), sampler, events.append, constraint=c))
+        batcher.submit(GenRequest(prompt, 24, frozenset(), sampler, events.append, constraint=c))
     batcher.drain()
     for events in rows:
         text = "".join(texts[v] for k, v in events if k == "token")
         assert any(text.startswith(n + '"') for n in NAMES), text
     free = engine.generate([prompt], 12)[0]  # unconstrained, the random model writes no tool name
     assert not any("".join(texts[t] for t in free).startswith(n + '"') for n in NAMES)
+
+
+def test_the_engine_and_the_generator_spell_a_tool_name_per_row(tiny_model_dir):
+    """The in-process path (`tunelab eval` on a tools file): DecodeEngine.generate with one constraint per
+    row, and a Generator whose `tool_names` are set, as eval/tool_calls.generate_replies sets them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.data.templates import build_template
+    from tunelab.infer.decode import DecodeEngine
+    from tunelab.infer.generate import Generator
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    engine = DecodeEngine.from_model(model)
+    texts = token_texts(tok)
+    syn = SYNTAXES["hermes"]
+    opening = '<tool_call>\n{"name": "'
+    prompts = [tok(q + opening, add_special_tokens=False)["input_ids"] for q in ("Weather? ", "A ticket, please: ")]
+    rows = []
+    for sampler in (Sampler(), Sampler(1.0, seed=4)):
+        cons = [ToolNameConstraint(NAMES, syn.start, syn.call_depth, texts) for _ in prompts]
+        for c in cons:
+            c.push(opening)
+        rows += engine.generate(prompts, 24, sampler=sampler, constraints=cons)  # a name may come a letter a token
+    for new in rows:
+        text = "".join(texts[t] for t in new)
+        assert any(text.startswith(n + '"') for n in NAMES), text
+    gen = Generator(model, tok, build_template("chatml", tok))
+    gen.tool_names = NAMES
+    cons = gen._name_constraints(2)
+    assert len(cons) == 2 and cons[0].start == "<tool_call>" and cons[0] is not cons[1]
+    gen.tool_names = None
+    assert gen._name_constraints(2) is None

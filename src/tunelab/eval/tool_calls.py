@@ -174,7 +174,8 @@ class _WithTools:
 
 def generate_replies(gen, items: list[ToolItem], max_new_tokens: int, batch_size: int) -> list[str]:
     """Greedy replies of a `tunelab.infer.generate.Generator` to each item, its tools rendered by the
-    generator's template (items that offer the same tools are batched together)."""
+    generator's template (items that offer the same tools are batched together), a call's name
+    spelled from them as the server does (`Generator.tool_names`)."""
     groups: dict[str, list[int]] = {}
     for i, it in enumerate(items):
         groups.setdefault(json.dumps(it.tools, sort_keys=True), []).append(i)
@@ -183,11 +184,12 @@ def generate_replies(gen, items: list[ToolItem], max_new_tokens: int, batch_size
     try:
         for idx in groups.values():
             gen.template = _WithTools(template, items[idx[0]].tools)
+            gen.tool_names = [t.get("function", t)["name"] for t in items[idx[0]].tools]
             for i, r in zip(idx, gen.reply_batch([items[i].messages for i in idx], max_new_tokens=max_new_tokens,
                                                  batch_size=batch_size)):
                 replies[i] = r
     finally:
-        gen.template = template
+        gen.template, gen.tool_names = template, None
     return replies
 
 

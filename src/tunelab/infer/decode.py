@@ -179,9 +179,10 @@ class DecodeEngine:
 
     @torch.inference_mode()
     def steps(self, prompts: list[list[int]], max_new_tokens: int, stop_ids: set[int] | frozenset = frozenset(),
-              sampler: Sampler | None = None) -> Iterator[list[int | None]]:
+              sampler: Sampler | None = None, constraints: list | None = None) -> Iterator[list[int | None]]:
         """Yield, per decoding step, the new token of every row (None once a row has stopped: it drew a
-        stop id, which is yielded, or ran out of tokens). Rows are left-padded to a common length."""
+        stop id, which is yielded, or ran out of tokens). Rows are left-padded to a common length.
+        `constraints[r]` (infer/tool_names.ToolNameConstraint, or None) limits what row r may draw."""
         sampler = sampler or Sampler()
         b, n = len(prompts), max(len(p) for p in prompts)
         new = min(self.check_prompt(len(p), max_new_tokens) for p in prompts)
@@ -201,7 +202,10 @@ class DecodeEngine:
         hidden = self._forward(tokens, pos, cache, 0, mask)[:, -1]
         alive = [True] * b
         for t in range(new):
-            nxt = sampler.pick(self._head(hidden))  # [B]
+            logits = self._head(hidden)
+            nxt = sampler.pick(logits)  # [B]
+            if constraints:
+                nxt = _constrained(nxt, logits, sampler, constraints)
             out: list[int | None] = []
             for r, tok in enumerate(nxt.tolist()):
                 out.append(tok if alive[r] else None)
@@ -215,10 +219,10 @@ class DecodeEngine:
             hidden = self._forward(nxt.unsqueeze(1), step_pos, cache, n + t, step_mask)[:, -1]
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, stop_ids=frozenset(),
-                 sampler: Sampler | None = None) -> list[list[int]]:
+                 sampler: Sampler | None = None, constraints: list | None = None) -> list[list[int]]:
         """The new tokens of every row (a stop id included when drawn)."""
         out: list[list[int]] = [[] for _ in prompts]
-        for step in self.steps(prompts, max_new_tokens, stop_ids, sampler):
+        for step in self.steps(prompts, max_new_tokens, stop_ids, sampler, constraints):
             for r, tok in enumerate(step):
                 if tok is not None:
                     out[r].append(tok)
@@ -230,3 +234,13 @@ class DecodeEngine:
         for step in self.steps([prompt], max_new_tokens, stop_ids, sampler):
             if step[0] is not None:
                 yield step[0]
+
+
+def _constrained(nxt: torch.Tensor, logits: torch.Tensor, sampler: Sampler, constraints: list) -> torch.Tensor:
+    """Each row's draw passed through its constraint (`pick`, then `push` of the drawn token's text)."""
+    picked = nxt.tolist()
+    for r, c in enumerate(constraints):
+        if c is not None:
+            picked[r] = c.pick(logits[r], sampler, picked[r])
+            c.push(c.texts[picked[r]] if picked[r] < len(c.texts) else "")
+    return torch.tensor(picked, dtype=nxt.dtype, device=nxt.device)

@@ -47,6 +47,7 @@ class Generator:
         self.weights = weights
         self._engine = None
         self.engine_reason = ""  # why transformers' generate is used, when it is
+        self.tool_names: list[str] | None = None  # a call's name is spelled from these (infer/tool_names.py)
 
     @property
     def engine(self):
@@ -143,7 +144,7 @@ class Generator:
 
             self._check_context([len(p) for p in prompts], eng.max_context)
             return eng.generate([p.tolist() for p in prompts], max_new_tokens, self._stop_ids(),
-                                Sampler(temperature, top_p, seed))
+                                Sampler(temperature, top_p, seed), self._name_constraints(len(prompts)))
         self._check_context([len(p) for p in prompts], self._hf_context())
         if seed is not None:
             torch.manual_seed(seed)
@@ -159,6 +160,20 @@ class Generator:
             gen = self.model.generate(input_ids=ids, attention_mask=mask,
                                       **self._gen_kwargs(max_new_tokens, temperature, top_p))
         return [gen[r, n:].tolist() for r in range(len(prompts))]
+
+    def _name_constraints(self, n: int) -> list | None:
+        """With `tool_names` set, one ToolNameConstraint per row (the template's tool syntax), as the
+        server decodes a request with tools; None otherwise. transformers' `generate` is not constrained."""
+        if not self.tool_names:
+            return None
+        from tunelab.data.tool_syntax import syntax_for
+        from tunelab.infer.tool_names import ToolNameConstraint, token_texts
+
+        if getattr(self, "_token_texts", None) is None:
+            self._token_texts = token_texts(self.tokenizer)
+        syntax = syntax_for(self.template)
+        return [ToolNameConstraint(self.tool_names, syntax.start, syntax.call_depth, self._token_texts)
+                for _ in range(n)]
 
     def _hf_context(self) -> int | None:
         cfg = getattr(self.model, "config", None)
