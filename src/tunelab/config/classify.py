@@ -14,7 +14,7 @@ class_weights auto is sklearn's "balanced": w_c = n_samples / (n_classes * count
 labelled pairs, then fit a logistic-regression head on its frozen, mean-pooled vectors. It needs
 `method.name: full` (it trains every encoder weight); `train.lr`, `train.epochs` and `train.batch_size`
 drive the contrastive stage, and when left out they are SetFit's 2e-5, 1 and 16 (not the LoRA/full ones).
-Defaults (class_weights auto, sampler shuffle, offsets false, metric_for_best macro_f1) are the options
+Defaults (class_weights auto, sampler shuffle, offsets false, setfit off, metric_for_best macro_f1) are the options
 measured best on an imbalanced real set: docs/classify.md.
 """
 
