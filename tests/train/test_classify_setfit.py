@@ -4,7 +4,6 @@ one-line errors of a bad setfit config."""
 
 import json
 import math
-import random
 
 import pytest
 import torch
@@ -104,18 +103,11 @@ def test_logistic_head_matches_sklearn():
 
 
 # ---- a tiny run ----------------------------------------------------------------------------------------------
-FOX = ["quick", "brown", "fox", "jumps", "video", "thanks", "great"]
-DOG = ["lazy", "dog", "loss", "gradient", "python", "lists", "step"]
-
-
 def write_toy(path, n, seed):
-    rng = random.Random(seed)
-    with open(path, "w") as f:
-        for i in range(n):
-            label = "fox" if i % 3 else "dog"
-            words = [rng.choice(FOX if label == "fox" else DOG) for _ in range(rng.randint(3, 7))]
-            f.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
-    return path
+    """The tiny classify tests' toy set, one record in three a dog (the classes unbalanced)."""
+    from tests.train.test_classify_tiny import write_toy as toy
+
+    return toy(path, n, seed, dog_every=3)
 
 
 @pytest.fixture(scope="module")

@@ -19,12 +19,13 @@ FOX = ["quick", "brown", "fox", "jumps", "video", "thanks", "great"]
 DOG = ["lazy", "dog", "loss", "gradient", "python", "lists", "step"]
 
 
-def write_toy(path, n, seed):
-    """A trivially separable set: label 'fox' texts use only FOX words, 'dog' texts only DOG words."""
+def write_toy(path, n, seed, dog_every: int = 2):
+    """A trivially separable set: label 'fox' texts use only FOX words, 'dog' texts only DOG words;
+    every `dog_every`-th record (i % dog_every == 1) is a dog: 2 balances the classes, 3 makes dogs a third."""
     rng = random.Random(seed)
     with open(path, "w") as f:
         for i in range(n):
-            label = "fox" if i % 2 == 0 else "dog"
+            label = "dog" if i % dog_every == 1 else "fox"
             words = [rng.choice(FOX if label == "fox" else DOG) for _ in range(rng.randint(3, 7))]
             f.write(json.dumps({"text": " ".join(words), "label": label}) + "\n")
     return path
