@@ -1,10 +1,14 @@
 """Write the tool-use dataset in OpenAI's chat shape: train.jsonl, validation.jsonl, test.jsonl.
 
-    python examples/data/tools/make_tools_data.py [--variety]   (deterministic: the same files every time)
+    python examples/data/tools/make_tools_data.py [--variety | --parallel]   (deterministic: the same files every time)
 
 test.jsonl comes from `record` below (split 1), and so do train.jsonl and validation.jsonl (split 0); with
 --variety they come from train_variety.py instead, which adds parallel calls, tool lists that vary and look-alike
-distractors (its docstring; measured in docs/tools.md: it did not beat the default set).
+distractors (its docstring; measured in docs/tools.md: it did not beat the default set). --parallel writes the
+default files and also train_parallel.jsonl: the 150 default training records followed by 36 that make 2 or 3
+parallel calls to one function (train_variety.parallel_records: the usual four tools, no distractors), and
+continue_parallel.jsonl (those 36 and the first 36 default records, for continuing a tuned run), and
+validation40.jsonl, 40 records to choose a run by (the test set's mix in training-side phrasings and values).
 Every test record is {"tools": [4 function schemas], "messages": [...]} and ends with the assistant turn to learn
 (or, in test.jsonl, the reference): an assistant message with `tool_calls` (arguments a JSON string, as
 OpenAI sends them), or a plain reply. Four kinds of record:
@@ -234,7 +238,20 @@ def main() -> None:
         validation = split_records(2, 0, {"call": 4, "answer": 2, "chat": 2})
     # 40 held-out: 28 need a call, 6 answer from a tool result, 6 need no call (all in held-out phrasings/values)
     test = split_records(3, 1, {"call": 28, "answer": 6, "chat": 6})
-    for name, rows in (("train", train), ("validation", validation), ("test", test)):
+    files = [("train", train), ("validation", validation), ("test", test)]
+    if "--parallel" in sys.argv[1:] and "--variety" not in sys.argv[1:]:
+        from train_variety import check_unlike_held_out, parallel_records
+
+        check_unlike_held_out()
+        # 36 more: 24 parallel calls, 8 parallel calls + results + reply, 4 replies from parallel results
+        parallel = parallel_records(4, {"call": 24, "full": 8, "answer": 4})
+        files.append(("train_parallel", train + parallel))
+        # a short continuation of a tuned run: the 36 parallel ones and 36 default records replayed
+        files.append(("continue_parallel", parallel + train[:36]))
+        # 40 for choosing between runs (validation.jsonl's 8 hold no parallel call): the test set's mix from the
+        # training side's phrasings and values (split 0), so never a held-out phrasing, city, title or unit pair
+        files.append(("validation40", split_records(5, 0, {"call": 28, "answer": 6, "chat": 6})))
+    for name, rows in files:
         with open(HERE / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for r in rows:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")

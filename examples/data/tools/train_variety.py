@@ -234,6 +234,14 @@ def variety_records(seed: int, kinds: dict[tuple[str, str], int]) -> list[dict]:
     return [variety_record(rng, kind, shape, n, order[:n].count((kind, shape))) for n, (kind, shape) in enumerate(order)]
 
 
+def parallel_records(seed: int, kinds: dict[str, int]) -> list[dict]:
+    """`kinds[kind]` records of each kind (call / full / answer) whose one assistant turn makes 2 or 3 calls to the
+    same function (SAME), every one with the usual four tools in their usual order: the parallel calls of
+    `variety_records` without its distractors, shuffled lists and missing functions."""
+    rows = variety_records(seed, {(kind, "same"): count for kind, count in kinds.items()})
+    return [{**r, "tools": base.TOOLS} for r in rows]
+
+
 def _grams(template: str, k: int = 4) -> set[tuple[str, ...]]:
     """The template's runs of k tokens (words and {placeholders}) that hold at least k - 1 words."""
     words = re.findall(r"\{\w+\}|[a-z']+", template.lower())
