@@ -58,6 +58,8 @@ def test_the_int4_product_equals_the_weights_to_bf16_scales(make, parts):
     # scale and zero are rounded to bf16 (2^-9 relative), the sum is bf16: a few parts in a thousand
     assert (y - ref).abs().max() <= 1e-2 * ref.abs().max()
     assert packed.matmul(x.view(1, 3, -1)).shape == (1, 3, w.shape[0])
+    rows = torch.stack([x, x], 1)[:, 1]  # a strided view, as a batch's last hidden states are
+    assert not rows.is_contiguous() and torch.equal(packed.matmul(rows), packed.matmul(x))
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +84,8 @@ def test_the_engine_runs_grid_weights_as_int4_and_refuses_others(grid_model, tin
     a, b = eng.logits(ids).float(), dense.logits(ids)
     assert (a - b).abs().max() <= 0.05 * (b.max() - b.min())  # bf16 activations: within 5% of the range
     assert eng.generate([ids], 6)[0][:1] == dense.generate([ids], 6)[0][:1]
+    two = eng.generate([ids, ids[:13]], 6)  # a batch: each row's last hidden state is a strided view
+    assert two[0][:1] == eng.generate([ids], 6)[0][:1] and len(two[1]) == 6
     random = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with pytest.raises(Unsupported, match="not on a 4- or 8-bit grid"):
         DecodeEngine.from_model(random, dtype=torch.bfloat16, weights="int4")

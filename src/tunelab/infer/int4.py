@@ -41,9 +41,7 @@ class Int4Weight:
     group: int = GROUP
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])
-        if x2.dtype != torch.bfloat16:
-            x2 = x2.to(torch.bfloat16)
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # the kernel takes contiguous rows
         y = None
         for packed, sz in self.parts:
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group, sz)
