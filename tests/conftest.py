@@ -28,28 +28,36 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
 
 
+def nudged_lora(base, name: str = "lora", r: int = 4, dropout: float = 0.0, seed: int = 1):
+    """`base` with a fresh LoRA (every linear layer) whose B matrices are nudged off zero (std 0.05,
+    seeded), so the adapter changes outputs and A gets gradients."""
+    import torch
+
+    from tunelab.adapters.lora import apply_lora
+    from tunelab.config import MethodConfig
+
+    model = apply_lora(base, MethodConfig(name=name, r=r, dropout=dropout))
+    torch.manual_seed(seed)
+    for k, p in model.named_parameters():
+        if "lora_B" in k:
+            torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
 @pytest.fixture
 def tiny_lora(tiny_model_dir):
     """tiny_lora(dropout=0.0, quant=False) -> the tiny Llama with a fresh LoRA (r=4, every linear
     layer; on an NF4 base with `quant`) whose B matrices are nudged off zero (seed 1, std 0.05), so
     the adapter changes outputs and A gets gradients."""
-    import torch
     from transformers import AutoModelForCausalLM
 
-    from tunelab.adapters.lora import apply_lora
     from tunelab.adapters.qlora import quantize_base
-    from tunelab.config import MethodConfig
 
     def make(dropout: float = 0.0, quant: bool = False):
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         if quant:
             quantize_base(base)
-        model = apply_lora(base, MethodConfig(name="qlora" if quant else "lora", r=4, dropout=dropout))
-        torch.manual_seed(1)
-        for k, p in model.named_parameters():
-            if "lora_B" in k:
-                torch.nn.init.normal_(p, std=0.05)
-        return model
+        return nudged_lora(base, "qlora" if quant else "lora", dropout=dropout)
 
     return make
 

@@ -94,19 +94,13 @@ def test_the_engine_runs_grid_weights_as_int4_and_refuses_others(grid_model, tin
 
 
 def test_auto_picks_int4_where_the_cpu_does_bf16_and_int4_keeps_a_lora_apart(grid_model, monkeypatch):
-    from tunelab.adapters.lora import apply_lora
-    from tunelab.config import MethodConfig
+    from tests.conftest import nudged_lora
     from tunelab.infer import engine_choice
 
     monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: True)
     eng, _ = engine_choice.build_engine(grid_model)
     assert eng.w.blocks[0].qkv.int4 is not None
-    peft = apply_lora(grid_model, MethodConfig(name="lora", r=4))
-    torch.manual_seed(2)
-    for k, p in peft.named_parameters():
-        if "lora_B" in k:
-            torch.nn.init.normal_(p, std=0.05)
-    peft.eval()
+    peft = nudged_lora(grid_model, seed=2).eval()
     eng, _ = engine_choice.build_engine(peft)
     assert eng.w.blocks[0].qkv.int4 is None and eng.w.dtype == torch.float32  # auto: a LoRA run merges in fp32
     eng, _ = engine_choice.build_engine(peft, weights="int4")

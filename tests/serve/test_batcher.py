@@ -17,15 +17,9 @@ def engines(tiny_model_dir):
     """(engine with adapters "a" and "b" named on it, {None|"a"|"b": reference engine with only that one})."""
     from transformers import AutoModelForCausalLM
 
-    from tunelab.adapters.lora import apply_lora
-    from tunelab.config import MethodConfig
+    from tests.conftest import nudged_lora
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    model = apply_lora(base, MethodConfig(name="lora", r=4))
-    torch.manual_seed(1)
-    for k, p in model.named_parameters():
-        if "lora_B" in k:
-            torch.nn.init.normal_(p, std=0.05)
+    model = nudged_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
     model.eval()
     served = DecodeEngine.from_model(model, merge=False)  # one base; its adapter moved to the named slots
     refs = {None: DecodeEngine.from_model(model, merge=False), "a": DecodeEngine.from_model(model, merge=False),
