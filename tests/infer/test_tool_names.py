@@ -20,7 +20,7 @@ TEXTS = ["get_", "weather", "time", "coat", '"', '", "', "open_ticket", "x", "ge
 
 def _opened(syntax: str, texts=TEXTS) -> ToolNameConstraint:
     syn = SYNTAXES[syntax]
-    c = ToolNameConstraint(NAMES, syn.start, syn.call_depth, texts)
+    c = ToolNameConstraint.for_syntax(NAMES, syn, texts)
     opening = syn.format_calls([{"name": "MARK", "arguments": {}}])
     c.push("Sure. " + opening[:opening.index("MARK")])
     return c
@@ -42,7 +42,7 @@ def test_a_name_is_spelled_from_the_tools_only(syntax):
 
 def test_nothing_is_constrained_before_a_call_or_in_the_arguments():
     syn = SYNTAXES["hermes"]
-    c = ToolNameConstraint(NAMES, syn.start, syn.call_depth, TEXTS)
+    c = ToolNameConstraint.for_syntax(NAMES, syn, TEXTS)
     c.push('I would write {"name": "')  # no <tool_call> yet: plain content
     assert not c.active and c.allows(TEXTS.index("coat"))
     c.push('x"} <tool_call>\n{"name": "get_time", "arguments": {"name": "')  # a "name" argument: depth 2
@@ -101,7 +101,7 @@ def test_the_batcher_decodes_a_tool_name_on_a_random_model(tiny_model_dir):
     rows = []
     batcher = Batcher(engine, start=False)
     for sampler in (Sampler(), Sampler(1.0, seed=1), Sampler(1.0, seed=2)):
-        c = ToolNameConstraint(NAMES, syn.start, syn.call_depth, texts)
+        c = ToolNameConstraint.for_syntax(NAMES, syn, texts)
         c.push(opening)
         events: list = []
         rows.append(events)
@@ -132,7 +132,7 @@ def test_the_engine_and_the_generator_spell_a_tool_name_per_row(tiny_model_dir):
     prompts = [tok(q + opening, add_special_tokens=False)["input_ids"] for q in ("Weather? ", "A ticket, please: ")]
     rows = []
     for sampler in (Sampler(), Sampler(1.0, seed=4)):
-        cons = [ToolNameConstraint(NAMES, syn.start, syn.call_depth, texts) for _ in prompts]
+        cons = [ToolNameConstraint.for_syntax(NAMES, syn, texts) for _ in prompts]
         for c in cons:
             c.push(opening)
         rows += engine.generate(prompts, 24, sampler=sampler, constraints=cons)  # a name may come a letter a token

@@ -237,10 +237,7 @@ class DecodeEngine:
 
 
 def _constrained(nxt: torch.Tensor, logits: torch.Tensor, sampler: Sampler, constraints: list) -> torch.Tensor:
-    """Each row's draw passed through its constraint (`pick`, then `push` of the drawn token's text)."""
-    picked = nxt.tolist()
-    for r, c in enumerate(constraints):
-        if c is not None:
-            picked[r] = c.pick(logits[r], sampler, picked[r])
-            c.push(c.texts[picked[r]] if picked[r] < len(c.texts) else "")
+    """Each row's draw passed through its constraint (ToolNameConstraint.draw)."""
+    picked = [t if c is None else c.draw(logits[r], sampler, t)
+              for r, (t, c) in enumerate(zip(nxt.tolist(), constraints))]
     return torch.tensor(picked, dtype=nxt.dtype, device=nxt.device)

@@ -24,6 +24,8 @@ from __future__ import annotations
 import torch
 
 WEIGHTS = ("auto", "fp32", "bf16", "int4", "int8")
+# the engine dtype each asked-for setting decodes in (int8 keeps fp32 activations, int4 bf16 ones)
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "int8": torch.float32, "int4": torch.bfloat16}
 
 
 def _copy_bytes(model, dtype: torch.dtype) -> int:
@@ -54,6 +56,19 @@ def int4_fits(device) -> bool:
     return torch.device(device).type == "cpu" and precision.cpu_int4_decode()
 
 
+def _int4_engine(model, required: bool):
+    """The engine on `model`'s exact int4 codes, a LoRA kept apart; None when a matrix is off the grid
+    (Unsupported raised instead when `required`)."""
+    from tunelab.infer.decode import DecodeEngine, Unsupported
+
+    try:
+        return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4")
+    except Unsupported:
+        if required:
+            raise
+        return None
+
+
 def build_engine(model, autocast_dtype: torch.dtype | None = None, required: bool = False,
                  weights: str = "auto"):
     """(DecodeEngine, "") or (None, the reason transformers' generate is used). With `required`, a model
@@ -64,12 +79,10 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
 
     device = next(model.parameters()).device
     if weights == "auto" and int4_fits(device) and not hasattr(model, "get_base_model"):
-        try:
-            return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4"), ""
-        except Unsupported:
-            pass  # not on a grid: the dense choice below
-    dtype = {"fp32": torch.float32, "int8": torch.float32, "bf16": torch.bfloat16,
-             "int4": torch.bfloat16}.get(weights) or engine_dtype(model, autocast_dtype)
+        eng = _int4_engine(model, required=False)
+        if eng is not None:
+            return eng, ""
+    dtype = _DTYPES.get(weights) or engine_dtype(model, autocast_dtype)
     need = _copy_bytes(model, torch.int8 if weights in ("int8", "int4") else dtype)
     _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
     try:
@@ -93,16 +106,13 @@ def serving_engine(model, weights: str = "auto"):
     """The server's engine over a base (its adapters are attached apart, per row): `auto` is int4 where
     `int4_fits` and the base is on a grid, else the base's dtype; fp32, bf16 and int4 ask for one.
     Unsupported when the engine cannot run the base in that setting."""
-    from tunelab.infer.decode import DecodeEngine, Unsupported
+    from tunelab.infer.decode import DecodeEngine
 
     if weights not in SERVE_WEIGHTS:
         raise ValueError(f"weights must be one of {SERVE_WEIGHTS}")
-    device = next(model.parameters()).device
-    if weights == "int4" or (weights == "auto" and int4_fits(device)):
-        try:
-            return DecodeEngine.from_model(model, dtype=torch.bfloat16, weights="int4")
-        except Unsupported:
-            if weights == "int4":
-                raise
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(weights) or next(model.parameters()).dtype
+    if weights == "int4" or (weights == "auto" and int4_fits(next(model.parameters()).device)):
+        eng = _int4_engine(model, required=weights == "int4")
+        if eng is not None:
+            return eng
+    dtype = _DTYPES.get(weights) or next(model.parameters()).dtype
     return DecodeEngine.from_model(model, dtype=dtype, merge=True)

@@ -48,6 +48,7 @@ class Generator:
         self._engine = None
         self.engine_reason = ""  # why transformers' generate is used, when it is
         self.tool_names: list[str] | None = None  # a call's name is spelled from these (infer/tool_names.py)
+        self._token_texts: list[str] | None = None  # tool_names.token_texts(tokenizer), on first use
 
     @property
     def engine(self):
@@ -169,11 +170,10 @@ class Generator:
         from tunelab.data.tool_syntax import syntax_for
         from tunelab.infer.tool_names import ToolNameConstraint, token_texts
 
-        if getattr(self, "_token_texts", None) is None:
+        if self._token_texts is None:
             self._token_texts = token_texts(self.tokenizer)
         syntax = syntax_for(self.template)
-        return [ToolNameConstraint(self.tool_names, syntax.start, syntax.call_depth, self._token_texts)
-                for _ in range(n)]
+        return [ToolNameConstraint.for_syntax(self.tool_names, syntax, self._token_texts) for _ in range(n)]
 
     def _hf_context(self) -> int | None:
         cfg = getattr(self.model, "config", None)

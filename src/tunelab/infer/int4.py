@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.runtime.precision import int4_kernel_available  # noqa: F401  (re-exported: whether this runs)
+
 GROUP = 32
 _TOL = 1e-3  # of a grid step
 
@@ -121,9 +123,3 @@ def pack_exact(w: torch.Tensor, group: int = GROUP) -> Int4Weight | None:
     k, c, s = fit
     hi, low = torch.div(k, 16, rounding_mode="floor"), k % 16
     return Int4Weight([_part(hi, 16 * s, torch.zeros_like(s)), _part(low, s, c + 136 * s)], w.shape[0], group)
-
-
-def int4_kernel_available() -> bool:
-    """torch's CPU int4 kernel exists in this build (torch >= 2.6)."""
-    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and \
-        hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")

@@ -53,12 +53,18 @@ class _Lex:
 
 
 class ToolNameConstraint:
-    """The lexer of the module docstring over one reply; `push(text)` advances it, `pick` draws."""
+    """The lexer of the module docstring over one reply; `push(text)` advances it, `pick` chooses a
+    token, `draw` chooses one and advances over its text."""
 
     def __init__(self, names: list[str], start: str, call_depth: int, texts: list[str]):
         self.names = sorted(set(names))
         self.start, self.call_depth, self.texts = start, call_depth, texts
         self.state = _Lex()
+
+    @classmethod
+    def for_syntax(cls, names: list[str], syntax, texts: list[str]) -> "ToolNameConstraint":
+        """The constraint of a data/tool_syntax.ToolSyntax (its start marker and call depth)."""
+        return cls(names, syntax.start, syntax.call_depth, texts)
 
     # ---- the lexer -----------------------------------------------------------------------------------------
     def _char(self, s: _Lex, c: str) -> _Lex | None:
@@ -142,3 +148,9 @@ class ToolNameConstraint:
         if torch.isinf(masked).all():
             return choice
         return int(sampler.pick(masked.unsqueeze(0))[0])
+
+    def draw(self, logits: torch.Tensor, sampler, choice: int) -> int:
+        """`pick`, then `push` of the picked token's text (a token past the texts adds none)."""
+        tok = self.pick(logits, sampler, choice)
+        self.push(self.texts[tok] if tok < len(self.texts) else "")
+        return tok

@@ -18,11 +18,16 @@ def cpu_has_bf16() -> bool:
         return False
 
 
+def int4_kernel_available() -> bool:
+    """torch's CPU int4 kernel exists in this build (torch >= 2.6)."""
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and \
+        hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+
+
 def cpu_int4_decode() -> bool:
     """The decode engine's int4 weights (infer/int4.py) run here: native bf16 (their activations)
     and torch's CPU int4 kernel."""
-    return cpu_has_bf16() and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and \
-        hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu")
+    return cpu_has_bf16() and int4_kernel_available()
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

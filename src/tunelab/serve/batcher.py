@@ -165,8 +165,6 @@ class Batcher:
         """Send `tok`; True when the row is finished (stop id, max_new reached)."""
         req = row.req
         req.n_new += 1
-        if req.constraint is not None:
-            req.constraint.push(req.constraint.texts[tok] if tok < len(req.constraint.texts) else "")
         req.sink(("token", tok))
         if tok in req.stop_ids:
             req.sink(("end", "stop"))
@@ -182,7 +180,7 @@ class Batcher:
             tok = greedy
         else:
             tok = int(req.sampler.pick(logits.float().cpu().unsqueeze(0))[0])
-        return tok if req.constraint is None else req.constraint.pick(logits, req.sampler, tok)
+        return tok if req.constraint is None else req.constraint.draw(logits, req.sampler, tok)
 
     def _admit_waiting(self) -> None:
         """Prefill waiting requests into free rows, several prompts per forward: shortest first,

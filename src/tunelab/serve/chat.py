@@ -118,7 +118,7 @@ class ServingChat(ServingGeneration):
         from tunelab.infer.tool_names import ToolNameConstraint
 
         names = [t["function"]["name"] for t in self.tools]
-        constraint = ToolNameConstraint(names, self.syntax.start, self.syntax.call_depth, self.pool.token_texts())
+        constraint = ToolNameConstraint.for_syntax(names, self.syntax, self.pool.token_texts())
         constraint.push(self.opening)
         return constraint
 
