@@ -112,22 +112,30 @@ def encode_texts(tok, texts: list[str], max_length: int, truncation_side: str = 
 
 
 @torch.no_grad()
-def batched_logits(model, ids: list[list[int]], pad_id: int, batch_size: int = 32,
-                   amp: torch.dtype | None = None) -> torch.Tensor:
-    """Logits [n, classes] in the input order; batches are formed by length (little padding)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+def length_batched(module, ids: list[list[int]], pad_id: int, batch_size: int, amp: torch.dtype | None,
+                   forward) -> list[torch.Tensor]:
+    """`forward(module, padded batch)` -> [b, d] over `ids`, batches formed by length (little padding), in
+    eval mode (the module's mode restored after); one float32 CPU row per input, in input order."""
+    was_training = module.training
+    module.eval()
+    device = next(module.parameters()).device
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out = [None] * len(ids)
+    out: list[torch.Tensor | None] = [None] * len(ids)
     for s in range(0, len(order), batch_size):
         part = order[s:s + batch_size]
         batch = {k: v.to(device) for k, v in pad_batch([ids[i] for i in part], pad_id).items()}
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = model(**batch).logits.float().cpu()
+            rows = forward(module, batch).float().cpu()
         for j, i in enumerate(part):
-            out[i] = logits[j]
-    model.train(was_training)
+            out[i] = rows[j]
+    module.train(was_training)
+    return out
+
+
+def batched_logits(model, ids: list[list[int]], pad_id: int, batch_size: int = 32,
+                   amp: torch.dtype | None = None) -> torch.Tensor:
+    """Logits [n, classes] in the input order; batches are formed by length (little padding)."""
+    out = length_batched(model, ids, pad_id, batch_size, amp, lambda m, batch: m(**batch).logits)
     return torch.stack(out) if out else torch.zeros((0, model.config.num_labels))
 
 

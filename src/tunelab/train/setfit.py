@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from tunelab.infer.classify import pad_batch
+from tunelab.infer.classify import length_batched, pad_batch
 from tunelab.ops.mean_pool import mean_pool
 
 
@@ -132,24 +132,10 @@ def train_contrastive(encoder, ids: list[list[int]], pairs: list[tuple[int, int,
     return stats
 
 
-@torch.no_grad()
 def embed_texts(encoder, ids: list[list[int]], pad_id: int, batch_size: int = 64,
                 amp: torch.dtype | None = None) -> torch.Tensor:
     """Unit mean-pooled vectors (n, d), float32, in input order (batches formed by length, eval mode)."""
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    out: list[torch.Tensor | None] = [None] * len(ids)
-    for s in range(0, len(order), batch_size):
-        part = order[s:s + batch_size]
-        enc = {k: v.to(device) for k, v in pad_batch([ids[i] for i in part], pad_id).items()}
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            e = mean_pool(encoder, enc).float().cpu()
-        for j, i in enumerate(part):
-            out[i] = e[j]
-    encoder.train(was_training)
-    return torch.stack(out)
+    return torch.stack(length_batched(encoder, ids, pad_id, batch_size, amp, mean_pool))
 
 
 def fit_logistic_head(x: torch.Tensor, y: list[int], n_classes: int, weights: torch.Tensor | None = None,
