@@ -62,6 +62,23 @@ def test_the_int4_product_equals_the_weights_to_bf16_scales(make, parts):
     assert not rows.is_contiguous() and torch.equal(packed.matmul(rows), packed.matmul(x))
 
 
+def test_many_rows_take_the_dense_copy_and_few_rows_the_codes():
+    from tunelab.infer.int4 import DENSE_ROWS
+
+    w = _q8_0(96, 256)
+    codes_only, both = pack_exact(w), pack_exact(w, keep_dense=True)
+    assert codes_only.dense is None and torch.equal(both.dense, w.to(torch.bfloat16))
+    assert both.nbytes == codes_only.nbytes and both.dense_nbytes == 2 * w.numel()
+    few = torch.randn(DENSE_ROWS, w.shape[1]).bfloat16()
+    many = torch.randn(1, DENSE_ROWS + 1, w.shape[1]).bfloat16()  # rows are counted over every leading axis
+    assert torch.equal(both.matmul(few), codes_only.matmul(few))  # the codes' own product, bit for bit
+    got = both.matmul(many)
+    assert got.shape == (1, DENSE_ROWS + 1, 96)
+    assert torch.equal(got, torch.nn.functional.linear(many, w.to(torch.bfloat16)))
+    ref = codes_only.matmul(many).float()
+    assert (got.float() - ref).abs().max() <= 1e-2 * ref.abs().max()  # both within bf16 rounding of w
+
+
 @pytest.fixture(scope="module")
 def grid_model(tiny_model_dir):
     """The tiny Llama with every 2-D weight moved onto a Q4_1 grid (the head and embedding too)."""
@@ -86,6 +103,11 @@ def test_the_engine_runs_grid_weights_as_int4_and_refuses_others(grid_model, tin
     assert eng.generate([ids], 6)[0][:1] == dense.generate([ids], 6)[0][:1]
     two = eng.generate([ids, ids[:13]], 6)  # a batch: each row's last hidden state is a strided view
     assert two[0][:1] == eng.generate([ids], 6)[0][:1] and len(two[1]) == 6
+    both = DecodeEngine.from_model(grid_model, dtype=torch.bfloat16, weights="int4", dense_batches=True)
+    assert all(getattr(b, n).int4.dense is not None for b in both.w.blocks for n in ("qkv", "o", "gate_up", "down"))
+    c = both.logits(ids).float()  # a 20-token prompt: dense bf16 products, same logits to bf16 rounding
+    assert (c - b).abs().max() <= 0.05 * (b.max() - b.min()) and (c - a).abs().max() > 0
+    assert both.generate([ids], 6)[0][:1] == eng.generate([ids], 6)[0][:1]
     random = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     with pytest.raises(Unsupported, match="not on a 4- or 8-bit grid"):
         DecodeEngine.from_model(random, dtype=torch.bfloat16, weights="int4")
@@ -123,7 +145,14 @@ def test_the_server_engine_takes_int4_where_it_fits_or_asked(grid_model, tiny_mo
     from tunelab.infer.engine_choice import serving_engine
 
     monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: True)
-    assert serving_engine(grid_model).w.blocks[0].o.int4 is not None
+    eng = serving_engine(grid_model)
+    assert eng.w.blocks[0].o.int4 is not None and eng.w.blocks[0].o.int4.dense is not None  # room: the copy too
+    params = sum(p.numel() for p in grid_model.parameters())
+    # free memory under twice the bf16 copy (2 bytes a parameter): the codes alone
+    monkeypatch.setattr("tunelab.memory.available.detect_memory", lambda device: (0, 0, 4 * params - 1))
+    assert serving_engine(grid_model).w.blocks[0].o.int4.dense is None
+    monkeypatch.undo()
+    monkeypatch.setattr("tunelab.runtime.precision.cpu_has_bf16", lambda: True)
     assert serving_engine(grid_model, "fp32").w.dtype == torch.float32
     random = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     assert serving_engine(random).w.dtype == torch.float32  # auto: off the grid, the base's dtype

@@ -129,8 +129,9 @@ def norm_weight(layer, name: str | None, arch: Arch, dtype: torch.dtype) -> torc
     return w.to(dtype) if arch.norm == "llama" else w.float() + arch.norm_offset
 
 
-def read_blocks(hf, arch: Arch, adapter, merge: bool, dtype: torch.dtype, weights: str) -> list[Block]:
-    """The engine's Blocks of a transformers decoder (`hf.model.layers`)."""
+def read_blocks(hf, arch: Arch, adapter, merge: bool, dtype: torch.dtype, weights: str,
+                dense_batches: bool = False) -> list[Block]:
+    """The engine's Blocks of a transformers decoder (`hf.model.layers`); `dense_batches`: parts.proj's."""
     cfg, blocks = hf.config, []
     nq, nkv = cfg.num_attention_heads, cfg.num_key_value_heads
     wins = windows(cfg)
@@ -138,11 +139,11 @@ def read_blocks(hf, arch: Arch, adapter, merge: bool, dtype: torch.dtype, weight
         at, mlp = layer.self_attn, layer.mlp
         blk = Block(
             attn_norm=norm_weight(layer, arch.attn_in, arch, dtype),
-            qkv=proj([read_proj(getattr(at, n), adapter, merge) for n in arch.qkv], dtype, True, weights),
-            o=proj([read_proj(at.o_proj, adapter, merge)], dtype, False, weights),
+            qkv=proj([read_proj(getattr(at, n), adapter, merge) for n in arch.qkv], dtype, True, weights, dense_batches),
+            o=proj([read_proj(at.o_proj, adapter, merge)], dtype, False, weights, dense_batches),
             mlp_norm=norm_weight(layer, arch.mlp_in, arch, dtype),
-            gate_up=proj([read_proj(getattr(mlp, n), adapter, merge) for n in arch.gate_up], dtype, False, weights),
-            down=proj([read_proj(mlp.down_proj, adapter, merge)], dtype, False, weights),
+            gate_up=proj([read_proj(getattr(mlp, n), adapter, merge) for n in arch.gate_up], dtype, False, weights, dense_batches),
+            down=proj([read_proj(mlp.down_proj, adapter, merge)], dtype, False, weights, dense_batches),
             attn_post_norm=norm_weight(layer, arch.attn_out, arch, dtype),
             mlp_post_norm=norm_weight(layer, arch.mlp_out, arch, dtype),
             window=wins[i],

@@ -60,9 +60,10 @@ class DecodeEngine:
 
     @classmethod
     def from_model(cls, model, dtype: torch.dtype = torch.float32, merge: bool = True,
-                   weights: str = "dense") -> "DecodeEngine":
+                   weights: str = "dense", dense_batches: bool = False) -> "DecodeEngine":
         cfg = (model.get_base_model() if hasattr(model, "get_base_model") else model).config
-        return cls(read_weights(model, dtype=dtype, merge=merge, weights=weights), int(cfg.max_position_embeddings))
+        return cls(read_weights(model, dtype=dtype, merge=merge, weights=weights, dense_batches=dense_batches),
+                   int(cfg.max_position_embeddings))
 
     # ---- the model -----------------------------------------------------------------------------------------
     def _rope_table(self, n: int, key: str = "default") -> tuple[torch.Tensor, torch.Tensor]:

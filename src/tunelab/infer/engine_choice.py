@@ -11,7 +11,9 @@ and the model is one it computes exactly (infer/weights.py). `weights="auto"` pi
     int4   on a CPU with bf16 (avx512_bf16 or AMX), when every block matrix is on a 4- or 8-bit grid
            (a model converted from a Q4/Q8 GGUF: infer/int4.py keeps its exact codes) and no LoRA
            is on it: a LoRA would have to stay apart (merged, the base leaves its grid), and its
-           two extra products per projection cost what the int4 base saves (docs/inference.md)
+           two extra products per projection cost what the int4 base saves (docs/inference.md);
+           with a bf16 copy of every matrix beside the codes for prompts and batches of more than
+           int4.DENSE_ROWS rows, when that copy (2 bytes a parameter) fits the same half of memory
     else   bf16 when the generator runs under bf16 autocast, else the dtype of the model's parameters
 
 `weights` "fp32" (transformers' exact greedy tokens), "bf16", "int4" or "int8" (fbgemm, activations
@@ -56,13 +58,23 @@ def int4_fits(device) -> bool:
     return torch.device(device).type == "cpu" and precision.cpu_int4_decode()
 
 
+def _room_for(model, dtype: torch.dtype) -> bool:
+    """A copy of `model`'s weights in `dtype` fits half of the memory available now (unknown: yes)."""
+    from tunelab.memory.available import detect_memory
+
+    device = next(model.parameters()).device
+    _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
+    return avail is None or _copy_bytes(model, dtype) <= avail // 2
+
+
 def _int4_engine(model, required: bool):
-    """The engine on `model`'s exact int4 codes, a LoRA kept apart; None when a matrix is off the grid
-    (Unsupported raised instead when `required`)."""
+    """The engine on `model`'s exact int4 codes, a LoRA kept apart, and a bf16 copy for many rows where it
+    fits (`_room_for`); None when a matrix is off the grid (Unsupported raised instead when `required`)."""
     from tunelab.infer.decode import DecodeEngine, Unsupported
 
     try:
-        return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4")
+        return DecodeEngine.from_model(model, dtype=torch.bfloat16, merge=False, weights="int4",
+                                       dense_batches=_room_for(model, torch.bfloat16))
     except Unsupported:
         if required:
             raise
@@ -75,7 +87,6 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
     the engine cannot run raises TunelabError instead."""
     from tunelab.errors import TunelabError
     from tunelab.infer.decode import DecodeEngine, Unsupported
-    from tunelab.memory.available import detect_memory
 
     device = next(model.parameters()).device
     if weights == "auto" and int4_fits(device) and not hasattr(model, "get_base_model"):
@@ -83,15 +94,16 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
         if eng is not None:
             return eng, ""
     dtype = _DTYPES.get(weights) or engine_dtype(model, autocast_dtype)
-    need = _copy_bytes(model, torch.int8 if weights in ("int8", "int4") else dtype)
-    _, _, avail = detect_memory("cuda" if device.type == "cuda" else "cpu")
+    copy_dtype = torch.int8 if weights in ("int8", "int4") else dtype
     try:
-        if avail is not None and need > avail // 2:
+        if not _room_for(model, copy_dtype):
+            need = _copy_bytes(model, copy_dtype)
             raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
         if weights in ("int8", "int4") and device.type != "cpu":
             raise Unsupported(f"{weights} weights run on the CPU")
         kind = weights if weights in ("int8", "int4") else "dense"  # int4 asked for: a LoRA kept apart
-        return DecodeEngine.from_model(model, dtype=dtype, merge=kind != "int4", weights=kind), ""
+        return DecodeEngine.from_model(model, dtype=dtype, merge=kind != "int4", weights=kind,
+                                       dense_batches=kind == "int4" and _room_for(model, torch.bfloat16)), ""
     except Unsupported as e:
         if required:
             raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",

@@ -20,6 +20,11 @@ A grid of up to 256 codes (Q8_0's head, a Q5 tensor) is two 4-bit parts, k = 16 
 The only change to the weights is scale and zero rounded to bf16 (a relative 2^-9 of each),
 a few hundredths of a grid step; docs/inference.md measures what it does to perplexity. A matrix
 whose groups are not all on a grid returns None (the engine keeps it in bf16).
+
+Many rows at once (a prompt, a batch of streams) are where the kernel loses: its time grows about
+linearly with the rows, while a dense bf16 product (oneDNN, AMX tiles) hardly grows.
+`pack_exact(w, keep_dense=True)` also keeps w in bf16 (2 bytes a weight beside the codes' half
+byte), and `matmul` takes that copy for more than DENSE_ROWS rows.
 """
 
 from __future__ import annotations
@@ -32,27 +37,44 @@ from tunelab.runtime.precision import int4_kernel_available  # noqa: F401  (re-e
 
 GROUP = 32
 _TOL = 1e-3  # of a grid step
+DENSE_ROWS = 8  # more rows than this take the dense copy, when kept (docs/inference.md: the crossover)
 
 
 @dataclass
 class Int4Weight:
-    """y = sum over parts of x @ dequant(part)^T, each part (packed codes, scales_and_zeros [in/G, out, 2])."""
+    """y = sum over parts of x @ dequant(part)^T, each part (packed codes, scales_and_zeros [in/G, out, 2]);
+    over DENSE_ROWS rows y = x @ dense^T instead, when `keep_dense` stored the decoded matrix."""
 
     parts: list[tuple[torch.Tensor, torch.Tensor]]
     out_features: int
     group: int = GROUP
+    dense: torch.Tensor | None = None  # [out, in]: the same matrix in bf16, for many rows at once
+
+    @property
+    def in_features(self) -> int:
+        return self.parts[0][1].shape[0] * self.group
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # the kernel takes contiguous rows
+        if self.dense is not None and x2.shape[0] > DENSE_ROWS:
+            return torch.nn.functional.linear(x2, self.dense).view(*x.shape[:-1], self.out_features)
+        return self._codes_matmul(x2).view(*x.shape[:-1], self.out_features)
+
+    def _codes_matmul(self, x2: torch.Tensor) -> torch.Tensor:
         y = None
         for packed, sz in self.parts:
             part = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, packed, self.group, sz)
             y = part if y is None else y + part
-        return y.view(*x.shape[:-1], self.out_features)
+        return y
 
     @property
     def nbytes(self) -> int:
+        """The bytes a one-row product reads: the codes and their scales (not the dense copy)."""
         return sum(p.numel() * p.element_size() + sz.numel() * sz.element_size() for p, sz in self.parts)
+
+    @property
+    def dense_nbytes(self) -> int:
+        return 2 * self.out_features * self.in_features
 
 
 _STEPS = (  # candidate grid steps of groups g [n, G] (lo, hi: their min and max), cheapest first
@@ -108,18 +130,22 @@ def _part(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple
     return packed, sz
 
 
-def pack_exact(w: torch.Tensor, group: int = GROUP) -> Int4Weight | None:
+def pack_exact(w: torch.Tensor, group: int = GROUP, keep_dense: bool = False) -> Int4Weight | None:
     """`w` [out, in] as one 4-bit part when it is on a 16-code grid, two when on a 256-code grid; else None
-    (also when `out` is not a multiple of 16, which the kernel's packing needs)."""
+    (also when `out` is not a multiple of 16, which the kernel's packing needs). `keep_dense`: w in bf16
+    too, for products of more than DENSE_ROWS rows."""
     if w.shape[0] % 16:
         return None
+    dense = w.to(torch.bfloat16).contiguous() if keep_dense else None
     fit = fit_grid(w, 16, group)
     if fit is not None:
         k, c, s = fit
-        return Int4Weight([_part(k, s, c + 8 * s)], w.shape[0], group)
+        return Int4Weight([_part(k, s, c + 8 * s)], w.shape[0], group, dense)
     fit = fit_grid(w, 256, group)
     if fit is None:
         return None
     k, c, s = fit
     hi, low = torch.div(k, 16, rounding_mode="floor"), k % 16
-    return Int4Weight([_part(hi, 16 * s, torch.zeros_like(s)), _part(low, s, c + 136 * s)], w.shape[0], group)
+    return Int4Weight([_part(hi, 16 * s, torch.zeros_like(s)), _part(low, s, c + 136 * s)], w.shape[0], group,
+                      dense)
+

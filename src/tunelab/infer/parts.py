@@ -167,8 +167,10 @@ def _pack_int8(w: torch.Tensor, bias: torch.Tensor | None):
         return torch.ops.quantized.linear_prepack(q, None if bias is None else bias.float())
 
 
-def proj(parts: list[tuple], dtype: torch.dtype, bias_ok: bool, weights: str = "dense") -> Proj:
-    """Stack the outputs of several projections of the same input into one Proj (fused qkv, gate_up)."""
+def proj(parts: list[tuple], dtype: torch.dtype, bias_ok: bool, weights: str = "dense",
+         dense_batches: bool = False) -> Proj:
+    """Stack the outputs of several projections of the same input into one Proj (fused qkv, gate_up).
+    int4 with `dense_batches`: a bf16 copy beside the codes for many-row products (infer/int4.py)."""
     full = torch.cat([w for w, _, _ in parts], 0) if len(parts) > 1 else parts[0][0]
     transposed = dtype == torch.float32
     wt = full.t().contiguous().to(dtype) if transposed else full.to(dtype).contiguous()
@@ -186,7 +188,7 @@ def proj(parts: list[tuple], dtype: torch.dtype, bias_ok: bool, weights: str = "
     if weights == "int4":
         from tunelab.infer.int4 import pack_exact
 
-        codes = pack_exact(full)
+        codes = pack_exact(full, keep_dense=dense_batches)
         if codes is None:
             raise Unsupported("a matrix is not on a 4- or 8-bit grid (int4 weights hold a model converted from "
                               "a Q4/Q8 GGUF exactly; use bf16)")

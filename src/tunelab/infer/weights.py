@@ -37,11 +37,11 @@ WEIGHTS = ("dense", "int8", "int4")
 
 
 def read_weights(model, dtype: torch.dtype = torch.float32, merge: bool = True,
-                 weights: str = "dense") -> DecoderWeights:
+                 weights: str = "dense", dense_batches: bool = False) -> DecoderWeights:
     """The engine's copy of `model`'s weights in `dtype` (see the module docstring), its matrices int8
     with `weights="int8"`, or with `weights="int4"` (dtype bf16) every block matrix as its exact 4-bit
-    codes (infer/int4.py: Unsupported when one is not on a grid); Unsupported if the engine cannot
-    compute this model."""
+    codes (infer/int4.py: Unsupported when one is not on a grid), with `dense_batches` a bf16 copy of
+    each beside them for products of many rows; Unsupported if the engine cannot compute this model."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights must be one of {WEIGHTS}")
     if weights == "int4":
@@ -61,13 +61,13 @@ def read_weights(model, dtype: torch.dtype = torch.float32, merge: bool = True,
     dec = getattr(hf, "model", None)
     if not hasattr(dec, "layers"):
         raise Unsupported(f"{type(hf).__name__} (the engine runs the decoder of a *ForCausalLM)")
-    blocks = archs.read_blocks(hf, arch, adapter, merge, dtype, weights)
+    blocks = archs.read_blocks(hf, arch, adapter, merge, dtype, weights, dense_batches)
     embed_mod = dec.embed_tokens
     if hasattr(embed_mod, "base_layer"):
         raise Unsupported("a LoRA on the embedding")
     head_parts = [read_proj(hf.get_output_embeddings(), adapter, merge)]
     try:
-        head = proj(head_parts, dtype, True, weights)
+        head = proj(head_parts, dtype, True, weights, dense_batches)
     except Unsupported:  # int4: a head off the grid stays bf16 (the blocks' matrices may not)
         head = proj(head_parts, dtype, True, "dense")
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads

@@ -145,7 +145,7 @@ def _in_features(p) -> int:
     if p.w is not None:
         return p.w.shape[0 if p.transposed else 1]
     if p.int4 is not None:
-        return p.int4.parts[0][1].shape[0] * p.int4.group
+        return p.int4.in_features
     return torch.ops.quantized.linear_unpack(p.packed)[0].shape[1]
 
 
