@@ -8,13 +8,15 @@ Per engine, batch 1, greedy, EOS ignored so every engine decodes the same number
     prefill tok/s = prompt tokens / time to the first new token
     decode tok/s  = (tokens - 1) / (time for the rest)
     speedup_vs_hf_generate = tunelab fp32 decode tok/s / transformers decode tok/s
-    (speedup_<setting>_vs_hf_generate for bf16, int8 and int4: infer/int4.py, run where the CPU has bf16)
+    (speedup_<setting>_vs_hf_generate for bf16, int8 and int4: infer/int4.py, run where the CPU has bf16;
+    int4_dense: int4 with its bf16 copy for products of more than DENSE_ROWS rows, which prefill and
+    validation_ppl's whole-text passes take, so its ppl is the copy's and int4's is the codes')
     validation_ppl         = exp(mean next-token NLL), the quickstart's validation conversations
     fastest_within_1pct_ppl = the fastest setting whose validation_ppl <= 1.01 x the fp32 engine's
     weight_mb_per_token    = weight bytes one step reads; share_of_memory_bandwidth = those bytes x
                              tok/s / memory_gb_s (a plain sum over 256 MB, measured in the same run)
 `same_tokens_fp32` compares the first 64 greedy tokens of the fp32 engine with transformers'.
-Batched rows report aggregate decode tok/s (B x tokens / decode time). With `--run`, the run's
+Batched rows (fp32 and int4_dense) report aggregate decode tok/s (B x tokens / decode time). With `--run`, the run's
 adapter is decoded unmerged (A, B kept apart) and merged, and unmerged over int4 base weights.
 Prints one JSON object.
 """
@@ -107,16 +109,16 @@ def main() -> None:
     res["hf_generate"] = {k: v for k, v in hf.items() if k != "tokens"}
     texts = _validation_texts(tok)
     res["memory_gb_s"] = _bandwidth()
-    settings = [("tunelab_fp32", torch.float32, "dense"), ("tunelab_bf16", torch.bfloat16, "dense"),
-                ("tunelab_int8", torch.float32, "int8")]
+    settings = [("tunelab_fp32", torch.float32, "dense", False), ("tunelab_bf16", torch.bfloat16, "dense", False),
+                ("tunelab_int8", torch.float32, "int8", False)]
     if int4_fits("cpu"):
-        settings.append(("tunelab_int4", torch.bfloat16, "int4"))
+        settings += [("tunelab_int4", torch.bfloat16, "int4", False), ("tunelab_int4_dense", torch.bfloat16, "int4", True)]
     else:
         res["tunelab_int4"] = "not run: this CPU has no native bf16 (or torch no CPU int4 kernel)"
-    for name, dtype, weights in settings:
+    for name, dtype, weights, dense in settings:
         t0 = time.perf_counter()
         try:
-            eng = DecodeEngine.from_model(model, dtype=dtype, weights=weights)
+            eng = DecodeEngine.from_model(model, dtype=dtype, weights=weights, dense_batches=dense)
         except Unsupported as e:
             res[name] = f"not run: {e}"
             continue
@@ -132,18 +134,19 @@ def main() -> None:
                      "share_of_memory_bandwidth": round(bytes_tok * r["decode_tok_s"] / 1e9 / res["memory_gb_s"], 3)}
         if name == "tunelab_fp32":
             res["same_tokens_fp32"] = all(same)
+        if name in ("tunelab_fp32", "tunelab_int4_dense"):
             for b in [int(x) for x in args.batch.split(",") if x]:
                 rows = [prompts[i % len(prompts)] for i in range(b)]
                 _, first, total = _engine_time(eng, rows, n)
-                res[f"tunelab_fp32_batch{b}"] = _rates(sum(map(len, rows)) / b, n, b, first, total)
+                res[f"{name}_batch{b}"] = _rates(sum(map(len, rows)) / b, n, b, first, total)
         del eng
     res["speedup_vs_hf_generate"] = round(res["tunelab_fp32"]["decode_tok_s"] / res["hf_generate"]["decode_tok_s"], 2)
     hf_rate, ppl32 = res["hf_generate"]["decode_tok_s"], res["tunelab_fp32"]["validation_ppl"]
-    for name in ("bf16", "int8", "int4"):
+    for name in ("bf16", "int8", "int4", "int4_dense"):
         if isinstance(res.get(f"tunelab_{name}"), dict):
             res[f"speedup_{name}_vs_hf_generate"] = round(res[f"tunelab_{name}"]["decode_tok_s"] / hf_rate, 2)
     kept = {k: v for k, v in res.items() if k.startswith("tunelab_") and isinstance(v, dict)
-            and v["validation_ppl"] <= 1.01 * ppl32}  # quality kept: perplexity within +1% of fp32's
+            and "validation_ppl" in v and v["validation_ppl"] <= 1.01 * ppl32}  # quality kept: perplexity within +1% of fp32's
     best = max(kept, key=lambda k: kept[k]["decode_tok_s"])
     res["fastest_within_1pct_ppl"] = {"setting": best, "speedup_vs_hf_generate":
                                       round(kept[best]["decode_tok_s"] / hf_rate, 2)}

@@ -151,14 +151,17 @@ def test_failed_export_leaves_nothing_that_looks_complete(run_dir, tmp_path, mon
 
 @pytest.mark.parametrize("flag", [True, False])
 def test_reads_whether_the_gguf_adds_bos(tmp_path, flag):
-    """Ollama puts BOS before each prompt when the GGUF says so: the export notes it (training did not)."""
+    """Ollama puts BOS before each prompt when the GGUF says so: which token's text, for the TEMPLATE to leave out."""
     gguf = pytest.importorskip("gguf")
-    from tunelab.export.targets.ollama import adds_bos
+    from tunelab.export.targets.ollama import adds_bos, runtime_bos
 
     w = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
     w.add_add_bos_token(flag)
+    w.add_token_list(["<pad>", "<eos>", "<bos>", "hi"])
+    w.add_bos_token_id(2)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
     assert adds_bos(tmp_path / "m.gguf") is flag
+    assert runtime_bos(tmp_path / "m.gguf") == ("<bos>" if flag else "")

@@ -145,3 +145,56 @@ def test_num_ctx_and_name():
     assert choose_num_ctx(512, 1024) == 1024  # never beyond the model's positions
     assert choose_num_ctx(None, None) == 2048
     assert ollama_name("My Run_2 (copy)") == "my-run_2-copy"
+
+
+@pytest.mark.parametrize("name", ["gemma", "mistral"])
+def test_a_gguf_that_adds_bos_gets_a_template_without_the_formats_bos(name):
+    from tunelab.export.ollama import leave_bos_to_runtime
+
+    template = Template(name, system="You are TuneBot.", fmt=BUILTIN[name], eos="</s>", bos=BUILTIN[name].bos)
+    ot = ollama_template(template)
+    bos = BUILTIN[name].bos
+    assert bos in ot.text and check_modelfile(modelfile_text("r.gguf", ot, 2048), template) == len(probe_conversations())
+    assert leave_bos_to_runtime(ot, "") is None  # the GGUF adds none
+    lean = leave_bos_to_runtime(ot, bos)
+    assert lean.runtime_bos == bos and bos not in lean.text
+    text = modelfile_text("r.gguf", lean, 2048)
+    assert f"{bos} is the BOS Ollama adds" in text.splitlines()[1]
+    # Ollama's prompt is BOS + the TEMPLATE's text: every probe as the run, with one BOS
+    assert check_modelfile(text, template, prefix=bos) == len(probe_conversations())
+    for conv in probe_conversations():
+        assert (bos + render_chat(dict(parse_modelfile(text))["template"], conv, template.system)).count(bos) == 1
+    with pytest.raises(TunelabError, match="renders"):  # read without the runtime's BOS, it is not the run's text
+        check_modelfile(text, template)
+    chatml = ollama_template(Template("chatml", fmt=BUILTIN["chatml"], eos="<|im_end|>"))
+    assert leave_bos_to_runtime(chatml, "<s>") is None  # a format that writes no BOS: nothing to leave out
+
+
+def test_the_ollama_target_leaves_bos_to_a_gguf_that_adds_it_and_keeps_a_template_it_cannot_lean():
+    from dataclasses import replace
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from tunelab.export.targets.ollama import OllamaResult, OllamaTarget
+
+    job = SimpleNamespace(run=SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(max_length=512)),
+                                              path=Path("runs/g")), temperature=0.0)
+    gemma = Template("gemma", system="You are TuneBot.", fmt=BUILTIN["gemma"], eos="<eos>")  # bos "": as saved
+
+    def filled(template_or_ot, bos):
+        ot = template_or_ot if not isinstance(template_or_ot, Template) else ollama_template(template_or_ot)
+        res = OllamaResult(to="ollama", quant="f16", out=Path("o"), template=ot)
+        OllamaTarget().modelfile(job, res, "g.gguf", None, bos=bos)
+        return res
+
+    lean = filled(gemma, "<bos>")
+    assert lean.template.runtime_bos == "<bos>" and "<bos>" not in dict(parse_modelfile(lean.modelfile))["template"]
+    assert lean.checked == len(probe_conversations())
+    whole = filled(gemma, "")  # the GGUF adds none: the TEMPLATE writes it, as before
+    assert whole.template.runtime_bos == "" and "<bos>" in dict(parse_modelfile(whole.modelfile))["template"]
+    # a TEMPLATE whose BOS text is not only its first turn's: BOS + the lean TEMPLATE would differ; kept whole
+    ot = ollama_template(gemma)
+    odd = replace(ot, text=ot.text.replace("<start_of_turn>model", "<bos><start_of_turn>model"),
+                  source=replace(gemma, fmt=replace(BUILTIN["gemma"], assistant_prefix="<bos>" + BUILTIN["gemma"].assistant_prefix)))
+    kept = filled(odd, "<bos>")
+    assert kept.template.runtime_bos == "" and kept.template.text == odd.text

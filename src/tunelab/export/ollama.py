@@ -177,6 +177,18 @@ class OllamaTemplate:
     tools: bool = False  # the TEMPLATE renders .Tools, .ToolCalls and tool messages (export/ollama_families.py)
     calls: str = ""  # how a call reads, for the Modelfile comment: "Hermes <tool_call> calls"
     thinking: bool = False  # the TEMPLATE writes Qwen3-style reasoning blocks and reads Ollama's `think`
+    runtime_bos: str = ""  # the BOS text Ollama puts before each prompt itself, which the TEMPLATE then leaves out
+
+
+def leave_bos_to_runtime(ot: OllamaTemplate, bos: str) -> OllamaTemplate | None:
+    """For a GGUF that says add_bos_token, `bos` the text of its BOS token: llama.cpp, so Ollama,
+    tokenizes BOS + the TEMPLATE's text, and a TEMPLATE that also writes that text (`<bos>`, `<s>`,
+    `<|begin_of_text|>`) gives two BOS tokens where training had one. The TEMPLATE without it (every
+    occurrence, as a template may write it in each branch of its first turn), or None when it writes
+    none; `check_modelfile(..., prefix=bos)` then says whether BOS + TEMPLATE still renders as the run."""
+    if not bos or bos not in ot.text:
+        return None
+    return replace(ot, text=ot.text.replace(bos, ""), runtime_bos=bos)
 
 
 def ollama_template(template: Template) -> OllamaTemplate:
@@ -236,23 +248,25 @@ def _family_by_rendering(template: Template, system: str | None) -> tuple[Ollama
     return None
 
 
-def _mismatch(template_text: str, system: str | None, template: Template, plain: bool = False) -> str | None:
-    """The first probe the TEMPLATE renders unlike the run's template (a message), or None: the plain probes
-    (with `plain`), the tool probes and the reasoning probes. JSON is compared as values (`same_but_json`)."""
+def _mismatch(template_text: str, system: str | None, template: Template, plain: bool = False,
+              prefix: str = "") -> str | None:
+    """The first probe `prefix` + the TEMPLATE renders unlike the run's template (a message), or None: the
+    plain probes (with `plain`), the tool probes and the reasoning probes. JSON is compared as values
+    (`same_but_json`). `prefix`: what the runtime puts before every prompt (its BOS)."""
     if plain:
         for conv in probe_conversations():
-            got, want = render_chat(template_text, conv, system), _text(template, conv)
+            got, want = prefix + render_chat(template_text, conv, system), _text(template, conv)
             if got != want:
                 return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}..."
     for tools, conv in tool_probes() + reasoning_probes():
-        got = render_chat(template_text, conv, system, tools)
+        got = prefix + render_chat(template_text, conv, system, tools)
         want = "".join(t for t, _ in template.segments(conv, add_generation_prompt=conv[-1]["role"] != "assistant",
                                                        tools=tools or None))
         if not same_but_json(got, want):
             return f"the TEMPLATE renders {got[:80]!r}..., the run's template {want[:80]!r}... (tools, reasoning)"
     if "isthinkset" in GoTemplate(template_text).identifiers():  # think: false = the Jinja's enable_thinking=false
         conv = [{"role": "user", "content": _U1}]
-        got = render_chat(template_text, conv, system, think=False)
+        got = prefix + render_chat(template_text, conv, system, think=False)
         msgs = conv if template.system is None else [{"role": "system", "content": template.system}, *conv]
         want = render_jinja(template.jinja, msgs, True, template.bos, template.eos, enable_thinking=False)
         if got != want:
@@ -304,7 +318,8 @@ def modelfile_text(gguf_name: str, ot: OllamaTemplate, num_ctx: int, temperature
         raise TunelabError("the generated TEMPLATE cannot be quoted in a Modelfile", where="--to ollama")
     lines = [f"# written by tunelab{f' from run {run_name}' if run_name else ''}: ollama create NAME -f Modelfile",
              f"# TEMPLATE reproduces the run's prompt format: {ot.format}"
-             + (f" with tools ({ot.calls})" if ot.tools else "") + (", thinking" if ot.thinking else ""),
+             + (f" with tools ({ot.calls})" if ot.tools else "") + (", thinking" if ot.thinking else "")
+             + (f"; {ot.runtime_bos} is the BOS Ollama adds (the GGUF's add_bos_token)" if ot.runtime_bos else ""),
              f"FROM ./{gguf_name}", f'TEMPLATE """{ot.text}"""']
     if ot.system is not None:
         lines.append(f'SYSTEM """{ot.system}"""')
@@ -324,20 +339,22 @@ def ollama_name(run_name: str) -> str:
 
 
 # ---- the check ----------------------------------------------------------------------------------------------
-def check_modelfile(text: str, template: Template) -> int:
+def check_modelfile(text: str, template: Template, prefix: str = "") -> int:
     """Read the Modelfile as Ollama does and render every probe conversation through its TEMPLATE and
-    SYSTEM; returns how many matched the run's `template`. TunelabError at the first that differs."""
+    SYSTEM, after `prefix` (the BOS text the runtime adds: OllamaTemplate.runtime_bos); returns how many
+    matched the run's `template`. TunelabError at the first that differs."""
     try:
         cmds = dict(parse_modelfile(text))
         convs = probe_conversations()
         for conv in convs:
-            got, want = render_chat(cmds["template"], conv, cmds.get("system")), _text(template, conv)
+            got = prefix + render_chat(cmds["template"], conv, cmds.get("system"))
+            want = _text(template, conv)
             if got != want:
                 raise TunelabError(f"the Modelfile TEMPLATE renders {got[:60]!r}..., the run's template "
                                    f"{want[:60]!r}... ({len(conv)} messages)", where="Modelfile",
                                    hint="please report this: the export would format prompts unlike training")
         if "tools" in GoTemplate(cmds["template"]).identifiers():  # Ollama: the model supports tools
-            bad = _mismatch(cmds["template"], cmds.get("system"), template)
+            bad = _mismatch(cmds["template"], cmds.get("system"), template, prefix=prefix)
             if bad:
                 raise TunelabError(bad, where="Modelfile", hint="please report this: the export would format "
                                                                "tool calls unlike training")

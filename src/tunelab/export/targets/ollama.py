@@ -59,6 +59,21 @@ def adds_bos(gguf_path: Path) -> bool:
     return bool(f is not None and f.data and f.parts[f.data[0]][0])
 
 
+def runtime_bos(gguf_path: Path) -> str:
+    """The text of the BOS token llama.cpp (so Ollama) puts before every prompt of this GGUF; "" when it
+    puts none (add_bos_token false or absent)."""
+    from gguf import GGUFReader
+
+    if not adds_bos(gguf_path):
+        return ""
+    fields = GGUFReader(str(gguf_path)).fields
+    bos, tokens = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.tokens")
+    if bos is None or tokens is None:
+        return ""
+    i = int(bos.parts[bos.data[0]][0])
+    return bytes(tokens.parts[tokens.data[i]]).decode("utf-8", errors="replace")
+
+
 class OllamaTarget(GgufTarget):
     name = "ollama"
     label = "Ollama (GGUF + Modelfile)"
@@ -81,11 +96,24 @@ class OllamaTarget(GgufTarget):
         res.template_format, res.ollama_name = res.template.format, ollama_name(rd.path.name)
         return res
 
-    def modelfile(self, job: Export, res: OllamaResult, gguf_name: str, model_dir: Path | None) -> None:
-        """Fill res.modelfile (the text) and res.checked (probe conversations verified on it)."""
-        from tunelab.export.ollama import check_modelfile, choose_num_ctx, modelfile_text
+    def modelfile(self, job: Export, res: OllamaResult, gguf_name: str, model_dir: Path | None,
+                  bos: str = "") -> None:
+        """Fill res.modelfile (the text) and res.checked (probe conversations verified on it). With `bos`
+        (the text of the BOS token the GGUF's add_bos_token puts first), a TEMPLATE that writes it leaves it
+        to Ollama when BOS + that TEMPLATE still renders every probe as the run (leave_bos_to_runtime)."""
+        from tunelab.errors import TunelabError
+        from tunelab.export.ollama import check_modelfile, choose_num_ctx, leave_bos_to_runtime, modelfile_text
 
         num_ctx = choose_num_ctx(job.run.config.data.max_length, model_context(model_dir))
+        lean = leave_bos_to_runtime(res.template, bos)
+        if lean is not None:
+            text = modelfile_text(gguf_name, lean, num_ctx, job.temperature, run_name=job.run.path.name)
+            try:
+                res.checked = check_modelfile(text, lean.source, prefix=lean.runtime_bos)
+                res.template, res.modelfile = lean, text
+                return
+            except TunelabError:  # the BOS text is not only the first turn's: keep the TEMPLATE whole
+                pass
         res.modelfile = modelfile_text(gguf_name, res.template, num_ctx, job.temperature, run_name=job.run.path.name)
         res.checked = check_modelfile(res.modelfile, res.template.source)
 
@@ -96,8 +124,10 @@ class OllamaTarget(GgufTarget):
 
     def beside(self, job: Export, res: OllamaResult, tmp: Path, merged: Path) -> None:
         gguf_name = self.gguf_name(job)
-        self.modelfile(job, res, gguf_name, merged)
+        bos = runtime_bos(tmp / gguf_name)
+        self.modelfile(job, res, gguf_name, merged, bos)
         (tmp / "Modelfile").write_text(res.modelfile, encoding="utf-8")
-        if adds_bos(tmp / gguf_name):  # training tokenized the template's text only (no automatic BOS)
-            res.notes.append("the GGUF says add_bos_token, so Ollama puts a BOS token before each prompt "
-                             "that training did not have (and a second one where the format writes BOS)")
+        if bos and not res.template.runtime_bos:  # training tokenized the template's text only
+            res.notes.append(f"the GGUF says add_bos_token, so Ollama puts {bos} before each prompt " + (
+                "besides the one the TEMPLATE writes" if bos in res.template.text
+                else "that training did not have (the run's format writes no BOS)"))
