@@ -9,7 +9,7 @@ Per engine, batch 1, greedy, EOS ignored so every engine decodes the same number
     decode tok/s  = (tokens - 1) / (time for the rest)
     speedup_vs_hf_generate = tunelab fp32 decode tok/s / transformers decode tok/s
     (speedup_<setting>_vs_hf_generate for bf16, int8 and int4: infer/int4.py, run where the CPU has bf16;
-    int4_dense: int4 with its bf16 copy for products of more than DENSE_ROWS rows, which prefill and
+    int4_dense: int4 with its bf16 copy for products of more than DENSE_ROWS rows x parts, which prefill and
     validation_ppl's whole-text passes take, so its ppl is the copy's and int4's is the codes')
     validation_ppl         = exp(mean next-token NLL), the quickstart's validation conversations
     fastest_within_1pct_ppl = the fastest setting whose validation_ppl <= 1.01 x the fp32 engine's

@@ -8,7 +8,7 @@ qkv 960x576, o 576x576, gate_up 3072x576, down 576x1536, and the head 49152x576 
 (an 8-bit grid, as the Q8_0 head is). Per rows M: microseconds per product, the median of `--repeat`
 timed calls after 5 warm-up calls, summed over one block's four matrices (`block_us`) and for the
 head (`head_us`). `crossover_rows` = the smallest M where bf16 dense is faster than the codes, for
-the block and for the head; infer/int4.py's DENSE_ROWS should sit just under it. Prints one JSON object.
+the block and for the head (two parts); infer/int4.py's DENSE_ROWS (rows x parts) sits just under it. Prints one JSON object.
 """
 
 from __future__ import annotations

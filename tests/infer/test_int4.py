@@ -69,11 +69,11 @@ def test_many_rows_take_the_dense_copy_and_few_rows_the_codes():
     codes_only, both = pack_exact(w), pack_exact(w, keep_dense=True)
     assert codes_only.dense is None and torch.equal(both.dense, w.to(torch.bfloat16))
     assert both.nbytes == codes_only.nbytes and both.dense_nbytes == 2 * w.numel()
-    few = torch.randn(DENSE_ROWS, w.shape[1]).bfloat16()
-    many = torch.randn(1, DENSE_ROWS + 1, w.shape[1]).bfloat16()  # rows are counted over every leading axis
+    few = torch.randn(DENSE_ROWS // 2, w.shape[1]).bfloat16()  # an 8-bit grid: two parts, each row counts twice
+    many = torch.randn(1, DENSE_ROWS // 2 + 1, w.shape[1]).bfloat16()  # rows are counted over every leading axis
     assert torch.equal(both.matmul(few), codes_only.matmul(few))  # the codes' own product, bit for bit
     got = both.matmul(many)
-    assert got.shape == (1, DENSE_ROWS + 1, 96)
+    assert got.shape == (1, DENSE_ROWS // 2 + 1, 96)
     assert torch.equal(got, torch.nn.functional.linear(many, w.to(torch.bfloat16)))
     ref = codes_only.matmul(many).float()
     assert (got.float() - ref).abs().max() <= 1e-2 * ref.abs().max()  # both within bf16 rounding of w

@@ -13,7 +13,7 @@ and the model is one it computes exactly (infer/weights.py). `weights="auto"` pi
            is on it: a LoRA would have to stay apart (merged, the base leaves its grid), and its
            two extra products per projection cost what the int4 base saves (docs/inference.md);
            with a bf16 copy of every matrix beside the codes for prompts and batches of more than
-           int4.DENSE_ROWS rows, when that copy (2 bytes a parameter) fits the same half of memory
+           int4.DENSE_ROWS rows x parts, when that copy (2 bytes a parameter) fits the same half of memory
     else   bf16 when the generator runs under bf16 autocast, else the dtype of the model's parameters
 
 `weights` "fp32" (transformers' exact greedy tokens), "bf16", "int4" or "int8" (fbgemm, activations

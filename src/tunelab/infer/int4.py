@@ -24,7 +24,8 @@ whose groups are not all on a grid returns None (the engine keeps it in bf16).
 Many rows at once (a prompt, a batch of streams) are where the kernel loses: its time grows about
 linearly with the rows, while a dense bf16 product (oneDNN, AMX tiles) hardly grows.
 `pack_exact(w, keep_dense=True)` also keeps w in bf16 (2 bytes a weight beside the codes' half
-byte), and `matmul` takes that copy for more than DENSE_ROWS rows.
+byte), and `matmul` takes that copy when rows x parts > DENSE_ROWS (a two-part matrix costs the kernel
+twice: 5 rows and more for a block's matrices, 3 and more for an 8-bit head).
 """
 
 from __future__ import annotations
@@ -37,13 +38,13 @@ from tunelab.runtime.precision import int4_kernel_available  # noqa: F401  (re-e
 
 GROUP = 32
 _TOL = 1e-3  # of a grid step
-DENSE_ROWS = 8  # more rows than this take the dense copy, when kept (docs/inference.md: the crossover)
+DENSE_ROWS = 4  # rows x parts above this take the dense copy, when kept (benchmarks/int4_rows.py: the crossover)
 
 
 @dataclass
 class Int4Weight:
     """y = sum over parts of x @ dequant(part)^T, each part (packed codes, scales_and_zeros [in/G, out, 2]);
-    over DENSE_ROWS rows y = x @ dense^T instead, when `keep_dense` stored the decoded matrix."""
+    y = x @ dense^T instead when rows x parts > DENSE_ROWS and the bf16 copy is kept."""
 
     parts: list[tuple[torch.Tensor, torch.Tensor]]
     out_features: int
@@ -56,7 +57,7 @@ class Int4Weight:
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()  # the kernel takes contiguous rows
-        if self.dense is not None and x2.shape[0] > DENSE_ROWS:
+        if self.dense is not None and x2.shape[0] * len(self.parts) > DENSE_ROWS:
             return torch.nn.functional.linear(x2, self.dense).view(*x.shape[:-1], self.out_features)
         return self._codes_matmul(x2).view(*x.shape[:-1], self.out_features)
 
@@ -133,7 +134,7 @@ def _part(codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> tuple
 def pack_exact(w: torch.Tensor, group: int = GROUP, keep_dense: bool = False) -> Int4Weight | None:
     """`w` [out, in] as one 4-bit part when it is on a 16-code grid, two when on a 256-code grid; else None
     (also when `out` is not a multiple of 16, which the kernel's packing needs). `keep_dense`: w in bf16
-    too, for products of more than DENSE_ROWS rows."""
+    too, for products of more than DENSE_ROWS rows x parts."""
     if w.shape[0] % 16:
         return None
     dense = w.to(torch.bfloat16).contiguous() if keep_dense else None
