@@ -109,12 +109,7 @@ class DecodeEngine:
             qkv = _linear(h, blk.qkv, route)
             qk = qkv[..., : (nq + nkv) * hd].view(b, s, nq + nkv, hd)
             qk = qk * cos + _rotate_half(qk) * sin  # one rotation for q and k heads together
-            if ragged:  # kc[r, :, start[r]] = k[r] for every row r
-                kc[rows, :, start] = qk[:, 0, nq:]
-                vc[rows, :, start] = qkv[:, 0, (nq + nkv) * hd:].view(b, nkv, hd)
-            else:
-                kc[:, :, start:end] = qk[:, :, nq:].transpose(1, 2)
-                vc[:, :, start:end] = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd).transpose(1, 2)
+            layers.write_kv(kc, vc, qk[:, :, nq:], qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd), start, end, rows)
             a = F.scaled_dot_product_attention(qk[:, :, :nq].transpose(1, 2), kc[:, :, :end], vc[:, :, :end],
                                                attn_mask=mask, is_causal=causal, enable_gqa=nq != nkv)
             x = x + _linear(a.transpose(1, 2).reshape(b, s, nq * hd), blk.o, route)

@@ -77,6 +77,18 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def write_kv(kc: torch.Tensor, vc: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start, end: int,
+             rows: torch.Tensor | None) -> None:
+    """k, v [B, S, nkv, hd] into a block's cache kc, vc [B, nkv, T, hd]: slots start..end-1 of every row,
+    or with ragged rows (`rows` = arange(B), S == 1, `start` [B]) slot start[r] of row r."""
+    if rows is not None:  # kc[r, :, start[r]] = k[r] for every row r
+        kc[rows, :, start] = k[:, 0]
+        vc[rows, :, start] = v[:, 0]
+    else:
+        kc[:, :, start:end] = k.transpose(1, 2)
+        vc[:, :, start:end] = v.transpose(1, 2)
+
+
 def _masks(w: DecoderWeights, mask, start, s: int, end: int, device) -> dict:
     """{window: the boolean mask [B|1, 1, S, end] its layers use, or None (SDPA's is_causal / no mask)}."""
     ragged = isinstance(start, torch.Tensor)
@@ -141,12 +153,7 @@ def forward(eng, tokens: torch.Tensor, pos: torch.Tensor, cache: list, start, ma
             qk = norm(qk, blk.qk_norm, eps)
         cos, sin = rope[blk.rope]
         qk = qk * cos + rotate_half(qk) * sin
-        if ragged:  # kc[r, :, start[r]] = k[r] for every row r
-            kc[rows, :, start] = qk[:, 0, nq:]
-            vc[rows, :, start] = qkv[:, 0, (nq + nkv) * hd:].view(b, nkv, hd)
-        else:
-            kc[:, :, start:end] = qk[:, :, nq:].transpose(1, 2)
-            vc[:, :, start:end] = qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd).transpose(1, 2)
+        write_kv(kc, vc, qk[:, :, nq:], qkv[..., (nq + nkv) * hd:].view(b, s, nkv, hd), start, end, rows)
         a = _attend(w, qk[:, :, :nq].transpose(1, 2), kc[:, :, :end], vc[:, :, :end], masks[blk.window], causal)
         a = linear(a.transpose(1, 2).reshape(b, s, nq * hd), blk.o, route)
         x = x + (a if blk.attn_post_norm is None else norm(a, blk.attn_post_norm, eps))
