@@ -123,6 +123,8 @@ def settings(reranker_model: str) -> dict[str, tuple[dict, dict]]:
         "hybrid+context": ({"context": "title+path"}, {"hybrid": True}),
         "hybrid+context+fitted": ({"context": "title+path"}, {"hybrid": True, "fit": True}),
         "dense+context+chunk128": (SMALL, {}),
+        "dense+context+sentences": ({"context": "title+path", "sentences": True}, {}),
+        "hybrid+context+sentences+fitted": ({"context": "title+path", "sentences": True}, {"hybrid": True, "fit": True}),
         "hybrid+context+chunk128+fitted": (SMALL, {"hybrid": True, "fit": True}),
         "dense+context+rerank": ({"context": "title+path"}, {"rerank": reranker_model}),
         "dense+context+rerank-mix0.5": ({"context": "title+path"}, {"rerank": reranker_model, "mix": 0.5}),

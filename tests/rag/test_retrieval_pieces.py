@@ -142,6 +142,26 @@ def test_fitted_fusion_never_below_vectors():
     assert scores_at([1, None, 2], 3) == {"recall@1": 0.3333, "recall@3": 0.6667, "mrr": 0.5}
 
 
+def test_the_sentence_weight_is_fitted_with_alpha():
+    from tunelab.rag.fusion import SENTENCE_GRID, fit_alpha_and_sentence_weight
+
+    qs = [{"question": f"q{i}", "source": f"gold{i}.txt"} for i in range(3)]
+
+    def hit(cid, sim, sentence, bm25=0.0):
+        return Hit(0, sim, sim, "", f"{cid}.txt", "", "", 0, 0, cid, bm25, sentence)
+
+    # the gold chunk's own cosine loses, one of its sentences wins: w = 0.5 ranks it first, w = 1 does not
+    # (gold 0.5 * 0.50 + 0.5 * 0.80 = 0.65 > near 0.5 * 0.60 + 0.5 * 0.62 = 0.61; at w = 1, 0.50 < 0.60)
+    cands = [[hit("near", 0.60, 0.62), hit(f"gold{i}", 0.50, 0.80)] for i in range(3)]
+    alpha, w, tables = fit_alpha_and_sentence_weight(cands, qs, k=1)
+    assert tables[1.0][1.0]["recall@1"] == 0.0 and tables[w][alpha]["recall@1"] == 1.0
+    assert alpha == 1.0 and w == 0.5  # ties: vectors alone (alpha 1), then the w nearest the default
+    assert set(tables) == set(SENTENCE_GRID)
+    # hits without sentence cosines (a KB without sentences): every w is the chunk's cosine
+    plain = [[hit("near", 0.60, None), hit(f"gold{i}", 0.50, None)] for i in range(3)]
+    assert fit_alpha_and_sentence_weight(plain, qs, k=1)[2][0.0][1.0]["recall@1"] == 0.0
+
+
 def test_fit_fusion_is_saved_and_used(tmp_path, recording):
     from tunelab.rag import index, query
     from tunelab.rag.fusion import fit_fusion

@@ -187,3 +187,23 @@ def test_tune_moves_heldout_recall_installs_and_respects_overwrite(tiny_kb, caps
     assert rep3.before == {} and rep3.installed and "tune_pending" not in manifest
     assert sorted(p.name for p in kb.glob("tuned-embedder-*")) == [manifest["tuned_embedder"]["dir"]]
     assert query(None, asked, k=1, directory=kb)
+
+
+def test_tune_reembeds_a_kbs_sentence_vectors_with_the_tuned_model(tiny_kb, tmp_path):
+    import numpy as np
+
+    from tunelab.rag import index
+    from tunelab.rag.embedders import kb_embedder
+    from tunelab.rag.sentences import SentenceIndex
+    from tunelab.rag.tune import TuneOptions, tune
+
+    kb, questions = tiny_kb
+    index([tmp_path / "docs"], directory=kb, embedder=str(tmp_path / "emb"), sentences=True)
+    before = SentenceIndex.load(kb, 32)
+    rep = tune(directory=kb, teacher=ScriptedTeacher(questions), options=TuneOptions(epochs=1, lr=5e-3, batch_size=8, keep_if_worse=True))
+    after = SentenceIndex.load(kb, 32)
+    assert rep.installed and after.texts.tolist() == before.texts.tolist()
+    manifest = json.loads((kb / "manifest.json").read_text())
+    tuned = kb_embedder(manifest, kb)
+    assert np.allclose(after.vectors, tuned.encode(after.texts.tolist()), atol=1e-4)
+    assert not np.allclose(after.vectors, before.vectors, atol=1e-3)

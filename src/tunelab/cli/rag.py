@@ -71,6 +71,7 @@ def index_cmd(
     headings: bool = typer.Option(True, "--headings/--no-headings", help="Prefix each chunk's context when embedding (--no-headings = --context none)."),
     context: Optional[str] = typer.Option(None, "--context", help="What is written above each chunk for embedding and BM25: none, path, title+path (default)."),
     keep_furniture: bool = typer.Option(False, "--keep-furniture", help="Keep page navigation (Next/Previous bars, link lists, breadcrumbs)."),
+    sentences: bool = typer.Option(False, "--sentences/--no-sentences", help="Also embed every sentence of each chunk: queries mix the chunk's and its best sentence's similarity (finds answers asked in other words)."),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Index DOCS into a knowledge base; re-indexing only re-embeds changed files."""
@@ -81,13 +82,14 @@ def index_cmd(
         raise TunelabError("give --kb NAME or --dir FOLDER", where="rag index")
     rep = index(docs, kb, directory=directory, embedder=embedder, size=size, overlap=overlap,
                 drop=drop or None, headings=headings, furniture=not keep_furniture, context=context,
-                log=None if as_json else typer.echo)
+                sentences=sentences, log=None if as_json else typer.echo)
     if as_json:
         _echo_json(rep.to_dict())
     else:
         typer.echo(f"{rep.kb}: {rep.files} files ({rep.added} new, {rep.changed} changed, {rep.unchanged} unchanged, "
                    f"{rep.removed} removed), {rep.chunks_embedded} chunks embedded, {rep.chunks_total} in total, "
-                   f"{rep.furniture_dropped} navigation blocks dropped, {rep.seconds:.1f} s")
+                   f"{rep.furniture_dropped} navigation blocks dropped"
+                   + (f", {rep.sentences} sentence vectors" if rep.sentences is not None else "") + f", {rep.seconds:.1f} s")
 
 
 @app.command("query")

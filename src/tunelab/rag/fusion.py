@@ -14,6 +14,11 @@ Questions: qa.jsonl records (`question`, `source`, optional `section`: tunelab.r
 records with `chunk_id` (the id of the one gold chunk, as `tunelab rag tune`'s generated questions).
 The result is saved in the KB's manifest ("fusion") and used by every later `query(..., hybrid=True)`
 that does not pass `alpha`.
+
+A KB with sentence vectors (rag/sentences.py) fits the sentence weight w too, on the same questions
+and candidates: the vector score is w * cosine + (1 - w) * best sentence cosine, w in {0, 0.1, ..., 1},
+(alpha, w) best by (recall@k, MRR), ties to the larger alpha, then to w nearest SENTENCE_WEIGHT. It is
+saved as manifest["sentence_weight"] and used by every later query that does not pass one.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from pathlib import Path
 from tunelab.errors import TunelabError
 from tunelab.rag.evaluate import is_gold, load_questions
 from tunelab.rag.retrieve import Hit, open_kb, query
+from tunelab.rag.sentences import SENTENCE_WEIGHT, mixed_score
 
 GRID = tuple(round(0.05 * i, 2) for i in range(21))
+SENTENCE_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 def load_heldout(path: str | Path) -> list[dict]:
@@ -53,9 +60,13 @@ def _gold(hit: Hit, q: dict) -> bool:
     return is_gold(hit, q["source"], q.get("section"))
 
 
-def _first_gold(hits: list[Hit], q: dict, alpha: float, depth: int) -> int | None:
-    """Rank (1-based, within `depth`) of the first gold hit when the candidates are ordered by score(alpha)."""
-    order = sorted(hits, key=lambda h: (-(alpha * h.similarity + (1 - alpha) * h.bm25), -h.similarity))
+def _first_gold(hits: list[Hit], q: dict, alpha: float, depth: int, w: float = 1.0) -> int | None:
+    """Rank (1-based, within `depth`) of the first gold hit when the candidates are ordered by score(alpha),
+    the vector score mixed with the best sentence's at weight `w` (1: the chunk's cosine alone)."""
+    def score(h: Hit) -> float:
+        return alpha * mixed_score(h.similarity, h.sentence, w) + (1 - alpha) * h.bm25
+
+    order = sorted(hits, key=lambda h: (-score(h), -h.similarity))
     return next((i for i, h in enumerate(order[:depth], 1) if _gold(h, q)), None)
 
 
@@ -67,13 +78,25 @@ def scores_at(ranks: list[int | None], k: int) -> dict:
             "mrr": round(sum(1 / r for r in ranks if r) / n, 4)}
 
 
-def fit_alpha(candidates: list[list[Hit]], questions: list[dict], k: int = 3) -> tuple[float, dict]:
+def fit_alpha(candidates: list[list[Hit]], questions: list[dict], k: int = 3, w: float = 1.0) -> tuple[float, dict]:
     """(best alpha, {alpha: scores}) over `GRID` for each question's hybrid candidates (Hits carrying
-    `similarity` and `bm25`); best by (recall@k, MRR, alpha), so never below alpha = 1 (vectors alone)."""
+    `similarity` and `bm25`, and `sentence` when w < 1); best by (recall@k, MRR, alpha), so never below
+    alpha = 1 (vectors alone)."""
     depth = max(k, 10)
-    table = {a: scores_at([_first_gold(h, q, a, depth) for h, q in zip(candidates, questions)], k) for a in GRID}
+    table = {a: scores_at([_first_gold(h, q, a, depth, w) for h, q in zip(candidates, questions)], k) for a in GRID}
     key = f"recall@{k}"
     return max(GRID, key=lambda a: (table[a][key], table[a]["mrr"], a)), table
+
+
+def fit_alpha_and_sentence_weight(candidates: list[list[Hit]], questions: list[dict], k: int = 3
+                                  ) -> tuple[float, float, dict]:
+    """(alpha, w, {w: {alpha: scores}}) over GRID x SENTENCE_GRID (the module docstring)."""
+    tables = {w: fit_alpha(candidates, questions, k, w)[1] for w in SENTENCE_GRID}
+    key = f"recall@{k}"
+    a, w = max(((a, w) for w in SENTENCE_GRID for a in GRID),
+               key=lambda aw: (tables[aw[1]][aw[0]][key], tables[aw[1]][aw[0]]["mrr"], aw[0],
+                               -abs(aw[1] - SENTENCE_WEIGHT)))
+    return a, w, tables
 
 
 def fit_fusion(kb, questions: str | Path | list[dict], *, directory=None, k: int = 3,
@@ -89,10 +112,18 @@ def fit_fusion(kb, questions: str | Path | list[dict], *, directory=None, k: int
     depth = max(k, 10)
     pool = 4 * depth  # as many candidates per search as `evaluate` gets (4 x its depth)
     cands = [query(store, q["question"], k=2 * pool, hybrid=True, alpha=1.0, candidates=pool) for q in qs]
-    best, table = fit_alpha(cands, qs, k)
-    fit = {"alpha": best, "questions": len(qs), "k": k, "fitted": table[best], "vectors": table[1.0],
-           "bm25_weight_0.5": table[0.5]}
+    if store.sentences is None:
+        best, table = fit_alpha(cands, qs, k)
+        fit = {"alpha": best, "questions": len(qs), "k": k, "fitted": table[best], "vectors": table[1.0],
+               "bm25_weight_0.5": table[0.5]}
+    else:
+        best, w, tables = fit_alpha_and_sentence_weight(cands, qs, k)
+        fit = {"alpha": best, "sentence_weight": w, "questions": len(qs), "k": k, "fitted": tables[w][best],
+               "vectors": tables[1.0][1.0], "vectors_and_sentences": tables[SENTENCE_WEIGHT][1.0],
+               "bm25_weight_0.5": tables[w][0.5]}
     if save:
         store.manifest["fusion"] = fit
+        if "sentence_weight" in fit:
+            store.manifest["sentence_weight"] = fit["sentence_weight"]
         store.save_manifest()
     return fit

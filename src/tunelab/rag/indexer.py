@@ -11,7 +11,10 @@ Page furniture (navigation lists, Next/Previous bars, breadcrumbs: `furniture.fu
 is dropped while reading unless `furniture=False`; `IndexReport.furniture_dropped` counts it
 for the files read in this call.
 
-Changing the embedder, chunk size, overlap, context, drop patterns or furniture, or a tunelab release
+With `sentences=True` every chunk's sentences are embedded too (rag/sentences.py: queries then mix
+the chunk's cosine with its best sentence's), for the same files as the chunks.
+
+Changing the embedder, chunk size, overlap, context, drop patterns, furniture or sentences, or a tunelab release
 that cleans documents differently (`INGEST_VERSION`), rebuilds everything. All new chunks of a run are embedded in one length-sorted
 pass, so a handful of changed files costs seconds.
 
@@ -32,6 +35,7 @@ from tunelab.rag.chunk import chunk_document
 from tunelab.rag.context import DEFAULT_CONTEXT, contextual_text, style
 from tunelab.rag.embedders import kb_embedder
 from tunelab.rag.ingest import DEFAULT_DROP, INGEST_VERSION, format_of, read_document
+from tunelab.rag.sentences import SentenceIndex, sentence_rows
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
 
@@ -47,6 +51,7 @@ class IndexReport:
     chunks_total: int
     seconds: float
     stages: dict | None = None
+    sentences: int | None = None  # sentence vectors the KB holds after this call (None: not kept, or unchanged)
     furniture_dropped: int = 0  # navigation blocks / HTML navigation elements dropped from the files read  # seconds per stage: read_chunk, embed, store (+ indexes)
 
     def to_dict(self) -> dict:
@@ -89,11 +94,12 @@ def file_hash(path: str) -> str:
 def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Path | None = None,
           embedder: str = "minilm-l6", size: int = 256, overlap: int = 25,
           drop: list[str] | None = None, headings: bool = True, batch_size: int = 32,
-          furniture: bool = True, context: str | None = None, log=None) -> IndexReport:
+          furniture: bool = True, context: str | None = None, sentences: bool = False, log=None) -> IndexReport:
     """Index `docs` into knowledge base `kb` (or folder `directory`); see the module docstring.
 
     `context` (tunelab.rag.context: none | path | title+path, default title+path) is written above
-    each chunk for embedding and BM25; `headings=False` alone means context "none"."""
+    each chunk for embedding and BM25; `headings=False` alone means context "none". `sentences`: keep a
+    vector per sentence too (rag/sentences.py)."""
     t0 = time.perf_counter()
     context = context or (DEFAULT_CONTEXT if headings else "none")
     ctx = style(context)
@@ -106,7 +112,8 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         except re.error as e:
             raise TunelabError(f"invalid drop pattern {pat!r} ({e})", where="--drop") from e
     settings = {"embedder": embedder, "chunk_size": size, "overlap": overlap, "context": context,
-                "drop": drop_patterns, "furniture": furniture, "ingest_version": INGEST_VERSION}
+                "drop": drop_patterns, "furniture": furniture, "ingest_version": INGEST_VERSION,
+                "sentences": True if sentences else None}  # None: a KB from before the option matches
     store = KnowledgeBase.open_or_create(where, settings)
     known = store.files
     hashes = {p: file_hash(p) for p in files}
@@ -145,8 +152,18 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
         r["vector"] = v.tolist()
 
     t3 = time.perf_counter()
+    n_sentences = None
+    if sentences and (todo or gone):  # every sentence of the files redone or removed, then the new ones
+        sent = SentenceIndex.load(store.dir, int(store.manifest["dim"])).without_paths(gone + todo)
+        s_texts, s_ids, s_paths = sentence_rows(rows)
+        if s_texts:
+            sent = sent.plus(emb.encode(s_texts, batch_size=batch_size, max_tokens=size + 2), s_texts, s_ids, s_paths)
+        n_sentences = len(sent)
+    t4 = time.perf_counter()
     store.delete_paths(gone + changed)
     store.add(rows)
+    if n_sentences is not None:
+        sent.save(store.dir)
     for p in gone:
         known.pop(p, None)
     for p in todo:
@@ -159,4 +176,5 @@ def index(docs: list[str | Path], kb: str | None = None, *, directory: str | Pat
                        chunks_embedded=len(rows), chunks_total=store.count(),
                        seconds=round(time.perf_counter() - t0, 2), furniture_dropped=furniture_dropped,
                        stages={"load_hash": round(t1 - t0, 2), "read_chunk": round(t2 - t1, 2),
-                               "embed": round(t3 - t2, 2), "store": round(time.perf_counter() - t3, 2)})
+                               "embed": round(t3 - t2, 2), "embed_sentences": round(t4 - t3, 2),
+                               "store": round(time.perf_counter() - t4, 2)}, sentences=n_sentences)

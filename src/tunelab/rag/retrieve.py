@@ -12,6 +12,11 @@
                         (4 x k of them) before the top k are kept: a cross-encoder, an LLM
                         judge, a recency rule...
     cutoff              drop hits whose cosine similarity to the question is below it
+    sentences           a KB indexed with sentences=True (rag/sentences.py) adds the chunks of the
+                        best-matching sentences to the candidates, and its vector score becomes
+                        w * similarity + (1 - w) * the chunk's best sentence cosine
+                        (w: `sentence_weight`, else the manifest's, else SENTENCE_WEIGHT); hybrid
+                        fuses that score with BM25 as it fuses the similarity
 
 Every `Hit` carries `similarity` (cosine, comparable across modes) and `score` (what ranked
 it: the similarity, the hybrid score, or whatever the reranker set). Opened KBs and loaded
@@ -27,6 +32,7 @@ from typing import Callable
 import numpy as np
 
 from tunelab.rag.embedders import kb_embedder
+from tunelab.rag.sentences import SENTENCE_WEIGHT, mixed_score
 from tunelab.rag.store import KnowledgeBase, kb_dir
 
 HYBRID_ALPHA = 0.5
@@ -45,6 +51,7 @@ class Hit:
     end: int
     id: str = ""
     bm25: float = 0.0  # BM25 / best BM25 among the candidates (hybrid only), in [0, 1]
+    sentence: float | None = None  # the cosine of the chunk's best sentence (a KB with sentences), else None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,7 +81,8 @@ def open_kb(kb: str | KnowledgeBase | None = None, directory: str | Path | None 
 def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: float | None = None, *,
           directory: str | Path | None = None, hybrid: bool = False,
           reranker: Reranker | None = None, candidates: int | None = None,
-          alpha: float | None = None, vector: np.ndarray | None = None) -> list[Hit]:
+          alpha: float | None = None, vector: np.ndarray | None = None,
+          sentence_weight: float | None = None) -> list[Hit]:
     """The `k` best chunks for `question`, best first (see the module docstring). `vector` (a unit vector)
     replaces the question's embedding for the vector search (HyDE, tunelab.rag.rewrite); BM25 still reads `question`."""
     store = open_kb(kb, directory)
@@ -85,6 +93,15 @@ def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: flo
     by_id: dict[str, dict] = {}
     for row in store.search_vector(qv, n):
         by_id.setdefault(row["id"], row)
+    sent = store.sentences
+    best_sentence: dict[str, float] = {}
+    if sent is not None:
+        best_sentence = sent.best_per_chunk(qv)
+        top = sorted(best_sentence, key=best_sentence.__getitem__, reverse=True)[:n]
+        for row in store.rows_for([c for c in top if c not in by_id]):
+            by_id.setdefault(row["id"], row)
+        if sentence_weight is None:
+            sentence_weight = float(store.manifest.get("sentence_weight", SENTENCE_WEIGHT))
     bm25: dict[str, float] = {}
     if hybrid:
         for row in store.search_text(question, n):
@@ -95,9 +112,10 @@ def query(kb: str | KnowledgeBase | None, question: str, k: int = 3, cutoff: flo
     for cid, row in by_id.items():
         sim = float(np.dot(np.asarray(row["vector"], dtype=np.float32), qv))
         share = bm25.get(cid, 0.0) / best
-        score = alpha * sim + (1 - alpha) * share if hybrid else sim
+        dense = mixed_score(sim, best_sentence.get(cid), sentence_weight) if sent is not None else sim
+        score = alpha * dense + (1 - alpha) * share if hybrid else dense
         hits.append(Hit(0, score, sim, row["text"], row["source"], row["section"], row["section_path"],
-                        int(row["start"]), int(row["end"]), cid, share))
+                        int(row["start"]), int(row["end"]), cid, share, best_sentence.get(cid)))
     if cutoff is not None:
         hits = [h for h in hits if h.similarity >= cutoff]
     hits.sort(key=lambda h: (-h.score, -h.similarity))

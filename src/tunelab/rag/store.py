@@ -53,6 +53,7 @@ class KnowledgeBase:
         self.manifest = manifest
         self._db = None
         self._table = None
+        self._sentences = None
 
     # ------------------------------------------------------------ lifecycle
     @classmethod
@@ -133,10 +134,25 @@ class KnowledgeBase:
             self.table.delete(f"path IN ({quoted})")
 
     def drop_all(self) -> None:
+        from tunelab.rag.sentences import FILE
+
         if self.table is not None:
             self.db.drop_table(TABLE)
         self._table = None
+        (self.dir / FILE).unlink(missing_ok=True)
+        self._sentences = None
         self.manifest["files"] = {}
+
+    @property
+    def sentences(self):
+        """The KB's SentenceIndex (rag/sentences.py), loaded once; None when it keeps none."""
+        if not self.manifest.get("sentences"):
+            return None
+        if self._sentences is None:
+            from tunelab.rag.sentences import SentenceIndex
+
+            self._sentences = SentenceIndex.load(self.dir, int(self.manifest.get("dim", 0)))
+        return self._sentences
 
     def refresh_indexes(self) -> None:
         """Rebuild BM25; (re)build the ANN index when big enough (see module docstring); compact."""
@@ -185,9 +201,13 @@ class KnowledgeBase:
         except Exception:  # no FTS index yet (e.g. an interrupted index run): vectors only
             return []
 
-    def vectors_for(self, ids: list[str]) -> dict[str, np.ndarray]:
+    def rows_for(self, ids: list[str], columns: list[str] | None = None) -> list[dict]:
+        """The chunk rows with these ids (every column, or `columns`)."""
         if not ids or self.table is None:
-            return {}
+            return []
         quoted = ", ".join("'" + i + "'" for i in ids)
-        rows = self.table.search().where(f"id IN ({quoted})").select(["id", "vector"]).limit(len(ids)).to_list()
-        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in rows}
+        q = self.table.search().where(f"id IN ({quoted})")
+        return (q.select(columns) if columns else q).limit(len(ids)).to_list()
+
+    def vectors_for(self, ids: list[str]) -> dict[str, np.ndarray]:
+        return {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in self.rows_for(ids, ["id", "vector"])}

@@ -208,7 +208,8 @@ def tune(kb: str | None = None, *, directory: str | Path | None = None, teacher=
     if better or opts.keep_if_worse:
         info = {"base": base, "teacher": t.describe(), "k": opts.k, "before": before, "after": after,
                 "train_pairs": len(pairs), "heldout_questions": len(held_q), "epochs": opts.epochs, "lr": opts.lr}
-        folder = install_tuned(store, model, tok, new_vectors, info)
+        sentences = store.sentences.reembedded(tuned) if store.sentences is not None else None
+        folder = install_tuned(store, model, tok, new_vectors, info, sentences)
         say(f"installed {store.dir / folder}; the knowledge base is re-embedded with it")
     else:
         say(f"not installed: held-out {key} / MRR {after[key]} / {after['mrr']} is below {before[key]} / "

@@ -59,8 +59,10 @@ def _replace_vectors(store: KnowledgeBase, vectors: np.ndarray) -> None:
     store.refresh_indexes()
 
 
-def install_tuned(store: KnowledgeBase, model, tokenizer, vectors: np.ndarray, info: dict) -> str:
-    """Steps 1-5 of the module docstring; returns the new folder's name (relative to the KB folder)."""
+def install_tuned(store: KnowledgeBase, model, tokenizer, vectors: np.ndarray, info: dict,
+                  sentences=None) -> str:
+    """Steps 1-5 of the module docstring; returns the new folder's name (relative to the KB folder).
+    `sentences`: the KB's SentenceIndex re-embedded by the tuned model, written with the vectors."""
     name = f"tuned-embedder-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"  # unique, even twice a second
     tmp = store.dir / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -74,6 +76,9 @@ def install_tuned(store: KnowledgeBase, model, tokenizer, vectors: np.ndarray, i
     store.manifest["tune_pending"] = {"dir": name}
     store.save_manifest()
     _replace_vectors(store, vectors)
+    if sentences is not None:
+        sentences.save(store.dir)
+        store._sentences = sentences
     store.manifest["tuned_embedder"] = {"dir": name, **info}
     store.manifest.pop("tune_pending", None)
     store.save_manifest()
