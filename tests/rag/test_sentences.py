@@ -68,7 +68,9 @@ def test_a_kb_with_sentences_keeps_them_in_step_and_mixes_scores(tmp_path, docs)
 
     qa = tmp_path / "qa.jsonl"
     qa.write_text(json.dumps({"question": q, "source": "guide.md", "section": "Tomatoes"}) + "\n")
-    fit = fit_fusion(None, qa, directory=kb, k=1)
+    alone = fit_fusion(None, qa, directory=kb, k=1)  # alpha at the KB's w; w itself only when asked
+    assert "sentence_weight" not in alone and "sentence_weight" not in json.loads((kb / "manifest.json").read_text())
+    fit = fit_fusion(None, qa, directory=kb, k=1, sentence_weight=True)
     w = json.loads((kb / "manifest.json").read_text())["sentence_weight"]
     assert w == fit["sentence_weight"] in SENTENCE_GRID and fit["fitted"]["recall@1"] == 1.0
     h = query(None, q, k=1, directory=kb)[0]  # the fitted weight is the KB's from now on

@@ -244,8 +244,10 @@ def fusion_cmd(
     questions: Path = typer.Option(..., "--questions", help="Held-out qa.jsonl (question, source[, section]; or chunk_id)."),
     k: int = typer.Option(3, "-k"),
     directory: Optional[Path] = KB_DIR,
+    sentence_weight: bool = typer.Option(False, "--sentence-weight", help="On a KB indexed with --sentences, fit the sentence weight too."),
 ):
     """Fit the KB's hybrid weight on held-out questions (never below vectors alone on them); prints JSON."""
     from tunelab.rag.fusion import fit_fusion
 
-    _echo_json(fit_fusion(None if directory else kb, questions, k=k, directory=directory))
+    _echo_json(fit_fusion(None if directory else kb, questions, k=k, directory=directory,
+                          sentence_weight=sentence_weight))
