@@ -86,3 +86,17 @@ def test_converted_cache_drops_the_gguf_quantization_claim(tmp_path):
     assert drop_gguf_quantization_config(tmp_path) is True
     assert json.loads((tmp_path / "config.json").read_text()) == {"model_type": "llama"}
     assert drop_gguf_quantization_config(tmp_path) is False
+
+
+def test_a_model_folder_that_cannot_load_is_one_line_at_its_field(tmp_path):
+    from transformers import AutoModel
+
+    from tunelab.errors import TunelabError
+    from tunelab.models.load import load_with_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')  # a config and no weights
+    with pytest.raises(TunelabError) as e:
+        load_with_tokenizer(AutoModel, str(tmp_path), where="embedder", what="the embedding model",
+                            hint="use the offline alias minilm-l6")
+    assert e.value.where == "embedder" and "as the embedding model" in str(e.value) and "\n" not in str(e.value)
+    assert e.value.hint == "use the offline alias minilm-l6"

@@ -45,12 +45,28 @@ def pick_dtype(pref: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
-def _hub_error(rm: ResolvedModel, err: Exception) -> TunelabError:
+def _hub_error(rm: ResolvedModel, err: Exception, where: str = "model.name") -> TunelabError:
     return TunelabError(
         f"could not load '{rm.name}' from the Hugging Face Hub ({type(err).__name__})",
-        where="model.name",
+        where=where,
         hint="no network or hub access here: use an alias (`tunelab models`), a local model folder or a .gguf file",
     )
+
+
+def load_with_tokenizer(auto_class, name: str, *, where: str, what: str, hint: str, dtype=None):
+    """(tokenizer, model) of the alias, folder or hub id `name` through transformers' `auto_class` (an
+    encoder, a reranker, a SetFit body: models the causal-LM loader does not take). A hub id that
+    cannot be fetched, or a model that cannot load, is one TunelabError at `where`."""
+    from transformers import AutoTokenizer
+
+    rm = resolve(name, where=where)
+    try:
+        kw = {} if dtype is None else {"dtype": dtype}
+        return AutoTokenizer.from_pretrained(str(rm.path)), auto_class.from_pretrained(str(rm.path), **kw)
+    except (OSError, ValueError) as e:
+        if rm.source == "hub":
+            raise _hub_error(rm, e, where) from e
+        raise TunelabError(f"cannot load {name!r} as {what} ({e})", where=where, hint=hint) from e
 
 
 def load_tokenizer(rm: ResolvedModel):

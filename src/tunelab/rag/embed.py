@@ -88,17 +88,11 @@ def set_threads() -> None:
 def load_pretrained(auto_class, name: str, what: str, where: str, alias: str):
     """(tokenizer, model) of the alias or folder `name` through transformers' `auto_class`, with rag's thread
     setting; a model that cannot load is a one-line TunelabError naming `what` and the offline `alias`."""
-    from transformers import AutoTokenizer
-
-    from tunelab.models.registry import resolve
+    from tunelab.models.load import load_with_tokenizer
 
     set_threads()
-    src = resolve(name, where=where)
-    try:
-        return AutoTokenizer.from_pretrained(str(src.path)), auto_class.from_pretrained(str(src.path))
-    except OSError as e:
-        raise TunelabError(f"cannot load {what} model {name!r} ({e})", where=where,
-                           hint=f"use the offline alias {alias} or a local model folder") from e
+    return load_with_tokenizer(auto_class, name, where=where, what=f"the {what} model",
+                               hint=f"use the offline alias {alias} or a local model folder")
 
 
 @functools.lru_cache(maxsize=4)

@@ -21,7 +21,6 @@ import json
 from rich.console import Console
 
 from tunelab.config import RunConfig
-from tunelab.errors import TunelabError
 from tunelab.eval.classification import flat_metrics
 from tunelab.eval.logit_offsets import FILE as OFFSETS_FILE, tune_offsets
 from tunelab.infer.classify import ensure_pad
@@ -47,21 +46,14 @@ from tunelab.train.setfit import embed_texts, fit_logistic_head, make_pairs, tra
 
 def load_encoder(cfg: RunConfig):
     """(encoder, tokenizer) of model.name: transformers' `AutoModel` (no head), pad token ensured."""
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    from tunelab.models.load import _hub_error, pick_device, pick_dtype
-    from tunelab.models.registry import resolve as resolve_model
+    from tunelab.models.load import load_with_tokenizer, pick_device, pick_dtype
 
-    rm = resolve_model(cfg.model.name, where="model.name")
     dev = pick_device(cfg.model.device)
-    try:
-        tok = AutoTokenizer.from_pretrained(str(rm.path))
-        encoder = AutoModel.from_pretrained(rm.path, dtype=pick_dtype(cfg.model.dtype, dev))
-    except (OSError, ValueError) as e:
-        if rm.source == "hub":
-            raise _hub_error(rm, e) from e
-        raise TunelabError(f"cannot load {cfg.model.name} as a sentence encoder: {e}", where="model.name",
-                           hint="give an encoder or decoder model that transformers can load") from e
+    tok, encoder = load_with_tokenizer(AutoModel, cfg.model.name, where="model.name", what="a sentence encoder",
+                                       hint="give an encoder or decoder model that transformers can load",
+                                       dtype=pick_dtype(cfg.model.dtype, dev))
     ensure_pad(encoder, tok)
     return encoder.to(dev), tok
 
