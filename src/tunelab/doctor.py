@@ -159,7 +159,8 @@ def decode_auto(device) -> tuple[str, str]:
     if device.type == "cpu" and cpu_int4_decode():
         return ("int4 for a model on a 4/8-bit grid, else the model's dtype",
                 "native bf16 and torch's int4 kernel: a model converted from a Q4_0/Q4_1/Q8_0 GGUF (SmolLM2's) "
-                "decodes on its exact 4-bit codes")
+                "decodes on its exact 4-bit codes, and prompts and batches of more than 4 rows on a bf16 copy "
+                "where 2 bytes a parameter fit half the free memory")
     return "the model's dtype (fp32: transformers' exact greedy tokens)", (
         "no native bf16 on this CPU, so no int4 weights" if device.type == "cpu" else
         f"int4 weights are CPU-only; on {device.type} the model's dtype")
