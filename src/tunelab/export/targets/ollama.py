@@ -51,24 +51,28 @@ def model_context(model_dir: Path | None) -> int | None:
     return context_length(json.loads(cfg_path.read_text(encoding="utf-8")))
 
 
-def adds_bos(gguf_path: Path) -> bool:
-    """Does llama.cpp (so Ollama) put BOS before every prompt of this GGUF (tokenizer.ggml.add_bos_token)?"""
+def _fields(gguf_path: Path) -> dict:
     from gguf import GGUFReader
 
-    f = GGUFReader(str(gguf_path)).fields.get("tokenizer.ggml.add_bos_token")
+    return GGUFReader(str(gguf_path)).fields
+
+
+def _adds_bos(fields: dict) -> bool:
+    f = fields.get("tokenizer.ggml.add_bos_token")
     return bool(f is not None and f.data and f.parts[f.data[0]][0])
+
+
+def adds_bos(gguf_path: Path) -> bool:
+    """Does llama.cpp (so Ollama) put BOS before every prompt of this GGUF (tokenizer.ggml.add_bos_token)?"""
+    return _adds_bos(_fields(gguf_path))
 
 
 def runtime_bos(gguf_path: Path) -> str:
     """The text of the BOS token llama.cpp (so Ollama) puts before every prompt of this GGUF; "" when it
-    puts none (add_bos_token false or absent)."""
-    from gguf import GGUFReader
-
-    if not adds_bos(gguf_path):
-        return ""
-    fields = GGUFReader(str(gguf_path)).fields
+    puts none (add_bos_token false or absent). The file's metadata is read once."""
+    fields = _fields(gguf_path)
     bos, tokens = fields.get("tokenizer.ggml.bos_token_id"), fields.get("tokenizer.ggml.tokens")
-    if bos is None or tokens is None:
+    if not _adds_bos(fields) or bos is None or tokens is None:
         return ""
     i = int(bos.parts[bos.data[0]][0])
     return bytes(tokens.parts[tokens.data[i]]).decode("utf-8", errors="replace")
