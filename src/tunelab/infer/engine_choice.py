@@ -101,9 +101,10 @@ def build_engine(model, autocast_dtype: torch.dtype | None = None, required: boo
             raise Unsupported(f"its copy of the weights ({need / 2**30:.1f} GiB) is over half the free memory")
         if weights in ("int8", "int4") and device.type != "cpu":
             raise Unsupported(f"{weights} weights run on the CPU")
-        kind = weights if weights in ("int8", "int4") else "dense"  # int4 asked for: a LoRA kept apart
-        return DecodeEngine.from_model(model, dtype=dtype, merge=kind != "int4", weights=kind,
-                                       dense_batches=kind == "int4" and _room_for(model, torch.bfloat16)), ""
+        if weights == "int4":  # asked for: a LoRA kept apart, the bf16 copy where it fits
+            return _int4_engine(model, required=True), ""
+        kind = "int8" if weights == "int8" else "dense"
+        return DecodeEngine.from_model(model, dtype=dtype, weights=kind), ""
     except Unsupported as e:
         if required:
             raise TunelabError(f"the decode engine cannot run this model: {e}", where="engine",
