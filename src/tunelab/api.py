@@ -38,9 +38,9 @@ def load(run: str | Path, device: str = "auto"):
         from tunelab.infer.generate import Generator
 
         return Generator.from_run(run, device=device)
-    from tunelab.infer.classify import Classifier
+    from tunelab.infer.classify_ensemble import load_classifier
 
-    return Classifier.from_run(run, device=device)
+    return load_classifier(run, device=device)
 
 
 def quantize(model, fmt: str = "nf4", out: str | Path | None = None, *, double_quant: bool = False,

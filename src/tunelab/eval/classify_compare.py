@@ -16,14 +16,14 @@ def evaluate_classify(runs: list[str | Path], data: str | Path, batch_size: int 
                       offsets: bool = True) -> dict:
     from tunelab.data.formats import to_examples
     from tunelab.data.sources import read_records
-    from tunelab.infer.classify import Classifier
+    from tunelab.infer.classify_ensemble import load_classifier
 
     records = read_records(data, "--data")
     models, per_model, examples = [], {}, None
     for run in runs:
         if log:
             log(f"loading {Path(run).name}")
-        clf = Classifier.from_run(run, offsets=offsets)
+        clf = load_classifier(run, offsets=offsets)
         try:
             examples = to_examples(records, "auto", "classify", labels=clf.labels)
         except TunelabError as e:
