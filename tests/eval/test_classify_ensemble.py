@@ -28,7 +28,9 @@ def train(tmp, tiny_model_dir, seed, labels=None, name=None):
     if not data.exists():
         data.write_text("".join(json.dumps(r) + "\n" for r in rows({"fox": 8, "dog": 4, "cat": 2})))
     cfg = from_dict({"task": "classify", "model": {"name": str(tiny_model_dir)},
-                     "data": {"train": str(data), "validation": str(data), "max_length": 16},
+                     # relative paths, read from config_dir (as a config file's are): the ensemble must resolve
+                     # data.validation the same way, from any working folder
+                     "data": {"train": "t.jsonl", "validation": "t.jsonl", "max_length": 16}, "config_dir": str(tmp),
                      "method": {"name": "lora", "r": 4}, "classify": {"labels": labels} if labels else {},
                      "train": {"lr": 1e-2, "epochs": 1, "batch_size": 8, "precision": "fp32", "seed": seed},
                      "output": {"dir": str(tmp / "runs"), "name": name or f"s{seed}"}})
@@ -47,15 +49,18 @@ def one_line_error(r, fragment):
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], r.stderr
 
 
-def test_build_writes_a_run_like_folder_whose_figures_are_the_members_mean_probability(members):
+def test_build_writes_a_run_like_folder_whose_figures_are_the_members_mean_probability(members, monkeypatch,
+                                                                                        tmp_path):
     from tunelab.eval.classification import classification_metrics
     from tunelab.eval.classify_ensemble import build_ensemble
     from tunelab.infer.classify import Classifier
     from tunelab.infer.classify_ensemble import EnsembleClassifier, load_classifier
 
     tmp, runs = members
+    monkeypatch.chdir(tmp_path)  # no t.jsonl here: the validation file is found through the run's config_dir
     out = tmp / "runs" / "ens"
     rep = build_ensemble(runs, out)
+    assert rep["validation"] == str(tmp / "t.jsonl")
     assert {p.name for p in out.iterdir()} == {"config.yaml", "labels.json", "ensemble.json", "offsets.json",
                                                "report.md", "DONE"}
     assert not list(out.parent.glob(".ens.*"))  # no temporary folder left

@@ -51,11 +51,12 @@ def _members(runs: list[str | Path]) -> tuple[list[Path], list[str], list]:
 def _validation_file(first_run, data: str | Path | None) -> Path:
     if data is not None:
         return Path(data)
-    val = first_run.config.data.validation
+    cfg = first_run.config
+    val = cfg.data.validation
     if not val:
         raise TunelabError(f"{first_run.path} has no data.validation to tune the ensemble on", where="--data",
                            hint="pass --data val.jsonl (records with text and label)")
-    return Path(val)
+    return cfg.input_base(val, "data.validation") / val  # a relative path is read as training read it
 
 
 def _scores(logits, y: list[int], labels: list[str]) -> dict:
