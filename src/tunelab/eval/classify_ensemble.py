@@ -59,7 +59,8 @@ def _validation_file(first_run, data: str | Path | None) -> Path:
     return cfg.input_base(val, "data.validation") / val  # a relative path is read as training read it
 
 
-def _scores(logits, y: list[int], labels: list[str]) -> dict:
+def scores(logits, y: list[int], labels: list[str]) -> dict:
+    """macro-F1, accuracy and per-class F1 (rounded to 4 places) of argmax(logits) against y."""
     m = classification_metrics(y, logits.argmax(-1).tolist(), labels)
     return {"macro_f1": round(m["macro_f1"], 4), "accuracy": round(m["accuracy"], 4),
             "f1": {x: round(v["f1"], 4) for x, v in m["per_class"].items()}}
@@ -89,15 +90,15 @@ def build_ensemble(runs: list[str | Path], out: str | Path, *, data: str | Path 
             log(f"scoring {p.name} on {len(texts)} validation examples")
         z = Classifier.from_run(p, offsets=False).logits(texts, batch_size)
         member_logits.append(z)
-        report["members"][str(p)] = _scores(z, y, labels)
+        report["members"][str(p)] = scores(z, y, labels)
     z = mean_probability_logits(member_logits)
-    ens = {"raw": _scores(z, y, labels)}
+    ens = {"raw": scores(z, y, labels)}
     tuned = None
     if offsets:
         tuned = tune_offsets(z, y, labels)
         import torch
 
-        ens["offsets"] = _scores(z + torch.tensor(tuned["offsets"]), y, labels)
+        ens["offsets"] = scores(z + torch.tensor(tuned["offsets"]), y, labels)
         ens["offset_values"] = dict(zip(labels, tuned["offsets"]))
     report["ensemble"] = ens
     _write(out, paths, labels, found[0], tuned, report, overwrite)
