@@ -124,7 +124,8 @@ def settings(reranker_model: str) -> dict[str, tuple[dict, dict]]:
         "hybrid+context+fitted": ({"context": "title+path"}, {"hybrid": True, "fit": True}),
         "dense+context+chunk128": (SMALL, {}),
         "dense+context+sentences": ({"context": "title+path", "sentences": True}, {}),
-        "hybrid+context+sentences+fitted": ({"context": "title+path", "sentences": True}, {"hybrid": True, "fit": True}),
+        "hybrid+context+sentences+fitted": ({"context": "title+path", "sentences": True},
+                                            {"hybrid": True, "fit": True, "fit_w": True}),
         "hybrid+context+chunk128+fitted": (SMALL, {"hybrid": True, "fit": True}),
         "dense+context+rerank": ({"context": "title+path"}, {"rerank": reranker_model}),
         "dense+context+rerank-mix0.5": ({"context": "title+path"}, {"rerank": reranker_model, "mix": 0.5}),
@@ -173,9 +174,12 @@ def query_args(name: str, spec: dict, kb: Path, tuning: list[dict], log) -> dict
     if args.pop("fit", False):
         from tunelab.rag.fusion import fit_fusion
 
-        fit = fit_fusion(None, tuning, directory=kb)
+        # not saved into the KB: the settings share one KB, and a saved weight would change the others' rows
+        fit = fit_fusion(None, tuning, directory=kb, save=False, sentence_weight=args.pop("fit_w", False))
         log(f"{name}: fusion fitted on {len(tuning)} tuning questions: {fit}")
         args["alpha"] = fit["alpha"]
+        if "sentence_weight" in fit:
+            args["sentence_weight"] = fit["sentence_weight"]
     model, mix = args.pop("rerank", None), args.pop("mix", 1.0)
     if model:
         from tunelab.rag.rerank import LLMReranker
