@@ -143,6 +143,11 @@ def test_bad_members_are_one_line_errors(members, tiny_model_dir):
         build_ensemble(runs, runs[1])
     with pytest.raises(TunelabError, match="no such run directory"):
         build_ensemble([runs[0], tmp / "nope"], tmp / "x")
+    bad = tmp / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "quick fox", "label": "fox"}) + "\n" + json.dumps({"text": "a", "label": "emu"}) + "\n")
+    with pytest.raises(TunelabError, match="'emu' is not in classify.labels") as e:
+        build_ensemble(runs, tmp / "x", data=bad)
+    assert e.value.where == f"{bad}:2"
     assert not (tmp / "x").exists()
     ens = tmp / "runs" / "ens-moved"
     build_ensemble(runs, ens)

@@ -70,6 +70,8 @@ def build_ensemble(runs: list[str | Path], out: str | Path, *, data: str | Path 
                    offsets: bool = True, overwrite: bool = False, batch_size: int = 32, log=None) -> dict:
     """Write the ensemble folder `out` (infer/classify_ensemble.py) and return its report: per member and
     for the ensemble, validation macro-F1, accuracy and per-class F1 (raw; the ensemble also with offsets)."""
+    import torch
+
     from tunelab.data.formats import to_examples
     from tunelab.data.sources import read_records
     from tunelab.infer.classify import Classifier
@@ -96,8 +98,6 @@ def build_ensemble(runs: list[str | Path], out: str | Path, *, data: str | Path 
     tuned = None
     if offsets:
         tuned = tune_offsets(z, y, labels)
-        import torch
-
         ens["offsets"] = scores(z + torch.tensor(tuned["offsets"]), y, labels)
         ens["offset_values"] = dict(zip(labels, tuned["offsets"]))
     report["ensemble"] = ens
