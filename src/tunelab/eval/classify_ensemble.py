@@ -36,7 +36,7 @@ def _members(runs: list[str | Path]) -> tuple[list[Path], list[str], list]:
         if is_ensemble(run):
             raise TunelabError(f"{run} is an ensemble", where="RUNS", hint="pass its member runs instead")
         rd, _ = require_run(run, ("classify",), "ensemble")
-        mine = json.loads(rd.labels_path.read_text(encoding="utf-8"))["labels"]
+        mine = rd.labels
         if labels is not None and mine != labels:
             raise TunelabError(f"{run} has labels {mine}, the first run {labels}", where="RUNS",
                                hint="an ensemble's runs must be trained on the same labels, in the same order")

@@ -177,7 +177,7 @@ class Classifier:
             raise TunelabError(f"{rd.path} is not a classification run (task: {rd.task})", where="RUN",
                                hint="give a run trained with task: classify")
         cfg = rd.config
-        labels = json.loads(rd.labels_path.read_text(encoding="utf-8"))["labels"]
+        labels = rd.labels
         if has_pooled_head(rd.path):  # classify.setfit: the tuned encoder + a linear head on its pooled vectors
             from transformers import AutoTokenizer
 

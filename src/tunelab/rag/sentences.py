@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -83,15 +84,21 @@ class SentenceIndex:
     def __len__(self) -> int:
         return len(self.chunk_ids)
 
+    @cached_property
+    def _chunks(self) -> tuple[list[str], np.ndarray]:
+        """(distinct chunk ids, each sentence's index among them): sorted once per index, not per query."""
+        ids, inverse = np.unique(self.chunk_ids, return_inverse=True)
+        return ids.tolist(), inverse
+
     def best_per_chunk(self, qv: np.ndarray) -> dict[str, float]:
         """{chunk id: max over its sentences of cos(q, sentence)} for every chunk, `qv` a unit vector."""
         if not len(self):
             return {}
         sims = self.vectors @ np.asarray(qv, np.float32)
-        ids, inverse = np.unique(self.chunk_ids, return_inverse=True)
+        ids, inverse = self._chunks
         best = np.full(len(ids), -np.inf, np.float32)
         np.maximum.at(best, inverse, sims)
-        return dict(zip(ids.tolist(), best.tolist()))
+        return dict(zip(ids, best.tolist()))
 
 
 def _unit(v: np.ndarray) -> np.ndarray:

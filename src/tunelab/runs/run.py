@@ -10,6 +10,7 @@
                to what that run trained with (`settle_recorded`)
     versions   the library versions the run was trained with
     task, method, weights ("adapter" | "model" | "quantized" | None), template()
+    labels     a classify run's labels from labels.json, in the head's order
 
 Runs trained since record every auto resolved (`train/resolve.py`), so `config` is exactly the run that
 trained. The kind checks (`require_run`: a run, of a task the command serves, finished) stay on the raw
@@ -18,6 +19,7 @@ dict, so a folder whose config.yaml names only its task is still told apart.
 
 from __future__ import annotations
 
+import json
 from functools import cached_property
 from pathlib import Path
 
@@ -102,6 +104,11 @@ class Run(RunDir):
         if self.adapter_dir.is_dir():
             return ADAPTER
         return None
+
+    @cached_property
+    def labels(self) -> list[str]:
+        """labels.json's labels (a classify run's, in the head's order)."""
+        return list(json.loads(self.labels_path.read_text(encoding="utf-8"))["labels"])
 
     def template(self):
         """The prompt template the run trained with (template.json), for inference to reuse."""
